@@ -1,0 +1,56 @@
+# Thin wrapper around Meson. Real build logic lives in meson.build.
+BUILD      ?= build
+ASAN_BUILD ?= build-asan
+FUZZ_BUILD ?= build-fuzz
+FUZZ_SECONDS ?= 60
+MESON      ?= meson
+PREFIX     ?= /usr/local
+SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+
+FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config
+
+.PHONY: all deps build check check-asan asan fuzz install clean
+
+all: build
+
+deps:
+	$(SUDO) sh scripts/deps
+
+$(BUILD)/build.ninja:
+	$(MESON) setup $(BUILD) --buildtype=debugoptimized -Dwerror=true
+
+build: $(BUILD)/build.ninja
+	$(MESON) compile -C $(BUILD)
+
+check: build
+	$(MESON) test -C $(BUILD) --print-errorlogs
+
+$(ASAN_BUILD)/build.ninja:
+	$(MESON) setup $(ASAN_BUILD) --buildtype=debug -Dwerror=true \
+	    -Db_sanitize=address,undefined -Db_lundef=false
+
+check-asan asan: $(ASAN_BUILD)/build.ninja
+	$(MESON) compile -C $(ASAN_BUILD)
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	    $(MESON) test -C $(ASAN_BUILD) --print-errorlogs --timeout-multiplier=3
+
+$(FUZZ_BUILD)/build.ninja:
+	CC=clang CXX=clang++ $(MESON) setup $(FUZZ_BUILD) --buildtype=debugoptimized \
+	    -Dfuzz=enabled -Dtests=disabled -Db_sanitize=address,undefined -Db_lundef=false
+
+# Builds the libFuzzer binaries with clang and runs each for FUZZ_SECONDS on a copy of its corpus.
+fuzz: $(FUZZ_BUILD)/build.ninja
+	$(MESON) compile -C $(FUZZ_BUILD) $(FUZZERS)
+	@set -e; for f in $(FUZZERS); do \
+	    mkdir -p fuzz-out/$$f; \
+	    echo "== $$f for $(FUZZ_SECONDS)s"; \
+	    $(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+	        -artifact_prefix=fuzz-out/$$f/ fuzz-out/$$f fuzz/corpus/$$f; \
+	done
+
+install: build
+	$(MESON) install -C $(BUILD) --destdir "$(DESTDIR)"
+
+clean:
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) fuzz-out

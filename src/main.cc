@@ -1,0 +1,2 @@
+// Entry point: argv -> cli, nothing else.
+int main() { return 0; }

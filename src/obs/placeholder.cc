@@ -1,0 +1,2 @@
+// Placeholder so the obs module links before its first source lands.
+namespace runewarp::obs {}

@@ -1,0 +1,2 @@
+// Placeholder so the proto module links before its first source lands.
+namespace runewarp::proto {}
