@@ -1,2 +1,0 @@
-// Placeholder so the proto module links before its first source lands.
-namespace runewarp::proto {}
