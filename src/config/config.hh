@@ -1,0 +1,178 @@
+// Public config API: load and validate an INI file into an immutable Server or Client model.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "config/paths.hh"
+#include "runewarp/result.hh"
+#include "proto/endpoint.hh"
+
+namespace runewarp::config {
+
+enum class Role { kServer, kClient };
+
+enum class LogLevel { kOff, kError, kWarn, kInfo, kDebug, kTrace };
+enum class LogFormat { kText, kJson };
+enum class EventBackend { kAuto, kIoUring, kEpoll };
+enum class Trust { kSystem, kCaFile };
+enum class TlsMode { kPassthrough, kTerminate };
+
+// One validation problem. line 0 means the problem is not tied to a line.
+struct Problem {
+    std::string file;
+    int line = 0;
+    std::string message;
+};
+
+// Runtime flags that replace or complete file values (spec 3.3, 3.5).
+struct Overrides {
+    std::optional<std::string> hostname;         // server --hostname
+    std::vector<std::string> server_addresses;   // client --server-address (repeatable)
+    std::optional<std::string> backend_address;  // client --backend-address
+    std::optional<std::string> control_address;  // --control-address (Managed mode)
+};
+
+struct LoadOptions {
+    Role role = Role::kServer;
+    std::string path;  // empty = CLI-only (Client only)
+    bool path_is_default = false;
+    Overrides overrides;
+    Env env;
+};
+
+// A DNS name (canonical) or literal plus a port: Server addresses, backends, upstreams.
+struct HostPort {
+    std::string host;  // canonical hostname, or an IP literal without brackets
+    std::uint16_t port = 0;
+    bool host_is_literal = false;
+    std::string text() const;  // "host:port" or "[v6]:port"
+};
+
+struct Cidr {
+    proto::Endpoint address;  // port unused
+    unsigned prefix = 0;
+    std::string text;
+};
+
+struct Tunnel {
+    std::string label;
+    std::vector<std::string> public_hostnames;  // canonical, file order
+    std::vector<std::string> identities;        // 64 lowercase hex each
+};
+
+struct Route {
+    std::string label;
+    std::vector<std::string> public_hostnames;
+    HostPort upstream;
+    bool proxy_v2 = false;
+};
+
+struct Acme {
+    std::string email;
+    std::string state_dir;
+    bool state_dir_is_default = true;  // default dirs are created at startup after validation
+};
+
+struct Control {
+    HostPort address;
+    Trust trust = Trust::kSystem;
+    std::string ca_file;  // set when trust == kCaFile
+};
+
+// Where a value came from, for `config show`.
+enum class Source { kDefault, kFile, kEnv, kFlag };
+
+struct ServerConfig {
+    std::string config_path;
+    Layout layout = Layout::kUser;
+    std::string data_root;
+    std::string state_root;
+    LogLevel log_level = LogLevel::kInfo;
+    LogFormat log_format = LogFormat::kText;
+    EventBackend event_backend = EventBackend::kAuto;
+
+    std::string hostname;  // canonical
+    Source hostname_source = Source::kFile;
+    std::string cert_dir;  // empty when ACME is used or no Tunnel exists
+    proto::Endpoint public_bind;
+    proto::Endpoint tunnel_bind;
+    std::optional<proto::Endpoint> readiness_bind;
+    std::uint64_t graceful_shutdown_ms = 60'000;
+    bool visitor_proxy_v2 = false;
+    std::vector<Cidr> visitor_proxy_trusted_networks;
+    std::optional<Acme> acme;
+    std::vector<Tunnel> tunnels;
+    std::vector<Route> routes;
+
+    // Managed mode (spec 9): validated, then refused by the runtime.
+    bool managed_requested = false;
+    std::optional<Control> control;
+    std::string identity_dir;  // Managed only
+};
+
+struct Service {
+    std::string label;
+    std::vector<std::string> public_hostnames;  // empty = Catch-all
+    HostPort backend;
+    TlsMode tls_mode = TlsMode::kPassthrough;
+    bool proxy_v2 = false;
+    bool catch_all() const noexcept { return public_hostnames.empty(); }
+};
+
+struct ClientConfig {
+    std::string config_path;  // empty for a CLI-only start
+    Layout layout = Layout::kUser;
+    std::string data_root;
+    std::string state_root;
+    LogLevel log_level = LogLevel::kInfo;
+    LogFormat log_format = LogFormat::kText;
+    EventBackend event_backend = EventBackend::kAuto;
+
+    std::vector<HostPort> server_addresses;  // canonical host, in order
+    Source server_addresses_source = Source::kFile;
+    Trust server_trust = Trust::kSystem;
+    std::string server_ca_file;  // set when server_trust == kCaFile
+    std::string identity_dir;
+    std::string public_cert_dir;  // set when a terminate Service exists and no ACME
+    std::optional<Acme> acme;
+    std::vector<Service> services;
+
+    bool managed_requested = false;
+    std::optional<Control> control;
+};
+
+struct LoadOutcome {
+    std::optional<ServerConfig> server;  // set only when problems is empty
+    std::optional<ClientConfig> client;
+    std::vector<Problem> problems;
+    std::vector<std::string> hints;  // e.g. "Hint: runewarp server cert init --config x.ini"
+    bool ok() const noexcept { return problems.empty(); }
+};
+
+// Reads options.path (or nothing for CLI-only) and validates it for options.role.
+LoadOutcome load(const LoadOptions& options);
+
+// Same rules on in-memory text; `options.path` is used for messages and relative paths.
+LoadOutcome load_from_string(std::string_view text, const LoadOptions& options);
+
+// "invalid server config in <path>:" + "- [line N: ]<message>" lines + hint lines, each ending
+// in '\n'. Empty when the outcome has no problems.
+std::string format_report(Role role, const std::string& path, const LoadOutcome& outcome);
+
+// Which role sections a file holds (by header only), for `config check` without --role.
+struct SectionsPresent {
+    bool server = false;  // [server]
+    bool client = false;  // [client] or any [service ...]
+};
+Result<SectionsPresent> sections_present(const std::string& path);
+SectionsPresent sections_present_in(std::string_view text);
+
+const char* log_level_name(LogLevel l) noexcept;
+const char* log_format_name(LogFormat f) noexcept;
+const char* event_backend_name(EventBackend b) noexcept;
+
+}  // namespace runewarp::config
