@@ -1,2 +1,0 @@
-// Placeholder so the obs module links before its first source lands.
-namespace runewarp::obs {}
