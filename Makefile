@@ -9,12 +9,16 @@ SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config
 
-.PHONY: all deps build check check-asan asan fuzz install clean
+.PHONY: all deps bench-deps build check check-asan asan fuzz install clean
 
 all: build
 
 deps:
 	$(SUDO) sh scripts/deps
+
+# Tools bench/ compares against (not needed for build or tests).
+bench-deps:
+	$(SUDO) sh scripts/deps --bench
 
 $(BUILD)/build.ninja:
 	$(MESON) setup $(BUILD) --buildtype=debugoptimized -Dwerror=true
