@@ -1,2 +1,6 @@
 // Entry point: argv -> cli, nothing else.
-int main() { return 0; }
+#include "cli/cli.hh"
+
+int main(int argc, char** argv) {
+    return runewarp::cli::run(argc, argv);
+}

@@ -1,0 +1,142 @@
+// The command table of this build, `help`, `version`, and argv dispatch with exit codes.
+#include "cli/cli.hh"
+
+#include <csignal>
+#include <string>
+
+#include "cli/config_check.hh"
+#include "runewarp_version.h"
+
+namespace runewarp::cli {
+
+namespace {
+
+constexpr std::string_view kTopDescription =
+    "Runewarp publishes TLS services that run behind NAT or firewalls without opening inbound\n"
+    "ports. A public server routes visitor TLS connections by SNI, without decrypting them,\n"
+    "over a mutually authenticated QUIC tunnel to a client that runs next to the backends.";
+
+std::string version_line() {
+    std::string s = "runewarp ";
+    s.append(RUNEWARP_VERSION);
+    s.push_back('\n');
+    return s;
+}
+
+std::string help_text(const std::vector<const CommandSpec*>& path) {
+    return render_help(path, path.size() == 1 ? kBanner : std::string_view{});
+}
+
+int run_root(const Invocation& inv, Console& console) {
+    console.out(help_text(inv.path));
+    return kExitOk;
+}
+
+int run_version(const Invocation&, Console& console) {
+    console.out(version_line());
+    return kExitOk;
+}
+
+int run_help(const Invocation& inv, Console& console) {
+    const CommandSpec& root = *inv.path.front();
+    auto path = find_path(root, inv.operands);
+    if (path.empty()) {
+        std::string unknown;
+        for (const std::string& o : inv.operands) {
+            if (!unknown.empty()) unknown.push_back(' ');
+            unknown.append(o);
+        }
+        console.err(render_usage_error(inv.path, "unrecognized subcommand '" + unknown + "'"));
+        return kExitUsage;
+    }
+    console.out(help_text(path));
+    return kExitOk;
+}
+
+CommandSpec build_tree() {
+    CommandSpec config_check{
+        .name = "check",
+        .summary = "Validate a config file and report every problem",
+        .description =
+            "Without --config the file is found as the daemon finds it: $XDG_CONFIG_HOME/runewarp/"
+            "config.ini\n(or ~/.config/runewarp/config.ini), then /etc/runewarp/config.ini. "
+            "Without --role every role\nwhose section the file has ([server], [client]) is "
+            "checked. Prints `ok` when valid.",
+        .flags =
+            {
+                FlagSpec{.long_name = "config",
+                         .short_name = 'c',
+                         .value_name = "PATH",
+                         .help = "Config file to check"},
+                FlagSpec{.long_name = "role",
+                         .value_name = "ROLE",
+                         .help = "Check only this role",
+                         .choices = {"server", "client"}},
+            },
+        .handler = run_config_check,
+    };
+    CommandSpec config{
+        .name = "config",
+        .summary = "Work with configuration files",
+        .subcommands = {std::move(config_check)},
+    };
+    CommandSpec help{
+        .name = "help",
+        .summary = "Print help for runewarp or for a command",
+        .operands = "[COMMAND]...",
+        .handler = run_help,
+    };
+    CommandSpec version{
+        .name = "version",
+        .summary = "Print the version",
+        .handler = run_version,
+    };
+    return CommandSpec{
+        .name = "runewarp",
+        .summary = {},
+        .description = kTopDescription,
+        .flags = {FlagSpec{.long_name = "version", .short_name = 'V', .help = "Print version"}},
+        .subcommands = {std::move(help), std::move(version), std::move(config)},
+        .handler = run_root,
+    };
+}
+
+}  // namespace
+
+const CommandSpec& command_tree() {
+    static const CommandSpec tree = build_tree();
+    return tree;
+}
+
+int run(const std::vector<std::string_view>& args, Console& console) {
+    ParseResult parsed = parse(command_tree(), args);
+    const auto& path = parsed.invocation.path;
+    switch (parsed.kind) {
+        case ParseResult::Kind::kHelp:
+            console.out(help_text(path));
+            return kExitOk;
+        case ParseResult::Kind::kVersion:
+            console.out(version_line());
+            return kExitOk;
+        case ParseResult::Kind::kNeedsGroup:
+            console.err(help_text(path));
+            return kExitUsage;
+        case ParseResult::Kind::kUsageError:
+            console.err(render_usage_error(path, parsed.error));
+            return kExitUsage;
+        case ParseResult::Kind::kRun:
+            break;
+    }
+    return path.back()->handler(parsed.invocation, console);
+}
+
+int run(int argc, char** argv) {
+    // A closed stdout/stderr or peer must surface as EPIPE, not kill the process.
+    std::signal(SIGPIPE, SIG_IGN);
+    std::vector<std::string_view> args;
+    for (int i = 1; i < argc; ++i) args.emplace_back(argv[i]);
+    FdConsole console;
+    return run(args, console);
+}
+
+}  // namespace runewarp::cli

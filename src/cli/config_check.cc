@@ -1,0 +1,71 @@
+// `runewarp config check`: config resolution (spec 3.8) and validation of each role present.
+#include "cli/config_check.hh"
+
+#include <string>
+#include <vector>
+
+#include "config/config.hh"
+
+namespace runewarp::cli {
+
+namespace {
+
+// Errors before any logger exists go raw to stderr (spec 3.2).
+int fail(Console& console, std::string_view message) {
+    std::string line = "error: ";
+    line.append(message);
+    line.push_back('\n');
+    console.err(line);
+    return kExitFailure;
+}
+
+}  // namespace
+
+int run_config_check(const Invocation& inv, Console& console) {
+    config::Env env = config::Env::from_process();
+    auto selection = config::resolve_config_path(inv.value("config"), env);
+    if (!selection) return fail(console, selection.error().message);
+    if (selection->path.empty()) {
+        std::string msg = "no config file found; tried ";
+        for (std::size_t i = 0; i < selection->tried.size(); ++i) {
+            if (i > 0) msg.append(", ");
+            msg.append(selection->tried[i]);
+        }
+        if (selection->tried.empty()) msg.append("nothing");
+        msg.append(" (use --config PATH)");
+        return fail(console, msg);
+    }
+    const std::string& path = selection->path;
+
+    std::vector<config::Role> roles;
+    if (auto role = inv.value("role")) {
+        roles.push_back(*role == "server" ? config::Role::kServer : config::Role::kClient);
+    } else {
+        auto present = config::sections_present(path);
+        if (!present) return fail(console, present.error().message);
+        if (present->server) roles.push_back(config::Role::kServer);
+        if (present->client) roles.push_back(config::Role::kClient);
+        if (roles.empty()) {
+            return fail(console, path + " has neither a [server] nor a [client] section");
+        }
+    }
+
+    bool ok = true;
+    for (config::Role role : roles) {
+        config::LoadOptions options;
+        options.role = role;
+        options.path = path;
+        options.path_is_default = selection->is_default;
+        options.env = env;
+        config::LoadOutcome outcome = config::load(options);
+        if (!outcome.ok()) {
+            console.err(config::format_report(role, path, outcome));
+            ok = false;
+        }
+    }
+    if (!ok) return kExitFailure;
+    console.out("ok\n");
+    return kExitOk;
+}
+
+}  // namespace runewarp::cli

@@ -1,2 +1,0 @@
-// Placeholder so the cli module links before its first source lands.
-namespace runewarp::cli {}
