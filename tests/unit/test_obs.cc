@@ -1,0 +1,398 @@
+// Unit tests for obs: log line formats, level filtering, rate limiting, duration formatting.
+#include <criterion/criterion.h>
+
+#include <chrono>
+#include <map>
+#include <optional>
+#include <regex>
+#include <string>
+#include <vector>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "obs/log.hh"
+
+using namespace runewarp::obs;
+using namespace std::chrono_literals;
+
+namespace {
+
+// 2026-05-01T10:00:00.123456Z
+timespec fixed_clock() noexcept {
+    return timespec{1777629600, 123456789};
+}
+
+LoggerOptions opts(Level level, Format format = Format::kText, Style style = Style::kPlain) {
+    return LoggerOptions{level, format, style, fixed_clock};
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> out;
+    std::size_t start = 0;
+    while (start < text.size()) {
+        std::size_t nl = text.find('\n', start);
+        if (nl == std::string::npos) {
+            out.push_back(text.substr(start) + "<no newline>");
+            break;
+        }
+        out.push_back(text.substr(start, nl - start));
+        start = nl + 1;
+    }
+    return out;
+}
+
+void append_utf8(std::string& out, unsigned cp) {
+    if (cp < 0x80) {
+        out.push_back(static_cast<char>(cp));
+    } else if (cp < 0x800) {
+        out.push_back(static_cast<char>(0xc0 | (cp >> 6)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    } else {
+        out.push_back(static_cast<char>(0xe0 | (cp >> 12)));
+        out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3f)));
+        out.push_back(static_cast<char>(0x80 | (cp & 0x3f)));
+    }
+}
+
+// Strict parser for a flat JSON object whose values are all strings (what the logger emits).
+// Returns nullopt on any syntax error, raw control byte or duplicate key.
+class FlatJson {
+public:
+    explicit FlatJson(std::string_view s) : s_(s) {}
+
+    std::optional<std::vector<std::pair<std::string, std::string>>> parse() {
+        std::vector<std::pair<std::string, std::string>> members;
+        if (!eat('{')) return std::nullopt;
+        if (eat('}')) return at_end() ? std::optional(members) : std::nullopt;
+        for (;;) {
+            auto key = str();
+            if (!key || !eat(':')) return std::nullopt;
+            auto value = str();
+            if (!value) return std::nullopt;
+            for (auto& [k, v] : members) {
+                if (k == *key) return std::nullopt;
+            }
+            members.emplace_back(*key, *value);
+            if (eat(',')) continue;
+            if (eat('}')) break;
+            return std::nullopt;
+        }
+        return at_end() ? std::optional(members) : std::nullopt;
+    }
+
+private:
+    bool at_end() const { return i_ == s_.size(); }
+    bool eat(char c) {
+        if (i_ < s_.size() && s_[i_] == c) {
+            ++i_;
+            return true;
+        }
+        return false;
+    }
+    std::optional<std::string> str() {
+        if (!eat('"')) return std::nullopt;
+        std::string out;
+        while (i_ < s_.size()) {
+            char c = s_[i_++];
+            if (c == '"') return out;
+            if (static_cast<unsigned char>(c) < 0x20) return std::nullopt;
+            if (c != '\\') {
+                out.push_back(c);
+                continue;
+            }
+            if (i_ >= s_.size()) return std::nullopt;
+            char e = s_[i_++];
+            switch (e) {
+                case '"':
+                    out.push_back('"');
+                    break;
+                case '\\':
+                    out.push_back('\\');
+                    break;
+                case '/':
+                    out.push_back('/');
+                    break;
+                case 'n':
+                    out.push_back('\n');
+                    break;
+                case 'r':
+                    out.push_back('\r');
+                    break;
+                case 't':
+                    out.push_back('\t');
+                    break;
+                case 'b':
+                    out.push_back('\b');
+                    break;
+                case 'f':
+                    out.push_back('\f');
+                    break;
+                case 'u': {
+                    if (i_ + 4 > s_.size()) return std::nullopt;
+                    unsigned cp = 0;
+                    for (int k = 0; k < 4; ++k) {
+                        char h = s_[i_++];
+                        cp <<= 4;
+                        if (h >= '0' && h <= '9') {
+                            cp |= static_cast<unsigned>(h - '0');
+                        } else if (h >= 'a' && h <= 'f') {
+                            cp |= static_cast<unsigned>(h - 'a' + 10);
+                        } else if (h >= 'A' && h <= 'F') {
+                            cp |= static_cast<unsigned>(h - 'A' + 10);
+                        } else {
+                            return std::nullopt;
+                        }
+                    }
+                    append_utf8(out, cp);
+                    break;
+                }
+                default:
+                    return std::nullopt;
+            }
+        }
+        return std::nullopt;
+    }
+
+    std::string_view s_;
+    std::size_t i_ = 0;
+};
+
+RateLimiter::TimePoint g_fake_now{};
+RateLimiter::TimePoint fake_now() noexcept {
+    return g_fake_now;
+}
+
+}  // namespace
+
+Test(obs, text_line_has_timestamp_aligned_level_fields_and_summary) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo));
+    log.info("server tunnel listener ready", {{"bind-address", "0.0.0.0:443"}});
+    log.warn("server tunnel connection dropped", {{"client-identity", "ab12"}, {"count", 3}},
+             "idle timeout");
+    log.error("server tunnel listener failed", {}, "address in use");
+    log.info("client ready");
+    auto lines = lines_of(sink.text);
+    cr_assert_eq(lines.size(), 4u);
+    cr_assert_str_eq(lines[0].c_str(),
+                     "2026-05-01T10:00:00.123456Z  INFO server tunnel listener ready: "
+                     "bind-address=0.0.0.0:443");
+    cr_assert_str_eq(lines[1].c_str(),
+                     "2026-05-01T10:00:00.123456Z  WARN server tunnel connection dropped: "
+                     "client-identity=ab12 count=3: idle timeout");
+    cr_assert_str_eq(lines[2].c_str(),
+                     "2026-05-01T10:00:00.123456Z ERROR server tunnel listener failed: "
+                     "address in use");
+    cr_assert_str_eq(lines[3].c_str(), "2026-05-01T10:00:00.123456Z  INFO client ready");
+}
+
+Test(obs, real_clock_timestamp_has_microsecond_utc_shape) {
+    StringSink sink;
+    Logger log(sink, LoggerOptions{Level::kDebug, Format::kText, Style::kPlain, realtime_now});
+    log.debug("server route forwarded", {{"public-hostname", "app.example.com"}});
+    std::regex shape(
+        R"(^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z DEBUG server route forwarded: )"
+        R"(public-hostname=app\.example\.com\n$)");
+    cr_assert(std::regex_match(sink.text, shape), "got: %s", sink.text.c_str());
+}
+
+Test(obs, values_with_spaces_or_newlines_stay_one_token) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo));
+    log.info("event", {{"reason", "two words\nand more"}}, "multi\nline summary");
+    cr_assert_str_eq(sink.text.c_str(),
+                     "2026-05-01T10:00:00.123456Z  INFO event: reason=two_words_and_more: "
+                     "multi line summary\n");
+}
+
+Test(obs, typed_field_values) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo));
+    std::string owned = "owned";
+    log.info("e", {{"s", owned},
+                   {"neg", -5},
+                   {"big", std::uint64_t{18446744073709551615u}},
+                   {"delay", std::chrono::milliseconds(1500)},
+                   {"whole", std::chrono::milliseconds(20000)}});
+    cr_assert_str_eq(sink.text.c_str(),
+                     "2026-05-01T10:00:00.123456Z  INFO e: s=owned neg=-5 "
+                     "big=18446744073709551615 delay=1500ms whole=20s\n");
+}
+
+Test(obs, journald_mode_drops_timestamp_and_prefixes_priority) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kDebug, Format::kText, Style::kJournal));
+    log.error("a");
+    log.warn("b", {{"k", "v"}});
+    log.info("c");
+    log.debug("d");
+    log.trace("e");
+    auto lines = lines_of(sink.text);
+    cr_assert_eq(lines.size(), 5u);
+    cr_assert_str_eq(lines[0].c_str(), "<3>ERROR a");
+    cr_assert_str_eq(lines[1].c_str(), "<4>WARN b: k=v");
+    cr_assert_str_eq(lines[2].c_str(), "<6>INFO c");
+    cr_assert_str_eq(lines[3].c_str(), "<7>DEBUG d");
+    cr_assert_str_eq(lines[4].c_str(), "<7>DEBUG e");
+}
+
+Test(obs, color_mode_wraps_only_the_level) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo, Format::kText, Style::kColor));
+    log.warn("w");
+    cr_assert_str_eq(sink.text.c_str(), "2026-05-01T10:00:00.123456Z \x1b[33m WARN\x1b[0m w\n");
+}
+
+Test(obs, json_lines_parse_and_escape) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo, Format::kJson));
+    std::string nasty = "quote\" back\\slash\nnl\ttab\x01 ctl \xc3\xa9 bad\xff end";
+    log.warn("server route unavailable", {{"public-hostname", "app.example.com"}, {"k", nasty}},
+             nasty);
+    log.info("client ready");
+    auto lines = lines_of(sink.text);
+    cr_assert_eq(lines.size(), 2u);
+
+    auto first = FlatJson(lines[0]).parse();
+    cr_assert(first.has_value(), "not JSON: %s", lines[0].c_str());
+    std::map<std::string, std::string> m(first->begin(), first->end());
+    cr_assert_eq(first->size(), 6u);
+    cr_assert_str_eq((*first)[0].first.c_str(), "ts");
+    cr_assert_str_eq(m["ts"].c_str(), "2026-05-01T10:00:00.123456Z");
+    cr_assert_str_eq(m["level"].c_str(), "warn");
+    cr_assert_str_eq(m["event"].c_str(), "server route unavailable");
+    cr_assert_str_eq(m["public-hostname"].c_str(), "app.example.com");
+    std::string expected = "quote\" back\\slash\nnl\ttab\x01 ctl \xc3\xa9 bad\xef\xbf\xbd end";
+    cr_assert_str_eq(m["k"].c_str(), expected.c_str());
+    cr_assert_str_eq(m["message"].c_str(), expected.c_str());
+
+    auto second = FlatJson(lines[1]).parse();
+    cr_assert(second.has_value(), "not JSON: %s", lines[1].c_str());
+    cr_assert_eq(second->size(), 3u, "no message member without a summary");
+}
+
+Test(obs, json_in_journal_mode_keeps_priority_prefix) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kInfo, Format::kJson, Style::kJournal));
+    log.error("x");
+    cr_assert_str_eq(
+        sink.text.c_str(),
+        "<3>{\"ts\":\"2026-05-01T10:00:00.123456Z\",\"level\":\"error\",\"event\":\"x\"}\n");
+}
+
+Test(obs, level_filtering) {
+    StringSink sink;
+    Logger log(sink, opts(Level::kWarn));
+    log.debug("d");
+    log.info("i");
+    log.warn("w");
+    log.error("e");
+    cr_assert_eq(lines_of(sink.text).size(), 2u);
+    cr_assert(!log.enabled(Level::kInfo));
+    cr_assert(log.enabled(Level::kError));
+
+    sink.text.clear();
+    log.set_level(Level::kOff);
+    log.error("e");
+    cr_assert(sink.text.empty(), "off prints nothing");
+    cr_assert(!log.enabled(Level::kOff));
+
+    log.set_level(Level::kDebug);
+    log.trace("t");
+    log.debug("d");
+    cr_assert_eq(lines_of(sink.text).size(), 2u);
+}
+
+Test(obs, level_and_format_names) {
+    cr_assert(parse_level("trace").ok());
+    cr_assert(*parse_level("trace") == Level::kDebug);
+    cr_assert(*parse_level("off") == Level::kOff);
+    cr_assert(*parse_level("warn") == Level::kWarn);
+    cr_assert(!parse_level("WARN").ok());
+    cr_assert(!parse_level("verbose").ok());
+    cr_assert(*parse_format("json") == Format::kJson);
+    cr_assert(*parse_format("text") == Format::kText);
+    cr_assert(!parse_format("logfmt").ok());
+}
+
+Test(obs, duration_formatting) {
+    cr_assert_str_eq(format_duration(0ms).c_str(), "0s");
+    cr_assert_str_eq(format_duration(10000ms).c_str(), "10s");
+    cr_assert_str_eq(format_duration(60s).c_str(), "60s");
+    cr_assert_str_eq(format_duration(100ms).c_str(), "100ms");
+    cr_assert_str_eq(format_duration(1500ms).c_str(), "1500ms");
+    cr_assert_str_eq(format_duration(1001ms).c_str(), "1001ms");
+}
+
+Test(obs, rate_limiter_one_line_per_interval_then_recovery) {
+    g_fake_now = RateLimiter::TimePoint{} + 1000s;
+    RateLimiter rl(10s, fake_now);
+
+    cr_assert(!rl.on_success(), "no recovery line before any saturation");
+    auto d = rl.on_saturated();
+    cr_assert(d.log);
+    cr_assert_eq(d.count, 1u);
+    for (int i = 0; i < 5; ++i) {
+        g_fake_now += 1s;
+        cr_assert(!rl.on_saturated().log, "suppressed within 10 s");
+    }
+    g_fake_now += 4s;  // 9 s after the first line
+    cr_assert(!rl.on_saturated().log);
+    g_fake_now += 1s;  // exactly 10 s
+    d = rl.on_saturated();
+    cr_assert(d.log);
+    cr_assert_eq(d.count, 7u, "six suppressed events plus this one");
+
+    cr_assert(rl.on_success(), "first success after a logged saturation");
+    cr_assert(!rl.on_success(), "only one recovery line");
+
+    // A new saturation inside the window is suppressed and arms no recovery line.
+    g_fake_now += 2s;
+    cr_assert(!rl.on_saturated().log);
+    cr_assert(!rl.on_success());
+
+    g_fake_now += 10s;
+    cr_assert(rl.on_saturated().log);
+    cr_assert(rl.on_success());
+}
+
+Test(obs, rate_limiter_explicit_time) {
+    RateLimiter rl(10s);
+    auto t0 = RateLimiter::TimePoint{} + 5s;
+    cr_assert(rl.on_saturated(t0).log);
+    cr_assert(!rl.on_saturated(t0 + 9999ms).log);
+    cr_assert(rl.on_saturated(t0 + 10s).log);
+}
+
+Test(obs, fd_sink_writes_whole_lines) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    FdSink sink(fds[1]);
+    Logger log(sink, opts(Level::kInfo));
+    log.info("client ready", {{"server-address", "tunnel.example.com:443"}});
+    close(fds[1]);
+    std::string got;
+    char buf[256];
+    ssize_t n;
+    while ((n = read(fds[0], buf, sizeof buf)) > 0) got.append(buf, static_cast<std::size_t>(n));
+    close(fds[0]);
+    cr_assert_str_eq(got.c_str(),
+                     "2026-05-01T10:00:00.123456Z  INFO client ready: "
+                     "server-address=tunnel.example.com:443\n");
+}
+
+Test(obs, detect_style_matches_journal_stream) {
+    int fds[2];
+    cr_assert_eq(pipe(fds), 0);
+    struct stat st {};
+    cr_assert_eq(fstat(fds[1], &st), 0);
+    std::string js = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino);
+    cr_assert_eq(detect_style(fds[1], js.c_str()), Style::kJournal);
+    std::string other = std::to_string(st.st_dev) + ":" + std::to_string(st.st_ino + 1);
+    cr_assert_eq(detect_style(fds[1], other.c_str()), Style::kPlain, "pipe is not a TTY");
+    cr_assert_eq(detect_style(fds[1], nullptr), Style::kPlain);
+    cr_assert_eq(detect_style(fds[1], "garbage"), Style::kPlain);
+    close(fds[0]);
+    close(fds[1]);
+}
