@@ -8,8 +8,8 @@
 #include <vector>
 
 #include "config/paths.hh"
-#include "runewarp/result.hh"
 #include "proto/endpoint.hh"
+#include "runewarp/result.hh"
 
 namespace runewarp::config {
 

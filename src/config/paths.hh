@@ -29,8 +29,8 @@ enum class Layout { kUser, kSystem };
 inline constexpr const char* kSystemConfigPath = "/etc/runewarp/config.ini";
 
 struct ConfigSelection {
-    std::string path;              // empty when nothing was found
-    bool is_default = false;       // chosen by resolution, not by --config
+    std::string path;                // empty when nothing was found
+    bool is_default = false;         // chosen by resolution, not by --config
     std::vector<std::string> tried;  // default candidates looked at, in order
 };
 

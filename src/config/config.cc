@@ -1,0 +1,878 @@
+// Config loading: registry-driven key checks, CLI overlays, cross-field rules, model building.
+#include "config/config.hh"
+
+#include <sys/stat.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+
+#include "config/ini_document.hh"
+#include "config/registry.hh"
+#include "config/values.hh"
+#include "proto/hostname.hh"
+
+namespace runewarp::config {
+
+namespace {
+
+bool dir_exists(const std::string& p) {
+    struct stat st {};
+    return ::stat(p.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+bool file_exists(const std::string& p) {
+    struct stat st {};
+    return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
+}
+
+// One key after the generic checks: its items (one for scalars) and first line.
+struct Value {
+    std::vector<std::string> items;
+    int line = 0;
+    bool valid = true;
+    const std::string& one() const { return items.front(); }
+};
+
+struct Section {
+    SectionKind kind = SectionKind::kTop;
+    std::string label;
+    int line = 0;
+    std::map<std::string, Value> keys;
+
+    const Value* get(const std::string& k) const {
+        auto it = keys.find(k);
+        return it == keys.end() ? nullptr : &it->second;
+    }
+    // Present and well formed.
+    const Value* good(const std::string& k) const {
+        auto* v = get(k);
+        return v && v->valid ? v : nullptr;
+    }
+};
+
+std::string where(const Section& s) {
+    switch (s.kind) {
+        case SectionKind::kTunnel:
+        case SectionKind::kRoute:
+        case SectionKind::kService:
+            return std::string(section_kind_name(s.kind)) + " \"" + s.label + "\"";
+        default:
+            return std::string(section_kind_name(s.kind));
+    }
+}
+
+// "server.hostname", "tunnel \"apps\": public-hostnames", "log-level".
+std::string key_path(const Section& s, std::string_view key) {
+    switch (s.kind) {
+        case SectionKind::kTop:
+            return std::string(key);
+        case SectionKind::kTunnel:
+        case SectionKind::kRoute:
+        case SectionKind::kService:
+            return where(s) + ": " + std::string(key);
+        default:
+            return where(s) + "." + std::string(key);
+    }
+}
+
+std::string header_text(const Section& s) {
+    if (s.kind == SectionKind::kTop) return "the top level";
+    return "[" + (section_is_labelled(s.kind) ? where(s) : where(s)) + "]";
+}
+
+class Loader {
+public:
+    Loader(const LoadOptions& opt, LoadOutcome& out) : opt_(opt), out_(out) {}
+
+    void run(std::string_view text);
+
+private:
+    void problem(int line, std::string msg) {
+        out_.problems.push_back(Problem{opt_.path, line, std::move(msg)});
+    }
+    void hint(std::string_view command) {
+        std::string h = "Hint: runewarp " + std::string(command);
+        if (!opt_.path.empty() && !opt_.path_is_default) h += " --config " + opt_.path;
+        if (std::find(out_.hints.begin(), out_.hints.end(), h) == out_.hints.end()) {
+            out_.hints.push_back(h);
+        }
+    }
+
+    bool own_section(SectionKind k) const;
+    void collect(const RawDocument& doc);
+    Section check_section(const RawSection& raw, const std::set<std::string>& skip);
+    std::string file_path(const std::string& v) const {
+        return resolve_relative_to_file(opt_.path, v);
+    }
+    bool need_data_root() {
+        if (!roots_.data.empty()) return true;
+        if (!data_root_reported_) {
+            problem(0, "unable to resolve the XDG data base directory: set XDG_DATA_HOME or HOME");
+            data_root_reported_ = true;
+        }
+        return false;
+    }
+    bool need_state_root() {
+        if (!roots_.state.empty()) return true;
+        problem(0, "unable to resolve the XDG state base directory: set XDG_STATE_HOME or HOME");
+        return false;
+    }
+
+    void top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
+                   const Section* role_section);
+    std::optional<Acme> acme(const Section* s, bool server);
+    std::optional<Control> control(bool& managed);
+    void check_material_dir(const std::string& key, int line, const std::string& dir,
+                            std::initializer_list<const char*> files, const char* hint_cmd);
+    std::vector<std::string> hostnames(const Section& s, const Value& v);
+
+    void server();
+    void client();
+
+    const LoadOptions& opt_;
+    LoadOutcome& out_;
+    Roots roots_;
+    bool data_root_reported_ = false;
+    bool any_service_header_ = false;
+    std::vector<Section> sections_;  // valid sections this role validates, file order
+};
+
+bool Loader::own_section(SectionKind k) const {
+    switch (k) {
+        case SectionKind::kTop:
+        case SectionKind::kControl:
+            return true;
+        case SectionKind::kServer:
+        case SectionKind::kServerAcme:
+        case SectionKind::kTunnel:
+        case SectionKind::kRoute:
+            return opt_.role == Role::kServer;
+        case SectionKind::kClient:
+        case SectionKind::kClientAcme:
+        case SectionKind::kService:
+            return opt_.role == Role::kClient;
+    }
+    return false;
+}
+
+Section Loader::check_section(const RawSection& raw, const std::set<std::string>& skip) {
+    Section s;
+    s.kind = raw.kind;
+    s.label = raw.label;
+    s.line = raw.line;
+    for (const auto& e : raw.entries) {
+        const KeySpec* spec = find_key(raw.kind, e.key);
+        if (!spec) {
+            problem(e.line, "unknown field " + e.key + " in " + header_text(s));
+            continue;
+        }
+        if (skip.count(e.key)) continue;
+        auto [it, fresh] = s.keys.try_emplace(e.key);
+        Value& v = it->second;
+        if (fresh) v.line = e.line;
+        if (!is_list(spec->type)) {
+            if (!fresh) {
+                problem(e.line, "`" + e.key + "` given more than once in " + header_text(s));
+                continue;
+            }
+            v.items.push_back(e.value);
+            if (auto err = check_value(*spec, e.value)) {
+                problem(e.line,
+                        key_path(s, e.key) + ": invalid value \"" + e.value + "\": " + *err);
+                v.valid = false;
+            }
+            continue;
+        }
+        std::string item;
+        auto flush = [&] {
+            if (item.empty()) return;
+            if (auto err = check_value(*spec, item)) {
+                problem(e.line, key_path(s, e.key) + ": invalid value \"" + item + "\": " + *err);
+                v.valid = false;
+            }
+            v.items.push_back(item);
+            item.clear();
+        };
+        for (char c : e.value) {
+            if (c == ',' || c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+                c == '\f') {
+                flush();
+            } else {
+                item += c;
+            }
+        }
+        flush();
+    }
+    for (auto& [key, v] : s.keys) {
+        const KeySpec* spec = find_key(s.kind, key);
+        if (spec && is_list(spec->type) && v.items.empty() && v.valid) {
+            problem(v.line, key_path(s, key) + " must not be an empty list");
+            v.valid = false;
+        }
+    }
+    return s;
+}
+
+void Loader::collect(const RawDocument& doc) {
+    any_service_header_ = doc.any_service_header;
+    for (const auto& raw : doc.sections) {
+        if (!raw.valid || !own_section(raw.kind)) continue;
+        std::set<std::string> skip;
+        // CLI overlays replace file values before validation, so a bad file value is not reported.
+        if (raw.kind == SectionKind::kServer &&
+            (opt_.overrides.hostname || !opt_.env.server_hostname.empty())) {
+            skip.insert("hostname");
+        }
+        if (raw.kind == SectionKind::kClient && !opt_.overrides.server_addresses.empty()) {
+            skip.insert("server-address");
+            skip.insert("server-addresses");
+        }
+        if (raw.kind == SectionKind::kControl && opt_.overrides.control_address) {
+            skip.insert("address");
+        }
+        sections_.push_back(check_section(raw, skip));
+    }
+}
+
+void Loader::top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
+                       const Section* role_section) {
+    const Section& top = sections_.front();
+    if (auto* v = top.good("log-level")) {
+        static constexpr std::pair<std::string_view, LogLevel> kMap[] = {
+            {"off", LogLevel::kOff},   {"error", LogLevel::kError}, {"warn", LogLevel::kWarn},
+            {"info", LogLevel::kInfo}, {"debug", LogLevel::kDebug}, {"trace", LogLevel::kTrace}};
+        for (auto [n, l] : kMap) {
+            if (v->one() == n) level = l;
+        }
+    }
+    if (auto* v = top.good("log-format")) {
+        format = v->one() == "json" ? LogFormat::kJson : LogFormat::kText;
+    }
+    if (role_section) {
+        if (auto* v = role_section->good("event-backend")) {
+            backend = v->one() == "io_uring" ? EventBackend::kIoUring
+                      : v->one() == "epoll"  ? EventBackend::kEpoll
+                                             : EventBackend::kAuto;
+        }
+    }
+}
+
+void Loader::check_material_dir(const std::string& key, int line, const std::string& dir,
+                                std::initializer_list<const char*> files, const char* hint_cmd) {
+    if (!dir_exists(dir)) {
+        problem(line, key + ": directory " + dir + " does not exist");
+        if (hint_cmd) hint(hint_cmd);
+        return;
+    }
+    std::string missing;
+    for (const char* f : files) {
+        if (!file_exists(dir + "/" + f)) missing += std::string(missing.empty() ? "" : ", ") + f;
+    }
+    if (!missing.empty()) {
+        problem(line, key + ": " + dir + " is missing " + missing);
+        if (hint_cmd) hint(hint_cmd);
+    }
+}
+
+std::vector<std::string> Loader::hostnames(const Section&, const Value& v) {
+    std::vector<std::string> out;
+    for (const auto& item : v.items) {
+        auto h = proto::normalize_hostname(item);
+        if (h.ok()) out.push_back(h.canonical);
+    }
+    return out;
+}
+
+std::optional<Acme> Loader::acme(const Section* s, bool server_role) {
+    if (!s) return std::nullopt;
+    Acme a;
+    if (auto* v = s->good("email")) {
+        a.email = v->one();
+    } else if (!s->get("email")) {
+        problem(s->line, where(*s) + ".email is required");
+    }
+    if (auto* v = s->good("state-dir")) {
+        a.state_dir = file_path(v->one());
+        a.state_dir_is_default = false;
+        if (!dir_exists(a.state_dir)) {
+            problem(v->line,
+                    where(*s) + ".state-dir: directory " + a.state_dir + " does not exist");
+        }
+    } else if (!s->get("state-dir") && need_state_root()) {
+        a.state_dir =
+            server_role ? default_server_acme_dir(roots_) : default_client_acme_dir(roots_);
+    }
+    return a;
+}
+
+std::optional<Control> Loader::control(bool& managed) {
+    const Section* s = nullptr;
+    for (const auto& sec : sections_) {
+        if (sec.kind == SectionKind::kControl) s = &sec;
+    }
+    managed = s != nullptr || opt_.overrides.control_address.has_value();
+    if (!managed) return std::nullopt;
+    Control c;
+    if (opt_.overrides.control_address) {
+        auto r = parse_server_address(*opt_.overrides.control_address);
+        if (auto* e = std::get_if<std::string>(&r)) {
+            problem(0, "--control-address \"" + *opt_.overrides.control_address + "\": " + *e);
+        } else {
+            c.address = std::get<HostPort>(r);
+        }
+    } else if (auto* v = s->good("address")) {
+        c.address = std::get<HostPort>(parse_server_address(v->one()));
+    } else if (!s->get("address")) {
+        problem(s->line, "control.address is required");
+    }
+    if (!s) return c;
+    if (auto* v = s->good("trust"))
+        c.trust = v->one() == "ca-file" ? Trust::kCaFile : Trust::kSystem;
+    const Value* ca = s->good("ca-file");
+    if (ca && c.trust != Trust::kCaFile) {
+        problem(ca->line, "control.ca-file is allowed only with control.trust = ca-file");
+    }
+    if (c.trust == Trust::kCaFile) {
+        if (ca) {
+            c.ca_file = file_path(ca->one());
+        } else if (need_data_root()) {
+            c.ca_file = default_control_ca_file(roots_);
+        }
+        if (!c.ca_file.empty() && !file_exists(c.ca_file)) {
+            problem(ca ? ca->line : s->line,
+                    "control.ca-file: file " + c.ca_file + " does not exist");
+        }
+    }
+    return c;
+}
+
+void Loader::run(std::string_view text) {
+    RawDocument doc = parse_ini(text, opt_.path);
+    out_.problems = doc.problems;
+    roots_ = resolve_roots(opt_.path, opt_.env);
+    collect(doc);
+    // Global keys other than log-level/log-format are rejected by the registry as unknown.
+    if (opt_.role == Role::kServer) {
+        server();
+    } else {
+        client();
+    }
+    std::stable_sort(out_.problems.begin(), out_.problems.end(),
+                     [](const Problem& a, const Problem& b) {
+                         auto key = [](const Problem& p) { return p.line == 0 ? 1 << 30 : p.line; };
+                         return key(a) < key(b);
+                     });
+    if (!out_.problems.empty()) {
+        out_.server.reset();
+        out_.client.reset();
+    }
+}
+
+// ---- Server ------------------------------------------------------------------------------------
+
+void Loader::server() {
+    ServerConfig cfg;
+    cfg.config_path = opt_.path;
+    cfg.layout = roots_.layout;
+    cfg.data_root = roots_.data;
+    cfg.state_root = roots_.state;
+    const Section* srv = nullptr;
+    const Section* acme_sec = nullptr;
+    std::vector<const Section*> tunnels;
+    std::vector<const Section*> routes;
+    for (const auto& s : sections_) {
+        if (s.kind == SectionKind::kServer) srv = &s;
+        if (s.kind == SectionKind::kServerAcme) acme_sec = &s;
+        if (s.kind == SectionKind::kTunnel) tunnels.push_back(&s);
+        if (s.kind == SectionKind::kRoute) routes.push_back(&s);
+    }
+    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, srv);
+    if (opt_.path.empty()) {
+        problem(0, "the Server needs a config file");
+        return;
+    }
+    if (!srv) {
+        problem(0, "missing [server] section");
+        return;
+    }
+    cfg.control = control(cfg.managed_requested);
+
+    // Hostname: --hostname > RUNEWARP_SERVER_HOSTNAME > server.hostname.
+    std::optional<std::string> host_raw;
+    std::string host_origin;
+    if (opt_.overrides.hostname) {
+        host_raw = *opt_.overrides.hostname;
+        host_origin = "--hostname";
+        cfg.hostname_source = Source::kFlag;
+    } else if (!opt_.env.server_hostname.empty()) {
+        host_raw = opt_.env.server_hostname;
+        host_origin = "RUNEWARP_SERVER_HOSTNAME";
+        cfg.hostname_source = Source::kEnv;
+    }
+    if (host_raw) {
+        auto h = proto::normalize_hostname(*host_raw);
+        if (h.ok()) {
+            cfg.hostname = h.canonical;
+        } else {
+            problem(0,
+                    host_origin + " \"" + *host_raw + "\": " + proto::hostname_error_text(h.error));
+        }
+    } else if (auto* v = srv->good("hostname")) {
+        cfg.hostname = proto::normalize_hostname(v->one()).canonical;
+    } else if (!srv->get("hostname")) {
+        problem(srv->line, "server.hostname is required");
+    }
+
+    auto endpoint = [&](const char* key, proto::Endpoint def) {
+        if (auto* v = srv->good(key))
+            return std::get<proto::Endpoint>(parse_socket_address(v->one()));
+        return def;
+    };
+    auto any = *proto::parse_endpoint("0.0.0.0:443");
+    cfg.public_bind = endpoint("public-bind-address", any);
+    cfg.tunnel_bind = endpoint("tunnel-bind-address", any);
+    if (auto* v = srv->good("readiness-bind-address")) {
+        cfg.readiness_bind = std::get<proto::Endpoint>(parse_socket_address(v->one()));
+    }
+    if (auto* v = srv->good("graceful-shutdown-duration")) {
+        cfg.graceful_shutdown_ms = std::get<std::uint64_t>(parse_duration_ms(v->one()));
+    }
+
+    // PROXY v2 ingress: networks required with v2 and forbidden without it.
+    const Value* vpp = srv->get("visitor-proxy-protocol");
+    const Value* nets = srv->get("visitor-proxy-trusted-networks");
+    cfg.visitor_proxy_v2 = vpp && vpp->valid;
+    if (cfg.visitor_proxy_v2 && !nets) {
+        problem(vpp->line,
+                "server.visitor-proxy-trusted-networks is required when "
+                "server.visitor-proxy-protocol = v2");
+    }
+    if (nets && !vpp) {
+        problem(nets->line,
+                "server.visitor-proxy-trusted-networks is allowed only with "
+                "server.visitor-proxy-protocol = v2");
+    }
+    if (nets && nets->valid) {
+        for (const auto& item : nets->items)
+            cfg.visitor_proxy_trusted_networks.push_back(std::get<Cidr>(parse_cidr(item)));
+    }
+
+    // ACME vs manual certificate.
+    cfg.acme = acme(acme_sec, true);
+    const Value* cert_dir = srv->get("cert-dir");
+    if (acme_sec && cert_dir) {
+        problem(cert_dir->line, "server.cert-dir and [server.acme] are mutually exclusive");
+    }
+    bool needs_cert = !tunnels.empty() || cfg.managed_requested;
+    if (!acme_sec && needs_cert) {
+        if (cert_dir && cert_dir->valid) {
+            cfg.cert_dir = file_path(cert_dir->one());
+        } else if (!cert_dir && need_data_root()) {
+            cfg.cert_dir = default_server_cert_dir(roots_);
+        }
+        if (!cfg.cert_dir.empty()) {
+            check_material_dir("server.cert-dir", cert_dir ? cert_dir->line : 0, cfg.cert_dir,
+                               {"server.crt", "server.key", "server-ca.crt"}, "server cert init");
+        }
+    } else if (!acme_sec && cert_dir && cert_dir->valid) {
+        cfg.cert_dir = file_path(cert_dir->one());  // recorded, not checked: no Tunnel uses it
+    }
+
+    // Managed mode (spec 9): identity-dir only there, Tunnel sections forbidden there.
+    const Value* idd = srv->get("identity-dir");
+    if (!cfg.managed_requested) {
+        if (idd)
+            problem(idd->line, "server.identity-dir is allowed only in managed mode ([control])");
+        if (tunnels.empty() && routes.empty()) {
+            problem(0, "at least one [tunnel \"LABEL\"] or [route \"LABEL\"] section is required");
+        }
+    } else {
+        for (const auto* t : tunnels) {
+            problem(t->line,
+                    where(*t) + ": tunnel sections are not allowed in managed mode ([control])");
+        }
+        if (idd && idd->valid) {
+            cfg.identity_dir = file_path(idd->one());
+        } else if (!idd && need_data_root()) {
+            cfg.identity_dir = default_server_identity_dir(roots_);
+        }
+        if (!cfg.identity_dir.empty()) {
+            if (cfg.identity_dir == cfg.cert_dir) {
+                problem(idd ? idd->line : 0,
+                        "server.identity-dir must differ from server.cert-dir");
+            }
+            check_material_dir("server.identity-dir", idd ? idd->line : 0, cfg.identity_dir,
+                               {"server.crt", "server.key", "server-identity.txt"}, nullptr);
+        }
+    }
+
+    // Public hostnames: unique across Tunnels and routes, never the Server hostname.
+    std::map<std::string, std::string> owner;  // hostname -> "tunnel \"a\""
+    std::map<std::string, std::string> identity_owner;
+    auto claim = [&](const Section& s, const Value& v, std::vector<std::string>& out) {
+        std::set<std::string> local;
+        for (const auto& h : hostnames(s, v)) {
+            if (!local.insert(h).second) {
+                problem(v.line, where(s) + ": public hostname " + h + " is listed twice");
+                continue;
+            }
+            if (!cfg.hostname.empty() && h == cfg.hostname) {
+                problem(v.line, where(s) + ": public hostname " + h +
+                                    " is the Server hostname (server.hostname)");
+            }
+            auto [it, fresh] = owner.emplace(h, where(s));
+            if (!fresh) {
+                problem(v.line, "public hostname " + h + " appears in both " + it->second +
+                                    " and " + where(s));
+            }
+            out.push_back(h);
+        }
+    };
+    for (const auto* t : tunnels) {
+        Tunnel tun;
+        tun.label = t->label;
+        if (auto* v = t->get("public-hostnames")) {
+            if (v->valid) claim(*t, *v, tun.public_hostnames);
+        } else {
+            problem(t->line, where(*t) + ": public-hostnames is required");
+        }
+        const Value* one = t->get("client-identity");
+        const Value* many = t->get("client-identities");
+        if (one && many) {
+            problem(many->line,
+                    where(*t) + ": client-identity and client-identities are mutually exclusive");
+        } else if (!one && !many) {
+            problem(t->line, where(*t) + ": client-identity or client-identities is required");
+        }
+        for (const Value* v : {one, many}) {
+            if (!v || !v->valid) continue;
+            for (const auto& id : v->items) {
+                if (std::find(tun.identities.begin(), tun.identities.end(), id) !=
+                    tun.identities.end()) {
+                    problem(v->line, where(*t) + ": client identity " + id + " is listed twice");
+                    continue;
+                }
+                auto [it, fresh] = identity_owner.emplace(id, where(*t));
+                if (!fresh) {
+                    problem(v->line, "client identity " + id + " appears in both " + it->second +
+                                         " and " + where(*t));
+                }
+                tun.identities.push_back(id);
+            }
+        }
+        cfg.tunnels.push_back(std::move(tun));
+    }
+    for (const auto* r : routes) {
+        Route route;
+        route.label = r->label;
+        if (auto* v = r->get("public-hostnames")) {
+            if (v->valid) claim(*r, *v, route.public_hostnames);
+        } else {
+            problem(r->line, where(*r) + ": public-hostnames is required");
+        }
+        if (auto* v = r->get("upstream-address")) {
+            if (v->valid) route.upstream = std::get<HostPort>(parse_host_port(v->one()));
+        } else {
+            problem(r->line, where(*r) + ": upstream-address is required");
+        }
+        route.proxy_v2 = r->good("proxy-protocol") != nullptr;
+        cfg.routes.push_back(std::move(route));
+    }
+    out_.server = std::move(cfg);
+}
+
+// ---- Client ------------------------------------------------------------------------------------
+
+void Loader::client() {
+    ClientConfig cfg;
+    cfg.config_path = opt_.path;
+    cfg.layout = roots_.layout;
+    cfg.data_root = roots_.data;
+    cfg.state_root = roots_.state;
+    const Section* cli = nullptr;
+    const Section* acme_sec = nullptr;
+    std::vector<const Section*> services;
+    for (const auto& s : sections_) {
+        if (s.kind == SectionKind::kClient) cli = &s;
+        if (s.kind == SectionKind::kClientAcme) acme_sec = &s;
+        if (s.kind == SectionKind::kService) services.push_back(&s);
+    }
+    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, cli);
+    const auto& ov = opt_.overrides;
+    bool cli_only = opt_.path.empty();
+    cfg.control = control(cfg.managed_requested);
+    if (ov.control_address && !ov.server_addresses.empty()) {
+        problem(0, "`--control-address` cannot be combined with `--server-address`");
+    }
+
+    // Server addresses: flags replace both file keys; otherwise exactly one file shape.
+    if (!ov.server_addresses.empty()) {
+        cfg.server_addresses_source = Source::kFlag;
+        for (const auto& a : ov.server_addresses) {
+            auto r = parse_server_address(a);
+            if (auto* e = std::get_if<std::string>(&r)) {
+                problem(0, "--server-address \"" + a + "\": " + *e);
+            } else {
+                cfg.server_addresses.push_back(std::get<HostPort>(r));
+            }
+        }
+    } else if (cli) {
+        const Value* one = cli->get("server-address");
+        const Value* many = cli->get("server-addresses");
+        if (one && many) {
+            problem(many->line,
+                    "client.server-address and client.server-addresses are mutually exclusive");
+        } else if (cfg.managed_requested) {
+            if (one || many) {
+                problem((one ? one : many)->line,
+                        "static Server addresses are not allowed in managed mode ([control])");
+            }
+        } else if (!one && !many) {
+            problem(cli->line, "client.server-address or client.server-addresses is required");
+        }
+        for (const Value* v : {one, many}) {
+            if (!v || !v->valid) continue;
+            for (const auto& item : v->items) {
+                cfg.server_addresses.push_back(std::get<HostPort>(parse_server_address(item)));
+            }
+        }
+    } else if (!cfg.managed_requested) {
+        problem(0, cli_only ? "`--server-address` is required when no config file is selected"
+                            : "`--server-address` is required when the selected config has no "
+                              "[client] section");
+    }
+    {
+        std::set<std::string> seen;
+        for (const auto& a : cfg.server_addresses) {
+            if (!seen.insert(a.text()).second) problem(0, "duplicate Server address " + a.text());
+        }
+    }
+
+    // Services: from the file, or one Catch-all synthesized from --backend-address.
+    if (ov.backend_address) {
+        if (any_service_header_) {
+            problem(0,
+                    "`--backend-address` cannot be used when the config has [service \"LABEL\"] "
+                    "sections");
+        } else {
+            auto r = parse_host_port(*ov.backend_address);
+            if (auto* e = std::get_if<std::string>(&r)) {
+                problem(0, "--backend-address \"" + *ov.backend_address + "\": " + *e);
+            } else {
+                Service s;
+                s.label = "cli";
+                s.backend = std::get<HostPort>(r);
+                cfg.services.push_back(std::move(s));
+            }
+        }
+    } else if (services.empty() && !any_service_header_) {
+        if (cli_only) {
+            problem(0, "`--backend-address` is required when no config file is selected");
+        } else if (!cli) {
+            problem(0,
+                    "`--backend-address` is required when the selected config has no [client] "
+                    "section");
+        } else {
+            problem(0, "at least one [service \"LABEL\"] section is required");
+        }
+    }
+    std::map<std::string, std::string> owner;
+    for (const auto* s : services) {
+        Service svc;
+        svc.label = s->label;
+        if (auto* v = s->get("backend-address")) {
+            if (v->valid) svc.backend = std::get<HostPort>(parse_host_port(v->one()));
+        } else {
+            problem(s->line, where(*s) + ": backend-address is required");
+        }
+        if (auto* v = s->good("tls-mode")) {
+            svc.tls_mode = v->one() == "terminate" ? TlsMode::kTerminate : TlsMode::kPassthrough;
+        }
+        svc.proxy_v2 = s->good("proxy-protocol") != nullptr;
+        const Value* hv = s->get("public-hostnames");
+        if (hv && hv->valid) {
+            std::set<std::string> local;
+            for (const auto& h : hostnames(*s, *hv)) {
+                if (!local.insert(h).second) {
+                    problem(hv->line, where(*s) + ": public hostname " + h + " is listed twice");
+                    continue;
+                }
+                auto [it, fresh] = owner.emplace(h, where(*s));
+                if (!fresh) {
+                    problem(hv->line, "public hostname " + h + " appears in both " + it->second +
+                                          " and " + where(*s));
+                }
+                svc.public_hostnames.push_back(h);
+            }
+        } else if (!hv) {
+            if (services.size() > 1) {
+                problem(s->line, where(*s) +
+                                     ": public-hostnames may be omitted only when this is the "
+                                     "only service (Catch-all)");
+            }
+            if (svc.tls_mode == TlsMode::kTerminate) {
+                problem(s->line, where(*s) +
+                                     ": a Catch-all service (no public-hostnames) must use "
+                                     "tls-mode = passthrough");
+            }
+        }
+        cfg.services.push_back(std::move(svc));
+    }
+    bool has_terminate =
+        std::any_of(cfg.services.begin(), cfg.services.end(),
+                    [](const Service& s) { return s.tls_mode == TlsMode::kTerminate; });
+
+    // Trust, identity and certificate sources ([client] keys; defaults when CLI-only).
+    auto val = [&](const char* k) -> const Value* { return cli ? cli->get(k) : nullptr; };
+    if (auto* v = val("server-trust"); v && v->valid && v->one() == "ca-file") {
+        cfg.server_trust = Trust::kCaFile;
+    }
+    const Value* ca = val("server-ca-file");
+    if (ca && cfg.server_trust != Trust::kCaFile) {
+        problem(ca->line,
+                "client.server-ca-file is allowed only with client.server-trust = ca-file");
+    }
+    if (cfg.server_trust == Trust::kCaFile) {
+        if (ca && ca->valid) {
+            cfg.server_ca_file = file_path(ca->one());
+        } else if (!ca && need_data_root()) {
+            cfg.server_ca_file = default_client_ca_file(roots_);
+        }
+        if (!cfg.server_ca_file.empty() && !file_exists(cfg.server_ca_file)) {
+            problem(ca ? ca->line : 0,
+                    "client.server-ca-file: file " + cfg.server_ca_file + " does not exist");
+        }
+    }
+    const Value* idd = val("identity-dir");
+    if (idd && idd->valid) {
+        cfg.identity_dir = file_path(idd->one());
+    } else if (!idd && need_data_root()) {
+        cfg.identity_dir = default_client_identity_dir(roots_);
+    }
+    if (!cfg.identity_dir.empty()) {
+        check_material_dir("client.identity-dir", idd ? idd->line : 0, cfg.identity_dir,
+                           {"client.crt", "client.key", "client-identity.txt"},
+                           "client identity init");
+    }
+
+    cfg.acme = acme(acme_sec, false);
+    const Value* pcd = val("public-cert-dir");
+    if (acme_sec && !has_terminate) {
+        problem(acme_sec->line, "[client.acme] requires a service with tls-mode = terminate");
+    }
+    if (pcd && !has_terminate) {
+        problem(pcd->line, "client.public-cert-dir requires a service with tls-mode = terminate");
+    }
+    if (pcd && acme_sec) {
+        problem(pcd->line, "client.public-cert-dir and [client.acme] are mutually exclusive");
+    }
+    if (has_terminate && !acme_sec) {
+        if (pcd && pcd->valid) {
+            cfg.public_cert_dir = file_path(pcd->one());
+            if (!dir_exists(cfg.public_cert_dir)) {
+                problem(pcd->line, "client.public-cert-dir: directory " + cfg.public_cert_dir +
+                                       " does not exist");
+            }
+        } else if (!pcd && need_data_root()) {
+            cfg.public_cert_dir = default_public_cert_dir(roots_);
+        }
+    }
+    out_.client = std::move(cfg);
+}
+
+}  // namespace
+
+LoadOutcome load_from_string(std::string_view text, const LoadOptions& options) {
+    LoadOutcome out;
+    Loader(options, out).run(text);
+    return out;
+}
+
+LoadOutcome load(const LoadOptions& options) {
+    if (options.path.empty()) return load_from_string({}, options);
+    std::ifstream in(options.path, std::ios::binary);
+    if (!in) {
+        int err = errno;
+        LoadOutcome out;
+        out.problems.push_back(
+            Problem{options.path, 0, "cannot read " + options.path + ": " + std::strerror(err)});
+        return out;
+    }
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return load_from_string(ss.str(), options);
+}
+
+std::string format_report(Role role, const std::string& path, const LoadOutcome& outcome) {
+    if (outcome.problems.empty()) return {};
+    std::string out = std::string("invalid ") + (role == Role::kServer ? "server" : "client") +
+                      " config in " + (path.empty() ? "command-line flags" : path) + ":\n";
+    for (const auto& p : outcome.problems) {
+        out += "- ";
+        if (p.line > 0) out += "line " + std::to_string(p.line) + ": ";
+        out += p.message + "\n";
+    }
+    for (const auto& h : outcome.hints) out += h + "\n";
+    return out;
+}
+
+SectionsPresent sections_present_in(std::string_view text) {
+    RawDocument doc = parse_ini(text, {});
+    SectionsPresent p;
+    for (const auto& s : doc.sections) {
+        if (s.line == 0) continue;
+        p.server = p.server || s.kind == SectionKind::kServer;
+        p.client = p.client || s.kind == SectionKind::kClient;
+    }
+    p.client = p.client || doc.any_service_header;
+    return p;
+}
+
+Result<SectionsPresent> sections_present(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    if (!in) return Error::sys(errno, "cannot read " + path);
+    std::ostringstream ss;
+    ss << in.rdbuf();
+    return sections_present_in(ss.str());
+}
+
+const char* log_level_name(LogLevel l) noexcept {
+    switch (l) {
+        case LogLevel::kOff:
+            return "off";
+        case LogLevel::kError:
+            return "error";
+        case LogLevel::kWarn:
+            return "warn";
+        case LogLevel::kInfo:
+            return "info";
+        case LogLevel::kDebug:
+            return "debug";
+        case LogLevel::kTrace:
+            return "trace";
+    }
+    return "info";
+}
+
+const char* log_format_name(LogFormat f) noexcept {
+    return f == LogFormat::kJson ? "json" : "text";
+}
+
+const char* event_backend_name(EventBackend b) noexcept {
+    switch (b) {
+        case EventBackend::kAuto:
+            return "auto";
+        case EventBackend::kIoUring:
+            return "io_uring";
+        case EventBackend::kEpoll:
+            return "epoll";
+    }
+    return "auto";
+}
+
+}  // namespace runewarp::config

@@ -1,0 +1,62 @@
+// The key registry: every config section and key declared once (type, default, doc, validator).
+#pragma once
+
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+
+namespace runewarp::config {
+
+enum class SectionKind {
+    kTop,  // keys before the first header
+    kServer,
+    kServerAcme,
+    kTunnel,
+    kRoute,
+    kClient,
+    kClientAcme,
+    kService,
+    kControl,
+};
+
+enum class ValueType {
+    kString,         // free text (e.g. an e-mail address)
+    kEnum,           // one of KeySpec::choices
+    kHostname,       // spec 4.4
+    kHostnameList,   // list of hostnames
+    kIdentity,       // 64 lowercase hex
+    kIdentityList,   // list of identities
+    kSocketAddress,  // literal IP socket address, port 0-65535
+    kServerAddress,  // hostname[:port], port 1-65535, no IP literal
+    kServerAddressList,
+    kHostPort,  // literal socket address or host:port, port 1-65535
+    kDuration,  // <unsigned integer><ms|s|m|h>
+    kCidrList,  // list of addr/prefix
+    kPath,      // file or directory, relative to the config file
+};
+
+struct KeySpec {
+    SectionKind section;
+    std::string_view name;
+    ValueType type;
+    std::string_view default_text;              // human text for docs and `config show`
+    std::string_view doc;                       // one line
+    std::span<const std::string_view> choices;  // kEnum only
+};
+
+bool is_list(ValueType t) noexcept;
+
+// Every key of every section, in documentation order.
+std::span<const KeySpec> key_registry() noexcept;
+const KeySpec* find_key(SectionKind section, std::string_view name) noexcept;
+
+// Header text of a section kind: "server", "tunnel", ... (labelled kinds take a "LABEL").
+std::string_view section_kind_name(SectionKind k) noexcept;
+bool section_is_labelled(SectionKind k) noexcept;
+
+// Validates one value (one list item for list types) by its type; returns the problem text
+// (without the key prefix), or nothing when the value is well formed.
+std::optional<std::string> check_value(const KeySpec& spec, std::string_view value);
+
+}  // namespace runewarp::config

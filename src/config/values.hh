@@ -1,0 +1,24 @@
+// Value parsers shared by the loader and the CLI overlays: durations, addresses, CIDRs, identities.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <variant>
+
+#include "config/config.hh"
+
+namespace runewarp::config {
+
+// Either a parsed value or the problem text describing why the input is invalid.
+template <typename T>
+using Parsed = std::variant<T, std::string>;
+
+Parsed<std::uint64_t> parse_duration_ms(std::string_view s);
+Parsed<proto::Endpoint> parse_socket_address(std::string_view s);  // port 0 allowed
+Parsed<HostPort> parse_server_address(std::string_view s);         // hostname[:port], default 443
+Parsed<HostPort> parse_host_port(std::string_view s);  // literal or host:port, port 1-65535
+Parsed<Cidr> parse_cidr(std::string_view s);
+bool is_identity(std::string_view s) noexcept;
+
+}  // namespace runewarp::config
