@@ -174,16 +174,15 @@ ParseResult parse(const CommandSpec& root, const std::vector<std::string_view>& 
                 if (spec != nullptr && spec->value_name.empty() && attached) spec = nullptr;
             }
             if (spec == nullptr) return fail("unexpected argument " + quoted(arg) + " found");
-            if (spec->long_name == "version" && inv.path.size() == 1) {
-                r.kind = ParseResult::Kind::kVersion;
-                return r;
-            }
-
             std::string value;
             if (spec->value_name.empty()) {
                 if (attached) {
                     return fail("unexpected value " + quoted(*attached) + " for " +
                                 quoted(flag_display(*spec)));
+                }
+                if (spec->long_name == "version" && inv.path.size() == 1) {
+                    r.kind = ParseResult::Kind::kVersion;
+                    return r;
                 }
             } else if (attached) {
                 value = std::string(*attached);

@@ -1,6 +1,8 @@
 // `runewarp config check`: config resolution (spec 3.8) and validation of each role present.
 #include "cli/config_check.hh"
 
+#include <sys/stat.h>
+
 #include <string>
 #include <vector>
 
@@ -36,6 +38,11 @@ int run_config_check(const Invocation& inv, Console& console) {
         return fail(console, msg);
     }
     const std::string& path = selection->path;
+    // A directory would read as an empty file; say what is wrong instead.
+    struct stat st {};
+    if (stat(path.c_str(), &st) == 0 && !S_ISREG(st.st_mode)) {
+        return fail(console, path + " is not a regular file");
+    }
 
     std::vector<config::Role> roles;
     if (auto role = inv.value("role")) {

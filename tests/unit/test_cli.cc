@@ -1,0 +1,425 @@
+// CLI behaviour through the real binary: help, version, usage errors and exit codes, config check.
+#include <criterion/criterion.h>
+
+#include <fcntl.h>
+#include <ftw.h>
+#include <poll.h>
+#include <signal.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <string>
+#include <vector>
+
+#include "runewarp_version.h"
+
+namespace {
+
+struct Outcome {
+    int exit_code = -1;
+    std::string out;
+    std::string err;
+};
+
+std::string g_dir;  // per-test temporary directory
+
+const char* bin() {
+    const char* b = std::getenv("RUNEWARP_BIN");
+    cr_assert(b != nullptr && *b != '\0', "RUNEWARP_BIN is not set");
+    return b;
+}
+
+// Environment of the child: only what the test controls, so the host's files never matter.
+std::vector<std::string> child_env(bool with_xdg_config = true) {
+    std::vector<std::string> env = {
+        "HOME=" + g_dir + "/home",
+        "XDG_DATA_HOME=" + g_dir + "/data",
+        "XDG_STATE_HOME=" + g_dir + "/state",
+        "PATH=/usr/bin:/bin",
+        "LC_ALL=C",
+    };
+    if (with_xdg_config) env.push_back("XDG_CONFIG_HOME=" + g_dir + "/xdg");
+    for (const char* pass : {"ASAN_OPTIONS", "UBSAN_OPTIONS", "LSAN_OPTIONS"}) {
+        if (const char* v = std::getenv(pass)) env.push_back(std::string(pass) + "=" + v);
+    }
+    return env;
+}
+
+// Runs `argv` with `env`, capturing stdout and stderr; fails the test after a 20 s deadline.
+Outcome run_program(const std::vector<std::string>& args, const std::vector<std::string>& env,
+                    const std::string& cwd = {}) {
+    int out_pipe[2], err_pipe[2];
+    cr_assert_eq(pipe2(out_pipe, O_CLOEXEC), 0);
+    cr_assert_eq(pipe2(err_pipe, O_CLOEXEC), 0);
+
+    posix_spawn_file_actions_t fa;
+    posix_spawn_file_actions_init(&fa);
+    posix_spawn_file_actions_adddup2(&fa, out_pipe[1], STDOUT_FILENO);
+    posix_spawn_file_actions_adddup2(&fa, err_pipe[1], STDERR_FILENO);
+    posix_spawn_file_actions_addopen(&fa, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+    if (!cwd.empty()) posix_spawn_file_actions_addchdir_np(&fa, cwd.c_str());
+
+    std::vector<char*> argv;
+    for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    std::vector<char*> envp;
+    for (const std::string& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+    envp.push_back(nullptr);
+
+    pid_t pid = -1;
+    int rc = posix_spawn(&pid, argv[0], &fa, nullptr, argv.data(), envp.data());
+    posix_spawn_file_actions_destroy(&fa);
+    close(out_pipe[1]);
+    close(err_pipe[1]);
+    cr_assert_eq(rc, 0, "posix_spawn %s: %s", argv[0], std::strerror(rc));
+
+    Outcome o;
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+    pollfd fds[2] = {{out_pipe[0], POLLIN, 0}, {err_pipe[0], POLLIN, 0}};
+    std::string* sinks[2] = {&o.out, &o.err};
+    int open_fds = 2;
+    while (open_fds > 0) {
+        auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+                        deadline - std::chrono::steady_clock::now())
+                        .count();
+        if (left <= 0) {
+            kill(pid, SIGKILL);
+            waitpid(pid, nullptr, 0);
+            cr_assert_fail("%s did not finish within the deadline", args[1].c_str());
+        }
+        int n = poll(fds, 2, static_cast<int>(left));
+        if (n < 0 && errno == EINTR) continue;
+        cr_assert_geq(n, 0);
+        for (int i = 0; i < 2; ++i) {
+            if (fds[i].fd < 0 || fds[i].revents == 0) continue;
+            char buf[4096];
+            ssize_t r = read(fds[i].fd, buf, sizeof buf);
+            if (r > 0) {
+                sinks[i]->append(buf, static_cast<std::size_t>(r));
+            } else if (r == 0 || errno != EINTR) {
+                close(fds[i].fd);
+                fds[i].fd = -1;
+                --open_fds;
+            }
+        }
+    }
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status), "child did not exit normally (status %d)", status);
+    o.exit_code = WEXITSTATUS(status);
+    return o;
+}
+
+Outcome rw(std::vector<std::string> args, bool with_xdg_config = true) {
+    args.insert(args.begin(), bin());
+    return run_program(args, child_env(with_xdg_config));
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() &&
+           s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool contains(const std::string& s, const std::string& needle) {
+    return s.find(needle) != std::string::npos;
+}
+
+void write_file(const std::string& path, const std::string& text) {
+    std::ofstream f(path, std::ios::binary);
+    f << text;
+    cr_assert(f.good(), "cannot write %s", path.c_str());
+}
+
+void make_dir(const std::string& path) {
+    cr_assert_eq(mkdir(path.c_str(), 0700), 0, "mkdir %s: %s", path.c_str(), std::strerror(errno));
+}
+
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+    return remove(path);
+}
+
+void setup_dir() {
+    char tmpl[] = "/tmp/runewarp-cli-XXXXXX";
+    cr_assert(mkdtemp(tmpl) != nullptr);
+    g_dir = tmpl;
+    for (const char* sub : {"/home", "/data", "/state", "/xdg"}) make_dir(g_dir + sub);
+}
+
+void teardown_dir() {
+    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+const std::string kUsageHint = "For more information, try '--help'.\n";
+const std::string kBanner = "Runewarp: Public ingress. Private by design.";
+const std::string kIdentity = "4f7b6f7a9b0f0d2b91e92c8a5df6a44e0123456789abcdef0123456789abcdef";
+
+std::string valid_server_ini() {
+    return "log-level = info\n"
+           "[server]\n"
+           "hostname = tunnel.example.com\n"
+           "public-bind-address = 127.0.0.1:0\n"
+           "tunnel-bind-address = 127.0.0.1:0\n"
+           "\n"
+           "[server.acme]\n"
+           "email = admin@example.com\n"
+           "\n"
+           "[tunnel \"apps\"]\n"
+           "public-hostnames = app.example.com, api.example.com\n"
+           "client-identity = " +
+           kIdentity + "\n";
+}
+
+// A Client identity directory with a real key and certificate (made with openssl), so the file
+// is valid however deeply the loader inspects the material.
+std::string make_identity_dir() {
+    std::string dir = g_dir + "/identity";
+    make_dir(dir);
+    std::string script =
+        "set -e; cd \"$1\"; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 "
+        "-subj /CN=runewarp-client -keyout client.key -out client.crt 2>/dev/null; "
+        "chmod 600 client.key; "
+        "openssl pkey -in client.key -pubout -outform DER | openssl dgst -sha256 -r "
+        "| cut -d' ' -f1 > client-identity.txt";
+    Outcome o = run_program({"/bin/sh", "-c", script, "sh", dir}, child_env());
+    cr_assert_eq(o.exit_code, 0, "making identity material failed: %s", o.err.c_str());
+    return dir;
+}
+
+std::string valid_client_ini(const std::string& identity_dir) {
+    return "[client]\n"
+           "server-address = tunnel.example.com\n"
+           "identity-dir = " +
+           identity_dir +
+           "\n"
+           "\n"
+           "[service \"web\"]\n"
+           "public-hostnames = app.example.com\n"
+           "backend-address = 127.0.0.1:8443\n";
+}
+
+}  // namespace
+
+TestSuite(cli, .init = setup_dir, .fini = teardown_dir);
+
+Test(cli, no_arguments_prints_top_level_help) {
+    Outcome o = rw({});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    cr_assert(o.out.starts_with(kBanner), "got: %s", o.out.c_str());
+    cr_assert(o.err.empty());
+    cr_assert(contains(o.out, "Usage: runewarp"));
+    cr_assert(contains(o.out, "  help "));
+    cr_assert(contains(o.out, "  version "));
+    cr_assert(contains(o.out, "  config "));
+    // Only commands that exist are listed.
+    cr_assert(!contains(o.out, "  server "));
+    cr_assert(!contains(o.out, "  client "));
+}
+
+Test(cli, help_forms_print_the_same_top_level_help) {
+    Outcome none = rw({});
+    for (const char* form : {"help", "--help", "-h"}) {
+        Outcome o = rw({form});
+        cr_assert_eq(o.exit_code, 0, "%s exit %d", form, o.exit_code);
+        cr_assert(o.out.starts_with(kBanner), "%s: %s", form, o.out.c_str());
+        cr_assert_str_eq(o.out.c_str(), none.out.c_str(), "%s differs", form);
+    }
+}
+
+Test(cli, help_for_a_command) {
+    Outcome a = rw({"help", "config", "check"});
+    cr_assert_eq(a.exit_code, 0);
+    cr_assert(contains(a.out, "Usage: runewarp config check"), "got: %s", a.out.c_str());
+    cr_assert(contains(a.out, "--config <PATH>"));
+    cr_assert(contains(a.out, "--role <ROLE>"));
+    Outcome b = rw({"config", "check", "--help"});
+    cr_assert_eq(b.exit_code, 0);
+    cr_assert_str_eq(a.out.c_str(), b.out.c_str());
+
+    Outcome c = rw({"help", "nosuch"});
+    cr_assert_eq(c.exit_code, 2);
+    cr_assert(ends_with(c.err, kUsageHint), "got: %s", c.err.c_str());
+}
+
+Test(cli, version_forms_print_exact_version) {
+    const std::string expected = std::string("runewarp ") + RUNEWARP_VERSION + "\n";
+    for (const char* form : {"--version", "-V", "version"}) {
+        Outcome o = rw({form});
+        cr_assert_eq(o.exit_code, 0, "%s exit %d", form, o.exit_code);
+        cr_assert_str_eq(o.out.c_str(), expected.c_str(), "%s", form);
+        cr_assert(o.err.empty());
+    }
+}
+
+Test(cli, unknown_command_is_a_usage_error) {
+    for (const char* cmd : {"keygen", "server", "frobnicate"}) {
+        Outcome o = rw({cmd});
+        cr_assert_eq(o.exit_code, 2, "%s exit %d", cmd, o.exit_code);
+        cr_assert(o.out.empty());
+        cr_assert(contains(o.err, cmd), "message names the command: %s", o.err.c_str());
+        cr_assert(ends_with(o.err, kUsageHint), "got: %s", o.err.c_str());
+    }
+    Outcome with_value = rw({"--version=3"});
+    cr_assert_eq(with_value.exit_code, 2, "a switch takes no value");
+    cr_assert(ends_with(with_value.err, kUsageHint));
+
+    Outcome extra = rw({"version", "extra"});
+    cr_assert_eq(extra.exit_code, 2);
+    cr_assert(ends_with(extra.err, kUsageHint));
+
+    Outcome sub = rw({"config", "show"});
+    cr_assert_eq(sub.exit_code, 2);
+    cr_assert(ends_with(sub.err, kUsageHint));
+}
+
+Test(cli, unknown_flag_is_a_usage_error) {
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"--bogus"}, {"-x"}, {"config", "check", "--hostname", "a.example"}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 2, "%s exit %d", args[0].c_str(), o.exit_code);
+        cr_assert(contains(o.err, "unexpected argument"), "got: %s", o.err.c_str());
+        cr_assert(ends_with(o.err, kUsageHint), "got: %s", o.err.c_str());
+    }
+}
+
+Test(cli, missing_flag_value_is_a_usage_error) {
+    for (auto args : std::vector<std::vector<std::string>>{{"config", "check", "-c"},
+                                                           {"config", "check", "--config"},
+                                                           {"config", "check", "--role"},
+                                                           {"config", "check", "-c", "--role"}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 2, "%s exit %d", args.back().c_str(), o.exit_code);
+        cr_assert(contains(o.err, "a value is required"), "got: %s", o.err.c_str());
+        cr_assert(ends_with(o.err, kUsageHint));
+    }
+}
+
+Test(cli, group_without_subcommand_prints_group_help_and_exits_2) {
+    Outcome o = rw({"config"});
+    cr_assert_eq(o.exit_code, 2);
+    cr_assert(o.out.empty());
+    cr_assert(contains(o.err, "Usage: runewarp config"), "got: %s", o.err.c_str());
+    cr_assert(contains(o.err, "  check "));
+}
+
+Test(cli, invalid_role_value_is_a_usage_error) {
+    std::string path = g_dir + "/server.ini";
+    write_file(path, valid_server_ini());
+    Outcome o = rw({"config", "check", "-c", path, "--role", "edge"});
+    cr_assert_eq(o.exit_code, 2);
+    cr_assert(contains(o.err, "'edge'"), "got: %s", o.err.c_str());
+    cr_assert(ends_with(o.err, kUsageHint));
+}
+
+Test(cli, config_check_valid_server_file) {
+    std::string path = g_dir + "/server.ini";
+    write_file(path, valid_server_ini());
+    Outcome o = rw({"config", "check", "-c", path});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    cr_assert_str_eq(o.out.c_str(), "ok\n");
+    Outcome with_role = rw({"config", "check", "--config=" + path, "--role", "server"});
+    cr_assert_eq(with_role.exit_code, 0, "stderr: %s", with_role.err.c_str());
+    cr_assert_str_eq(with_role.out.c_str(), "ok\n");
+}
+
+Test(cli, config_check_valid_client_file) {
+    std::string path = g_dir + "/client.ini";
+    write_file(path, valid_client_ini(make_identity_dir()));
+    Outcome o = rw({"config", "check", "-c", path});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    cr_assert_str_eq(o.out.c_str(), "ok\n");
+}
+
+Test(cli, config_check_without_role_checks_every_role_present) {
+    std::string path = g_dir + "/both.ini";
+    // A valid [server] and a broken [client]: without --role both are checked.
+    write_file(path, valid_server_ini() +
+                         "\n[client]\nserver-address = tunnel.example.com\n"
+                         "[service \"web\"]\npublic-hostnames = app.example.com\n");
+    Outcome both = rw({"config", "check", "-c", path});
+    cr_assert_eq(both.exit_code, 1, "stdout: %s", both.out.c_str());
+    cr_assert(contains(both.err, "invalid client config in " + path + ":"), "got: %s",
+              both.err.c_str());
+    cr_assert(!contains(both.err, "invalid server config"), "got: %s", both.err.c_str());
+
+    Outcome server_only = rw({"config", "check", "-c", path, "--role", "server"});
+    cr_assert_eq(server_only.exit_code, 0, "stderr: %s", server_only.err.c_str());
+    cr_assert_str_eq(server_only.out.c_str(), "ok\n");
+}
+
+Test(cli, config_check_broken_server_file_reports_every_problem) {
+    std::string path = g_dir + "/broken.ini";
+    write_file(path,
+               "[server]\n"
+               "hostname = bad_host.example.com\n"
+               "graceful-shutdown-duration = 1.5s\n"
+               "no-such-key = 1\n"
+               "\n"
+               "[server.acme]\n"
+               "email = admin@example.com\n"
+               "\n"
+               "[tunnel \"apps\"]\n"
+               "public-hostnames = app.example.com\n"
+               "client-identity = " +
+                   kIdentity + "\n");
+    Outcome o = rw({"config", "check", "-c", path});
+    cr_assert_eq(o.exit_code, 1, "stdout: %s", o.out.c_str());
+    cr_assert(o.out.empty());
+    cr_assert(o.err.starts_with("invalid server config in " + path + ":\n"), "got: %s",
+              o.err.c_str());
+    cr_assert(contains(o.err, "- "), "problem lines: %s", o.err.c_str());
+    cr_assert(contains(o.err, "no-such-key"), "unknown key reported: %s", o.err.c_str());
+    cr_assert(contains(o.err, "graceful-shutdown-duration"), "bad duration: %s", o.err.c_str());
+    cr_assert(contains(o.err, "hostname"), "bad hostname: %s", o.err.c_str());
+}
+
+Test(cli, config_check_missing_explicit_file_fails) {
+    std::string path = g_dir + "/does-not-exist.ini";
+    Outcome o = rw({"config", "check", "-c", path});
+    cr_assert_eq(o.exit_code, 1);
+    cr_assert(o.out.empty());
+    cr_assert(contains(o.err, path), "names the file: %s", o.err.c_str());
+
+    Outcome dir = rw({"config", "check", "-c", g_dir});
+    cr_assert_eq(dir.exit_code, 1);
+    cr_assert(contains(dir.err, "not a regular file"), "got: %s", dir.err.c_str());
+}
+
+Test(cli, config_check_file_without_role_sections_fails) {
+    std::string path = g_dir + "/empty.ini";
+    write_file(path, "log-level = info\n");
+    Outcome o = rw({"config", "check", "-c", path});
+    cr_assert_eq(o.exit_code, 1);
+    cr_assert(contains(o.err, "[server]"), "got: %s", o.err.c_str());
+}
+
+Test(cli, config_check_uses_default_path_resolution) {
+    make_dir(g_dir + "/xdg/runewarp");
+    write_file(g_dir + "/xdg/runewarp/config.ini", valid_server_ini());
+    Outcome o = rw({"config", "check"});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    cr_assert_str_eq(o.out.c_str(), "ok\n");
+
+    // Without XDG_CONFIG_HOME the file under $HOME/.config is used.
+    make_dir(g_dir + "/home/.config");
+    make_dir(g_dir + "/home/.config/runewarp");
+    write_file(g_dir + "/home/.config/runewarp/config.ini", "[server]\nhostname = -bad\n");
+    Outcome home = rw({"config", "check"}, false);
+    cr_assert_eq(home.exit_code, 1, "stdout: %s", home.out.c_str());
+    cr_assert(contains(home.err, g_dir + "/home/.config/runewarp/config.ini"), "got: %s",
+              home.err.c_str());
+}
+
+Test(cli, config_check_without_any_config_names_paths_tried) {
+    Outcome o = rw({"config", "check"});
+    cr_assert_eq(o.exit_code, 1);
+    cr_assert(contains(o.err, g_dir + "/xdg/runewarp/config.ini"), "got: %s", o.err.c_str());
+    cr_assert(contains(o.err, "/etc/runewarp/config.ini"), "got: %s", o.err.c_str());
+}
