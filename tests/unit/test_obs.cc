@@ -317,12 +317,12 @@ Test(obs, level_and_format_names) {
 }
 
 Test(obs, duration_formatting) {
-    cr_assert_str_eq(format_duration(0ms).c_str(), "0s");
-    cr_assert_str_eq(format_duration(10000ms).c_str(), "10s");
-    cr_assert_str_eq(format_duration(60s).c_str(), "60s");
-    cr_assert_str_eq(format_duration(100ms).c_str(), "100ms");
-    cr_assert_str_eq(format_duration(1500ms).c_str(), "1500ms");
-    cr_assert_str_eq(format_duration(1001ms).c_str(), "1001ms");
+    cr_assert(format_duration(0ms) == "0s", "format_duration(0ms)");
+    cr_assert(format_duration(10000ms) == "10s", "format_duration(10000ms)");
+    cr_assert(format_duration(60s) == "60s", "format_duration(60s)");
+    cr_assert(format_duration(100ms) == "100ms", "format_duration(100ms)");
+    cr_assert(format_duration(1500ms) == "1500ms", "format_duration(1500ms)");
+    cr_assert(format_duration(1001ms) == "1001ms", "format_duration(1001ms)");
 }
 
 Test(obs, rate_limiter_one_line_per_interval_then_recovery) {
