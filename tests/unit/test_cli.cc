@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/command.hh"
 #include "runewarp_version.h"
 
 namespace {
@@ -422,4 +423,87 @@ Test(cli, config_check_without_any_config_names_paths_tried) {
     cr_assert_eq(o.exit_code, 1);
     cr_assert(contains(o.err, g_dir + "/xdg/runewarp/config.ini"), "got: %s", o.err.c_str());
     cr_assert(contains(o.err, "/etc/runewarp/config.ini"), "got: %s", o.err.c_str());
+}
+
+namespace {
+
+int noop(const runewarp::cli::Invocation&, runewarp::cli::Console&) {
+    return 0;
+}
+
+// The shape `server`/`client` will have: -c declared once on the role, accepted at any depth.
+runewarp::cli::CommandSpec role_tree() {
+    using runewarp::cli::CommandSpec;
+    using runewarp::cli::FlagSpec;
+    CommandSpec rotate{.name = "rotate-ca", .handler = noop};
+    CommandSpec group{.name = "public-cert",
+                      .flags = {FlagSpec{.long_name = "dir", .value_name = "DIR"}},
+                      .subcommands = {std::move(rotate)}};
+    CommandSpec client{.name = "client",
+                       .flags = {FlagSpec{.long_name = "config",
+                                          .short_name = 'c',
+                                          .value_name = "PATH",
+                                          .inherited = true},
+                                 FlagSpec{.long_name = "server-address",
+                                          .value_name = "HOST[:PORT]",
+                                          .repeatable = true}},
+                       .subcommands = {std::move(group)},
+                       .handler = noop};
+    return CommandSpec{.name = "runewarp",
+                       .flags = {FlagSpec{.long_name = "version", .short_name = 'V'}},
+                       .subcommands = {std::move(client)},
+                       .handler = noop};
+}
+
+}  // namespace
+
+Test(cli, inherited_flag_is_accepted_at_any_depth) {
+    using runewarp::cli::parse;
+    using Kind = runewarp::cli::ParseResult::Kind;
+    auto tree = role_tree();
+    for (auto args : std::vector<std::vector<std::string_view>>{
+             {"client", "-c", "x.ini", "public-cert", "rotate-ca"},
+             {"client", "public-cert", "-c", "x.ini", "rotate-ca"},
+             {"client", "public-cert", "rotate-ca", "--config", "x.ini"},
+             {"client", "public-cert", "rotate-ca", "--config=x.ini"},
+             {"client", "public-cert", "rotate-ca", "-cx.ini"}}) {
+        auto r = parse(tree, args);
+        cr_assert_eq(r.kind, Kind::kRun, "%s", r.error.c_str());
+        cr_assert_eq(r.invocation.path.size(), 4u);
+        cr_assert(r.invocation.path.back()->name == "rotate-ca");
+        cr_assert(r.invocation.value("config") == std::optional<std::string>("x.ini"));
+    }
+    // A flag that is not inherited stays with its command.
+    auto r = parse(tree, {"client", "public-cert", "rotate-ca", "--server-address", "a"});
+    cr_assert_eq(r.kind, Kind::kUsageError);
+    // --dir belongs to the group and is not inherited by the subcommand.
+    r = parse(tree, {"client", "public-cert", "rotate-ca", "--dir", "d"});
+    cr_assert_eq(r.kind, Kind::kUsageError);
+    r = parse(tree, {"client", "public-cert", "--dir", "d", "rotate-ca"});
+    cr_assert_eq(r.kind, Kind::kRun, "%s", r.error.c_str());
+    // A group without its subcommand.
+    r = parse(tree, {"client", "public-cert"});
+    cr_assert_eq(r.kind, Kind::kNeedsGroup);
+    // --version belongs to the top level only.
+    r = parse(tree, {"client", "--version"});
+    cr_assert_eq(r.kind, Kind::kUsageError);
+    r = parse(tree, {"client", "public-cert", "-h"});
+    cr_assert_eq(r.kind, Kind::kHelp);
+    cr_assert(r.invocation.path.back()->name == "public-cert");
+}
+
+Test(cli, repeatable_and_single_flags) {
+    using runewarp::cli::parse;
+    using Kind = runewarp::cli::ParseResult::Kind;
+    auto tree = role_tree();
+    auto r = parse(tree, {"client", "--server-address", "a", "--server-address=b"});
+    cr_assert_eq(r.kind, Kind::kRun, "%s", r.error.c_str());
+    auto values = r.invocation.values("server-address");
+    cr_assert_eq(values.size(), 2u);
+    cr_assert(values[0] == "a" && values[1] == "b");
+
+    r = parse(tree, {"client", "-c", "a.ini", "--config", "b.ini"});
+    cr_assert_eq(r.kind, Kind::kUsageError);
+    cr_assert(r.error.find("cannot be used multiple times") != std::string::npos, "%s",
+              r.error.c_str());
 }
