@@ -605,6 +605,7 @@ void Loader::client() {
     top_level(cfg.log_level, cfg.log_format, cfg.event_backend, cli);
     const auto& ov = opt_.overrides;
     bool cli_only = opt_.path.empty();
+    bool role_missing = false;  // no [client] and no flags: material checks would only add noise
     cfg.control = control(cfg.managed_requested);
     if (ov.control_address && !ov.server_addresses.empty()) {
         problem(0, "`--control-address` cannot be combined with `--server-address`");
@@ -642,6 +643,7 @@ void Loader::client() {
             }
         }
     } else if (!cfg.managed_requested) {
+        role_missing = true;
         problem(0, cli_only ? "`--server-address` is required when no config file is selected"
                             : "`--server-address` is required when the selected config has no "
                               "[client] section");
@@ -754,7 +756,7 @@ void Loader::client() {
     } else if (!idd && need_data_root()) {
         cfg.identity_dir = default_client_identity_dir(roots_);
     }
-    if (!cfg.identity_dir.empty()) {
+    if (!cfg.identity_dir.empty() && !role_missing) {
         check_material_dir("client.identity-dir", idd ? idd->line : 0, cfg.identity_dir,
                            {"client.crt", "client.key", "client-identity.txt"},
                            "client identity init");
