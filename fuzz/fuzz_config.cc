@@ -5,6 +5,8 @@
 
 #include "config/config.hh"
 
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace runewarp::config;
     std::string_view text(reinterpret_cast<const char*>(data), size);
