@@ -8,6 +8,7 @@
 #include <new>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "core/token.hh"
 
@@ -21,7 +22,7 @@ class Slab {
 public:
     explicit Slab(uint32_t capacity)
         : capacity_(capacity < Token::kInternalSlot ? capacity : Token::kInternalSlot),
-          cells_(std::make_unique<Cell[]>(capacity_)) {
+          cells_(capacity_) {
         for (uint32_t i = 0; i < capacity_; ++i) cells_[i].next_free = i + 1;
         free_head_ = capacity_ > 0 ? 0 : kNone;
         if (capacity_ > 0) cells_[capacity_ - 1].next_free = kNone;
@@ -82,7 +83,7 @@ private:
     };
 
     uint32_t capacity_;
-    std::unique_ptr<Cell[]> cells_;
+    std::vector<Cell> cells_;  // sized once, never resized: addresses stay stable
     uint32_t free_head_ = kNone;
     uint32_t size_ = 0;
 };
