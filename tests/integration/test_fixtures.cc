@@ -1,0 +1,222 @@
+// The end-to-end test fixtures themselves: processes, waits, ports, TLS material, the nginx
+// backend (download, upload, PROXY v2 listener) and the raw Visitor.
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <unistd.h>
+
+#include <string>
+
+#include "tests/support/curl.hh"
+#include "tests/support/files.hh"
+#include "tests/support/net.hh"
+#include "tests/support/nginx.hh"
+#include "tests/support/process.hh"
+#include "tests/support/tls.hh"
+
+using namespace runewarp::test;
+
+namespace {
+
+bool pid_alive(pid_t pid) {
+    return ::kill(pid, 0) == 0;
+}
+
+HttpsTarget target_of(const NginxFixture& n, const std::string& host) {
+    return HttpsTarget{host, n.port(), n.address(), n.ca_file()};
+}
+
+}  // namespace
+
+Test(fixtures, process_reports_exit_code_and_output) {
+    RunResult r = run({"sh", "-c", "echo out; echo err >&2; exit 3"}, Millis{5000});
+    cr_assert(r.status.exited);
+    cr_assert_eq(r.status.code, 3);
+    cr_assert_str_eq(r.out.c_str(), "out\n");
+    cr_assert_str_eq(r.err.c_str(), "err\n");
+}
+
+Test(fixtures, process_environment_is_layered) {
+    RunResult r = run({"sh", "-c", "printf %s \"$RW_FIXTURE_VAR\""}, Millis{5000},
+                      {"RW_FIXTURE_VAR=layered"});
+    cr_assert(r.status.success());
+    cr_assert_str_eq(r.out.c_str(), "layered");
+}
+
+Test(fixtures, process_spawn_of_missing_program_throws) {
+    bool threw = false;
+    try {
+        Process::spawn({.argv = {"/nonexistent/runewarp-fixture"}});
+    } catch (const std::exception&) {
+        threw = true;
+    }
+    cr_assert(threw);
+}
+
+Test(fixtures, process_and_its_group_die_with_the_handle) {
+    TempDir dir;
+    const std::string child_pid_file = dir / "child.pid";
+    pid_t pid = -1;
+    {
+        Process p = Process::spawn(
+            {.argv = {"sh", "-c", "sleep 300 & echo $! > " + child_pid_file + "; wait"}});
+        pid = p.pid();
+        cr_assert(wait_file_contains(child_pid_file, "\n", Millis{5000}));
+        cr_assert(p.running());
+    }
+    const pid_t grandchild = std::stoi(read_file(child_pid_file));
+    cr_assert_not(pid_alive(pid), "the shell was not killed");
+    cr_assert(wait_until([&] { return !pid_alive(grandchild); }, Millis{5000}),
+              "the shell's child survived");
+}
+
+Test(fixtures, process_wait_exit_honours_the_deadline) {
+    Process p = Process::spawn({.argv = {"sleep", "300"}});
+    cr_assert_not(p.wait_exit(Millis{50}).has_value());
+    cr_assert(p.signal(SIGTERM));
+    auto st = p.wait_exit(Millis{5000});
+    cr_assert(st.has_value());
+    cr_assert_eq(st->signal, SIGTERM);
+}
+
+Test(fixtures, free_ports_are_distinct_and_bindable) {
+    std::uint16_t a = free_port(Family::kV4);
+    std::uint16_t b = free_port(Family::kV4);
+    std::uint16_t c = free_port(Family::kV6);
+    cr_assert_neq(a, b);
+    cr_assert_neq(b, c);
+    cr_assert_not(tcp_accepting("127.0.0.1", a));
+    cr_assert_eq(host_port("::1", 443), "[::1]:443");
+}
+
+Test(fixtures, temp_dir_is_removed) {
+    std::string path;
+    {
+        TempDir d;
+        path = d.path();
+        make_dirs(d / "a/b");
+        write_file(d / "a/b/file", "x");
+        cr_assert(file_exists(d / "a/b/file"));
+    }
+    cr_assert_not(file_exists(path));
+}
+
+Test(fixtures, sha256_matches_known_vector) {
+    cr_assert_eq(sha256_hex("abc"),
+                 "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+    TempDir d;
+    const std::string sum = write_random_file(d / "r.bin", 3 * 1024 * 1024 + 5, 7);
+    cr_assert_eq(file_size(d / "r.bin"), 3u * 1024 * 1024 + 5);
+    cr_assert_eq(sha256_file(d / "r.bin"), sum);
+}
+
+Test(fixtures, client_hello_capture_holds_the_sni) {
+    const std::string hello = capture_client_hello("app.example.test", {"acme-tls/1"});
+    cr_assert_gt(hello.size(), 5u);
+    cr_assert_eq(static_cast<unsigned char>(hello[0]), 22);  // handshake record
+    cr_assert_eq(static_cast<unsigned char>(hello[5]), 1);   // ClientHello
+    cr_assert_neq(hello.find("app.example.test"), std::string::npos);
+    cr_assert_neq(hello.find("acme-tls/1"), std::string::npos);
+}
+
+Test(fixtures, proxy_v2_header_is_byte_exact) {
+    // The example of spec 5.7: 192.0.2.10:12345 -> 198.51.100.20:443.
+    const std::string h = proxy_v2_header("192.0.2.10", 12345, "198.51.100.20", 443);
+    cr_assert_eq(to_hex(reinterpret_cast<const unsigned char*>(h.data()), h.size()),
+                 "0d0a0d0a000d0a515549540a2111000cc000020ac63364143039"
+                 "01bb");
+    cr_assert_eq(proxy_v2_header("2001:db8::1", 1, "2001:db8::2", 2).size(), 52u);
+}
+
+Test(fixtures, nginx_serves_a_16mib_file_with_matching_hash) {
+    NginxFixture nginx({.hostnames = {"app.example.test", "api.example.test"}});
+    const std::string sum = nginx.add_random_file("blob.bin", 16u << 20);
+    TempDir out;
+    CurlResult r =
+        curl_download(target_of(nginx, "api.example.test"), "/files/blob.bin", out / "blob.bin");
+    cr_assert(r.ok(), "curl: %s, http %d: %s", r.status.describe().c_str(), r.http_code,
+              r.stderr_text.c_str());
+    cr_assert_eq(r.bytes, 16u << 20);
+    cr_assert_eq(r.sha256, sum);
+}
+
+Test(fixtures, nginx_upload_round_trip_hash_matches) {
+    NginxFixture nginx;
+    TempDir d;
+    const std::string sum = write_random_file(d / "up.bin", 5u << 20, 42);
+    CurlResult r =
+        curl_upload(target_of(nginx, "app.example.test"), "/upload/up.bin", d / "up.bin");
+    cr_assert(r.ok(), "curl: %s, http %d: %s", r.status.describe().c_str(), r.http_code,
+              r.stderr_text.c_str());
+    cr_assert_eq(r.sha256, sum);
+    cr_assert_eq(sha256_file(nginx.upload_path("up.bin")), sum);
+}
+
+Test(fixtures, nginx_rejects_a_certificate_from_another_ca) {
+    NginxFixture nginx;
+    TempDir d;
+    TestCa other;
+    other.write_cert(d / "other.crt");
+    HttpsTarget t = target_of(nginx, "app.example.test");
+    t.ca_file = d / "other.crt";
+    CurlResult r = curl_download(t, "/small", d / "small");
+    cr_assert_not(r.status.success());
+    cr_assert_eq(r.http_code, 0);
+}
+
+Test(fixtures, nginx_listens_on_ipv6_and_reports_the_sni) {
+    NginxFixture nginx({.name = "six", .address = "::1"});
+    HttpResponse r = https_get_over(tcp_connect("::1", nginx.port()), "app.example.test",
+                                    nginx.ca_file(), "/name");
+    cr_assert(r.ok, "%s", r.error.c_str());
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.body, "six app.example.test\n");
+}
+
+Test(fixtures, nginx_proxy_listener_reports_the_proxy_v2_tuple) {
+    NginxFixture nginx({.proxy_protocol = true});
+    const std::string header = proxy_v2_header("203.0.113.9", 54321, "198.51.100.10", 443);
+    cr_assert_eq(header.size(), 28u);
+    HttpResponse r = https_get_over(tcp_connect("127.0.0.1", nginx.proxy_port()),
+                                    "app.example.test", nginx.ca_file(), "/proxy", header);
+    cr_assert(r.ok, "%s\n%s", r.error.c_str(), read_file(nginx.error_log()).c_str());
+    cr_assert_eq(r.status, 200);
+    cr_assert_eq(r.body, "203.0.113.9:54321 198.51.100.10:443\n");
+}
+
+Test(fixtures, raw_visitor_sees_the_peer_close_without_bytes) {
+    NginxFixture nginx;
+    // Half a ClientHello, then silence: nginx waits (client_header_timeout 60 s), so we close
+    // our side instead and watch nginx close without sending a single byte back.
+    const std::string hello = capture_client_hello("app.example.test");
+    RawVisit v =
+        raw_visit("127.0.0.1", nginx.port(), std::string_view(hello).substr(0, hello.size() / 2),
+                  Millis{5000}, /*half_close=*/true);
+    cr_assert(v.connected);
+    cr_assert(v.reaction.closed);
+    cr_assert(v.reaction.received.empty());
+}
+
+Test(fixtures, raw_visitor_reports_bytes_and_a_deadline) {
+    NginxFixture nginx;
+    RawConnection c("127.0.0.1", nginx.port());
+    cr_assert(c.send("GET / HTTP/1.0\r\n\r\n"));  // plain HTTP to a TLS port: nginx answers 400
+    PeerReaction r = c.wait_closed(Millis{5000});
+    cr_assert(r.closed);
+    cr_assert_neq(r.received.find("400"), std::string::npos);
+
+    RawConnection silent("127.0.0.1", nginx.port());
+    PeerReaction s = silent.wait_closed(Millis{100});
+    cr_assert_not(s.closed);
+}
+
+Test(fixtures, wait_helpers_observe_log_lines_and_exits) {
+    TempDir d;
+    const std::string log = d / "log";
+    Process p = Process::spawn(
+        {.argv = {"sh", "-c", "echo ready >&2; exec sleep 300"}, .err = Output::file(log)});
+    cr_assert(wait_file_contains(log, "ready", Millis{5000}));
+    cr_assert_not(wait_file_contains(log, "never", Millis{30}));
+    p.signal(SIGKILL);
+    cr_assert(wait_until([&] { return !p.running(); }, Millis{5000}));
+    cr_assert_eq(p.status()->signal, SIGKILL);
+}
