@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/config_check.hh"
+#include "cli/server_cmd.hh"
 #include "runewarp_version.h"
 
 namespace runewarp::cli {
@@ -80,6 +81,26 @@ CommandSpec build_tree() {
         .summary = "Work with configuration files",
         .subcommands = {std::move(config_check)},
     };
+    CommandSpec server{
+        .name = "server",
+        .summary = "Run the Server: route Visitor TLS by SNI to direct upstreams",
+        .description =
+            "Accepts Visitor TCP on server.public-bind-address, reads the TLS ClientHello and\n"
+            "relays the still-encrypted bytes to the [route] whose public-hostnames holds the SNI.\n"
+            "SIGTERM or SIGINT: graceful shutdown; SIGQUIT (or a second SIGINT): fast shutdown.",
+        .flags =
+            {
+                FlagSpec{.long_name = "config",
+                         .short_name = 'c',
+                         .value_name = "PATH",
+                         .help = "Config file",
+                         .inherited = true},
+                FlagSpec{.long_name = "hostname",
+                         .value_name = "HOSTNAME",
+                         .help = "Replace server.hostname (also RUNEWARP_SERVER_HOSTNAME)"},
+            },
+        .handler = run_server_command,
+    };
     CommandSpec help{
         .name = "help",
         .summary = "Print help for runewarp or for a command",
@@ -96,7 +117,7 @@ CommandSpec build_tree() {
         .summary = {},
         .description = kTopDescription,
         .flags = {FlagSpec{.long_name = "version", .short_name = 'V', .help = "Print version"}},
-        .subcommands = {std::move(help), std::move(version), std::move(config)},
+        .subcommands = {std::move(server), std::move(config), std::move(help), std::move(version)},
         .handler = run_root,
     };
 }

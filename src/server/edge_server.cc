@@ -1,0 +1,552 @@
+// EdgeServer: the Server's public side — listeners, Visitor admission and sessions, readiness,
+// signals, orderly shutdown and systemd notification (spec 5.1, 5.4, 5.10, 5.11, 5.14, 12.1).
+#include "server/edge_server.hh"
+
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/clock.hh"
+
+namespace runewarp::server {
+
+namespace {
+
+constexpr int64_t kBackoffMinNs = 10'000'000;     // 10 ms (spec 5.11)
+constexpr int64_t kBackoffMaxNs = 1'000'000'000;  // 1 s
+constexpr uint32_t kMaxIdleIntake = 256;          // parsers kept for reuse
+constexpr uint32_t kPipeSize = 256 * 1024;
+
+socklen_t to_sockaddr(const proto::Endpoint& e, sockaddr_storage& ss) noexcept {
+    std::memset(&ss, 0, sizeof(ss));
+    if (e.family == proto::Family::kV4) {
+        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
+        in->sin_family = AF_INET;
+        in->sin_port = htons(e.port);
+        std::memcpy(&in->sin_addr, e.addr.data(), 4);
+        return sizeof(sockaddr_in);
+    }
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(e.port);
+    std::memcpy(&in6->sin6_addr, e.addr.data(), 16);
+    return sizeof(sockaddr_in6);
+}
+
+// Binds and listens; the message names the config key as spec 5.1 asks.
+Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog) {
+    sockaddr_storage ss{};
+    socklen_t len = to_sockaddr(ep, ss);
+    std::string where =
+        std::string("failed to bind server.") + key + " " + proto::format_endpoint(ep);
+    int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) return Error::sys(errno, where);
+    core::UniqueFd owned(fd);
+    int one = 1;
+    (void)::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6) {
+        // `[::]` is dual-stack: IPv4 Visitors arrive as ::ffff:a.b.c.d and are unmapped later.
+        int zero = 0;
+        (void)::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero));
+    }
+    if (::bind(fd, reinterpret_cast<sockaddr*>(&ss), len) != 0) return Error::sys(errno, where);
+    if (::listen(fd, backlog) != 0) return Error::sys(errno, where);
+    return owned;
+}
+
+std::string local_text(int fd) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof(ss);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    proto::Endpoint e;
+    if (ss.ss_family == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+        std::array<uint8_t, 4> a{};
+        std::memcpy(a.data(), &in->sin_addr, 4);
+        e = proto::Endpoint::v4(a, ntohs(in->sin_port));
+    } else {
+        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+        std::array<uint8_t, 16> a{};
+        std::memcpy(a.data(), &in6->sin6_addr, 16);
+        e = proto::Endpoint::v6(a, ntohs(in6->sin6_port));
+    }
+    return proto::format_endpoint(e);
+}
+
+bool transient_accept_error(int err) noexcept {
+    switch (err) {
+        case EINTR:
+        case EAGAIN:
+        case ECONNABORTED:
+        case ECONNRESET:
+        case ETIMEDOUT:
+        case ENOMEM:
+        case ENFILE:
+        case EMFILE:
+        case ENOBUFS:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// Raises the soft fd limit to the hard one: every relay needs two sockets and, while bytes
+// flow, pipes. A daemon started from a shell would otherwise stop at 1024.
+void raise_nofile_limit() noexcept {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        (void)::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+core::BackendChoice backend_choice(config::EventBackend b) noexcept {
+    switch (b) {
+        case config::EventBackend::kIoUring:
+            return core::BackendChoice::io_uring;
+        case config::EventBackend::kEpoll:
+            return core::BackendChoice::epoll;
+        case config::EventBackend::kAuto:
+            break;
+    }
+    return core::BackendChoice::automatic;
+}
+
+}  // namespace
+
+// ---- Listener --------------------------------------------------------------------------------
+
+Listener::Listener(core::Worker& w, EdgeServer& server, Kind kind, core::UniqueFd fd,
+                   std::string bind_text) noexcept
+    : core::Session(w),
+      server_(server),
+      kind_(kind),
+      fd_(std::move(fd)),
+      bind_text_(std::move(bind_text)) {}
+
+void Listener::start() noexcept {
+    arm_accept();
+}
+
+void Listener::arm_accept() noexcept {
+    accept_armed_ = true;
+    accept(kOpAccept, fd_.get(), true);
+}
+
+void Listener::on_event(const core::Completion& c) noexcept {
+    if (c.token.op == kOpBackoff) {
+        if (!aborting()) arm_accept();
+        return;
+    }
+    if (c.token.op != kOpAccept) return;
+    if (!c.more) accept_armed_ = false;
+    if (c.result >= 0) {
+        if (aborting()) {
+            ::close(c.result);  // a connection that raced the stop: refuse it
+            return;
+        }
+        if (backoff_ns_ != 0) {
+            backoff_ns_ = 0;
+            server_.log().info("server public listener accept recovered");
+        }
+        server_.on_accept(kind_, c.result);
+    } else if (!aborting() && c.result != -ECANCELED) {
+        int err = -c.result;
+        if (!transient_accept_error(err)) return server_.on_listener_fatal(*this, err);
+        if (err != EAGAIN && err != EINTR) {
+            // fd exhaustion and friends: back off instead of spinning (spec 5.11).
+            backoff_ns_ =
+                backoff_ns_ == 0 ? kBackoffMinNs : std::min(backoff_ns_ * 2, kBackoffMaxNs);
+            if (accept_armed_) {
+                worker().loop().cancel(token(kOpAccept));
+            }
+            server_.log().warn(
+                "server public listener accept retrying",
+                {{"next-retry-delay", std::chrono::milliseconds(backoff_ns_ / 1'000'000)}},
+                std::strerror(err));
+            arm_timer(kOpBackoff, core::now_ns() + backoff_ns_);
+            return;
+        }
+    }
+    if (!c.more && !aborting() && backoff_ns_ == 0) arm_accept();
+}
+
+void Listener::on_quiesced() noexcept {
+    close_fd(fd_);
+    closed_ = true;
+    server_.on_listener_closed(*this);
+}
+
+// ---- ControlSession --------------------------------------------------------------------------
+
+void ControlSession::on_event(const core::Completion& c) noexcept {
+    if (c.token.op == kOpGraceDeadline) server_.on_grace_deadline();
+    if (c.token.op == kOpWatchdog) server_.on_watchdog();
+}
+
+// ---- EdgeServer ------------------------------------------------------------------------------
+
+EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log) : cfg_(cfg), log_(log) {}
+
+EdgeServer::~EdgeServer() = default;
+
+Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
+                                                       obs::Logger& log) {
+    if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
+    if (!cfg.tunnels.empty()) {
+        return Error::msg(
+            "tunnel sections need the QUIC tunnel listener, which this build does not include; "
+            "use [route] sections for direct upstreams");
+    }
+    raise_nofile_limit();
+    std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
+
+    core::WorkerOptions wo;
+    wo.loop.choice = backend_choice(cfg.event_backend);
+    auto w = core::Worker::create(wo);
+    if (!w) return Error::msg("event loop: " + w.error().message);
+    s->worker_ = std::move(*w);
+    if (!s->worker_->fallback_reason().empty()) {
+        log.warn("server event backend fallback",
+                 {{"backend", core::backend_name(s->worker_->backend())}},
+                 s->worker_->fallback_reason());
+    }
+    log.info("server event backend", {{"backend", core::backend_name(s->worker_->backend())}});
+
+    auto routes = RouteTable::build(cfg);
+    if (!routes) return std::move(routes).error();
+    s->routes_ = std::move(*routes);
+
+    const AdmissionLimits& lim = s->admission_.limits();
+    s->pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
+    s->peek_buf_ = std::make_unique<uint8_t[]>(kPeekCapacity);
+    s->visitors_ = std::make_unique<core::Slab<VisitorSession>>(lim.pre_routing_global +
+                                                                lim.active_relays + 64);
+    s->live_.reserve(lim.pre_routing_global + lim.active_relays + 64);
+
+    // Socket activation replaces binding the configured addresses (spec 5.14, 12.2).
+    auto activated =
+        sys::collect_activated_sockets({{"public", SOCK_STREAM}, {"tunnel", SOCK_DGRAM}});
+    if (!activated) return std::move(activated).error();
+    core::UniqueFd public_fd;
+    for (auto& a : *activated) {
+        if (a.name == "public") {
+            public_fd.reset(a.fd);
+            int fl = ::fcntl(a.fd, F_GETFL);
+            if (fl >= 0) (void)::fcntl(a.fd, F_SETFL, fl | O_NONBLOCK);
+        } else {
+            ::close(a.fd);  // `tunnel`: no tunnel listener in this build
+        }
+    }
+    if (public_fd.valid()) {
+        std::string got = local_text(public_fd.get());
+        if (got != proto::format_endpoint(cfg.public_bind)) {
+            log.warn(
+                "server public listener socket-activated",
+                {{"bind-address", got}, {"configured", proto::format_endpoint(cfg.public_bind)}},
+                "the activated socket differs from server.public-bind-address");
+        }
+    } else {
+        auto fd = bind_tcp(cfg.public_bind, "public-bind-address", SOMAXCONN);
+        if (!fd) return std::move(fd).error();
+        public_fd = std::move(*fd);
+    }
+    std::string public_text = local_text(public_fd.get());
+
+    core::UniqueFd ready_fd;
+    std::string ready_text;
+    if (cfg.readiness_bind) {
+        auto fd = bind_tcp(*cfg.readiness_bind, "readiness-bind-address", 128);
+        if (!fd) return std::move(fd).error();
+        ready_fd = std::move(*fd);
+        ready_text = local_text(ready_fd.get());
+    }
+
+    s->control_ = std::make_unique<ControlSession>(*s->worker_, *s);
+    if (!s->control_->open()) return Error::msg("event loop: no slot for the control session");
+    s->public_owner_ = std::make_unique<Listener>(*s->worker_, *s, Listener::Kind::kPublic,
+                                                  std::move(public_fd), public_text);
+    s->public_ = s->public_owner_.get();
+    if (!s->public_->open()) return Error::msg("event loop: no slot for the public listener");
+    if (ready_fd.valid()) {
+        s->readiness_owner_ = std::make_unique<Listener>(
+            *s->worker_, *s, Listener::Kind::kReadiness, std::move(ready_fd), ready_text);
+        s->readiness_ = s->readiness_owner_.get();
+        if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
+    }
+    auto sig = s->worker_->watch_signals({SIGTERM, SIGINT, SIGQUIT, SIGHUP}, *s);
+    if (!sig) return std::move(sig).error();
+    return s;
+}
+
+int EdgeServer::run() noexcept {
+    public_->start();
+    log_.info("server public listener ready", {{"bind-address", public_->bind_text()}});
+    if (readiness_ != nullptr) {
+        readiness_->start();
+        log_.info("server readiness listener enabled",
+                  {{"bind-address", readiness_->bind_text()}, {"kind", "tcp-probe-only"}});
+        log_.info("server readiness gained", {{"bind-address", readiness_->bind_text()}});
+    }
+    auto wd = sys::watchdog_ping_interval();
+    if (wd.count() > 0) {
+        watchdog_interval_ns_ = static_cast<int64_t>(wd.count()) * 1000;
+        control_->arm_timer(ControlSession::kOpWatchdog, core::now_ns() + watchdog_interval_ns_);
+    }
+    sys::notify_ready("serving: public " + public_->bind_text());
+
+    while (!finished_) {
+        auto r = worker_->run_once(-1);
+        if (!r) {
+            log_.error("server event loop failed", {}, r.error().message);
+            return 1;
+        }
+    }
+    return exit_code_;
+}
+
+IntakeState* EdgeServer::borrow_intake() noexcept {
+    ++intake_lent_;
+    if (!intake_pool_.empty()) {
+        IntakeState* s = intake_pool_.back().release();
+        intake_pool_.pop_back();
+        return s;
+    }
+    return new (std::nothrow) IntakeState();
+}
+
+void EdgeServer::return_intake(IntakeState* s) noexcept {
+    if (intake_lent_ > 0) --intake_lent_;
+    if (intake_pool_.size() >= kMaxIdleIntake) {
+        delete s;
+        return;
+    }
+    // Reset in place: the parsers start over for the next Visitor.
+    s->proxy = proto::ProxyV2Decoder{};
+    s->hello = proto::ClientHelloParser{};
+    s->peeked = 0;
+    intake_pool_.emplace_back(s);
+}
+
+void EdgeServer::on_accept(Listener::Kind kind, int fd) noexcept {
+    if (kind == Listener::Kind::kReadiness) {
+        ::close(fd);  // probe only: accept succeeds means eligible for new ingress
+        return;
+    }
+    counters_.accepted++;
+    if (shutting_down()) {
+        ::close(fd);
+        return;
+    }
+    // Spec 5.4 step 1: the global pre-routing slot before any per-connection work.
+    if (!admission_.try_pre_routing_global()) {
+        ::close(fd);
+        note_saturated("visitor-global", admission_.pre_routing(),
+                       admission_.limits().pre_routing_global);
+        return;
+    }
+    note_admitted("visitor-global");
+    auto id = visitors_->alloc(*worker_, *this, fd, ++next_conn_id_);
+    if (!id) {
+        admission_.release_pre_routing_global();
+        ::close(fd);
+        note_saturated("visitor-global", visitors_->size(), visitors_->capacity());
+        return;
+    }
+    VisitorSession* v = visitors_->get(*id);
+    if (v == nullptr) return;  // cannot happen: the slot was just allocated
+    v->slab_id_ = *id;
+    if (!v->open()) {
+        // No handler slot: undo by hand (nothing was submitted).
+        admission_.release_pre_routing_global();
+        visitors_->free(*id);
+        note_saturated("visitor-global", worker_->attached_count(), worker_->attached_count());
+        return;
+    }
+    v->live_index_ = live_.size();
+    live_.push_back(v);
+    v->start();
+}
+
+void EdgeServer::on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept {
+    size_t i = v.live_index_;
+    if (i < live_.size() && live_[i] == &v) {
+        live_[i] = live_.back();
+        live_[i]->live_index_ = i;
+        live_.pop_back();
+    }
+    visitors_->free(slab_id);
+    maybe_finish();
+}
+
+void EdgeServer::on_listener_fatal(Listener& l, int err) noexcept {
+    log_.error("server public listener failed", {{"bind-address", l.bind_text()}},
+               std::strerror(err));
+    exit_code_ = 1;
+    begin_shutdown(ShutdownMode::kFast);
+}
+
+void EdgeServer::on_listener_closed(Listener& l) noexcept {
+    if (&l == readiness_) readiness_ = nullptr;
+    if (&l == public_) public_ = nullptr;
+    maybe_finish();
+}
+
+EdgeServer::Scope EdgeServer::scope_of(const char* scope) const noexcept {
+    if (std::strcmp(scope, "visitor-source") == 0) return Scope::kVisitorSource;
+    if (std::strcmp(scope, "active-routed-stream") == 0) return Scope::kActiveRelay;
+    return Scope::kVisitorGlobal;
+}
+
+void EdgeServer::note_saturated(const char* scope, uint64_t active, uint64_t limit) noexcept {
+    auto d = saturation_limits_[static_cast<size_t>(scope_of(scope))].on_saturated();
+    if (d.log) {
+        log_.warn("server admission saturated",
+                  {{"scope", scope}, {"active-work", active}, {"limit", limit}});
+    }
+}
+
+void EdgeServer::note_admitted(const char* scope) noexcept {
+    if (saturation_limits_[static_cast<size_t>(scope_of(scope))].on_success())
+        log_.info("server admission recovered", {{"scope", scope}});
+}
+
+void EdgeServer::note_rejected(CloseReason r) noexcept {
+    switch (r) {
+        case CloseReason::kNone:
+        case CloseReason::kDone:
+        case CloseReason::kReset:
+        case CloseReason::kShutdown:
+        case CloseReason::kSourceSaturated:
+        case CloseReason::kRelaySaturated:
+            return;  // not intake rejections, or already covered by saturation lines
+        default:
+            break;
+    }
+    auto d = rejection_limits_[static_cast<size_t>(r) % rejection_limits_.size()].on_saturated();
+    if (!d.log) return;
+    if (r == CloseReason::kNoActiveTunnel || r == CloseReason::kUpstreamConnectFailed ||
+        r == CloseReason::kUpstreamTimeout || r == CloseReason::kUpstreamWriteFailed) {
+        log_.warn("server route unavailable", {{"reason", reason_text(r)}, {"count", d.count}});
+    } else if (r == CloseReason::kAcmeConfigMissing) {
+        log_.warn("server route rejected", {{"reason", reason_text(r)}, {"count", d.count}},
+                  "TLS-ALPN-01 for the Server hostname needs [server.acme]");
+    } else {
+        log_.warn("server visitor intake rejected",
+                  {{"reason", reason_text(r)}, {"count", d.count}});
+    }
+}
+
+void EdgeServer::on_signal(const signalfd_siginfo& info) noexcept {
+    switch (info.ssi_signo) {
+        case SIGTERM:
+            if (shutdown_mode_ == ShutdownMode::kNone) begin_shutdown(ShutdownMode::kGraceful);
+            // Repeated SIGTERM is ignored (spec 5.14).
+            break;
+        case SIGINT:
+            if (shutdown_mode_ == ShutdownMode::kNone) {
+                begin_shutdown(ShutdownMode::kGraceful);
+            } else {
+                escalate_fast();
+            }
+            break;
+        case SIGQUIT:
+            if (shutdown_mode_ == ShutdownMode::kNone) {
+                begin_shutdown(ShutdownMode::kFast);
+            } else {
+                escalate_fast();
+            }
+            break;
+        case SIGHUP:
+            log_.warn("server config reload not supported", {},
+                      "restart the service to apply configuration changes");
+            break;
+        default:
+            break;
+    }
+}
+
+void EdgeServer::begin_shutdown(ShutdownMode mode) noexcept {
+    if (shutdown_mode_ != ShutdownMode::kNone) return;
+    if (mode == ShutdownMode::kGraceful && cfg_.graceful_shutdown_ms == 0)
+        mode = ShutdownMode::kFast;  // `0s` makes graceful behave like fast
+    shutdown_mode_ = mode;
+    auto grace = std::chrono::milliseconds(
+        mode == ShutdownMode::kGraceful ? static_cast<int64_t>(cfg_.graceful_shutdown_ms) : 0);
+    log_.info("server orderly shutdown started",
+              {{"mode", mode == ShutdownMode::kGraceful ? "graceful" : "fast"},
+               {"effective-graceful-duration", grace}});
+    sys::notify_stopping();
+    // Readiness goes first, so load balancers stop sending before the listener closes.
+    if (readiness_ != nullptr) {
+        log_.info("server readiness lost", {{"bind-address", readiness_->bind_text()}});
+        readiness_->stop();
+    }
+    if (public_ != nullptr) public_->stop();
+    // Visitors still in intake are cancelled; routed ones keep running for now. Iterate over a
+    // copy: on_shutdown_started() only queues teardown, but be robust anyway.
+    std::vector<VisitorSession*> snapshot(live_);
+    for (VisitorSession* v : snapshot) v->on_shutdown_started();
+    if (mode == ShutdownMode::kFast) {
+        cut_relays();
+    } else {
+        grace_timer_ = control_->arm_timer(ControlSession::kOpGraceDeadline,
+                                           core::now_ns() + grace.count() * 1'000'000);
+    }
+    maybe_finish();
+}
+
+void EdgeServer::escalate_fast() noexcept {
+    if (shutdown_mode_ == ShutdownMode::kFast) return;
+    shutdown_mode_ = ShutdownMode::kFast;
+    log_.warn("server orderly shutdown escalated", {{"mode", "fast"}});
+    worker_->cancel_timer(grace_timer_);
+    cut_relays();
+    maybe_finish();
+}
+
+void EdgeServer::on_grace_deadline() noexcept {
+    if (relays_cut_) return;
+    log_.warn("server graceful shutdown deadline expired",
+              {{"active-relays", static_cast<uint64_t>(live_.size())}});
+    cut_relays();
+    maybe_finish();
+}
+
+void EdgeServer::cut_relays() noexcept {
+    relays_cut_ = true;
+    std::vector<VisitorSession*> snapshot(live_);
+    for (VisitorSession* v : snapshot) v->cut();
+}
+
+void EdgeServer::maybe_finish() noexcept {
+    if (finished_ || shutdown_mode_ == ShutdownMode::kNone) return;
+    if (!live_.empty() || public_ != nullptr || readiness_ != nullptr) return;
+    log_.info("server orderly shutdown complete",
+              {{"mode", shutdown_mode_ == ShutdownMode::kFast ? "fast" : "graceful"}});
+    finished_ = true;
+}
+
+void EdgeServer::on_watchdog() noexcept {
+    sys::notify_watchdog();
+    if (watchdog_interval_ns_ > 0)
+        control_->arm_timer(ControlSession::kOpWatchdog, core::now_ns() + watchdog_interval_ns_);
+}
+
+int run_server(const config::ServerConfig& cfg) noexcept {
+    obs::Logger& log = obs::process_logger();
+    auto s = EdgeServer::create(cfg, log);
+    if (!s) {
+        log.error("server startup failed", {}, s.error().message);
+        return 1;
+    }
+    return (*s)->run();
+}
+
+}  // namespace runewarp::server

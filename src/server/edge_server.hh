@@ -1,0 +1,160 @@
+// EdgeServer: the Server's public side — listeners, Visitor admission and sessions, readiness,
+// signals, orderly shutdown and systemd notification (spec 5.1, 5.4, 5.10, 5.11, 5.14, 12.1).
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.hh"
+#include "core/pipe_pool.hh"
+#include "core/slab.hh"
+#include "core/worker.hh"
+#include "obs/log.hh"
+#include "server/admission.hh"
+#include "server/route_table.hh"
+#include "server/visitor.hh"
+#include "sys/systemd.hh"
+
+namespace runewarp::server {
+
+class EdgeServer;
+
+// A listening TCP socket: multishot accept, transient-error backoff (10 ms doubling to 1 s).
+class Listener final : public core::Session {
+public:
+    enum class Kind : uint8_t { kPublic, kReadiness };
+    Listener(core::Worker& w, EdgeServer& server, Kind kind, core::UniqueFd fd,
+             std::string bind_text) noexcept;
+    void start() noexcept;
+    void stop() noexcept { abort(0); }
+    bool stopped() const noexcept { return closed_; }
+    const std::string& bind_text() const noexcept { return bind_text_; }
+
+protected:
+    void on_event(const core::Completion& c) noexcept override;
+    void on_quiesced() noexcept override;
+
+private:
+    enum Op : uint8_t { kOpAccept = 1, kOpBackoff = 2 };
+    void arm_accept() noexcept;
+
+    EdgeServer& server_;
+    Kind kind_;
+    core::UniqueFd fd_;
+    std::string bind_text_;
+    int64_t backoff_ns_ = 0;
+    bool accept_armed_ = false;
+    bool closed_ = false;
+};
+
+// Server-wide timers (graceful window, watchdog) ride on their own session slot.
+class ControlSession final : public core::Session {
+public:
+    ControlSession(core::Worker& w, EdgeServer& server) noexcept
+        : core::Session(w), server_(server) {}
+    enum Op : uint8_t { kOpGraceDeadline = 1, kOpWatchdog = 2 };
+
+protected:
+    void on_event(const core::Completion& c) noexcept override;
+    void on_quiesced() noexcept override {}
+
+private:
+    EdgeServer& server_;
+};
+
+struct EdgeCounters {
+    uint64_t accepted = 0;
+    uint64_t relayed = 0;
+    std::array<uint64_t, 32> closed_by_reason{};
+};
+
+class EdgeServer final : public core::SignalListener {
+public:
+    // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
+    static Result<std::unique_ptr<EdgeServer>> create(const config::ServerConfig& cfg,
+                                                      obs::Logger& log);
+    ~EdgeServer();
+
+    // Serves until orderly shutdown completes. Returns the process exit code.
+    int run() noexcept;
+
+    // --- for VisitorSession / Listener ------------------------------------------------------
+    core::Worker& worker() noexcept { return *worker_; }
+    obs::Logger& log() noexcept { return log_; }
+    Admission& admission() noexcept { return admission_; }
+    core::PipePool& pipes() noexcept { return *pipes_; }
+    const config::ServerConfig& config() const noexcept { return cfg_; }
+    const std::shared_ptr<const RouteTable>& routes() const noexcept { return routes_; }
+    bool shutting_down() const noexcept { return shutdown_mode_ != ShutdownMode::kNone; }
+
+    // One shared scratch buffer for synchronous MSG_PEEK reads (the loop is single-threaded and
+    // a peek completes before the next one starts).
+    uint8_t* peek_buffer() noexcept { return peek_buf_.get(); }
+    static constexpr size_t kPeekCapacity = 16384;
+
+    IntakeState* borrow_intake() noexcept;
+    void return_intake(IntakeState* s) noexcept;
+
+    void on_accept(Listener::Kind kind, int fd) noexcept;
+    void on_listener_fatal(Listener& l, int err) noexcept;
+    void on_listener_closed(Listener& l) noexcept;
+    void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
+
+    // Logging helpers shared by sessions.
+    void note_saturated(const char* scope, uint64_t active, uint64_t limit) noexcept;
+    void note_admitted(const char* scope) noexcept;
+    void note_rejected(CloseReason r) noexcept;
+    EdgeCounters& counters() noexcept { return counters_; }
+
+    void on_grace_deadline() noexcept;
+    void on_watchdog() noexcept;
+
+private:
+    enum class ShutdownMode : uint8_t { kNone, kGraceful, kFast };
+    enum class Scope : uint8_t { kVisitorGlobal, kVisitorSource, kActiveRelay, kCount };
+
+    EdgeServer(const config::ServerConfig& cfg, obs::Logger& log);
+    void on_signal(const signalfd_siginfo& info) noexcept override;
+    void begin_shutdown(ShutdownMode mode) noexcept;
+    void escalate_fast() noexcept;
+    void cut_relays() noexcept;
+    void maybe_finish() noexcept;
+    Scope scope_of(const char* scope) const noexcept;
+
+    const config::ServerConfig& cfg_;
+    obs::Logger& log_;
+    std::unique_ptr<core::Worker> worker_;
+    std::shared_ptr<const RouteTable> routes_;
+    Admission admission_;
+    std::unique_ptr<core::PipePool> pipes_;
+    std::unique_ptr<uint8_t[]> peek_buf_;
+    std::vector<std::unique_ptr<IntakeState>> intake_pool_;
+    uint32_t intake_lent_ = 0;
+    std::unique_ptr<core::Slab<VisitorSession>> visitors_;
+    std::vector<VisitorSession*> live_;  // index kept in VisitorSession::live_index_
+    Listener* public_ = nullptr;
+    Listener* readiness_ = nullptr;
+    std::unique_ptr<Listener> public_owner_;
+    std::unique_ptr<Listener> readiness_owner_;
+    std::unique_ptr<ControlSession> control_;
+    core::TimerHandle grace_timer_{};
+    int64_t watchdog_interval_ns_ = 0;
+    uint64_t next_conn_id_ = 0;
+    ShutdownMode shutdown_mode_ = ShutdownMode::kNone;
+    bool relays_cut_ = false;
+    bool finished_ = false;
+    int exit_code_ = 0;
+    EdgeCounters counters_;
+    std::array<obs::RateLimiter, static_cast<size_t>(Scope::kCount)> saturation_limits_;
+    std::array<obs::RateLimiter, 32> rejection_limits_;
+
+    friend class VisitorSession;
+};
+
+// `runewarp server`: loads nothing itself; runs the edge for an already validated config.
+int run_server(const config::ServerConfig& cfg) noexcept;
+
+}  // namespace runewarp::server

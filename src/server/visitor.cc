@@ -1,0 +1,507 @@
+// VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
+// machine: ProxyHeader -> Hello -> Connect -> Relay -> Closed (spec 5.4, 5.10, 12.1).
+#include "server/visitor.hh"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "core/clock.hh"
+#include "server/edge_server.hh"
+
+namespace runewarp::server {
+
+namespace {
+
+constexpr int64_t kIntakeDeadlineNs = 5'000'000'000;   // spec 5.4 step 2, 5.11
+constexpr int64_t kConnectDeadlineNs = 5'000'000'000;  // spec 12.1
+// Bytes one pump call may move before yielding to other connections.
+constexpr uint64_t kPumpBudget = 1u << 20;
+
+proto::Endpoint endpoint_of(const sockaddr_storage& ss) noexcept {
+    if (ss.ss_family == AF_INET) {
+        const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
+        std::array<uint8_t, 4> a{};
+        std::memcpy(a.data(), &in->sin_addr, 4);
+        return proto::Endpoint::v4(a, ntohs(in->sin_port));
+    }
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
+    std::array<uint8_t, 16> a{};
+    std::memcpy(a.data(), &in6->sin6_addr, 16);
+    return proto::unmap_v4(proto::Endpoint::v6(a, ntohs(in6->sin6_port)));
+}
+
+bool in_cidr(const proto::Endpoint& ip, const config::Cidr& c) noexcept {
+    if (ip.family != c.address.family) return false;
+    unsigned bits = c.prefix;
+    size_t i = 0;
+    for (; bits >= 8; bits -= 8, ++i)
+        if (ip.addr[i] != c.address.addr[i]) return false;
+    if (bits == 0) return true;
+    auto mask = static_cast<uint8_t>(0xff00u >> bits);
+    return (ip.addr[i] & mask) == (c.address.addr[i] & mask);
+}
+
+CloseReason reason_of(proto::HelloStatus s) noexcept {
+    switch (s) {
+        case proto::HelloStatus::kNotTls:
+            return CloseReason::kNotTls;
+        case proto::HelloStatus::kInvalidTls:
+            return CloseReason::kInvalidTls;
+        case proto::HelloStatus::kNoSni:
+            return CloseReason::kMissingSni;
+        case proto::HelloStatus::kInvalidSni:
+            return CloseReason::kInvalidSni;
+        case proto::HelloStatus::kTooLarge:
+            return CloseReason::kOversized;
+        case proto::HelloStatus::kIncomplete:
+            return CloseReason::kIncomplete;
+        case proto::HelloStatus::kOk:
+            break;
+    }
+    return CloseReason::kInternal;
+}
+
+void set_nodelay(int fd) noexcept {
+    int one = 1;
+    (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+// An abortive close: the peer sees RST instead of FIN (spec 5.9).
+void set_linger_reset(int fd) noexcept {
+    linger l{1, 0};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+
+}  // namespace
+
+const char* visitor_state_name(VisitorState s) noexcept {
+    switch (s) {
+        case VisitorState::kProxyHeader:
+            return "proxy-header";
+        case VisitorState::kHello:
+            return "hello";
+        case VisitorState::kConnect:
+            return "connect";
+        case VisitorState::kRelay:
+            return "relay";
+        case VisitorState::kClosed:
+            return "closed";
+    }
+    return "unknown";
+}
+
+const char* reason_text(CloseReason r) noexcept {
+    switch (r) {
+        case CloseReason::kNone:
+            return "none";
+        case CloseReason::kDone:
+            return "done";
+        case CloseReason::kReset:
+            return "reset";
+        case CloseReason::kUntrustedProxyPeer:
+            return "untrusted-proxy-peer";
+        case CloseReason::kInvalidProxyHeader:
+            return "invalid-proxy-header";
+        case CloseReason::kNotTls:
+            return "non-tls-client-hello";
+        case CloseReason::kInvalidTls:
+            return "invalid-tls-client-hello";
+        case CloseReason::kMissingSni:
+            return "missing-sni-client-hello";
+        case CloseReason::kInvalidSni:
+            return "invalid-sni-client-hello";
+        case CloseReason::kOversized:
+            return "oversized-client-hello";
+        case CloseReason::kIncomplete:
+            return "incomplete-client-hello";
+        case CloseReason::kHelloTimeout:
+            return "client-hello-timeout";
+        case CloseReason::kHelloIoError:
+            return "client-hello-io-error";
+        case CloseReason::kNonAcmeServerHostname:
+            return "non-acme-server-hostname";
+        case CloseReason::kAcmeConfigMissing:
+            return "acme-tls-config-missing";
+        case CloseReason::kUnauthorizedHostname:
+            return "unauthorized-public-hostname";
+        case CloseReason::kNoActiveTunnel:
+            return "no-active-tunnel-connection";
+        case CloseReason::kSourceSaturated:
+            return "visitor-source-saturated";
+        case CloseReason::kRelaySaturated:
+            return "active-relay-saturated";
+        case CloseReason::kUpstreamConnectFailed:
+            return "upstream-connect-failed";
+        case CloseReason::kUpstreamTimeout:
+            return "upstream-connect-timeout";
+        case CloseReason::kUpstreamWriteFailed:
+            return "upstream-write-failed";
+        case CloseReason::kShutdown:
+            return "shutdown";
+        case CloseReason::kInternal:
+            return "internal-error";
+    }
+    return "unknown";
+}
+
+VisitorSession::VisitorSession(core::Worker& w, EdgeServer& server, int fd,
+                               uint64_t conn_id) noexcept
+    : core::Session(w), server_(server), visitor_(fd), conn_id_(conn_id) {}
+
+VisitorSession::~VisitorSession() = default;
+
+void VisitorSession::start() noexcept {
+    started_ns_ = core::now_ns();
+    holds_global_ = true;
+    const auto& cfg = server_.config();
+
+    sockaddr_storage peer{}, local{};
+    socklen_t plen = sizeof(peer), llen = sizeof(local);
+    if (::getpeername(visitor_.get(), reinterpret_cast<sockaddr*>(&peer), &plen) != 0 ||
+        ::getsockname(visitor_.get(), reinterpret_cast<sockaddr*>(&local), &llen) != 0) {
+        // The Visitor already vanished (ENOTCONN): nothing to serve.
+        return fail(CloseReason::kHelloIoError);
+    }
+    tuple_.source = endpoint_of(peer);
+    tuple_.destination = endpoint_of(local);
+
+    if (cfg.visitor_proxy_v2) {
+        bool trusted = false;
+        for (const auto& c : cfg.visitor_proxy_trusted_networks)
+            if (in_cidr(tuple_.source, c)) trusted = true;
+        if (!trusted) return fail(CloseReason::kUntrustedProxyPeer);
+        state_ = VisitorState::kProxyHeader;
+    } else {
+        state_ = VisitorState::kHello;
+        source_key_ = SourceKey::of(tuple_.source);
+        if (!server_.admission().try_pre_routing_source(source_key_)) {
+            server_.note_saturated("visitor-source",
+                                   server_.admission().limits().pre_routing_per_source,
+                                   server_.admission().limits().pre_routing_per_source);
+            return fail(CloseReason::kSourceSaturated);
+        }
+        holds_source_ = true;
+        server_.note_admitted("visitor-source");
+    }
+    intake_ = server_.borrow_intake();
+    if (intake_ == nullptr) return fail(CloseReason::kInternal);
+    deadline_ = arm_timer(kOpDeadline, started_ns_ + kIntakeDeadlineNs);
+    arm_intake_poll();
+}
+
+void VisitorSession::arm_intake_poll() noexcept {
+    // SO_RCVLOWAT makes readiness wait until enough bytes for progress are queued, so a
+    // ClientHello arriving in small pieces does not wake us per segment. The queue still holds
+    // every byte peeked so far (MSG_PEEK does not consume).
+    size_t need = state_ == VisitorState::kProxyHeader ? intake_->proxy.bytes_needed()
+                                                       : intake_->hello.bytes_needed();
+    int lowat = static_cast<int>(intake_->peeked + (need > 0 ? need : 1));
+    (void)::setsockopt(visitor_.get(), SOL_SOCKET, SO_RCVLOWAT, &lowat, sizeof(lowat));
+    visitor_poll_armed_ = true;
+    poll(kOpPollVisitor, visitor_.get(), POLLIN | POLLRDHUP);
+}
+
+void VisitorSession::on_intake_readable(int revents) noexcept {
+    uint8_t* buf = server_.peek_buffer();
+    ssize_t n = ::recv(visitor_.get(), buf, EdgeServer::kPeekCapacity, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return arm_intake_poll();
+        return fail(state_ == VisitorState::kProxyHeader ? CloseReason::kInvalidProxyHeader
+                                                         : CloseReason::kHelloIoError);
+    }
+    auto have = static_cast<size_t>(n);
+    bool eof = n == 0 || (have <= intake_->peeked && (revents & (POLLRDHUP | POLLHUP)) != 0);
+    if (have < intake_->peeked) return fail(CloseReason::kHelloIoError);  // cannot shrink
+    const uint8_t* fresh = buf + intake_->peeked;
+    size_t fresh_len = have - intake_->peeked;
+    intake_->peeked = have;
+    // Readiness reported a half-close together with the last bytes: treat it as EOF once those
+    // bytes are fed and still do not complete the message.
+    bool hup = (revents & (POLLRDHUP | POLLHUP)) != 0;
+
+    if (state_ == VisitorState::kProxyHeader) {
+        if (!step_proxy_header(fresh, fresh_len, eof || hup)) return;
+        // The header was consumed; what is queued now starts with the ClientHello.
+        fresh = nullptr;
+        fresh_len = 0;
+        if (state_ != VisitorState::kHello) return;
+        return arm_intake_poll();
+    }
+    step_hello(fresh, fresh_len, eof || hup);
+}
+
+bool VisitorSession::step_proxy_header(const uint8_t* data, size_t len, bool eof) noexcept {
+    auto r = intake_->proxy.feed(std::span<const uint8_t>(data, len));
+    if (r.status == proto::ProxyStatus::kNeedMore) {
+        if (eof) {
+            fail(CloseReason::kInvalidProxyHeader);
+            return false;
+        }
+        arm_intake_poll();
+        return false;
+    }
+    if (r.status != proto::ProxyStatus::kOk) {
+        fail(CloseReason::kInvalidProxyHeader);
+        return false;
+    }
+    // Consume exactly the header; the ClientHello stays queued for peeking.
+    size_t hdr = intake_->proxy.header_size();
+    size_t got = 0;
+    while (got < hdr) {
+        ssize_t n = ::recv(visitor_.get(), server_.peek_buffer(), hdr - got, MSG_DONTWAIT);
+        if (n <= 0) {
+            if (n < 0 && errno == EINTR) continue;
+            fail(CloseReason::kInvalidProxyHeader);
+            return false;
+        }
+        got += static_cast<size_t>(n);
+    }
+    tuple_ = intake_->proxy.tuple();
+    intake_->peeked = 0;
+    source_key_ = SourceKey::of(tuple_.source);
+    if (!server_.admission().try_pre_routing_source(source_key_)) {
+        server_.note_saturated("visitor-source",
+                               server_.admission().limits().pre_routing_per_source,
+                               server_.admission().limits().pre_routing_per_source);
+        fail(CloseReason::kSourceSaturated);
+        return false;
+    }
+    holds_source_ = true;
+    server_.note_admitted("visitor-source");
+    state_ = VisitorState::kHello;
+    return true;
+}
+
+void VisitorSession::step_hello(const uint8_t* data, size_t len, bool eof) noexcept {
+    auto st = intake_->hello.feed(std::span<const uint8_t>(data, len));
+    if (st == proto::HelloStatus::kIncomplete) {
+        if (eof) return fail(CloseReason::kIncomplete);
+        return arm_intake_poll();
+    }
+    if (st != proto::HelloStatus::kOk) return fail(reason_of(st));
+    route();
+}
+
+void VisitorSession::release_pre_routing() noexcept {
+    if (holds_source_) {
+        server_.admission().release_pre_routing_source(source_key_);
+        holds_source_ = false;
+    }
+    if (holds_global_) {
+        server_.admission().release_pre_routing_global();
+        holds_global_ = false;
+    }
+    if (intake_ != nullptr) {
+        server_.return_intake(intake_);
+        intake_ = nullptr;
+    }
+}
+
+void VisitorSession::route() noexcept {
+    sni_ = intake_->hello.sni();
+    bool acme = intake_->hello.offers_acme_tls1();
+    // Routed work never holds pre-routing slots (spec 5.4 step 6).
+    release_pre_routing();
+    int one = 1;
+    (void)::setsockopt(visitor_.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
+
+    const auto& cfg = server_.config();
+    if (sni_ == cfg.hostname) {
+        // No ACME responder in this build: the challenge cannot be answered (spec 5.4 step 7).
+        return fail(acme ? CloseReason::kAcmeConfigMissing : CloseReason::kNonAcmeServerHostname);
+    }
+    routes_ = server_.routes();
+    const RouteTarget* target = routes_->find(sni_);
+    if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
+    if (target->kind == RouteTarget::Kind::kTunnel) return fail(CloseReason::kNoActiveTunnel);
+    route_ = target->direct;
+    if (!server_.admission().try_active_relay()) {
+        server_.note_saturated("active-routed-stream", server_.admission().active_relays(),
+                               server_.admission().limits().active_relays);
+        return fail(CloseReason::kRelaySaturated);
+    }
+    holds_relay_ = true;
+    server_.note_admitted("active-routed-stream");
+    connect_upstream();
+}
+
+void VisitorSession::connect_upstream() noexcept {
+    const UpstreamAddress& a = route_->addresses.front();
+    int fd = ::socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+    if (fd < 0) return fail(CloseReason::kUpstreamConnectFailed);
+    upstream_.reset(fd);
+    set_nodelay(fd);
+    state_ = VisitorState::kConnect;
+    if (!worker().rearm_timer(deadline_, core::now_ns() + kConnectDeadlineNs))
+        deadline_ = arm_timer(kOpDeadline, core::now_ns() + kConnectDeadlineNs);
+    connect(kOpConnect, fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len);
+}
+
+void VisitorSession::on_connected(int result) noexcept {
+    if (result < 0) return fail(CloseReason::kUpstreamConnectFailed);
+    worker().cancel_timer(deadline_);
+    if (route_->proxy_v2) {
+        std::array<uint8_t, 64> hdr{};
+        size_t len = 0;
+        if (!proto::encode_proxy_v2(tuple_, hdr, len))
+            return fail(CloseReason::kUpstreamWriteFailed);
+        // A fresh connection has an empty send buffer: 28/52 bytes always fit at once.
+        ssize_t n = ::send(upstream_.get(), hdr.data(), len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n != static_cast<ssize_t>(len)) return fail(CloseReason::kUpstreamWriteFailed);
+    }
+    start_relay();
+}
+
+void VisitorSession::start_relay() noexcept {
+    state_ = VisitorState::kRelay;
+    server_.counters().relayed++;
+    set_nodelay(visitor_.get());
+    to_upstream_ = relay::SplicePump(visitor_.get(), upstream_.get());
+    to_visitor_ = relay::SplicePump(upstream_.get(), visitor_.get());
+    server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
+    drive_relay(true, true);
+}
+
+void VisitorSession::drive_relay(bool up, bool down) noexcept {
+    struct Dir {
+        relay::SplicePump& pump;
+        bool run;
+        bool& armed;
+        uint8_t op;
+        int src;
+        int dst;
+    };
+    Dir dirs[2] = {
+        {to_upstream_, up, visitor_poll_armed_, kOpPollVisitor, visitor_.get(), upstream_.get()},
+        {to_visitor_, down, upstream_poll_armed_, kOpPollUpstream, upstream_.get(), visitor_.get()},
+    };
+    for (auto& d : dirs) {
+        if (!d.run || d.armed || d.pump.done()) continue;
+        switch (d.pump.pump(server_.pipes(), kPumpBudget)) {
+            case relay::PumpWait::kReadable:
+                d.armed = true;
+                poll(d.op, d.src, POLLIN | POLLRDHUP);
+                break;
+            case relay::PumpWait::kWritable:
+                d.armed = true;
+                poll(d.op, d.dst, POLLOUT);
+                break;
+            case relay::PumpWait::kDone:
+                break;
+            case relay::PumpWait::kError:
+                return fail(CloseReason::kReset);
+        }
+    }
+    if (to_upstream_.done() && to_visitor_.done()) finish(CloseReason::kDone);
+}
+
+void VisitorSession::on_event(const core::Completion& c) noexcept {
+    if (aborting()) return;  // late completions of a session being torn down
+    switch (c.token.op) {
+        case kOpDeadline:
+            return fail(state_ == VisitorState::kConnect ? CloseReason::kUpstreamTimeout
+                                                         : CloseReason::kHelloTimeout);
+        case kOpConnect:
+            return on_connected(c.result);
+        case kOpPollVisitor:
+            visitor_poll_armed_ = false;
+            if (c.result < 0 && c.result != -EINTR) {
+                return fail(state_ == VisitorState::kRelay ? CloseReason::kReset
+                                                           : CloseReason::kHelloIoError);
+            }
+            if (state_ == VisitorState::kRelay) return drive_relay(true, false);
+            return on_intake_readable(c.result < 0 ? 0 : c.result);
+        case kOpPollUpstream:
+            upstream_poll_armed_ = false;
+            if (c.result < 0 && c.result != -EINTR) return fail(CloseReason::kReset);
+            return drive_relay(false, true);
+        default:
+            return;
+    }
+}
+
+void VisitorSession::on_shutdown_started() noexcept {
+    if (state_ == VisitorState::kProxyHeader || state_ == VisitorState::kHello)
+        fail(CloseReason::kShutdown);
+}
+
+void VisitorSession::cut() noexcept {
+    if (state_ == VisitorState::kClosed) return;
+    if (state_ == VisitorState::kRelay) {
+        set_linger_reset(visitor_.get());
+        if (upstream_.valid()) set_linger_reset(upstream_.get());
+    }
+    finish(CloseReason::kShutdown);
+}
+
+void VisitorSession::fail(CloseReason r) noexcept {
+    if (r == CloseReason::kReset) {
+        // A reset or error on either side aborts both with RST (spec 5.9, 12.1).
+        set_linger_reset(visitor_.get());
+        if (upstream_.valid()) set_linger_reset(upstream_.get());
+    }
+    finish(r);
+}
+
+void VisitorSession::finish(CloseReason r) noexcept {
+    if (state_ == VisitorState::kClosed || aborting()) return;
+    reason_ = r;
+    if (deadline_.valid()) worker().cancel_timer(deadline_);
+    abort(static_cast<int>(r));
+}
+
+void VisitorSession::on_quiesced() noexcept {
+    // Nothing is in flight any more: pipes, fds and slots can go.
+    VisitorState last = state_;
+    state_ = VisitorState::kClosed;
+    to_upstream_.release(server_.pipes());
+    to_visitor_.release(server_.pipes());
+    release_pre_routing();
+    if (holds_relay_) {
+        server_.admission().release_active_relay();
+        holds_relay_ = false;
+    }
+    close_fd(upstream_);
+    close_fd(visitor_);
+
+    auto& log = server_.log();
+    if (last == VisitorState::kRelay || last == VisitorState::kConnect) {
+        auto dur = std::chrono::milliseconds((core::now_ns() - started_ns_) / 1'000'000);
+        if (log.enabled(obs::Level::kInfo)) {
+            log.info("server visitor closed",
+                     {{"conn", conn_id_},
+                      {"state", visitor_state_name(last)},
+                      {"public-hostname", sni_},
+                      {"route", route_ != nullptr ? std::string_view(route_->label) : "-"},
+                      {"target", route_ != nullptr ? std::string_view(route_->upstream_text) : "-"},
+                      {"bytes-in", to_upstream_.bytes()},
+                      {"bytes-out", to_visitor_.bytes()},
+                      {"duration", dur},
+                      {"reason", reason_text(reason_)}});
+        }
+        if (reason_ == CloseReason::kUpstreamConnectFailed ||
+            reason_ == CloseReason::kUpstreamTimeout ||
+            reason_ == CloseReason::kUpstreamWriteFailed)
+            server_.note_rejected(reason_);
+    } else if (reason_ != CloseReason::kShutdown) {
+        if (log.enabled(obs::Level::kDebug)) {
+            if (sni_.empty()) {
+                log.debug("server route rejected", {{"reason", reason_text(reason_)}});
+            } else {
+                log.debug("server route rejected",
+                          {{"public-hostname", sni_}, {"reason", reason_text(reason_)}});
+            }
+        }
+        server_.note_rejected(reason_);
+    }
+    server_.counters().closed_by_reason[static_cast<size_t>(reason_) % 32]++;
+    routes_.reset();
+    server_.on_visitor_closed(*this, slab_id_);  // destroys *this
+}
+
+}  // namespace runewarp::server

@@ -1,0 +1,132 @@
+// VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
+// machine: ProxyHeader -> Hello -> Connect -> Relay -> Closed (spec 5.4, 5.10, 12.1).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/timer_heap.hh"
+#include "core/unique_fd.hh"
+#include "core/worker.hh"
+#include "proto/clienthello.hh"
+#include "proto/endpoint.hh"
+#include "proto/proxy_v2.hh"
+#include "relay/splice_pump.hh"
+#include "server/admission.hh"
+#include "server/route_table.hh"
+
+namespace runewarp::server {
+
+class EdgeServer;
+
+enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kRelay, kClosed };
+const char* visitor_state_name(VisitorState s) noexcept;
+
+// Why a Visitor connection ended; the access line and counters use reason_text().
+enum class CloseReason : uint8_t {
+    kNone,
+    kDone,   // both directions finished with FIN
+    kReset,  // reset or error on either side during relay
+    kUntrustedProxyPeer,
+    kInvalidProxyHeader,
+    kNotTls,
+    kInvalidTls,
+    kMissingSni,
+    kInvalidSni,
+    kOversized,
+    kIncomplete,
+    kHelloTimeout,
+    kHelloIoError,
+    kNonAcmeServerHostname,
+    kAcmeConfigMissing,
+    kUnauthorizedHostname,
+    kNoActiveTunnel,
+    kSourceSaturated,
+    kRelaySaturated,
+    kUpstreamConnectFailed,
+    kUpstreamTimeout,
+    kUpstreamWriteFailed,
+    kShutdown,
+    kInternal,
+};
+const char* reason_text(CloseReason r) noexcept;
+
+// Parser state needed only before routing; borrowed from a pool so a relayed (or idle)
+// connection does not carry 16 KiB of ClientHello reassembly buffer.
+struct IntakeState {
+    proto::ProxyV2Decoder proxy;
+    proto::ClientHelloParser hello;
+    size_t peeked = 0;  // bytes of the socket queue already fed to the parser
+};
+
+class VisitorSession final : public core::Session {
+public:
+    VisitorSession(core::Worker& w, EdgeServer& server, int fd, uint64_t conn_id) noexcept;
+    ~VisitorSession() override;
+
+    // Starts intake; the global pre-routing slot is already held by the caller.
+    void start() noexcept;
+    // Shutdown began: a Visitor still in intake is cancelled; relays keep running.
+    void on_shutdown_started() noexcept;
+    // The graceful window ended (or fast shutdown): cut whatever still runs.
+    void cut() noexcept;
+
+    VisitorState state() const noexcept { return state_; }
+    bool relaying() const noexcept { return state_ == VisitorState::kRelay; }
+
+protected:
+    void on_event(const core::Completion& c) noexcept override;
+    void on_quiesced() noexcept override;
+
+private:
+    enum Op : uint8_t {
+        kOpPollVisitor = 1,
+        kOpPollUpstream = 2,
+        kOpConnect = 3,
+        kOpDeadline = 4,
+    };
+
+    void fail(CloseReason r) noexcept;
+    void finish(CloseReason r) noexcept;
+    void release_pre_routing() noexcept;
+
+    void arm_intake_poll() noexcept;
+    void on_intake_readable(int revents) noexcept;
+    bool step_proxy_header(const uint8_t* data, size_t len, bool eof) noexcept;
+    void step_hello(const uint8_t* data, size_t len, bool eof) noexcept;
+    void route() noexcept;
+    void connect_upstream() noexcept;
+    void on_connected(int result) noexcept;
+    void start_relay() noexcept;
+    void drive_relay(bool from_visitor_poll, bool from_upstream_poll) noexcept;
+
+    EdgeServer& server_;
+    core::UniqueFd visitor_;
+    core::UniqueFd upstream_;
+    uint64_t conn_id_;
+    int64_t started_ns_ = 0;
+    core::TimerHandle deadline_{};
+    IntakeState* intake_ = nullptr;
+    proto::Tuple tuple_{};
+    SourceKey source_key_{};
+    std::string sni_;
+    const DirectRoute* route_ = nullptr;
+    std::shared_ptr<const RouteTable> routes_;  // keeps route_ alive across a reload
+    relay::SplicePump to_upstream_;
+    relay::SplicePump to_visitor_;
+    VisitorState state_ = VisitorState::kProxyHeader;
+    CloseReason reason_ = CloseReason::kNone;
+    bool holds_global_ = false;
+    bool holds_source_ = false;
+    bool holds_relay_ = false;
+    bool visitor_poll_armed_ = false;
+    bool upstream_poll_armed_ = false;
+    size_t live_index_ = SIZE_MAX;  // position in EdgeServer::live_
+    core::SlotId slab_id_{};
+
+    friend class EdgeServer;
+};
+
+}  // namespace runewarp::server
