@@ -116,10 +116,10 @@ ProxyV2Decoder::FeedResult ProxyV2Decoder::feed(std::span<const std::uint8_t> mo
         }
         used += take;
         seen_ += take;
-    }
-    if (status_ == ProxyStatus::kNeedMore && header_size_ != 0 && seen_ == header_size_) {
-        decode_addresses();
-        status_ = ProxyStatus::kOk;
+        if (seen_ == header_size_) {
+            decode_addresses();
+            status_ = ProxyStatus::kOk;
+        }
     }
     return {status_, used};
 }

@@ -52,7 +52,7 @@ private:
 
 // Server side: writes the stream's PROXY v2 header (28 or 52 bytes) for `t` into `out`; the
 // caller appends the buffered Visitor bytes right after it in the same write. Returns the header
-// length, or 0 when the tuple mixes families or `out` is smaller than kProxyV2SizeV6 needs.
+// length (proxy_v2_size(family)), or 0 when the tuple mixes families or `out` is too small.
 std::size_t encode_stream_prefix(const Tuple& t, std::span<std::uint8_t> out) noexcept;
 
 // Text for a PROXY failure inside a stream, "invalid PROXY v2 header: <detail>".
