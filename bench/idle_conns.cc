@@ -24,7 +24,9 @@
 namespace {
 
 volatile sig_atomic_t g_stop = 0;
-void on_signal(int) { g_stop = 1; }
+void on_signal(int) {
+    g_stop = 1;
+}
 
 struct Target {
     sockaddr_storage ss{};
@@ -71,16 +73,23 @@ int main(int argc, char** argv) {
     long count = 2000;
     for (int i = 1; i + 1 < argc; i += 2) {
         std::string k = argv[i];
-        if (k == "--connect") connect_to = argv[i + 1];
-        else if (k == "--sni") sni = argv[i + 1];
-        else if (k == "--count") count = std::atol(argv[i + 1]);
-        else if (k == "--ca") ca = argv[i + 1];
-        else if (k == "--ready-file") ready_file = argv[i + 1];
-        else die("unknown option " + k);
+        if (k == "--connect")
+            connect_to = argv[i + 1];
+        else if (k == "--sni")
+            sni = argv[i + 1];
+        else if (k == "--count")
+            count = std::atol(argv[i + 1]);
+        else if (k == "--ca")
+            ca = argv[i + 1];
+        else if (k == "--ready-file")
+            ready_file = argv[i + 1];
+        else
+            die("unknown option " + k);
     }
     Target t;
     if (!parse_target(connect_to, t) || sni.empty() || count <= 0)
-        die("usage: idle_conns --connect ADDR:PORT --sni HOST --count N [--ca FILE] [--ready-file F]");
+        die("usage: idle_conns --connect ADDR:PORT --sni HOST --count N [--ca FILE] [--ready-file "
+            "F]");
 
     rlimit rl{};
     getrlimit(RLIMIT_NOFILE, &rl);
@@ -98,7 +107,8 @@ int main(int argc, char** argv) {
 
     gnutls_certificate_credentials_t cred;
     gnutls_certificate_allocate_credentials(&cred);
-    if (!ca.empty() && gnutls_certificate_set_x509_trust_file(cred, ca.c_str(), GNUTLS_X509_FMT_PEM) <= 0)
+    if (!ca.empty() &&
+        gnutls_certificate_set_x509_trust_file(cred, ca.c_str(), GNUTLS_X509_FMT_PEM) <= 0)
         die("cannot load CA " + ca);
 
     std::vector<Conn> conns;

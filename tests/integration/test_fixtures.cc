@@ -7,6 +7,7 @@
 #include <string>
 
 #include "tests/support/curl.hh"
+#include "tests/support/daemon.hh"
 #include "tests/support/files.hh"
 #include "tests/support/net.hh"
 #include "tests/support/nginx.hh"
@@ -219,4 +220,32 @@ Test(fixtures, wait_helpers_observe_log_lines_and_exits) {
     p.signal(SIGKILL);
     cr_assert(wait_until([&] { return !p.running(); }, Millis{5000}));
     cr_assert_eq(p.status()->signal, SIGKILL);
+}
+
+Test(fixtures, daemon_is_ready_on_its_log_line_and_stops) {
+    TempDir d;
+    Daemon daemon({.argv = {"sh", "-c", "echo out-line; echo listening >&2; exec sleep 300"},
+                   .log_path = d / "daemon.log",
+                   .ready_log_line = "listening"});
+    cr_assert(daemon.wait_log("out-line", Millis{5000}), "stdout and stderr share the log");
+    ExitStatus st = daemon.stop(Millis{5000});
+    cr_assert_eq(st.signal, SIGTERM);
+}
+
+Test(fixtures, daemon_that_exits_early_reports_its_log) {
+    TempDir d;
+    std::string what;
+    try {
+        Daemon daemon({.argv = {"sh", "-c", "echo cannot bind >&2; exit 1"},
+                       .log_path = d / "daemon.log",
+                       .ready_ports = {{"127.0.0.1", free_port()}}});
+    } catch (const std::exception& e) {
+        what = e.what();
+    }
+    cr_assert_neq(what.find("exit code 1"), std::string::npos, "%s", what.c_str());
+    cr_assert_neq(what.find("cannot bind"), std::string::npos, "%s", what.c_str());
+}
+
+Test(fixtures, runewarp_binary_comes_from_the_environment) {
+    cr_assert_not(runewarp_binary().empty());
 }

@@ -109,6 +109,7 @@ void set_nonblock(int fd) {
 int open_output(const Output& o, int& parent_fd) {
     switch (o.kind) {
         case Output::Kind::kInherit:
+        case Output::Kind::kStdout:  // handled after stdout is in place
             return -1;
         case Output::Kind::kNull: {
             int fd = ::open("/dev/null", O_WRONLY | O_CLOEXEC);
@@ -216,6 +217,8 @@ Process Process::spawn(SpawnOptions opts) {
         if (in_child >= 0 && ::dup2(in_child, 0) < 0) child_fail(errpipe[1], errno);
         if (out_child >= 0 && ::dup2(out_child, 1) < 0) child_fail(errpipe[1], errno);
         if (err_child >= 0 && ::dup2(err_child, 2) < 0) child_fail(errpipe[1], errno);
+        if (opts.err.kind == Output::Kind::kStdout && ::dup2(1, 2) < 0)
+            child_fail(errpipe[1], errno);
         if (!opts.cwd.empty() && ::chdir(opts.cwd.c_str()) != 0) child_fail(errpipe[1], errno);
         ::execve(exe.c_str(), argvp.data(), envp.data());
         child_fail(errpipe[1], errno);

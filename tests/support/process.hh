@@ -20,7 +20,7 @@ bool wait_until(const std::function<bool()>& cond, Millis deadline, Millis inter
 
 // Where a child's stdout or stderr goes.
 struct Output {
-    enum class Kind { kInherit, kNull, kFile, kPipe };
+    enum class Kind { kInherit, kNull, kFile, kPipe, kStdout };
     Kind kind = Kind::kNull;
     std::string path;  // kFile: created or truncated
 
@@ -28,6 +28,8 @@ struct Output {
     static Output null() { return {Kind::kNull, {}}; }
     static Output file(std::string p) { return {Kind::kFile, std::move(p)}; }
     static Output pipe() { return {Kind::kPipe, {}}; }
+    // For stderr only: the same file description as stdout (one interleaved log).
+    static Output same_as_stdout() { return {Kind::kStdout, {}}; }
 };
 
 struct SpawnOptions {
