@@ -120,21 +120,33 @@ std::size_t ClientHelloParser::bytes_needed() const noexcept {
     return in_body_ ? rec_remaining_ : kRecordHeader - rec_hdr_have_;
 }
 
+void ClientHelloParser::reset() noexcept {
+    status_ = HelloStatus::kIncomplete;
+    in_body_ = false;
+    seen_ = 0;
+    records_ = 0;
+    rec_hdr_have_ = 0;
+    rec_remaining_ = 0;
+    hs_have_ = 0;
+    hs_total_ = 0;
+    hello_end_ = 0;
+    acme_tls1_ = false;
+    sni_.clear();
+}
+
 // Rejects as soon as the smallest possible completion would pass the cap: the ClientHello is only
-// complete at the end of a record, and every further record costs a 5-byte header and >= 1 byte.
+// complete at the end of a record, and every further record costs a 5-byte header.
 HelloStatus ClientHelloParser::check_cap() const noexcept {
-    std::size_t end_min = seen_;
-    std::size_t hs_left = 1;  // unknown length: at least one more handshake byte
-    if (hs_total_ != 0) hs_left = hs_total_ > hs_have_ ? hs_total_ - hs_have_ : 0;
+    // Handshake bytes still missing; while the length is unknown, at least the 4-byte header.
+    std::size_t hs_left = hs_total_ != 0 ? hs_total_ - std::min(hs_total_, hs_have_)
+                                         : 4 - std::min<std::size_t>(4, hs_have_);
+    std::size_t end_min;
     if (in_body_) {
-        end_min += rec_remaining_;
-        hs_left = hs_left > rec_remaining_ ? hs_left - rec_remaining_ : 0;
+        end_min = seen_ + rec_remaining_;
+        if (hs_left > rec_remaining_) end_min += kRecordHeader + (hs_left - rec_remaining_);
     } else {
-        end_min += kRecordHeader - rec_hdr_have_;
-        if (rec_hdr_have_ == 0 && hs_left == 0) end_min = seen_;  // complete, nothing pending
+        end_min = seen_ + (kRecordHeader - rec_hdr_have_) + hs_left;
     }
-    if (hs_left > 0 && in_body_) end_min += kRecordHeader + hs_left;
-    if (hs_left > 0 && !in_body_) end_min += hs_left;
     return end_min > kMaxClientHelloBytes ? HelloStatus::kTooLarge : HelloStatus::kIncomplete;
 }
 

@@ -32,6 +32,13 @@ const char* reason_code(HelloStatus s) noexcept;
 // feed() ignores input and returns it again. About 16.5 KiB; reuse one per connection.
 class ClientHelloParser {
 public:
+    // User-provided so that the 16 KiB buffer is not zero-filled: only bytes written are read.
+    ClientHelloParser() noexcept {}
+
+    // Back to the initial state for a new connection, without touching the 16 KiB buffer
+    // (cheaper than assigning a fresh parser).
+    void reset() noexcept;
+
     HelloStatus feed(std::span<const std::uint8_t> more);
 
     HelloStatus status() const noexcept { return status_; }
@@ -66,7 +73,7 @@ private:
     std::array<std::uint8_t, 5> rec_hdr_{};
     std::string sni_;
     // Handshake bytes only (record headers stripped); never more than the wire bytes, so it fits.
-    std::array<std::uint8_t, kMaxClientHelloBytes> hs_{};
+    std::array<std::uint8_t, kMaxClientHelloBytes> hs_;
 };
 
 }  // namespace runewarp::proto

@@ -698,6 +698,28 @@ Test(proto, clienthello_reason_codes) {
     cr_assert_str_eq(reason_code(HelloStatus::kTooLarge), "oversized-client-hello");
 }
 
+Test(proto, clienthello_reset_reuses_the_parser) {
+    ClientHelloParser p;
+    cr_assert(feed_all(p, from_text("GET / HTTP/1.1\r\n")) == HelloStatus::kNotTls);
+    p.reset();
+    cr_assert(p.status() == HelloStatus::kIncomplete);
+    cr_assert_eq(p.bytes_seen(), 0u);
+    HelloSpec s;
+    s.sni_names = {"first.example.test"};
+    s.alpn = {"acme-tls/1"};
+    cr_assert(feed_bytewise(p, hello(s, 64)) == HelloStatus::kOk);
+    cr_assert_eq(p.sni(), std::string("first.example.test"));
+    cr_assert(p.offers_acme_tls1());
+    p.reset();
+    cr_assert(p.sni().empty());
+    cr_assert_not(p.offers_acme_tls1());
+    Bytes b = hello();
+    cr_assert(feed_all(p, b) == HelloStatus::kOk);
+    cr_assert_eq(p.sni(), std::string("app.example.test"));
+    cr_assert_not(p.offers_acme_tls1());
+    cr_assert_eq(p.hello_end(), b.size());
+}
+
 Test(proto, clienthello_real_captures) {
     const char* files[] = {"curl.bin", "gnutls-cli.bin", "openssl.bin", "large-multirecord.bin"};
     for (const char* f : files) {
