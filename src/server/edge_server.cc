@@ -329,7 +329,7 @@ void EdgeServer::return_intake(IntakeState* s) noexcept {
     }
     // Reset in place: the parsers start over for the next Visitor.
     s->proxy = proto::ProxyV2Decoder{};
-    s->hello = proto::ClientHelloParser{};
+    s->hello.reset();
     s->peeked = 0;
     intake_pool_.emplace_back(s);
 }
