@@ -9,7 +9,7 @@ SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config
 
-.PHONY: all deps bench-deps build check check-asan asan fuzz install clean
+.PHONY: all deps bench-deps bench build check check-asan asan fuzz install clean
 
 all: build
 
@@ -52,6 +52,10 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 	    $(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=fuzz-out/$$f/ fuzz-out/$$f fuzz/corpus/$$f; \
 	done
+
+# Side-by-side benchmark (bench/README.md); `make bench-deps` installs the comparison tools.
+bench: build
+	RUNEWARP_BIN=$(BUILD)/runewarp bench/run
 
 install: build
 	$(MESON) install -C $(BUILD) --destdir "$(DESTDIR)"
