@@ -51,4 +51,14 @@ void PipePool::release(Pipe p) noexcept {
     close_pipe(p);
 }
 
+void PipePool::release_empty(Pipe p) noexcept {
+    if (!p.valid()) return;
+    if (lent_ > 0) --lent_;
+    if (idle_.size() < max_) {
+        idle_.push_back(p);
+        return;
+    }
+    close_pipe(p);
+}
+
 }  // namespace runewarp::core

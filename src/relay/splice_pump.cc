@@ -13,6 +13,11 @@ namespace {
 // Ask for more than a pipe holds; the kernel caps each splice at the pipe's free space.
 constexpr size_t kSpliceChunk = 1u << 20;
 constexpr unsigned kSpliceFlags = SPLICE_F_NONBLOCK | SPLICE_F_MOVE;
+// A read this short almost surely emptied the socket's receive queue (tcp_splice_read takes all
+// that is queued until the pipe runs out of slots). Once it is delivered, wait for readiness
+// instead of paying for a splice that would only say EAGAIN; readiness is level-triggered, so
+// bytes that arrived meanwhile complete the wait at once.
+constexpr ssize_t kShortRead = 16 * 1024;
 
 }  // namespace
 
@@ -20,6 +25,7 @@ PumpWait SplicePump::pump(core::PipePool& pool, uint64_t budget) noexcept {
     if (done_) return PumpWait::kDone;
     if (error_ != 0) return PumpWait::kError;
     uint64_t moved = 0;
+    bool drained = false;
     for (;;) {
         if (in_pipe_ > 0) {
             ssize_t n = ::splice(pipe_.rd, nullptr, dst_, nullptr, in_pipe_, kSpliceFlags);
@@ -43,7 +49,7 @@ PumpWait SplicePump::pump(core::PipePool& pool, uint64_t budget) noexcept {
             done_ = true;
             return PumpWait::kDone;
         }
-        if (moved >= budget) {
+        if (moved >= budget || drained) {
             release(pool);
             return PumpWait::kReadable;
         }
@@ -60,6 +66,7 @@ PumpWait SplicePump::pump(core::PipePool& pool, uint64_t budget) noexcept {
             in_pipe_ = static_cast<uint32_t>(n);
             bytes_ += static_cast<uint64_t>(n);
             moved += static_cast<uint64_t>(n);
+            drained = n < kShortRead;
             continue;
         }
         if (n == 0) {
@@ -79,7 +86,11 @@ PumpWait SplicePump::pump(core::PipePool& pool, uint64_t budget) noexcept {
 
 void SplicePump::release(core::PipePool& pool) noexcept {
     if (!pipe_.valid()) return;
-    pool.release(pipe_);
+    if (in_pipe_ == 0) {
+        pool.release_empty(pipe_);
+    } else {
+        pool.release(pipe_);  // bytes left behind: the pool closes the pipe
+    }
     pipe_ = core::Pipe{};
     in_pipe_ = 0;
 }
