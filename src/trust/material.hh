@@ -1,0 +1,47 @@
+// Material files (spec 6.1, 6.3): private directories, O_EXCL creation, atomic replacement.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include "runewarp/result.hh"
+
+namespace runewarp::trust {
+
+// Creates `dir` (and missing parents) with `mode` when it does not exist; an existing directory
+// keeps its mode. Fails when the path exists but is not a directory.
+Result<void> ensure_dir(const std::string& dir, mode_t mode);
+
+// Sets the exact mode on a directory (umask does not apply).
+Result<void> set_dir_mode(const std::string& dir, mode_t mode);
+
+// Creates a new file with O_EXCL and its final mode (set with fchmod, so the umask does not
+// narrow or widen it), writes `content` and fsyncs it. Fails if the file already exists.
+Result<void> write_new_file(const std::string& path, std::string_view content, mode_t mode);
+
+// Replaces `path` atomically: writes `.<name>.runewarp-tmp-<pid>-<n>` in the same directory
+// with the final mode, fsyncs, rename(2)s it over `path` and fsyncs the directory. The temporary
+// file is removed on failure.
+Result<void> replace_file(const std::string& path, std::string_view content, mode_t mode);
+
+// Reads a whole regular file of at most `max_bytes`. nullopt when it does not exist.
+Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
+                                                       std::size_t max_bytes = 1 << 20);
+
+// Reads a whole regular file; a missing file is an error naming the path.
+Result<std::string> read_file(const std::string& path, std::size_t max_bytes = 1 << 20);
+
+// True when something exists at `path` (lstat).
+bool path_exists(const std::string& path) noexcept;
+
+// `dir` + "/" + `name`.
+std::string join_path(const std::string& dir, std::string_view name);
+
+// Removes ASCII whitespace at both ends.
+std::string_view trim(std::string_view s) noexcept;
+
+}  // namespace runewarp::trust

@@ -1,2 +1,0 @@
-// Placeholder so the trust module links before its first source lands.
-namespace runewarp::trust {}

@@ -1,0 +1,601 @@
+// Trust module: identity vectors (spec 6.1), the DER walker, material files, Server CA material.
+#include <criterion/criterion.h>
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "trust/client_identity.hh"
+#include "trust/gnutls_util.hh"
+#include "trust/identity.hh"
+#include "trust/material.hh"
+#include "trust/server_cert.hh"
+#include "trust/x509_util.hh"
+
+// Criterion keeps the operands' pointers past the full expression: copy them first.
+#define EXPECT_STR_EQ(a, b)                           \
+    do {                                              \
+        std::string lhs_ = (a);                       \
+        std::string rhs_ = (b);                       \
+        cr_assert_str_eq(lhs_.c_str(), rhs_.c_str()); \
+    } while (0)
+#define EXPECT_STR_NEQ(a, b)                           \
+    do {                                               \
+        std::string lhs_ = (a);                        \
+        std::string rhs_ = (b);                        \
+        cr_assert_str_neq(lhs_.c_str(), rhs_.c_str()); \
+    } while (0)
+
+using namespace runewarp::trust;
+
+namespace {
+
+std::string g_dir;
+
+std::vector<std::uint8_t> unhex(std::string_view hex) {
+    std::vector<std::uint8_t> out;
+    auto nib = [](char c) -> int { return c <= '9' ? c - '0' : c - 'a' + 10; };
+    for (std::size_t i = 0; i + 1 < hex.size(); i += 2) {
+        out.push_back(static_cast<std::uint8_t>(nib(hex[i]) << 4 | nib(hex[i + 1])));
+    }
+    return out;
+}
+
+std::span<const std::uint8_t> bytes(const std::vector<std::uint8_t>& v) {
+    return {v.data(), v.size()};
+}
+
+int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
+    return remove(path);
+}
+
+void setup_dir() {
+    char tmpl[] = "/tmp/runewarp-trust-XXXXXX";
+    cr_assert(mkdtemp(tmpl) != nullptr);
+    g_dir = tmpl;
+}
+
+void teardown_dir() {
+    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+}
+
+mode_t mode_of(const std::string& path) {
+    struct stat st {};
+    cr_assert_eq(stat(path.c_str(), &st), 0, "stat %s: %s", path.c_str(), std::strerror(errno));
+    return st.st_mode & 07777;
+}
+
+std::string slurp(const std::string& path) {
+    auto r = read_file(path);
+    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
+    return *r;
+}
+
+void spit(const std::string& path, const std::string& text) {
+    auto r = replace_file(path, text, 0644);
+    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
+}
+
+// A DER certificate made by GnuTLS for `key` (self-signed, minimal profile).
+std::vector<std::uint8_t> make_cert_der(gnutls_x509_privkey_t key) {
+    std::time_t now = std::time(nullptr);
+    auto crt = new_crt(key, now - 60, now + 3600);
+    cr_assert(crt.ok());
+    const char cn[] = "walker.example.test";
+    cr_assert_eq(gnutls_x509_crt_set_dn_by_oid(crt->get(), GNUTLS_OID_X520_COMMON_NAME, 0, cn,
+                                               sizeof cn - 1),
+                 0);
+    cr_assert_eq(gnutls_x509_crt_sign2(crt->get(), crt->get(), key, GNUTLS_DIG_UNKNOWN, 0), 0);
+    OwnedDatum der;
+    cr_assert_eq(gnutls_x509_crt_export2(crt->get(), GNUTLS_X509_FMT_DER, der.out()), 0);
+    return std::vector<std::uint8_t>(der.get().data, der.get().data + der.get().size);
+}
+
+std::string pubkey_spki_hex(gnutls_x509_privkey_t key) {
+    gnutls_privkey_t priv = nullptr;
+    gnutls_pubkey_t pub = nullptr;
+    cr_assert_eq(gnutls_privkey_init(&priv), 0);
+    cr_assert_eq(gnutls_privkey_import_x509(priv, key, 0), 0);
+    cr_assert_eq(gnutls_pubkey_init(&pub), 0);
+    cr_assert_eq(gnutls_pubkey_import_privkey(pub, priv, 0, 0), 0);
+    OwnedDatum der;
+    cr_assert_eq(gnutls_pubkey_export2(pub, GNUTLS_X509_FMT_DER, der.out()), 0);
+    std::string hex;
+    for (unsigned i = 0; i < der.get().size; ++i) {
+        char b[3];
+        std::snprintf(b, sizeof b, "%02x", der.get().data[i]);
+        hex += b;
+    }
+    gnutls_pubkey_deinit(pub);
+    gnutls_privkey_deinit(priv);
+    return hex;
+}
+
+std::string hex_of(std::span<const std::uint8_t> s) {
+    std::string hex;
+    for (std::uint8_t c : s) {
+        char b[3];
+        std::snprintf(b, sizeof b, "%02x", c);
+        hex += b;
+    }
+    return hex;
+}
+
+}  // namespace
+
+TestSuite(trust, .init = setup_dir, .fini = teardown_dir);
+
+// ---- identity (spec 6.1) --------------------------------------------------------------------
+
+Test(trust, ed25519_rfc8032_test1_vector) {
+    auto spki = unhex(
+        "302a300506032b6570032100d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a");
+    cr_assert_eq(spki.size(), 44u);
+    EXPECT_STR_EQ(identity_of_spki(bytes(spki)).c_str(),
+                  "06e3fd8fda29bb60ab59557de61edb0aecdb231134be30e75b455f8e1b792fa9");
+}
+
+Test(trust, ecdsa_p256_rfc6979_vector) {
+    std::string hex =
+        "3059301306072a8648ce3d020106082a8648ce3d03010703420004"
+        "60fed4ba255a9d31c961eb74c6356d68c049b8923b61fa6ce669622e60f29fb6"
+        "7903fe1008b8bc99a41ae9e95628bc64f2f1b20c2d7e9f5177a3c294d4462299";
+    auto spki = unhex(hex);
+    cr_assert_eq(spki.size(), 91u);
+    EXPECT_STR_EQ(identity_of_spki(bytes(spki)).c_str(),
+                  "5a7a78cca4a0f420d9bc62bb669c3c2759e39f723d3ae10dcbe0f0815a07ecd4");
+}
+
+Test(trust, identity_validation) {
+    cr_assert(
+        is_valid_identity("06e3fd8fda29bb60ab59557de61edb0aecdb231134be30e75b455f8e1b792fa9"));
+    cr_assert(
+        !is_valid_identity("06E3FD8FDA29BB60AB59557DE61EDB0AECDB231134BE30E75B455F8E1B792FA9"));
+    cr_assert(
+        !is_valid_identity("06:e3:fd:8f:da:29:bb:60:ab:59:55:7d:e6:1e:db:0a:ec:db:23:11:34:be"
+                           ":30:e7:5b:45:5f:8e:1b:79:2f:a9"));
+    cr_assert(
+        !is_valid_identity("06e3fd8fda29bb60ab59557de61edb0aecdb231134be30e75b455f8e1b792fa"));
+    cr_assert(
+        !is_valid_identity("06e3fd8fda29bb60ab59557de61edb0aecdb231134be30e75b455f8e1b792fa9 "));
+    cr_assert(
+        !is_valid_identity("g6e3fd8fda29bb60ab59557de61edb0aecdb231134be30e75b455f8e1b792fa9"));
+    cr_assert(!is_valid_identity(""));
+}
+
+Test(trust, walker_spki_equals_pubkey_export) {
+    for (int algo = 0; algo < 2; ++algo) {
+        auto key = algo == 0 ? generate_ed25519_key() : generate_p256_key();
+        cr_assert(key.ok());
+        auto der = make_cert_der(key->get());
+        auto spki = find_certificate_spki(bytes(der));
+        cr_assert(spki.ok(), "%s", spki.ok() ? "" : spki.error().message.c_str());
+        EXPECT_STR_EQ(hex_of(*spki).c_str(), pubkey_spki_hex(key->get()).c_str());
+        auto from_cert = identity_of_certificate_der(bytes(der));
+        auto from_key = identity_of_privkey(key->get());
+        cr_assert(from_cert.ok() && from_key.ok());
+        EXPECT_STR_EQ(from_cert->c_str(), from_key->c_str());
+        cr_assert(is_valid_identity(*from_cert));
+        if (algo == 0) {
+            cr_assert_eq(spki->size(), 44u);
+            cr_assert(hex_of(*spki).starts_with("302a300506032b6570032100"));
+        }
+    }
+}
+
+Test(trust, walker_rejects_truncated_and_corrupted_certificates) {
+    auto key = generate_p256_key();
+    cr_assert(key.ok());
+    auto der = make_cert_der(key->get());
+    // Every truncation fails cleanly (each in its own exact-size heap buffer, so ASan sees any
+    // read past the end).
+    for (std::size_t n = 0; n < der.size(); ++n) {
+        std::vector<std::uint8_t> cut(der.begin(), der.begin() + static_cast<long>(n));
+        cr_assert(!find_certificate_spki(bytes(cut)).ok(), "truncated to %zu accepted", n);
+    }
+    // Trailing garbage is rejected.
+    auto longer = der;
+    longer.push_back(0);
+    cr_assert(!find_certificate_spki(bytes(longer)).ok());
+    // Single-byte corruptions and pseudo-random mutations never crash; a success always
+    // points inside the input.
+    std::uint32_t seed = 0x2545f491u;
+    auto rnd = [&seed]() {
+        seed ^= seed << 13;
+        seed ^= seed >> 17;
+        seed ^= seed << 5;
+        return seed;
+    };
+    for (std::size_t i = 0; i < der.size(); ++i) {
+        for (std::uint8_t v : {std::uint8_t{0x00}, std::uint8_t{0x80}, std::uint8_t{0xff},
+                               std::uint8_t{0x84}, std::uint8_t{0x1f}}) {
+            auto bad = der;
+            bad[i] = v;
+            auto r = find_certificate_spki(bytes(bad));
+            if (r.ok()) {
+                cr_assert(r->data() >= bad.data() &&
+                          r->data() + r->size() <= bad.data() + bad.size());
+            }
+        }
+    }
+    for (int round = 0; round < 4000; ++round) {
+        auto bad = der;
+        int flips = 1 + static_cast<int>(rnd() % 8);
+        for (int f = 0; f < flips; ++f) {
+            bad[rnd() % bad.size()] = static_cast<std::uint8_t>(rnd());
+        }
+        if (rnd() % 4 == 0) bad.resize(rnd() % bad.size());
+        auto r = find_certificate_spki(bytes(bad));
+        if (r.ok()) {
+            cr_assert(r->data() >= bad.data() && r->data() + r->size() <= bad.data() + bad.size());
+        }
+    }
+    // Hand-made hostile shapes: indefinite, oversized and non-minimal lengths.
+    for (const char* hex :
+         {"3080", "30850100000000", "3084ffffffff", "308100", "30", "", "3003020100",
+          "30053003020100", "300da003020102020101300030003000", "3081023000"}) {
+        auto v = unhex(hex);
+        cr_assert(!find_certificate_spki(bytes(v)).ok(), "%s accepted", hex);
+    }
+}
+
+// ---- material files -------------------------------------------------------------------------
+
+Test(trust, material_files_have_their_modes_and_replace_atomically) {
+    umask(022);
+    std::string dir = g_dir + "/a/b/material";
+    cr_assert(ensure_dir(dir, 0700).ok());
+    cr_assert_eq(mode_of(dir), 0700u);
+    std::string secret = dir + "/secret.key";
+    cr_assert(write_new_file(secret, "one", 0600).ok());
+    cr_assert_eq(mode_of(secret), 0600u);
+    cr_assert(!write_new_file(secret, "two", 0600).ok(), "O_EXCL refuses an existing file");
+    EXPECT_STR_EQ(slurp(secret).c_str(), "one");
+
+    umask(077);  // the mode is exact whatever the umask
+    std::string pub = dir + "/public.crt";
+    cr_assert(write_new_file(pub, "x", 0644).ok());
+    cr_assert_eq(mode_of(pub), 0644u);
+    cr_assert(replace_file(secret, "three", 0600).ok());
+    EXPECT_STR_EQ(slurp(secret).c_str(), "three");
+    cr_assert_eq(mode_of(secret), 0600u);
+    umask(022);
+
+    // No temporary file is left behind.
+    int entries = 0;
+    DIR* d = opendir(dir.c_str());
+    cr_assert(d != nullptr);
+    while (dirent* e = readdir(d)) {
+        std::string n = e->d_name;
+        if (n == "." || n == "..") continue;
+        cr_assert(n.find("runewarp-tmp") == std::string::npos, "left over: %s", n.c_str());
+        ++entries;
+    }
+    closedir(d);
+    cr_assert_eq(entries, 2);
+
+    auto missing = read_file_if_exists(dir + "/nope");
+    cr_assert(missing.ok() && !missing->has_value());
+    cr_assert(!read_file(dir + "/nope").ok());
+    cr_assert(!ensure_dir(secret, 0700).ok(), "a file is not a directory");
+}
+
+// ---- client identity ------------------------------------------------------------------------
+
+Test(trust, client_identity_init_writes_valid_material) {
+    umask(022);
+    std::string dir = g_dir + "/identity";
+    auto init = init_client_identity(dir);
+    cr_assert(init.ok(), "%s", init.ok() ? "" : init.error().message.c_str());
+    cr_assert(init->created);
+    cr_assert(is_valid_identity(init->identity));
+    cr_assert_eq(mode_of(dir), 0700u);
+    cr_assert_eq(mode_of(dir + "/client.key"), 0600u);
+    cr_assert_eq(mode_of(dir + "/client.crt"), 0644u);
+    cr_assert_eq(mode_of(dir + "/client-identity.txt"), 0644u);
+    EXPECT_STR_EQ(slurp(dir + "/client-identity.txt").c_str(), init->identity.c_str());
+    cr_assert(slurp(dir + "/client.key").starts_with("-----BEGIN PRIVATE KEY-----\n"));
+    cr_assert(slurp(dir + "/client.crt").starts_with("-----BEGIN CERTIFICATE-----\n"));
+
+    // The certificate profile (spec 6.1).
+    auto crt = import_crt_pem(slurp(dir + "/client.crt"), "client.crt");
+    cr_assert(crt.ok());
+    gnutls_x509_crt_t c = crt->get();
+    cr_assert_eq(gnutls_x509_crt_get_version(c), 3);
+    cr_assert_eq(gnutls_x509_crt_get_pk_algorithm(c, nullptr), GNUTLS_PK_EDDSA_ED25519);
+    cr_assert_eq(gnutls_x509_crt_get_signature_algorithm(c), GNUTLS_SIGN_EDDSA_ED25519);
+    char san[64];
+    std::size_t san_size = sizeof san;
+    cr_assert_eq(gnutls_x509_crt_get_subject_alt_name(c, 0, san, &san_size, nullptr),
+                 GNUTLS_SAN_DNSNAME);
+    EXPECT_STR_EQ(san, "runewarp-client");
+    unsigned ku = 0;
+    cr_assert_geq(gnutls_x509_crt_get_key_usage(c, &ku, nullptr), 0);
+    cr_assert_eq(ku, static_cast<unsigned>(GNUTLS_KEY_DIGITAL_SIGNATURE));
+    char oid[64];
+    std::size_t oid_size = sizeof oid;
+    cr_assert_eq(gnutls_x509_crt_get_key_purpose_oid(c, 0, oid, &oid_size, nullptr), 0);
+    EXPECT_STR_EQ(oid, GNUTLS_KP_TLS_WWW_CLIENT);
+    std::time_t nb = gnutls_x509_crt_get_activation_time(c);
+    std::time_t na = gnutls_x509_crt_get_expiration_time(c);
+    std::time_t now = std::time(nullptr);
+    cr_assert(nb <= now - 55 && nb >= now - 120, "notBefore is now - 60 s");
+    cr_assert_eq(na - nb, std::time_t{36'500} * 86'400);
+    unsigned char serial[40];
+    std::size_t serial_size = sizeof serial;
+    cr_assert_eq(gnutls_x509_crt_get_serial(c, serial, &serial_size), 0);
+    cr_assert(serial_size >= 1 && serial_size <= 20);
+    cr_assert_eq(serial[0] & 0x80, 0, "serial is positive");
+
+    auto loaded = load_client_identity(dir);
+    cr_assert(loaded.ok());
+    EXPECT_STR_EQ(loaded->c_str(), init->identity.c_str());
+}
+
+Test(trust, client_identity_init_is_idempotent_and_rotate_changes_it) {
+    std::string dir = g_dir + "/identity";
+    auto first = init_client_identity(dir);
+    cr_assert(first.ok());
+    std::string key_before = slurp(dir + "/client.key");
+    auto second = init_client_identity(dir);
+    cr_assert(second.ok());
+    cr_assert(!second->created);
+    EXPECT_STR_EQ(second->identity.c_str(), first->identity.c_str());
+    EXPECT_STR_EQ(slurp(dir + "/client.key").c_str(), key_before.c_str());
+
+    auto rotated = rotate_client_identity(dir);
+    cr_assert(rotated.ok(), "%s", rotated.ok() ? "" : rotated.error().message.c_str());
+    EXPECT_STR_NEQ(rotated->c_str(), first->identity.c_str());
+    EXPECT_STR_NEQ(slurp(dir + "/client.key").c_str(), key_before.c_str());
+    EXPECT_STR_EQ(slurp(dir + "/client-identity.txt").c_str(), rotated->c_str());
+    cr_assert_eq(mode_of(dir + "/client.key"), 0600u);
+    auto loaded = load_client_identity(dir);
+    cr_assert(loaded.ok());
+    EXPECT_STR_EQ(loaded->c_str(), rotated->c_str());
+}
+
+Test(trust, client_identity_partial_and_inconsistent_material_fail) {
+    std::string dir = g_dir + "/identity";
+    cr_assert(init_client_identity(dir).ok());
+    std::string id = slurp(dir + "/client-identity.txt");
+
+    // Whitespace around the stored identity is tolerated.
+    spit(dir + "/client-identity.txt", id + "\n");
+    cr_assert(load_client_identity(dir).ok());
+
+    // Another identity: every read reports the mismatch.
+    std::string other(64, 'a');
+    spit(dir + "/client-identity.txt", other);
+    auto bad = load_client_identity(dir);
+    cr_assert(!bad.ok());
+    std::string expect = "stored client identity " + other +
+                         " does not match the current key or certificate identity " + id;
+    EXPECT_STR_EQ(bad.error().message.c_str(), expect.c_str());
+    auto init = init_client_identity(dir);
+    cr_assert(!init.ok());
+    cr_assert(init.error().message.find("incomplete or inconsistent") != std::string::npos);
+    cr_assert(!rotate_client_identity(dir).ok(), "rotate needs valid material");
+
+    // Uppercase is not an identity.
+    std::string upper = id;
+    for (char& c : upper) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+    spit(dir + "/client-identity.txt", upper);
+    cr_assert(!load_client_identity(dir).ok());
+
+    // A missing file: incomplete, with the file list.
+    cr_assert_eq(unlink((dir + "/client.crt").c_str()), 0);
+    init = init_client_identity(dir);
+    cr_assert(!init.ok());
+    const std::string& m = init.error().message;
+    cr_assert(m.find("incomplete or inconsistent") != std::string::npos, "%s", m.c_str());
+    cr_assert(m.find("missing: client.crt") != std::string::npos, "%s", m.c_str());
+    cr_assert(m.find("client.key") != std::string::npos, "%s", m.c_str());
+
+    // A key from elsewhere does not match the certificate.
+    std::string dir2 = g_dir + "/identity2";
+    cr_assert(init_client_identity(dir2).ok());
+    std::string key2 = slurp(dir2 + "/client.key");
+    std::string id2 = slurp(dir2 + "/client-identity.txt");
+    cr_assert(init_client_identity(g_dir + "/identity3").ok());
+    spit(g_dir + "/identity3/client.key", key2);
+    auto mixed = load_client_identity(g_dir + "/identity3");
+    cr_assert(!mixed.ok());
+    cr_assert(mixed.error().message.find("does not match the current key or certificate identity " +
+                                         id2) != std::string::npos,
+              "%s", mixed.error().message.c_str());
+
+    // Nothing at all: a hint to init.
+    auto none = load_client_identity(g_dir + "/empty");
+    cr_assert(!none.ok());
+    cr_assert(none.error().message.find("runewarp client identity init") != std::string::npos);
+}
+
+// ---- Server certificate ---------------------------------------------------------------------
+
+namespace {
+
+const std::string kHost = "tunnel.example.test";
+
+// GnuTLS verifies server.crt -> server-ca.crt for `host` as a TLS client would.
+unsigned verify_with_gnutls(const std::string& dir, const std::string& host) {
+    gnutls_certificate_credentials_t cred = nullptr;
+    cr_assert_eq(gnutls_certificate_allocate_credentials(&cred), 0);
+    auto crt = import_crt_pem(slurp(dir + "/server.crt"), "server.crt");
+    auto ca = import_crt_pem(slurp(dir + "/server-ca.crt"), "server-ca.crt");
+    cr_assert(crt.ok() && ca.ok());
+    gnutls_x509_crt_t list[] = {crt->get()};
+    gnutls_x509_crt_t cas[] = {ca->get()};
+    unsigned status = 0;
+    cr_assert_eq(gnutls_x509_crt_list_verify(list, 1, cas, 1, nullptr, 0, 0, &status), 0);
+    if (gnutls_x509_crt_check_hostname(crt->get(), host.c_str()) == 0) {
+        status |= GNUTLS_CERT_UNEXPECTED_OWNER;
+    }
+    gnutls_certificate_free_credentials(cred);
+    return status;
+}
+
+}  // namespace
+
+Test(trust, server_cert_init_writes_material_and_the_chain_verifies) {
+    umask(022);
+    std::string dir = g_dir + "/cert";
+    auto s = init_server_cert(dir, kHost);
+    cr_assert(s.ok(), "%s", s.ok() ? "" : s.error().message.c_str());
+    EXPECT_STR_EQ(s->headline.c_str(), "Server certificate initialized");
+    cr_assert_eq(mode_of(dir), 0755u);
+    cr_assert_eq(mode_of(dir + "/state"), 0700u);
+    cr_assert_eq(mode_of(dir + "/server.crt"), 0644u);
+    cr_assert_eq(mode_of(dir + "/server.key"), 0600u);
+    cr_assert_eq(mode_of(dir + "/server-ca.crt"), 0644u);
+    cr_assert_eq(mode_of(dir + "/state/server-ca.key"), 0600u);
+    cr_assert_eq(mode_of(dir + "/state/server-hostname.txt"), 0644u);
+    EXPECT_STR_EQ(slurp(dir + "/state/server-hostname.txt").c_str(), kHost.c_str());
+    cr_assert(slurp(dir + "/server.key").starts_with("-----BEGIN PRIVATE KEY-----\n"));
+
+    cr_assert_eq(verify_with_gnutls(dir, kHost), 0u);
+    cr_assert_neq(verify_with_gnutls(dir, "other.example.test"), 0u);
+    auto v = verify_server_cert_dir(dir, kHost, true);
+    cr_assert(v.ok(), "%s", v.ok() ? "" : v.error().message.c_str());
+    cr_assert(!verify_server_cert_dir(dir, "other.example.test").ok());
+
+    // Profiles (spec 6.3).
+    auto ca = import_crt_pem(slurp(dir + "/server-ca.crt"), "ca");
+    auto leaf = import_crt_pem(slurp(dir + "/server.crt"), "leaf");
+    cr_assert(ca.ok() && leaf.ok());
+    unsigned ca_flag = 0;
+    int path_len = 0;
+    cr_assert_eq(gnutls_x509_crt_get_basic_constraints(ca->get(), nullptr, &ca_flag, &path_len), 1);
+    cr_assert_eq(ca_flag, 1u);
+    cr_assert_lt(path_len, 0, "no path length");
+    unsigned ku = 0;
+    cr_assert_geq(gnutls_x509_crt_get_key_usage(ca->get(), &ku, nullptr), 0);
+    cr_assert_eq(ku, static_cast<unsigned>(GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_CERT_SIGN |
+                                           GNUTLS_KEY_CRL_SIGN));
+    char cn[128];
+    std::size_t cn_size = sizeof cn;
+    cr_assert_eq(
+        gnutls_x509_crt_get_dn_by_oid(ca->get(), GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &cn_size),
+        0);
+    EXPECT_STR_EQ(cn, "Runewarp Server CA");
+    cr_assert_eq(gnutls_x509_crt_get_pk_algorithm(ca->get(), nullptr), GNUTLS_PK_ECDSA);
+    std::time_t ca_nb = gnutls_x509_crt_get_activation_time(ca->get());
+    cr_assert_eq(gnutls_x509_crt_get_expiration_time(ca->get()) - ca_nb, 3650 * 86'400);
+
+    cn_size = sizeof cn;
+    cr_assert_eq(
+        gnutls_x509_crt_get_dn_by_oid(leaf->get(), GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn, &cn_size),
+        0);
+    EXPECT_STR_EQ(cn, kHost.c_str());
+    cr_assert_eq(gnutls_x509_crt_get_signature_algorithm(leaf->get()), GNUTLS_SIGN_ECDSA_SHA256);
+    cr_assert_geq(gnutls_x509_crt_get_key_usage(leaf->get(), &ku, nullptr), 0);
+    cr_assert_eq(ku,
+                 static_cast<unsigned>(GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_ENCIPHERMENT));
+    char oid[64];
+    std::size_t oid_size = sizeof oid;
+    cr_assert_eq(gnutls_x509_crt_get_key_purpose_oid(leaf->get(), 0, oid, &oid_size, nullptr), 0);
+    EXPECT_STR_EQ(oid, GNUTLS_KP_TLS_WWW_SERVER);
+    unsigned char aki[64];
+    std::size_t aki_size = sizeof aki;
+    cr_assert_eq(gnutls_x509_crt_get_authority_key_id(leaf->get(), aki, &aki_size, nullptr), 0);
+    std::time_t nb = gnutls_x509_crt_get_activation_time(leaf->get());
+    cr_assert_eq(gnutls_x509_crt_get_expiration_time(leaf->get()) - nb, 90 * 86'400);
+    std::time_t now = std::time(nullptr);
+    cr_assert(nb <= now - 55 && nb >= now - 120);
+    cr_assert_eq(s->not_before, nb);
+
+    // Summary lines.
+    std::string text = format_server_cert_summary(*s);
+    cr_assert(text.starts_with("Server certificate initialized\nServer hostname: " + kHost +
+                               "\nCertificate directory: " + dir + "\n"));
+    cr_assert(text.find("Server certificate: " + dir + "/server.crt\n") != std::string::npos);
+    cr_assert(text.find("Certificate lifetime: 90 days\n") != std::string::npos);
+    cr_assert(text.find("Issued at (UTC): " + rfc3339_utc(nb) + "\n") != std::string::npos);
+    cr_assert(text.find("Renew after (UTC): " + rfc3339_utc(nb + 60 * 86'400) + "\n") !=
+              std::string::npos);
+    EXPECT_STR_EQ(rfc3339_utc(1777629600).c_str(), "2026-05-01T10:00:00Z");
+}
+
+Test(trust, server_cert_init_idempotent_conflict_and_partial) {
+    std::string dir = g_dir + "/cert";
+    cr_assert(init_server_cert(dir, kHost).ok());
+    std::string crt = slurp(dir + "/server.crt");
+    auto again = init_server_cert(dir, kHost);
+    cr_assert(again.ok());
+    EXPECT_STR_EQ(again->headline.c_str(), "Server certificate material already exists");
+    EXPECT_STR_EQ(slurp(dir + "/server.crt").c_str(), crt.c_str());
+
+    auto other = init_server_cert(dir, "other.example.test");
+    cr_assert(!other.ok());
+    cr_assert(other.error().message.find("already belongs to Server hostname " + kHost) !=
+              std::string::npos);
+
+    cr_assert_eq(unlink((dir + "/server.key").c_str()), 0);
+    auto partial = init_server_cert(dir, kHost);
+    cr_assert(!partial.ok());
+    const std::string& m = partial.error().message;
+    cr_assert(m.find("incomplete or inconsistent") != std::string::npos, "%s", m.c_str());
+    cr_assert(m.find("missing: server.key") != std::string::npos, "%s", m.c_str());
+    cr_assert(!renew_server_cert(dir).ok());
+    cr_assert(!verify_server_cert_dir(dir, kHost).ok());
+    cr_assert(!renew_server_cert(g_dir + "/none").ok());
+}
+
+Test(trust, server_cert_renew_keeps_the_ca_and_rotate_replaces_it) {
+    std::string dir = g_dir + "/cert";
+    cr_assert(init_server_cert(dir, kHost).ok());
+    std::string ca = slurp(dir + "/server-ca.crt");
+    std::string ca_key = slurp(dir + "/state/server-ca.key");
+    std::string leaf = slurp(dir + "/server.crt");
+    std::string leaf_key = slurp(dir + "/server.key");
+
+    auto renewed = renew_server_cert(dir);
+    cr_assert(renewed.ok(), "%s", renewed.ok() ? "" : renewed.error().message.c_str());
+    EXPECT_STR_EQ(renewed->headline.c_str(), "Server certificate renewed");
+    EXPECT_STR_EQ(renewed->hostname.c_str(), kHost.c_str());
+    EXPECT_STR_EQ(slurp(dir + "/server-ca.crt").c_str(), ca.c_str());
+    EXPECT_STR_EQ(slurp(dir + "/state/server-ca.key").c_str(), ca_key.c_str());
+    EXPECT_STR_NEQ(slurp(dir + "/server.crt").c_str(), leaf.c_str());
+    EXPECT_STR_NEQ(slurp(dir + "/server.key").c_str(), leaf_key.c_str());
+    cr_assert_eq(mode_of(dir + "/server.key"), 0600u);
+    cr_assert_eq(verify_with_gnutls(dir, kHost), 0u);
+
+    const std::string next = "next.example.test";
+    auto rotated = rotate_server_ca(dir, next);
+    cr_assert(rotated.ok(), "%s", rotated.ok() ? "" : rotated.error().message.c_str());
+    EXPECT_STR_EQ(rotated->headline.c_str(), "Server certificate authority rotated");
+    EXPECT_STR_NEQ(slurp(dir + "/server-ca.crt").c_str(), ca.c_str());
+    EXPECT_STR_NEQ(slurp(dir + "/state/server-ca.key").c_str(), ca_key.c_str());
+    EXPECT_STR_EQ(slurp(dir + "/state/server-hostname.txt").c_str(), next.c_str());
+    cr_assert_eq(mode_of(dir + "/state/server-ca.key"), 0600u);
+    cr_assert_eq(verify_with_gnutls(dir, next), 0u);
+    cr_assert(verify_server_cert_dir(dir, next).ok());
+
+    // A leaf from a foreign CA does not verify.
+    std::string dir2 = g_dir + "/cert2";
+    cr_assert(init_server_cert(dir2, next).ok());
+    spit(dir + "/server-ca.crt", slurp(dir2 + "/server-ca.crt"));
+    auto foreign = verify_server_cert_dir(dir, next);
+    cr_assert(!foreign.ok());
+    cr_assert(foreign.error().message.find("does not verify") != std::string::npos, "%s",
+              foreign.error().message.c_str());
+    // A leaf in place of the CA is refused as not a CA.
+    spit(dir + "/server-ca.crt", slurp(dir + "/server.crt"));
+    auto not_ca = verify_server_cert_dir(dir, next);
+    cr_assert(!not_ca.ok());
+    cr_assert(not_ca.error().message.find("not a CA") != std::string::npos);
+    // A key that is not the leaf's.
+    spit(dir + "/server-ca.crt", slurp(dir2 + "/server-ca.crt"));
+    spit(dir + "/server.crt", slurp(dir2 + "/server.crt"));
+    auto wrong_key = verify_server_cert_dir(dir, next);
+    cr_assert(!wrong_key.ok());
+    cr_assert(wrong_key.error().message.find("is not the key of") != std::string::npos);
+}
