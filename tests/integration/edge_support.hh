@@ -1,0 +1,72 @@
+// Shared helpers of the Server edge end-to-end suites (test_edge.cc, test_systemd.cc): a
+// runewarp Server with routes written to a temp INI and started as a Daemon.
+#pragma once
+
+#include <sys/resource.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "tests/support/daemon.hh"
+#include "tests/support/files.hh"
+#include "tests/support/net.hh"
+#include "tests/support/process.hh"
+
+namespace runewarp::test::edge {
+
+inline constexpr const char* kServerHostname = "edge.example.test";
+
+struct Route {
+    std::string label{};
+    std::vector<std::string> hostnames{};
+    std::string upstream{};  // "127.0.0.1:443" / "[::1]:443"
+    bool proxy_v2 = false;
+};
+
+struct ServerSpec {
+    std::string public_bind{};            // e.g. "127.0.0.1:20001"
+    std::string readiness_bind{};         // empty: none
+    std::string graceful = "30s";         // graceful-shutdown-duration
+    std::string visitor_proxy_trusted{};  // non-empty: visitor-proxy-protocol = v2 with these CIDRs
+    std::vector<Route> routes{};
+};
+
+inline std::string server_ini(const ServerSpec& s) {
+    std::string c = "log-level = debug\n\n[server]\n";
+    c += std::string("hostname = ") + kServerHostname + "\n";
+    c += "public-bind-address = " + s.public_bind + "\n";
+    if (!s.readiness_bind.empty()) c += "readiness-bind-address = " + s.readiness_bind + "\n";
+    c += "graceful-shutdown-duration = " + s.graceful + "\n";
+    if (!s.visitor_proxy_trusted.empty()) {
+        c += "visitor-proxy-protocol = v2\n";
+        c += "visitor-proxy-trusted-networks = " + s.visitor_proxy_trusted + "\n";
+    }
+    for (const Route& r : s.routes) {
+        c += "\n[route \"" + r.label + "\"]\npublic-hostnames = ";
+        for (std::size_t i = 0; i < r.hostnames.size(); ++i)
+            c += (i ? ", " : "") + r.hostnames[i];
+        c += "\nupstream-address = " + r.upstream + "\n";
+        if (r.proxy_v2) c += "proxy-protocol = v2\n";
+    }
+    return c;
+}
+
+// Raises the soft fd limit to the hard one (children inherit it).
+inline void raise_fd_limit() {
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+// Counts the occurrences of needle in text.
+inline std::size_t count_of(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (std::size_t p = text.find(needle); p != std::string::npos; p = text.find(needle, p + 1))
+        ++n;
+    return n;
+}
+
+}  // namespace runewarp::test::edge
