@@ -1,0 +1,895 @@
+// Connection: ngtcp2_conn feed/drain/expiry, stream buffers with real flow control, close states.
+#include "quic/connection.hh"
+
+#include <gnutls/crypto.h>
+#include <ngtcp2/ngtcp2_crypto.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+
+namespace runewarp::quic {
+
+namespace {
+
+ngtcp2_tstamp ts_now() noexcept {
+    return static_cast<ngtcp2_tstamp>(core::now_ns());
+}
+
+void random_bytes(uint8_t* p, size_t n) noexcept {
+    (void)gnutls_rnd(GNUTLS_RND_NONCE, p, n);
+}
+
+void random_cid(ngtcp2_cid& cid, size_t len) noexcept {
+    uint8_t buf[NGTCP2_MAX_CIDLEN];
+    random_bytes(buf, len);
+    ngtcp2_cid_init(&cid, buf, len);
+}
+
+ngtcp2_conn* get_conn(ngtcp2_crypto_conn_ref* ref) noexcept {
+    return static_cast<Connection*>(ref->user_data)->raw();
+}
+
+bool same_port(const sockaddr* a, const sockaddr* b) noexcept {
+    if (a == nullptr || b == nullptr || a->sa_family != b->sa_family) return false;
+    if (a->sa_family == AF_INET) {
+        return reinterpret_cast<const sockaddr_in*>(a)->sin_port ==
+               reinterpret_cast<const sockaddr_in*>(b)->sin_port;
+    }
+    if (a->sa_family == AF_INET6) {
+        return reinterpret_cast<const sockaddr_in6*>(a)->sin6_port ==
+               reinterpret_cast<const sockaddr_in6*>(b)->sin6_port;
+    }
+    return false;
+}
+
+bool server_initiated_bidi(int64_t id) noexcept {
+    return (id & 0x3) == 0x1;
+}
+
+}  // namespace
+
+// ---- ngtcp2 trampolines -------------------------------------------------------------------------
+
+struct Connection::Callbacks {
+    static Connection& self(void* ud) noexcept { return *static_cast<Connection*>(ud); }
+
+    static void rand(uint8_t* dest, size_t len, const ngtcp2_rand_ctx*) noexcept {
+        random_bytes(dest, len);
+    }
+    static int new_cid(ngtcp2_conn*, ngtcp2_cid* cid, uint8_t* token, size_t len,
+                       void* ud) noexcept {
+        Connection& c = self(ud);
+        random_cid(*cid, len);
+        auto secret = c.owner_->reset_secret();
+        if (ngtcp2_crypto_generate_stateless_reset_token(token, secret.data(), secret.size(),
+                                                         cid) != 0)
+            return NGTCP2_ERR_CALLBACK_FAILURE;
+        c.owner_->on_cid_added(c, *cid);
+        return 0;
+    }
+    static int remove_cid(ngtcp2_conn*, const ngtcp2_cid* cid, void* ud) noexcept {
+        Connection& c = self(ud);
+        c.owner_->on_cid_removed(c, *cid);
+        return 0;
+    }
+    static int handshake_completed(ngtcp2_conn*, void* ud) noexcept {
+        Connection& c = self(ud);
+        if (!alpn_ok(c.tls_.get())) return NGTCP2_ERR_CALLBACK_FAILURE;
+        // The server's handshake completes only after the Client's certificate was admitted.
+        // A client waits for confirmation (HANDSHAKE_DONE): the Server may still refuse it.
+        if (c.role_ == Role::server) c.handshake_pending_ = true;
+        return 0;
+    }
+    static int handshake_confirmed(ngtcp2_conn*, void* ud) noexcept {
+        Connection& c = self(ud);
+        if (c.role_ == Role::client) c.handshake_pending_ = true;
+        return 0;
+    }
+    static int stream_open(ngtcp2_conn*, int64_t id, void* ud) noexcept {
+        Connection& c = self(ud);
+        Stream* s = c.add_stream(id);
+        if (s == nullptr) return NGTCP2_ERR_CALLBACK_FAILURE;
+        if (c.handler_ != nullptr) {
+            c.handler_->on_stream_opened(c, *s);
+        } else {
+            s->reset();
+        }
+        return 0;
+    }
+    static int recv_stream_data(ngtcp2_conn*, uint32_t flags, int64_t id, uint64_t,
+                                const uint8_t* data, size_t len, void* ud, void*) noexcept {
+        Connection& c = self(ud);
+        Stream* s = c.stream(id);
+        if (s == nullptr) return 0;
+        s->on_data(std::span<const uint8_t>(data, len), (flags & NGTCP2_STREAM_DATA_FLAG_FIN) != 0);
+        return 0;
+    }
+    static int acked(ngtcp2_conn*, int64_t id, uint64_t offset, uint64_t len, void* ud,
+                     void*) noexcept {
+        Connection& c = self(ud);
+        if (Stream* s = c.stream(id)) s->on_acked(offset, len);
+        return 0;
+    }
+    static int stream_close(ngtcp2_conn* conn, uint32_t flags, int64_t id, uint64_t code, void* ud,
+                            void*) noexcept {
+        Connection& c = self(ud);
+        if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)) code = 0;
+        // [compat] ngtcp2 does not replenish remote stream credit itself (spec 5.2).
+        if (c.role_ == Role::client && server_initiated_bidi(id))
+            ngtcp2_conn_extend_max_streams_bidi(conn, 1);
+        c.remove_stream(id, code);
+        return 0;
+    }
+    static int stream_reset(ngtcp2_conn*, int64_t id, uint64_t, uint64_t code, void* ud,
+                            void*) noexcept {
+        Connection& c = self(ud);
+        Stream* s = c.stream(id);
+        if (s != nullptr && s->handler_ != nullptr) s->handler_->on_stream_reset(*s, code);
+        return 0;
+    }
+    static int stop_sending(ngtcp2_conn*, int64_t id, uint64_t code, void* ud, void*) noexcept {
+        return stream_reset(nullptr, id, 0, code, ud, nullptr);
+    }
+    static int extend_local_bidi(ngtcp2_conn*, uint64_t, void* ud) noexcept {
+        self(ud).streams_available_pending_ = true;
+        return 0;
+    }
+    static int extend_stream_data(ngtcp2_conn*, int64_t id, uint64_t, void* ud, void*) noexcept {
+        Connection& c = self(ud);
+        if (Stream* s = c.stream(id)) {
+            s->flow_blocked_ = false;
+            if (s->has_unsent()) c.queue_stream(*s);
+        }
+        return 0;
+    }
+    static int path_validation(ngtcp2_conn*, uint32_t, const ngtcp2_path* path, const ngtcp2_path*,
+                               ngtcp2_path_validation_result res, void* ud) noexcept {
+        Connection& c = self(ud);
+        if (c.role_ == Role::client && c.old_ep_ != nullptr &&
+            res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS &&
+            same_port(path->local.addr, c.ep_->local_addr()))
+            c.migration_done_pending_ = true;
+        return 0;
+    }
+    static int stateless_reset(ngtcp2_conn*, const ngtcp2_pkt_stateless_reset*, void* ud) noexcept {
+        self(ud).stateless_reset_ = true;
+        return 0;
+    }
+};
+
+namespace {
+
+void fill_callbacks(ngtcp2_callbacks& cb, Role role) noexcept {
+    using C = Connection::Callbacks;
+    cb = ngtcp2_callbacks{};
+    if (role == Role::client) {
+        cb.client_initial = ngtcp2_crypto_client_initial_cb;
+        cb.recv_retry = ngtcp2_crypto_recv_retry_cb;
+    } else {
+        cb.recv_client_initial = ngtcp2_crypto_recv_client_initial_cb;
+    }
+    cb.recv_crypto_data = ngtcp2_crypto_recv_crypto_data_cb;
+    cb.encrypt = ngtcp2_crypto_encrypt_cb;
+    cb.decrypt = ngtcp2_crypto_decrypt_cb;
+    cb.hp_mask = ngtcp2_crypto_hp_mask_cb;
+    cb.update_key = ngtcp2_crypto_update_key_cb;
+    cb.delete_crypto_aead_ctx = ngtcp2_crypto_delete_crypto_aead_ctx_cb;
+    cb.delete_crypto_cipher_ctx = ngtcp2_crypto_delete_crypto_cipher_ctx_cb;
+    cb.get_path_challenge_data = ngtcp2_crypto_get_path_challenge_data_cb;
+    cb.version_negotiation = ngtcp2_crypto_version_negotiation_cb;
+    cb.rand = C::rand;
+    cb.get_new_connection_id = C::new_cid;
+    cb.remove_connection_id = C::remove_cid;
+    cb.handshake_completed = C::handshake_completed;
+    cb.handshake_confirmed = C::handshake_confirmed;
+    cb.stream_open = C::stream_open;
+    cb.recv_stream_data = C::recv_stream_data;
+    cb.acked_stream_data_offset = C::acked;
+    cb.stream_close = C::stream_close;
+    cb.stream_reset = C::stream_reset;
+    cb.stream_stop_sending = C::stop_sending;
+    cb.extend_max_local_streams_bidi = C::extend_local_bidi;
+    cb.extend_max_stream_data = C::extend_stream_data;
+    cb.path_validation = C::path_validation;
+    cb.recv_stateless_reset = C::stateless_reset;
+}
+
+}  // namespace
+
+// ---- Stream -------------------------------------------------------------------------------------
+
+size_t Stream::write_space() const noexcept {
+    if (reset_ || fin_queued_ || closed_) return 0;
+    return tx_cap_ - static_cast<size_t>(end_ - acked_);
+}
+
+size_t Stream::write(std::span<const uint8_t> data) noexcept {
+    size_t space = write_space();
+    if (conn_.closed()) space = 0;
+    size_t n = std::min(space, data.size());
+    if (n < data.size()) want_writable_ = true;
+    if (n == 0) return 0;
+    if (!tx_) {
+        tx_.reset(new (std::nothrow) uint8_t[tx_cap_]);
+        if (!tx_) return 0;
+    }
+    size_t pos = static_cast<size_t>(end_ % tx_cap_);
+    size_t first = std::min(n, tx_cap_ - pos);
+    std::memcpy(tx_.get() + pos, data.data(), first);
+    if (n > first) std::memcpy(tx_.get(), data.data() + first, n - first);
+    end_ += n;
+    conn_.queue_stream(*this);
+    conn_.want_write();
+    return n;
+}
+
+size_t Stream::unsent(ngtcp2_vec* v) const noexcept {
+    size_t len = static_cast<size_t>(end_ - sent_);
+    if (len == 0) return 0;
+    size_t pos = static_cast<size_t>(sent_ % tx_cap_);
+    size_t first = std::min(len, tx_cap_ - pos);
+    v[0] = ngtcp2_vec{tx_.get() + pos, first};
+    if (len == first) return 1;
+    v[1] = ngtcp2_vec{tx_.get(), len - first};
+    return 2;
+}
+
+void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
+    // ngtcp2 reports acknowledged data in order; the ring slots before `acked_` are free again.
+    acked_ = std::max(acked_, std::min(offset + len, end_));
+    if (want_writable_ && write_space() > 0) {
+        want_writable_ = false;
+        if (handler_ != nullptr) handler_->on_stream_writable(*this);
+    }
+}
+
+void Stream::shutdown_write() noexcept {
+    if (fin_queued_ || reset_ || closed_) return;
+    fin_queued_ = true;
+    conn_.queue_stream(*this);
+    conn_.want_write();
+}
+
+void Stream::reset(uint64_t code) noexcept {
+    if (reset_ || closed_) return;
+    reset_ = true;
+    want_writable_ = false;
+    if (!conn_.closed()) ngtcp2_conn_shutdown_stream(conn_.conn_, 0, id_, code);
+    conn_.want_write();
+}
+
+void Stream::consume(size_t n) noexcept {
+    if (n == 0 || conn_.closed()) return;
+    // Credit goes back to the peer only for bytes the consumer took: a slow consumer slows the
+    // sender instead of growing a buffer here.
+    ngtcp2_conn_extend_max_stream_offset(conn_.conn_, id_, n);
+    ngtcp2_conn_extend_max_offset(conn_.conn_, n);
+    conn_.want_write();
+}
+
+bool Stream::rx_push(std::span<const uint8_t> data) noexcept {
+    if (data.empty()) return true;
+    if (!rx_) {
+        // The window bounds what the peer may send beyond what we consumed.
+        rx_cap_ = static_cast<size_t>(conn_.cfg_.stream_window);
+        rx_.reset(new (std::nothrow) uint8_t[rx_cap_]);
+        if (!rx_) return false;
+    }
+    if (rx_len_ + data.size() > rx_cap_) return false;
+    size_t tail = (rx_head_ + rx_len_) % rx_cap_;
+    size_t first = std::min(data.size(), rx_cap_ - tail);
+    std::memcpy(rx_.get() + tail, data.data(), first);
+    if (data.size() > first) std::memcpy(rx_.get(), data.data() + first, data.size() - first);
+    rx_len_ += data.size();
+    return true;
+}
+
+void Stream::on_data(std::span<const uint8_t> data, bool fin) noexcept {
+    recv_off_ += data.size();
+    if (fin) fin_recv_ = true;
+    if (reset_ || closed_) return;
+    if (rx_len_ > 0 || handler_ == nullptr || delivering_) {
+        if (!rx_push(data)) reset();
+        return;
+    }
+    delivering_ = true;
+    size_t taken = std::min(handler_->on_stream_data(*this, data, fin), data.size());
+    delivering_ = false;
+    consume(taken);
+    if (taken < data.size()) {
+        if (!rx_push(data.subspan(taken))) reset();
+    } else if (fin) {
+        fin_delivered_ = true;
+    }
+}
+
+void Stream::resume_read() noexcept {
+    if (delivering_ || handler_ == nullptr || reset_ || closed_) return;
+    delivering_ = true;
+    while (rx_len_ > 0 || (fin_recv_ && !fin_delivered_)) {
+        size_t first = std::min(rx_len_, rx_cap_ - rx_head_);
+        bool fin = fin_recv_ && first == rx_len_;
+        std::span<const uint8_t> chunk(rx_ ? rx_.get() + rx_head_ : nullptr, first);
+        size_t taken = std::min(handler_->on_stream_data(*this, chunk, fin), first);
+        if (first > 0) {
+            rx_head_ = (rx_head_ + taken) % rx_cap_;
+            rx_len_ -= taken;
+        }
+        consume(taken);
+        if (taken == first && fin) fin_delivered_ = true;
+        if (taken < first || handler_ == nullptr || reset_ || closed_) break;
+        if (first == 0) break;
+    }
+    if (rx_len_ == 0) rx_head_ = 0;
+    delivering_ = false;
+}
+
+// ---- Connection ---------------------------------------------------------------------------------
+
+Connection::Connection(core::Worker& w, ConnectionOwner& owner, UdpEndpoint& ep, Role role,
+                       const ConnectionConfig& cfg) noexcept
+    : Session(w), owner_(&owner), ep_(&ep), role_(role), cfg_(cfg) {
+    tls_state_.conn_ref.get_conn = get_conn;
+    tls_state_.conn_ref.user_data = this;
+}
+
+Connection::~Connection() {
+    streams_.clear();
+    graveyard_.clear();
+    if (conn_ != nullptr) ngtcp2_conn_del(conn_);
+}
+
+void Connection::settings_and_params(ngtcp2_settings& s,
+                                     ngtcp2_transport_params& p) const noexcept {
+    ngtcp2_settings_default(&s);
+    s.initial_ts = ts_now();
+    s.handshake_timeout = static_cast<ngtcp2_duration>(cfg_.handshake_timeout_ns);
+    s.max_window = cfg_.max_conn_window;  // connection window auto-tuning up to this
+    s.max_tx_udp_payload_size =
+        std::min<size_t>(s.max_tx_udp_payload_size, UdpEndpoint::kMaxPacket);
+    ngtcp2_transport_params_default(&p);
+    p.initial_max_stream_data_bidi_local = cfg_.stream_window;
+    p.initial_max_stream_data_bidi_remote = cfg_.stream_window;
+    p.initial_max_stream_data_uni = 0;
+    p.initial_max_data = cfg_.conn_window;
+    // Only the Server opens streams (spec 5.2): it grants none, the Client grants 1024.
+    p.initial_max_streams_bidi = role_ == Role::server ? 0 : 1024;
+    p.initial_max_streams_uni = 0;
+    p.max_idle_timeout = static_cast<ngtcp2_duration>(cfg_.idle_timeout_ns);
+    p.active_connection_id_limit = 4;  // spare connection IDs for migration
+}
+
+Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& owner,
+                                              UdpEndpoint& ep, const ServerTls& tls,
+                                              const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                                              const ConnectionConfig& cfg) {
+    std::unique_ptr<Connection> c(new Connection(w, owner, ep, Role::server, cfg));
+    ngtcp2_settings s;
+    ngtcp2_transport_params p;
+    c->settings_and_params(s, p);
+    p.original_dcid = hd.dcid;
+    p.original_dcid_present = 1;
+    ngtcp2_cid scid;
+    random_cid(scid, kCidLen);
+    auto secret = owner.reset_secret();
+    if (ngtcp2_crypto_generate_stateless_reset_token(p.stateless_reset_token, secret.data(),
+                                                     secret.size(), &scid) != 0)
+        return Error::msg("stateless reset token");
+    p.stateless_reset_token_present = 1;
+    ngtcp2_callbacks cb;
+    fill_callbacks(cb, Role::server);
+    int rv = ngtcp2_conn_server_new(&c->conn_, &hd.scid, &scid, &path, hd.version, &cb, &s, &p,
+                                    nullptr, c.get());
+    if (rv != 0) return Error::msg(std::string("ngtcp2_conn_server_new: ") + ngtcp2_strerror(rv));
+    auto t = tls.new_session(c->tls_state_);
+    if (!t) return std::move(t).error();
+    c->tls_ = std::move(*t);
+    ngtcp2_conn_set_tls_native_handle(c->conn_, c->tls_.get());
+    ngtcp2_conn_set_keep_alive_timeout(c->conn_, static_cast<ngtcp2_duration>(cfg.keep_alive_ns));
+    if (!c->open()) return Error::msg("worker full: no slot for a connection");
+    owner.on_cid_added(*c, scid);
+    return c.release();
+}
+
+Result<Connection*> Connection::create_client(core::Worker& w, ConnectionOwner& owner,
+                                              UdpEndpoint& ep, const sockaddr* remote,
+                                              socklen_t remote_len, const ClientTls& tls,
+                                              const ConnectionConfig& cfg) {
+    std::unique_ptr<Connection> c(new Connection(w, owner, ep, Role::client, cfg));
+    ngtcp2_settings s;
+    ngtcp2_transport_params p;
+    c->settings_and_params(s, p);
+    ngtcp2_cid dcid, scid;
+    random_cid(dcid, 18);
+    random_cid(scid, kCidLen);
+    ngtcp2_path path{};
+    path.local.addr = const_cast<sockaddr*>(ep.local_addr());
+    path.local.addrlen = ep.local_addrlen();
+    path.remote.addr = const_cast<sockaddr*>(remote);
+    path.remote.addrlen = remote_len;
+    ngtcp2_callbacks cb;
+    fill_callbacks(cb, Role::client);
+    int rv = ngtcp2_conn_client_new(&c->conn_, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cb, &s,
+                                    &p, nullptr, c.get());
+    if (rv != 0) return Error::msg(std::string("ngtcp2_conn_client_new: ") + ngtcp2_strerror(rv));
+    auto t = tls.new_session(c->tls_state_);
+    if (!t) return std::move(t).error();
+    c->tls_ = std::move(*t);
+    ngtcp2_conn_set_tls_native_handle(c->conn_, c->tls_.get());
+    ngtcp2_conn_set_keep_alive_timeout(c->conn_, static_cast<ngtcp2_duration>(cfg.keep_alive_ns));
+    if (!c->open()) return Error::msg("worker full: no slot for a connection");
+    owner.on_cid_added(*c, scid);
+    Connection* raw = c.release();
+    raw->want_write();  // the first Initial leaves with the next timer pass
+    return raw;
+}
+
+std::span<const uint8_t> Connection::peer_certificate() const noexcept {
+    if (!tls_) return {};
+    unsigned n = 0;
+    const gnutls_datum_t* certs = gnutls_certificate_get_peers(tls_.get(), &n);
+    if (certs == nullptr || n == 0) return {};
+    return std::span<const uint8_t>(certs[0].data, certs[0].size);
+}
+
+Stream* Connection::stream(int64_t id) noexcept {
+    auto it = streams_.find(id);
+    return it == streams_.end() ? nullptr : it->second.get();
+}
+
+Stream* Connection::add_stream(int64_t id) noexcept {
+    std::unique_ptr<Stream> s(new (std::nothrow) Stream(*this, id, cfg_.send_buffer));
+    if (!s) return nullptr;
+    Stream* raw = s.get();
+    streams_[id] = std::move(s);
+    ngtcp2_conn_set_stream_user_data(conn_, id, raw);
+    return raw;
+}
+
+void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
+    std::unique_ptr<Stream> s = std::move(it->second);
+    streams_.erase(it);
+    s->closed_ = true;
+    std::erase(send_queue_, s.get());
+    StreamHandler* h = s->handler_;
+    s->handler_ = nullptr;
+    Stream* raw = s.get();
+    graveyard_.push_back(std::move(s));
+    if (h != nullptr) h->on_stream_closed(*raw, code);
+}
+
+void Connection::queue_stream(Stream& s) noexcept {
+    if (s.closed_ || s.reset_) return;
+    if (std::find(send_queue_.begin(), send_queue_.end(), &s) == send_queue_.end())
+        send_queue_.push_back(&s);
+}
+
+Result<Stream*> Connection::open_stream(StreamHandler& h) noexcept {
+    if (state_ != State::open || !established_) return Error{ENOTCONN, "connection not open"};
+    int64_t id = -1;
+    int rv = ngtcp2_conn_open_bidi_stream(conn_, &id, nullptr);
+    if (rv == NGTCP2_ERR_STREAM_ID_BLOCKED) return Error{EAGAIN, "no stream credit"};
+    if (rv != 0) return Error{EIO, std::string("open stream: ") + ngtcp2_strerror(rv)};
+    Stream* s = add_stream(id);
+    if (s == nullptr) {
+        ngtcp2_conn_shutdown_stream(conn_, 0, id, kStreamErrorCode);
+        return Error{ENOMEM, "stream allocation"};
+    }
+    s->handler_ = &h;
+    return s;
+}
+
+size_t Connection::buffered_bytes() const noexcept {
+    size_t n = 0;
+    for (const auto& [id, s] : streams_) n += s->tx_buffered() + s->rx_buffered();
+    return n;
+}
+
+void Connection::want_write() noexcept {
+    if (state_ != State::open) return;
+    write_pending_ = true;
+    if (in_ngtcp2_ == 0) update_timer();
+}
+
+void Connection::update_timer() noexcept {
+    if (aborting() || state_ == State::done) {
+        if (timer_armed_) worker().cancel_timer(timer_);
+        timer_armed_ = false;
+        return;
+    }
+    int64_t deadline = -1;
+    if (state_ == State::closing || state_ == State::draining) {
+        deadline = linger_deadline_;
+    } else {
+        ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(conn_);
+        if (exp != UINT64_MAX)
+            deadline = static_cast<int64_t>(std::min<ngtcp2_tstamp>(exp, INT64_MAX));
+        // Pending writes go out once the current batch of completions has been handled.
+        if (write_pending_) deadline = core::now_ns();
+    }
+    if (deadline < 0) {
+        if (timer_armed_) worker().cancel_timer(timer_);
+        timer_armed_ = false;
+        return;
+    }
+    if (!timer_armed_ || !worker().rearm_timer(timer_, deadline)) {
+        timer_ = arm_timer(kOpTimer, deadline);
+    }
+    timer_armed_ = true;
+}
+
+void Connection::on_event(const core::Completion& c) noexcept {
+    if (c.token.op != kOpTimer || aborting()) return;
+    timer_armed_ = false;  // a fired handle is stale
+    int64_t now = core::now_ns();
+    if (state_ == State::closing || state_ == State::draining) {
+        if (now >= linger_deadline_) {
+            finish(close_info_.kind);
+        } else {
+            update_timer();
+        }
+        return;
+    }
+    if (state_ != State::open) return;
+    ngtcp2_tstamp exp = ngtcp2_conn_get_expiry(conn_);
+    if (exp <= static_cast<ngtcp2_tstamp>(now)) {
+        int rv = ngtcp2_conn_handle_expiry(conn_, static_cast<ngtcp2_tstamp>(now));
+        if (rv != 0) {
+            handle_error(rv);
+            return;
+        }
+    }
+    flush();
+}
+
+void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
+                      std::span<const uint8_t> pkt) noexcept {
+    if (aborting() || state_ == State::done || state_ == State::draining) return;
+    if (state_ == State::closing) {
+        // Answer anything during the closing period with the same CONNECTION_CLOSE.
+        if (!close_pkt_.empty()) {
+            std::memcpy(ep.tx_buffer(), close_pkt_.data(), close_pkt_.size());
+            (void)ep.send(path, ep.tx_buffer(), close_pkt_.size(), close_pkt_.size());
+        }
+        return;
+    }
+    ngtcp2_pkt_info pi{};
+    ++in_ngtcp2_;
+    int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(), ts_now());
+    --in_ngtcp2_;
+    if (rv != 0) {
+        handle_error(rv);
+        return;
+    }
+    after_processing();
+    want_write();
+}
+
+void Connection::after_processing() noexcept {
+    if (state_ != State::open) return;
+    if (handshake_pending_) {
+        handshake_pending_ = false;
+        established_ = true;
+        hs_reported_ = true;
+        owner_->on_handshake_finished(*this, true);
+        if (handler_ != nullptr && state_ == State::open) handler_->on_established(*this);
+    }
+    if (migration_done_pending_ && old_ep_ != nullptr) {
+        migration_done_pending_ = false;
+        UdpEndpoint* old = old_ep_;
+        old_ep_ = nullptr;
+        owner_->on_migrated(*this, *old);
+    }
+    if (streams_available_pending_ && state_ == State::open) {
+        streams_available_pending_ = false;
+        if (handler_ != nullptr && established_) handler_->on_streams_available(*this);
+    }
+    if (close_pending_ && state_ == State::open) {
+        close_pending_ = false;
+        close(pending_close_code_, pending_close_reason_);
+    }
+}
+
+void Connection::flush() noexcept {
+    graveyard_.clear();
+    if (state_ != State::open || aborting()) return;
+    after_processing();
+    if (state_ != State::open) return;
+    write_pending_ = false;
+    write_streams();
+    update_timer();
+}
+
+UdpEndpoint* Connection::endpoint_for(const ngtcp2_path& path) noexcept {
+    if (old_ep_ != nullptr && same_port(path.local.addr, old_ep_->local_addr())) return old_ep_;
+    return ep_;
+}
+
+SendStatus Connection::send_batch(const ngtcp2_path& path, size_t len, size_t seg) noexcept {
+    UdpEndpoint* e = endpoint_for(path);
+    if (e == nullptr || ep_ == nullptr) return SendStatus::dropped;
+    return e->send(path, ep_->tx_buffer(), len, seg);
+}
+
+void Connection::write_streams() noexcept {
+    if (ep_ == nullptr) return;
+    if (ep_->blocked()) {
+        write_pending_ = true;  // resumed by the owner on writable
+        return;
+    }
+    uint8_t* buf = ep_->tx_buffer();
+    const size_t max_pkt =
+        std::min(ngtcp2_conn_get_max_tx_udp_payload_size(conn_), UdpEndpoint::kMaxPacket);
+    const size_t max_pkts = std::clamp<size_t>(ngtcp2_conn_get_send_quantum(conn_) / max_pkt, 1,
+                                               UdpEndpoint::kMaxSegments);
+    ngtcp2_path_storage ps, batch;
+    ngtcp2_path_storage_zero(&ps);
+    ngtcp2_path_storage_zero(&batch);
+    size_t off = 0, seg = 0, in_batch = 0, total = 0;
+    const ngtcp2_tstamp ts = ts_now();
+    auto send_now = [&]() noexcept -> bool {
+        SendStatus st = SendStatus::sent;
+        if (off > 0) st = send_batch(batch.path, off, seg);
+        off = 0;
+        in_batch = 0;
+        return st != SendStatus::blocked;
+    };
+    for (;;) {
+        Stream* s = nullptr;
+        while (!send_queue_.empty()) {
+            if (send_rr_ >= send_queue_.size()) send_rr_ = 0;
+            Stream* cand = send_queue_[send_rr_];
+            if (cand->has_unsent() && !cand->flow_blocked_ && !cand->reset_) {
+                s = cand;
+                break;
+            }
+            send_queue_.erase(send_queue_.begin() + static_cast<ptrdiff_t>(send_rr_));
+        }
+        ngtcp2_vec vec[2];
+        size_t nvec = 0;
+        int64_t sid = -1;
+        uint32_t flags = NGTCP2_WRITE_STREAM_FLAG_MORE;
+        if (s != nullptr) {
+            sid = s->id_;
+            nvec = s->unsent(vec);
+            if (s->fin_queued_ && !s->fin_sent_) flags |= NGTCP2_WRITE_STREAM_FLAG_FIN;
+        }
+        ngtcp2_ssize ndatalen = -1;
+        ngtcp2_pkt_info pi{};
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(conn_, &ps.path, &pi, buf + off, max_pkt,
+                                                   &ndatalen, flags, sid, vec, nvec, ts);
+        if (s != nullptr && ndatalen >= 0) {
+            s->sent_ += static_cast<uint64_t>(ndatalen);
+            if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && s->sent_ == s->end_) s->fin_sent_ = true;
+            // Rotate: the next packet serves the next stream.
+            if (!send_queue_.empty()) send_rr_ = (send_rr_ + 1) % send_queue_.size();
+        }
+        if (n < 0) {
+            if (n == NGTCP2_ERR_WRITE_MORE) continue;
+            if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED && s != nullptr) {
+                s->flow_blocked_ = true;
+                continue;
+            }
+            if ((n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) &&
+                s != nullptr) {
+                std::erase(send_queue_, s);
+                continue;
+            }
+            (void)send_now();
+            handle_error(static_cast<int>(n));
+            return;
+        }
+        if (n == 0) break;
+        size_t len = static_cast<size_t>(n);
+        if (off > 0 && (!ngtcp2_path_eq(&batch.path, &ps.path) || len > seg)) {
+            // A batch has one path and one segment size: send what we have, start anew.
+            uint8_t* pkt = buf + off;
+            size_t keep_off = off;
+            off = keep_off;
+            if (!send_now()) break;
+            std::memmove(buf, pkt, len);
+        }
+        if (off == 0) {
+            ngtcp2_path_copy(&batch.path, &ps.path);
+            seg = len;
+        }
+        off += len;
+        ++in_batch;
+        ++total;
+        if (len < seg || in_batch >= UdpEndpoint::kMaxSegments ||
+            off + max_pkt > UdpEndpoint::kTxCapacity) {
+            if (!send_now()) break;
+        }
+        if (total >= max_pkts) {
+            // Paced: the rest goes when ngtcp2's expiry (the pacing timer) says so.
+            write_pending_ = false;
+            break;
+        }
+    }
+    (void)send_now();
+    ngtcp2_conn_update_pkt_tx_time(conn_, ts);
+}
+
+void Connection::handle_error(int liberr) noexcept {
+    if (state_ != State::open) return;
+    switch (liberr) {
+        case NGTCP2_ERR_DRAINING:
+            start_draining();
+            return;
+        case NGTCP2_ERR_IDLE_CLOSE:
+            finish(CloseInfo::Kind::idle_timeout);
+            return;
+        case NGTCP2_ERR_HANDSHAKE_TIMEOUT:
+            finish(CloseInfo::Kind::handshake_timeout);
+            return;
+        case NGTCP2_ERR_DROP_CONN:
+            finish(CloseInfo::Kind::dropped);
+            return;
+        default:
+            break;
+    }
+    ngtcp2_ccerr e;
+    ngtcp2_ccerr_default(&e);
+    if (liberr == NGTCP2_ERR_CRYPTO) {
+        ngtcp2_ccerr_set_tls_alert(&e, ngtcp2_conn_get_tls_alert(conn_), nullptr, 0);
+    } else {
+        ngtcp2_ccerr_set_liberr(&e, liberr, nullptr, 0);
+    }
+    start_closing(e);
+}
+
+void Connection::close(uint64_t app_code, std::string_view reason) noexcept {
+    if (state_ != State::open) return;
+    if (in_ngtcp2_ > 0) {
+        close_pending_ = true;
+        pending_close_code_ = app_code;
+        pending_close_reason_.assign(reason);
+        want_write();
+        return;
+    }
+    ngtcp2_ccerr e;
+    ngtcp2_ccerr_default(&e);
+    ngtcp2_ccerr_set_application_error(
+        &e, app_code, reinterpret_cast<const uint8_t*>(reason.data()), reason.size());
+    start_closing(e);
+}
+
+void Connection::start_closing(const ngtcp2_ccerr& err) noexcept {
+    close_info_.kind = CloseInfo::Kind::local;
+    close_info_.application = err.type == NGTCP2_CCERR_TYPE_APPLICATION;
+    close_info_.code = err.error_code;
+    close_info_.reason.assign(reinterpret_cast<const char*>(err.reason), err.reasonlen);
+    if (ep_ == nullptr || ngtcp2_conn_in_closing_period(conn_) ||
+        ngtcp2_conn_in_draining_period(conn_)) {
+        finish(CloseInfo::Kind::local);
+        return;
+    }
+    ngtcp2_path_storage_zero(&close_ps_);
+    ngtcp2_pkt_info pi{};
+    uint8_t* buf = ep_->tx_buffer();
+    ngtcp2_ssize n = ngtcp2_conn_write_connection_close(conn_, &close_ps_.path, &pi, buf,
+                                                        UdpEndpoint::kMaxPacket, &err, ts_now());
+    if (n <= 0) {
+        finish(CloseInfo::Kind::local);
+        return;
+    }
+    close_pkt_.assign(buf, buf + n);
+    (void)send_batch(close_ps_.path, static_cast<size_t>(n), static_cast<size_t>(n));
+    state_ = State::closing;
+    linger_deadline_ = core::now_ns() + 3 * static_cast<int64_t>(ngtcp2_conn_get_pto(conn_));
+    notify_closed();
+    update_timer();
+}
+
+void Connection::start_draining() noexcept {
+    const ngtcp2_ccerr* e = ngtcp2_conn_get_ccerr(conn_);
+    close_info_.kind =
+        stateless_reset_ ? CloseInfo::Kind::stateless_reset : CloseInfo::Kind::remote;
+    close_info_.application = e->type == NGTCP2_CCERR_TYPE_APPLICATION;
+    close_info_.code = e->error_code;
+    close_info_.reason.assign(reinterpret_cast<const char*>(e->reason), e->reasonlen);
+    state_ = State::draining;
+    linger_deadline_ = core::now_ns() + 3 * static_cast<int64_t>(ngtcp2_conn_get_pto(conn_));
+    notify_closed();
+    update_timer();
+}
+
+void Connection::finish(CloseInfo::Kind kind) noexcept {
+    if (state_ == State::done) return;
+    if (!closed_notified_) {
+        close_info_.kind = kind;
+        if (kind != CloseInfo::Kind::local) {
+            close_info_.application = false;
+            close_info_.code = 0;
+        }
+    }
+    state_ = State::done;
+    notify_closed();
+    update_timer();
+    abort(0);
+}
+
+void Connection::terminate() noexcept {
+    finish(closed_notified_ ? close_info_.kind : CloseInfo::Kind::local);
+}
+
+void Connection::notify_closed() noexcept {
+    if (closed_notified_) return;
+    closed_notified_ = true;
+    if (!hs_reported_) {
+        hs_reported_ = true;
+        owner_->on_handshake_finished(*this, false);
+    }
+    close_all_streams();
+    ConnectionHandler* h = handler_;
+    handler_ = nullptr;
+    if (h != nullptr) h->on_closed(*this, close_info_);
+}
+
+void Connection::close_all_streams() noexcept {
+    // Losing the connection aborts its streams (spec 5.9).
+    while (!streams_.empty()) remove_stream(streams_.begin()->first, kStreamErrorCode);
+    send_queue_.clear();
+}
+
+Result<void> Connection::migrate(UdpEndpoint& ep) noexcept {
+    if (role_ != Role::client) return Error{EINVAL, "only a client migrates"};
+    if (state_ != State::open || !established_) return Error{ENOTCONN, "connection not open"};
+    const ngtcp2_path* cur = ngtcp2_conn_get_path(conn_);
+    ngtcp2_path path{};
+    path.local.addr = const_cast<sockaddr*>(ep.local_addr());
+    path.local.addrlen = ep.local_addrlen();
+    path.remote = cur->remote;
+    int rv = ngtcp2_conn_initiate_migration(conn_, &path, ts_now());
+    if (rv != 0) return Error{EIO, std::string("migration: ") + ngtcp2_strerror(rv)};
+    if (old_ep_ != nullptr && old_ep_ != ep_) {
+        UdpEndpoint* stale = old_ep_;
+        old_ep_ = nullptr;
+        owner_->on_migrated(*this, *stale);
+    }
+    old_ep_ = ep_;
+    ep_ = &ep;
+    want_write();
+    return {};
+}
+
+void Connection::forget_endpoint(UdpEndpoint& ep) noexcept {
+    if (old_ep_ == &ep) old_ep_ = nullptr;
+    if (ep_ == &ep) ep_ = nullptr;
+}
+
+namespace {
+
+// Where an orphaned connection's notifications go.
+class NullOwner final : public ConnectionOwner {
+public:
+    void on_cid_added(Connection&, const ngtcp2_cid&) noexcept override {}
+    void on_cid_removed(Connection&, const ngtcp2_cid&) noexcept override {}
+    void on_handshake_finished(Connection&, bool) noexcept override {}
+    void on_retired(Connection&) noexcept override {}
+    void on_migrated(Connection&, UdpEndpoint&) noexcept override {}
+    std::span<const uint8_t> reset_secret() const noexcept override { return secret_; }
+
+private:
+    uint8_t secret_[32]{};
+};
+
+NullOwner g_null_owner;
+
+}  // namespace
+
+void Connection::orphan() noexcept {
+    owner_ = &g_null_owner;
+    ep_ = nullptr;
+    old_ep_ = nullptr;
+}
+
+void Connection::on_quiesced() noexcept {
+    owner_->on_retired(*this);
+    delete this;
+}
+
+}  // namespace runewarp::quic

@@ -1,0 +1,124 @@
+// Listener (server: Initial intake, CID routing, handshake admission) and dial (client).
+#pragma once
+
+#include <sys/socket.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string_view>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "core/worker.hh"
+#include "quic/connection.hh"
+#include "quic/tls.hh"
+#include "quic/udp_endpoint.hh"
+#include "runewarp/result.hh"
+
+namespace runewarp::quic {
+
+// A connection ID as a map key (no allocation per lookup).
+struct CidKey {
+    uint8_t len = 0;
+    std::array<uint8_t, NGTCP2_MAX_CIDLEN> data{};
+    static CidKey of(const uint8_t* p, size_t n) noexcept;
+    bool operator==(const CidKey& o) const noexcept {
+        return len == o.len && std::equal(data.begin(), data.begin() + len, o.data.begin());
+    }
+};
+struct CidHash {
+    size_t operator()(const CidKey& k) const noexcept;
+};
+
+struct ListenerConfig {
+    ConnectionConfig conn;
+    EndpointOptions endpoint;
+    size_t max_handshakes = 256;  // spec 5.11: refuse the newest Initial beyond this
+};
+
+class AcceptHandler {
+public:
+    // An established connection whose Client the verifier admitted: take it over with
+    // c.set_handler() (and usually c.set_user_data()) before returning.
+    virtual void on_connection(Connection& c) noexcept = 0;
+
+protected:
+    ~AcceptHandler() = default;
+};
+
+class Listener final : private DatagramSink, private ConnectionOwner {
+public:
+    static Result<std::unique_ptr<Listener>> create(core::Worker& w, const sockaddr* addr,
+                                                    socklen_t len, const ServerTls& tls,
+                                                    AcceptHandler& accept,
+                                                    const ListenerConfig& cfg = {});
+    // Drops every connection at once (no closing period) and closes the socket.
+    ~Listener();
+    Listener(const Listener&) = delete;
+    Listener& operator=(const Listener&) = delete;
+
+    UdpEndpoint& endpoint() noexcept { return *ep_; }
+    size_t connection_count() const noexcept { return conns_.size(); }
+    size_t handshakes() const noexcept { return handshaking_; }
+    uint64_t refused() const noexcept { return refused_; }
+    uint64_t stateless_resets() const noexcept { return resets_sent_; }
+    // Application close of every connection (e.g. code 0, "graceful shutdown").
+    void close_all(uint64_t app_code, std::string_view reason) noexcept;
+
+private:
+    Listener(core::Worker& w, const ServerTls& tls, AcceptHandler& accept,
+             const ListenerConfig& cfg) noexcept;
+
+    void on_datagram(UdpEndpoint& ep, const ngtcp2_path& path,
+                     std::span<const uint8_t> data) noexcept override;
+    void on_read_batch_done(UdpEndpoint& ep) noexcept override;
+    void on_writable(UdpEndpoint& ep) noexcept override;
+
+    void on_cid_added(Connection& c, const ngtcp2_cid& cid) noexcept override;
+    void on_cid_removed(Connection& c, const ngtcp2_cid& cid) noexcept override;
+    void on_handshake_finished(Connection& c, bool ok) noexcept override;
+    void on_retired(Connection& c) noexcept override;
+    void on_migrated(Connection& c, UdpEndpoint& old) noexcept override;
+    std::span<const uint8_t> reset_secret() const noexcept override { return secret_; }
+
+    void accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
+                        std::span<const uint8_t> data) noexcept;
+    void send_version_negotiation(UdpEndpoint& ep, const ngtcp2_path& path,
+                                  const ngtcp2_version_cid& vc) noexcept;
+    void send_stateless_reset(UdpEndpoint& ep, const ngtcp2_path& path,
+                              const ngtcp2_version_cid& vc, size_t pktlen) noexcept;
+
+    core::Worker& worker_;
+    const ServerTls& tls_;
+    AcceptHandler& accept_;
+    ListenerConfig cfg_;
+    UdpEndpoint* ep_ = nullptr;
+    uint8_t secret_[32];
+    std::unordered_map<CidKey, Connection*, CidHash> by_cid_;
+    std::unordered_map<Connection*, std::vector<CidKey>> conns_;
+    std::unordered_set<Connection*> in_handshake_;
+    size_t handshaking_ = 0;
+    uint64_t refused_ = 0;
+    uint64_t resets_sent_ = 0;
+};
+
+struct DialOptions {
+    ConnectionConfig conn;
+    EndpointOptions endpoint;
+};
+
+// Client: a fresh ephemeral UDP socket (family of `remote`) connected to `remote`, and a client
+// connection on it. The handler learns everything (on_established, on_closed); the connection
+// and its sockets are freed after its closing/draining period.
+Result<Connection*> dial(core::Worker& w, const sockaddr* remote, socklen_t remote_len,
+                         const ClientTls& tls, ConnectionHandler& handler,
+                         const DialOptions& opts = {});
+
+// Client: moves an established client connection (from dial()) to a fresh UDP socket with a new
+// ephemeral port (connection migration, spec 12.3); the old socket is closed once the new path
+// is validated.
+Result<void> rebind(Connection& c) noexcept;
+
+}  // namespace runewarp::quic

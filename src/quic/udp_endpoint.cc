@@ -1,0 +1,272 @@
+// UdpEndpoint: GRO receive into the endpoint's own buffers, GSO batch send, buffer sizing.
+#include "quic/udp_endpoint.hh"
+
+#include <netinet/udp.h>
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+namespace runewarp::quic {
+
+namespace {
+
+bool is_wildcard(const sockaddr_storage& ss) noexcept {
+    if (ss.ss_family == AF_INET) {
+        return reinterpret_cast<const sockaddr_in&>(ss).sin_addr.s_addr == htonl(INADDR_ANY);
+    }
+    if (ss.ss_family == AF_INET6) {
+        const auto& a = reinterpret_cast<const sockaddr_in6&>(ss).sin6_addr;
+        return IN6_IS_ADDR_UNSPECIFIED(&a) != 0;
+    }
+    return false;
+}
+
+int int_opt(int fd, int level, int name) noexcept {
+    int v = 0;
+    socklen_t l = sizeof v;
+    if (::getsockopt(fd, level, name, &v, &l) != 0) return 0;
+    return v;
+}
+
+// Asks for `want` bytes of socket buffer: the FORCE variant beats net.core.[rw]mem_max when the
+// process holds CAP_NET_ADMIN; otherwise the plain option, which the kernel silently caps.
+SocketBuffers size_buffers(int fd, int want) noexcept {
+    SocketBuffers b;
+    b.requested = want;
+    bool rf = ::setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof want) == 0;
+    if (!rf) (void)::setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof want);
+    bool sf = ::setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &want, sizeof want) == 0;
+    if (!sf) (void)::setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &want, sizeof want);
+    b.forced = rf && sf;
+    b.rcvbuf = int_opt(fd, SOL_SOCKET, SO_RCVBUF);
+    b.sndbuf = int_opt(fd, SOL_SOCKET, SO_SNDBUF);
+    // The kernel reports twice what it granted (bookkeeping overhead).
+    b.capped = b.rcvbuf < want || b.sndbuf < want;
+    return b;
+}
+
+}  // namespace
+
+Result<UdpEndpoint*> UdpEndpoint::bind(core::Worker& w, const sockaddr* addr, socklen_t len,
+                                       DatagramSink& sink, const EndpointOptions& opts) {
+    int family = addr->sa_family;
+    core::UniqueFd fd(::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    if (!fd) return Error::sys(errno, "socket(udp)");
+    int one = 1;
+    if (family == AF_INET6) {
+        (void)::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
+    } else {
+        (void)::setsockopt(fd.get(), IPPROTO_IP, IP_PKTINFO, &one, sizeof one);
+    }
+    // QUIC does its own path MTU discovery: never fragment.
+    int pmtu = IP_PMTUDISC_PROBE;
+    if (family == AF_INET6) {
+        int p6 = IPV6_PMTUDISC_PROBE;
+        (void)::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_MTU_DISCOVER, &p6, sizeof p6);
+    } else {
+        (void)::setsockopt(fd.get(), IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu);
+    }
+    if (::bind(fd.get(), addr, len) != 0) return Error::sys(errno, "bind(udp)");
+
+    UdpEndpoint* ep = new UdpEndpoint(w, sink);
+    ep->fd_ = std::move(fd);
+    ep->local_len_ = sizeof ep->local_;
+    ::getsockname(ep->fd_.get(), reinterpret_cast<sockaddr*>(&ep->local_), &ep->local_len_);
+    ep->wildcard_ = is_wildcard(ep->local_);
+    ep->buffers_ = size_buffers(ep->fd_.get(), opts.socket_buffer);
+    ep->gro_ = opts.gro && ::setsockopt(ep->fd_.get(), SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
+    if (opts.gso) {
+        // Probe: setting a per-socket segment size works iff the kernel knows UDP_SEGMENT.
+        int seg = static_cast<int>(kMaxPacket);
+        ep->gso_ = ::setsockopt(ep->fd_.get(), SOL_UDP, UDP_SEGMENT, &seg, sizeof seg) == 0;
+        int zero = 0;
+        if (ep->gso_) (void)::setsockopt(ep->fd_.get(), SOL_UDP, UDP_SEGMENT, &zero, sizeof zero);
+    }
+    if (!ep->open()) {
+        // No slot: nothing submitted yet, so the fd can go directly.
+        delete ep;
+        return Error::msg("worker full: no slot for a UDP endpoint");
+    }
+    ep->arm_recv();
+    return ep;
+}
+
+Result<void> UdpEndpoint::connect_peer(const sockaddr* addr, socklen_t len) noexcept {
+    if (::connect(fd_.get(), addr, len) != 0) return Error::sys(errno, "connect(udp)");
+    local_len_ = sizeof local_;
+    ::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&local_), &local_len_);
+    wildcard_ = false;
+    return {};
+}
+
+void UdpEndpoint::prepare_rx() noexcept {
+    rx_iov_ = iovec{rx_, kRxCapacity};
+    rx_msg_ = msghdr{};
+    rx_msg_.msg_name = &rx_peer_;
+    rx_msg_.msg_namelen = sizeof rx_peer_;
+    rx_msg_.msg_iov = &rx_iov_;
+    rx_msg_.msg_iovlen = 1;
+    rx_msg_.msg_control = rx_cmsg_;
+    rx_msg_.msg_controllen = sizeof rx_cmsg_;
+}
+
+void UdpEndpoint::arm_recv() noexcept {
+    prepare_rx();
+    recvmsg(kOpRecv, fd_.get(), &rx_msg_, 0);
+}
+
+void UdpEndpoint::on_event(const core::Completion& c) noexcept {
+    if (c.token.op == kOpWritable) {
+        if (aborting()) return;
+        blocked_ = false;
+        sink_->on_writable(*this);
+        return;
+    }
+    if (c.token.op != kOpRecv || aborting()) return;
+    if (c.result >= 0) {
+        deliver(static_cast<size_t>(c.result));
+        // Drain what else is queued without a loop round trip per datagram, bounded for fairness.
+        for (int i = 0; i < kDirectReads && !aborting(); ++i) {
+            prepare_rx();
+            ssize_t n = ::recvmsg(fd_.get(), &rx_msg_, MSG_DONTWAIT);
+            if (n < 0) break;
+            deliver(static_cast<size_t>(n));
+        }
+        if (!aborting()) sink_->on_read_batch_done(*this);
+    }
+    // Errors such as ECONNREFUSED (an ICMP for an earlier send) are per-datagram: keep reading.
+    if (!aborting()) arm_recv();
+}
+
+void UdpEndpoint::deliver(size_t n) noexcept {
+    ngtcp2_path path{};
+    path.local.addr = reinterpret_cast<sockaddr*>(&local_);
+    path.local.addrlen = local_len_;
+    path.remote.addr = reinterpret_cast<sockaddr*>(&rx_peer_);
+    path.remote.addrlen = rx_msg_.msg_namelen;
+    sockaddr_storage dst = local_;  // the real destination when bound to a wildcard address
+    size_t seg = n;
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&rx_msg_); cm != nullptr; cm = CMSG_NXTHDR(&rx_msg_, cm)) {
+        if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
+            int g = 0;
+            std::memcpy(&g, CMSG_DATA(cm), sizeof g);
+            if (g > 0) seg = static_cast<size_t>(g);
+        } else if (wildcard_ && cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_PKTINFO) {
+            in_pktinfo pi{};
+            std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            reinterpret_cast<sockaddr_in&>(dst).sin_addr = pi.ipi_addr;
+            path.local.addr = reinterpret_cast<sockaddr*>(&dst);
+        } else if (wildcard_ && cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_PKTINFO) {
+            in6_pktinfo pi{};
+            std::memcpy(&pi, CMSG_DATA(cm), sizeof pi);
+            reinterpret_cast<sockaddr_in6&>(dst).sin6_addr = pi.ipi6_addr;
+            path.local.addr = reinterpret_cast<sockaddr*>(&dst);
+        }
+    }
+    for (size_t off = 0; off < n && !aborting(); off += seg) {
+        size_t len = n - off < seg ? n - off : seg;
+        ++dgrams_in_;
+        sink_->on_datagram(*this, path, std::span<const uint8_t>(rx_ + off, len));
+    }
+}
+
+SendStatus UdpEndpoint::send_one(const ngtcp2_path& path, const uint8_t* data, size_t len,
+                                 size_t segment) noexcept {
+    iovec iov{const_cast<uint8_t*>(data), len};
+    msghdr msg{};
+    msg.msg_name = path.remote.addr;
+    msg.msg_namelen = path.remote.addrlen;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    alignas(cmsghdr)
+        uint8_t control[CMSG_SPACE(sizeof(uint16_t)) + CMSG_SPACE(sizeof(in6_pktinfo))]{};
+    size_t clen = 0;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof control;
+    cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+    if (segment < len) {
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t s = static_cast<uint16_t>(segment);
+        std::memcpy(CMSG_DATA(cm), &s, sizeof s);
+        clen += CMSG_SPACE(sizeof(uint16_t));
+        cm = CMSG_NXTHDR(&msg, cm);
+    }
+    if (wildcard_ && path.local.addr != nullptr) {
+        if (path.local.addr->sa_family == AF_INET) {
+            in_pktinfo pi{};
+            pi.ipi_spec_dst = reinterpret_cast<const sockaddr_in*>(path.local.addr)->sin_addr;
+            cm->cmsg_level = IPPROTO_IP;
+            cm->cmsg_type = IP_PKTINFO;
+            cm->cmsg_len = CMSG_LEN(sizeof pi);
+            std::memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+            clen += CMSG_SPACE(sizeof pi);
+        } else if (path.local.addr->sa_family == AF_INET6) {
+            in6_pktinfo pi{};
+            pi.ipi6_addr = reinterpret_cast<const sockaddr_in6*>(path.local.addr)->sin6_addr;
+            cm->cmsg_level = IPPROTO_IPV6;
+            cm->cmsg_type = IPV6_PKTINFO;
+            cm->cmsg_len = CMSG_LEN(sizeof pi);
+            std::memcpy(CMSG_DATA(cm), &pi, sizeof pi);
+            clen += CMSG_SPACE(sizeof pi);
+        }
+    }
+    msg.msg_controllen = clen;
+    if (clen == 0) msg.msg_control = nullptr;
+    for (;;) {
+        ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n >= 0) {
+            dgrams_out_ += (len + segment - 1) / segment;
+            return SendStatus::sent;
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) return SendStatus::blocked;
+        if (errno == EIO && segment < len && gso_) {
+            // The device cannot segment (no checksum offload): stop using GSO on this socket.
+            gso_ = false;
+            return SendStatus::dropped;  // caller retries packet by packet
+        }
+        ++send_errors_;
+        return SendStatus::dropped;
+    }
+}
+
+SendStatus UdpEndpoint::send(const ngtcp2_path& path, const uint8_t* data, size_t len,
+                             size_t segment) noexcept {
+    if (len == 0) return SendStatus::sent;
+    if (aborting()) return SendStatus::dropped;
+    if (segment == 0 || segment > len) segment = len;
+    SendStatus st = SendStatus::dropped;
+    if (gso_ || segment == len) st = send_one(path, data, len, segment);
+    if (st == SendStatus::dropped && segment < len && !gso_) {
+        // Without GSO (or after the device refused it): one sendmsg per packet.
+        st = SendStatus::sent;
+        for (size_t off = 0; off < len && st != SendStatus::blocked; off += segment) {
+            size_t l = len - off < segment ? len - off : segment;
+            st = send_one(path, data + off, l, l);
+        }
+    }
+    if (st == SendStatus::blocked && !blocked_) {
+        // What was not sent is left to QUIC's loss recovery; wait for room before writing more.
+        blocked_ = true;
+        poll(kOpWritable, fd_.get(), POLLOUT);
+    }
+    return st;
+}
+
+void UdpEndpoint::on_quiesced() noexcept {
+    close_fd(fd_);
+    delete this;
+}
+
+}  // namespace runewarp::quic

@@ -1,0 +1,628 @@
+// quic: mTLS handshakes, admission outcomes, streams with flow control, close, migration —
+// both roles in one process on loopback, on both event-loop backends.
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
+#include <gnutls/x509.h>
+#include <netinet/in.h>
+
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/clock.hh"
+#include "core/worker.hh"
+#include "quic/connection.hh"
+#include "quic/listener.hh"
+#include "quic/tls.hh"
+
+using namespace runewarp;
+using namespace runewarp::quic;
+
+namespace {
+
+constexpr const char* kServerName = "tunnel.example.test";
+constexpr size_t kTransfer = 16u << 20;
+
+// ---- certificates ---------------------------------------------------------------------------
+
+struct Pem {
+    std::string cert;
+    std::string key;
+    std::string der;  // the certificate, DER
+};
+
+std::string export_crt(gnutls_x509_crt_t crt, gnutls_x509_crt_fmt_t fmt) {
+    gnutls_datum_t d{};
+    cr_assert_eq(gnutls_x509_crt_export2(crt, fmt, &d), 0);
+    std::string s(reinterpret_cast<char*>(d.data), d.size);
+    gnutls_free(d.data);
+    return s;
+}
+
+std::string export_key(gnutls_x509_privkey_t key) {
+    gnutls_datum_t d{};
+    cr_assert_eq(gnutls_x509_privkey_export2_pkcs8(key, GNUTLS_X509_FMT_PEM, nullptr, 0, &d), 0);
+    std::string s(reinterpret_cast<char*>(d.data), d.size);
+    gnutls_free(d.data);
+    return s;
+}
+
+gnutls_x509_crt_t new_crt(gnutls_x509_privkey_t key, const char* cn, unsigned serial) {
+    gnutls_x509_crt_t crt;
+    cr_assert_eq(gnutls_x509_crt_init(&crt), 0);
+    gnutls_x509_crt_set_version(crt, 3);
+    unsigned char ser[4] = {0, 0, 0, static_cast<unsigned char>(serial)};
+    gnutls_x509_crt_set_serial(crt, ser, sizeof ser);
+    time_t now = time(nullptr);
+    gnutls_x509_crt_set_activation_time(crt, now - 3600);
+    gnutls_x509_crt_set_expiration_time(crt, now + 86400);
+    cr_assert_eq(gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, cn,
+                                               static_cast<unsigned>(strlen(cn))),
+                 0);
+    cr_assert_eq(gnutls_x509_crt_set_key(crt, key), 0);
+    return crt;
+}
+
+gnutls_x509_privkey_t new_key(gnutls_pk_algorithm_t alg, unsigned bits) {
+    gnutls_x509_privkey_t key;
+    cr_assert_eq(gnutls_x509_privkey_init(&key), 0);
+    cr_assert_eq(gnutls_x509_privkey_generate(key, alg, bits, 0), 0);
+    return key;
+}
+
+struct Material {
+    Pem ca;           // private Server CA
+    Pem server;       // leaf for tunnel.example.test, signed by ca
+    Pem client;       // self-signed Ed25519 Client identity
+    Pem client_p256;  // a second identity (P-256) the verifier can tell apart
+};
+
+Pem self_signed_client(gnutls_pk_algorithm_t alg, unsigned bits, const char* cn) {
+    gnutls_x509_privkey_t key = new_key(alg, bits);
+    gnutls_x509_crt_t crt = new_crt(key, cn, 7);
+    gnutls_x509_crt_set_key_purpose_oid(crt, GNUTLS_KP_TLS_WWW_CLIENT, 0);
+    cr_assert_eq(gnutls_x509_crt_sign2(
+                     crt, crt, key,
+                     alg == GNUTLS_PK_EDDSA_ED25519 ? GNUTLS_DIG_UNKNOWN : GNUTLS_DIG_SHA256, 0),
+                 0);
+    Pem p{export_crt(crt, GNUTLS_X509_FMT_PEM), export_key(key),
+          export_crt(crt, GNUTLS_X509_FMT_DER)};
+    gnutls_x509_crt_deinit(crt);
+    gnutls_x509_privkey_deinit(key);
+    return p;
+}
+
+const Material& material() {
+    static Material m = [] {
+        Material out;
+        unsigned p256 = GNUTLS_CURVE_TO_BITS(GNUTLS_ECC_CURVE_SECP256R1);
+        gnutls_x509_privkey_t ca_key = new_key(GNUTLS_PK_ECDSA, p256);
+        gnutls_x509_crt_t ca = new_crt(ca_key, "runewarp test CA", 1);
+        gnutls_x509_crt_set_basic_constraints(ca, 1, -1);
+        gnutls_x509_crt_set_key_usage(ca, GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN);
+        cr_assert_eq(gnutls_x509_crt_sign2(ca, ca, ca_key, GNUTLS_DIG_SHA256, 0), 0);
+        out.ca = {export_crt(ca, GNUTLS_X509_FMT_PEM), export_key(ca_key), {}};
+
+        gnutls_x509_privkey_t leaf_key = new_key(GNUTLS_PK_ECDSA, p256);
+        gnutls_x509_crt_t leaf = new_crt(leaf_key, kServerName, 2);
+        gnutls_x509_crt_set_basic_constraints(leaf, 0, -1);
+        gnutls_x509_crt_set_key_usage(leaf, GNUTLS_KEY_DIGITAL_SIGNATURE);
+        gnutls_x509_crt_set_key_purpose_oid(leaf, GNUTLS_KP_TLS_WWW_SERVER, 0);
+        cr_assert_eq(gnutls_x509_crt_set_subject_alt_name(leaf, GNUTLS_SAN_DNSNAME, kServerName,
+                                                          strlen(kServerName), GNUTLS_FSAN_SET),
+                     0);
+        cr_assert_eq(gnutls_x509_crt_sign2(leaf, ca, ca_key, GNUTLS_DIG_SHA256, 0), 0);
+        out.server = {export_crt(leaf, GNUTLS_X509_FMT_PEM), export_key(leaf_key), {}};
+        gnutls_x509_crt_deinit(leaf);
+        gnutls_x509_privkey_deinit(leaf_key);
+        gnutls_x509_crt_deinit(ca);
+        gnutls_x509_privkey_deinit(ca_key);
+
+        out.client = self_signed_client(GNUTLS_PK_EDDSA_ED25519, 0, "runewarp client");
+        out.client_p256 = self_signed_client(GNUTLS_PK_ECDSA, p256, "runewarp client p256");
+        return out;
+    }();
+    return m;
+}
+
+// ---- fixture --------------------------------------------------------------------------------
+
+std::unique_ptr<core::Worker> make_worker(core::BackendChoice b, bool env) {
+    core::WorkerOptions o;
+    o.loop.choice = b;
+    o.loop.honour_env = env;
+    o.max_slots = 1024;
+    auto w = core::Worker::create(o);
+    cr_assert(w.ok(), "worker: %s", w.ok() ? "" : w.error().message.c_str());
+    return std::move(*w);
+}
+
+struct ServerSide final : AcceptHandler, ConnectionHandler {
+    std::vector<Connection*> accepted;
+    int closed = 0;
+    CloseInfo last_close;
+    void on_connection(Connection& c) noexcept override {
+        accepted.push_back(&c);
+        c.set_handler(this);
+    }
+    void on_established(Connection&) noexcept override {}
+    void on_stream_opened(Connection&, Stream& s) noexcept override { s.reset(); }
+    void on_streams_available(Connection&) noexcept override {}
+    void on_closed(Connection& c, const CloseInfo& info) noexcept override {
+        ++closed;
+        last_close = info;
+        std::erase(accepted, &c);
+    }
+};
+
+struct ClientSide final : ConnectionHandler {
+    bool established = false;
+    bool closed = false;
+    CloseInfo info;
+    StreamHandler* stream_handler = nullptr;
+    std::vector<Stream*> opened;
+    void on_established(Connection&) noexcept override { established = true; }
+    void on_stream_opened(Connection&, Stream& s) noexcept override {
+        opened.push_back(&s);
+        s.set_handler(stream_handler);
+    }
+    void on_streams_available(Connection&) noexcept override {}
+    void on_closed(Connection&, const CloseInfo& i) noexcept override {
+        closed = true;
+        info = i;
+    }
+};
+
+struct Env {
+    std::unique_ptr<core::Worker> worker;
+    std::unique_ptr<ServerTls> server_tls;
+    std::unique_ptr<ClientTls> client_tls;
+    std::unique_ptr<Listener> listener;
+    ServerSide server;
+    ClientSide client;
+    Connection* client_conn = nullptr;
+    sockaddr_in addr{};
+    int verify_calls = 0;
+    bool admit = true;
+    std::string seen_der;
+
+    explicit Env(core::BackendChoice b = core::BackendChoice::automatic, bool with_cert = true,
+                 const Pem* identity = nullptr) {
+        worker = make_worker(b, b == core::BackendChoice::automatic);
+        const Material& m = material();
+        ServerTlsConfig sc;
+        sc.cert_pem = m.server.cert;
+        sc.key_pem = m.server.key;
+        sc.verify = [this](std::span<const uint8_t> der) {
+            ++verify_calls;
+            seen_der.assign(reinterpret_cast<const char*>(der.data()), der.size());
+            return admit;
+        };
+        auto st = ServerTls::create(std::move(sc));
+        cr_assert(st.ok(), "server tls: %s", st.ok() ? "" : st.error().message.c_str());
+        server_tls = std::move(*st);
+        ClientTlsConfig cc;
+        cc.server_name = kServerName;
+        cc.trust = ServerTrust::ca_file;
+        cc.ca_pem = m.ca.cert;
+        const Pem& id = identity != nullptr ? *identity : m.client;
+        if (with_cert) {
+            cc.cert_pem = id.cert;
+            cc.key_pem = id.key;
+        }
+        auto ct = ClientTls::create(std::move(cc));
+        cr_assert(ct.ok(), "client tls: %s", ct.ok() ? "" : ct.error().message.c_str());
+        client_tls = std::move(*ct);
+
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        auto l = Listener::create(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr,
+                                  *server_tls, server);
+        cr_assert(l.ok(), "listener: %s", l.ok() ? "" : l.error().message.c_str());
+        listener = std::move(*l);
+        socklen_t len = sizeof addr;
+        std::memcpy(&addr, listener->endpoint().local_addr(), len);
+    }
+
+    void dial_client() {
+        auto c =
+            dial(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr, *client_tls, client);
+        cr_assert(c.ok(), "dial: %s", c.ok() ? "" : c.error().message.c_str());
+        client_conn = *c;
+    }
+
+    template <typename Pred>
+    bool run_until(Pred&& p, int64_t ms = 10000) {
+        auto r = worker->run_until(p, core::now_ns() + ms * core::kNsPerMs);
+        cr_assert(r.ok(), "worker: %s", r.ok() ? "" : r.error().message.c_str());
+        return *r;
+    }
+
+    void handshake() {
+        dial_client();
+        cr_assert(run_until([&] { return client.established && !server.accepted.empty(); }),
+                  "handshake did not finish");
+    }
+
+    ~Env() {
+        // Drop everything and let the worker free it before the credentials go.
+        if (client_conn != nullptr && !client.closed) client_conn->terminate();
+        listener.reset();
+        (void)worker->run_until([&] { return worker->attached_count() == 0; },
+                                core::now_ns() + 5 * core::kNsPerSec);
+        cr_expect_eq(worker->attached_count(), 0u, "sessions left behind");
+    }
+};
+
+// Deterministic test bytes.
+struct Gen {
+    uint64_t state = 0x9e3779b97f4a7c15ull;
+    void fill(uint8_t* p, size_t n) {
+        for (size_t i = 0; i < n; ++i) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            p[i] = static_cast<uint8_t>(state);
+        }
+    }
+};
+
+struct Hash {
+    gnutls_hash_hd_t h{};
+    Hash() { gnutls_hash_init(&h, GNUTLS_DIG_SHA256); }
+    ~Hash() {
+        if (h != nullptr) gnutls_hash_deinit(h, nullptr);
+    }
+    void add(const uint8_t* p, size_t n) { gnutls_hash(h, p, n); }
+    std::string done() {
+        uint8_t out[32];
+        gnutls_hash_deinit(h, out);
+        h = nullptr;
+        return std::string(reinterpret_cast<char*>(out), sizeof out);
+    }
+};
+
+}  // namespace
+
+// ---- handshake and admission ------------------------------------------------------------------
+
+namespace {
+
+void check_handshake(core::BackendChoice b) {
+    Env env(b);
+    env.handshake();
+    cr_assert_eq(env.verify_calls, 1);
+    cr_assert(env.seen_der == material().client.der, "verifier got the client's leaf DER");
+    Connection* sc = env.server.accepted.front();
+    std::span<const uint8_t> peer = sc->peer_certificate();
+    cr_assert_eq(std::string(reinterpret_cast<const char*>(peer.data()), peer.size()),
+                 material().client.der);
+    cr_assert_eq(env.listener->handshakes(), 0u);
+    cr_assert_eq(env.listener->connection_count(), 1u);
+}
+
+}  // namespace
+
+Test(quic, mtls_handshake_admitted) {
+    check_handshake(core::BackendChoice::automatic);
+}
+
+Test(quic, mtls_handshake_admitted_epoll) {
+    check_handshake(core::BackendChoice::epoll);
+}
+
+Test(quic, p256_identity_admitted) {
+    Env env(core::BackendChoice::automatic, true, &material().client_p256);
+    env.handshake();
+    cr_assert(env.seen_der == material().client_p256.der);
+}
+
+Test(quic, denied_identity_gets_access_denied) {
+    Env env;
+    env.admit = false;
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }), "client never saw the refusal");
+    cr_assert_eq(env.verify_calls, 1);
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::remote);
+    cr_assert(!env.client.info.application);
+    cr_assert_eq(env.client.info.code, kCryptoErrorAccessDenied, "code 0x%llx",
+                 static_cast<unsigned long long>(env.client.info.code));
+    cr_assert_eq(env.client.info.code, 0x0131u);
+    cr_assert(env.server.accepted.empty());
+    cr_assert(env.run_until([&] { return env.listener->handshakes() == 0; }));
+}
+
+Test(quic, client_without_certificate_refused) {
+    Env env(core::BackendChoice::automatic, false);
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }), "client never saw the refusal");
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.verify_calls, 0);
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::remote);
+    cr_assert_eq(env.client.info.code, NGTCP2_CRYPTO_ERROR | kAlertCertificateRequired,
+                 "code 0x%llx", static_cast<unsigned long long>(env.client.info.code));
+    cr_assert(env.server.accepted.empty());
+}
+
+Test(quic, client_rejects_wrong_server_name) {
+    Env env;
+    ClientTlsConfig cc;
+    cc.server_name = "other.example.test";
+    cc.trust = ServerTrust::ca_file;
+    cc.ca_pem = material().ca.cert;
+    cc.cert_pem = material().client.cert;
+    cc.key_pem = material().client.key;
+    auto ct = ClientTls::create(std::move(cc));
+    cr_assert(ct.ok());
+    env.client_tls = std::move(*ct);
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }));
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::local);
+    cr_assert_eq(env.client.info.code & ~0xffull, NGTCP2_CRYPTO_ERROR);
+    cr_assert(env.server.accepted.empty());
+}
+
+Test(quic, application_close_reaches_peer) {
+    Env env;
+    env.handshake();
+    env.server.accepted.front()->close(kAppCloseCode, "graceful shutdown");
+    cr_assert(env.run_until([&] { return env.client.closed; }));
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::remote);
+    cr_assert(env.client.info.application);
+    cr_assert_eq(env.client.info.code, 0u);
+    cr_assert_str_eq(env.client.info.reason.c_str(), "graceful shutdown");
+    cr_assert_eq(env.server.closed, 1);
+    cr_assert_eq(env.server.last_close.kind, CloseInfo::Kind::local);
+    // The server side retires after its closing period.
+    cr_assert(env.run_until([&] { return env.listener->connection_count() == 0; }));
+}
+
+// ---- streams --------------------------------------------------------------------------------
+
+namespace {
+
+// Collects what a stream receives.
+struct Collector final : StreamHandler {
+    std::string data;
+    bool fin = false;
+    bool closed = false;
+    uint64_t close_code = ~0ull;
+    uint64_t reset_code = ~0ull;
+    bool reset_on_data = false;
+    size_t on_stream_data(Stream& s, std::span<const uint8_t> d, bool f) noexcept override {
+        data.append(reinterpret_cast<const char*>(d.data()), d.size());
+        if (f) fin = true;
+        if (reset_on_data) s.reset(kStreamErrorCode);
+        return d.size();
+    }
+    void on_stream_writable(Stream&) noexcept override {}
+    void on_stream_reset(Stream&, uint64_t code) noexcept override { reset_code = code; }
+    void on_stream_closed(Stream&, uint64_t code) noexcept override {
+        closed = true;
+        close_code = code;
+    }
+};
+
+void write_all(Stream& s, std::string_view text) {
+    size_t n = s.write(
+        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>(text.data()), text.size()));
+    cr_assert_eq(n, text.size());
+}
+
+}  // namespace
+
+Test(quic, fin_each_direction) {
+    Env env;
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "hello from the server");
+    (*s)->shutdown_write();
+    cr_assert(env.run_until([&] { return on_client.fin; }));
+    cr_assert_str_eq(on_client.data.c_str(), "hello from the server");
+    cr_assert_eq(env.client.opened.size(), 1u);
+    cr_assert(!on_server.fin, "the other direction is still open");
+    Stream& cs = *env.client.opened.front();
+    write_all(cs, "and back");
+    cs.shutdown_write();
+    cr_assert(env.run_until([&] { return on_server.fin && on_server.closed && on_client.closed; }));
+    cr_assert_str_eq(on_server.data.c_str(), "and back");
+    cr_assert_eq(on_server.close_code, 0u);
+    cr_assert_eq(on_client.close_code, 0u);
+}
+
+Test(quic, reset_code_reaches_peer) {
+    Env env;
+    Collector on_client, on_server;
+    on_client.reset_on_data = true;  // the client aborts the stream as soon as bytes arrive
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "some bytes");
+    cr_assert(env.run_until([&] { return on_server.closed && on_client.closed; }));
+    cr_assert_eq(on_server.reset_code, kStreamErrorCode);
+    cr_assert_eq(on_server.close_code, kStreamErrorCode);
+    // The client's stream credit is replenished: the server may open another stream.
+    auto again = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(again.ok());
+}
+
+Test(quic, client_cannot_open_streams) {
+    Env env;
+    env.handshake();
+    Collector c;
+    auto s = env.client_conn->open_stream(c);
+    cr_assert(!s.ok());
+    cr_assert_eq(s.error().code, EAGAIN);
+}
+
+// ---- bulk transfer with flow control -----------------------------------------------------------
+
+namespace {
+
+// Server end: sends kTransfer generated bytes, then FIN; hashes what comes back.
+struct Source final : StreamHandler {
+    Stream* s = nullptr;
+    Gen gen;
+    Hash sent_hash, back_hash;
+    uint8_t chunk[64 * 1024];
+    size_t chunk_len = 0, chunk_off = 0;
+    uint64_t produced = 0;  // bytes handed to the stream
+    uint64_t back = 0;
+    bool fin_back = false;
+    bool closed = false;
+    size_t max_tx = 0;
+
+    void pump() {
+        while (s != nullptr && produced < kTransfer) {
+            if (chunk_off == chunk_len) {
+                chunk_len = std::min<size_t>(sizeof chunk, kTransfer - produced);
+                gen.fill(chunk, chunk_len);
+                sent_hash.add(chunk, chunk_len);
+                chunk_off = 0;
+            }
+            size_t n = s->write(std::span<const uint8_t>(chunk + chunk_off, chunk_len - chunk_off));
+            chunk_off += n;
+            produced += n;
+            max_tx = std::max(max_tx, s->tx_buffered());
+            if (n == 0) return;  // full: on_stream_writable resumes
+        }
+        if (s != nullptr && produced == kTransfer) s->shutdown_write();
+    }
+    size_t on_stream_data(Stream&, std::span<const uint8_t> d, bool f) noexcept override {
+        back_hash.add(d.data(), d.size());
+        back += d.size();
+        if (f) fin_back = true;
+        return d.size();
+    }
+    void on_stream_writable(Stream&) noexcept override { pump(); }
+    void on_stream_reset(Stream&, uint64_t) noexcept override {}
+    void on_stream_closed(Stream&, uint64_t) noexcept override {
+        closed = true;
+        s = nullptr;
+    }
+};
+
+// Client end: echoes everything back, taking only what its send buffer accepts (so QUIC flow
+// control, not a buffer, absorbs a slow direction); can pause consumption entirely.
+struct Echo final : StreamHandler {
+    Stream* s = nullptr;
+    Hash got;
+    uint64_t received = 0;
+    bool paused = false;
+    bool fin = false;
+    bool closed = false;
+    size_t max_rx = 0, max_tx = 0;
+
+    size_t on_stream_data(Stream& st, std::span<const uint8_t> d, bool f) noexcept override {
+        s = &st;
+        max_rx = std::max(max_rx, st.rx_buffered());
+        if (paused) return 0;
+        size_t n = st.write(d);
+        got.add(d.data(), n);
+        received += n;
+        max_tx = std::max(max_tx, st.tx_buffered());
+        if (f && n == d.size()) {
+            fin = true;
+            st.shutdown_write();
+        }
+        return n;
+    }
+    void on_stream_writable(Stream& st) noexcept override { st.resume_read(); }
+    void on_stream_reset(Stream&, uint64_t) noexcept override {}
+    void on_stream_closed(Stream&, uint64_t) noexcept override {
+        closed = true;
+        s = nullptr;
+    }
+};
+
+void run_transfer(core::BackendChoice b, bool migrate) {
+    Env env(b);
+    auto src = std::make_unique<Source>();
+    auto echo = std::make_unique<Echo>();
+    echo->paused = true;
+    env.client.stream_handler = echo.get();
+    env.handshake();
+    const ConnectionConfig cfg;
+    int64_t t0 = core::now_ns();
+    auto s = env.server.accepted.front()->open_stream(*src);
+    cr_assert(s.ok());
+    src->s = *s;
+    src->pump();
+
+    // Slow consumer: nothing is taken, so the sender stalls once the stream window is full.
+    cr_assert(env.run_until([&] {
+        return !env.client.opened.empty() &&
+               env.client.opened.front()->rx_buffered() >= cfg.stream_window;
+    }));
+    Stream& cs = *env.client.opened.front();
+    cr_assert_eq(cs.rx_buffered(), cfg.stream_window, "receive side holds exactly one window");
+    cr_assert_leq(src->produced, cfg.stream_window + kStreamSendBuffer,
+                  "the sender produced only window + send buffer (%llu)",
+                  static_cast<unsigned long long>(src->produced));
+    cr_assert_leq((*s)->tx_buffered(), kStreamSendBuffer);
+    cr_assert_leq(env.server.accepted.front()->buffered_bytes(), kStreamSendBuffer);
+
+    echo->paused = false;
+    cs.resume_read();
+    bool migrated = false;
+    uint16_t old_port = 0;
+    if (migrate) {
+        old_port =
+            ntohs(reinterpret_cast<const sockaddr_in*>(env.client_conn->endpoint()->local_addr())
+                      ->sin_port);
+        cr_assert(env.run_until([&] { return echo->received >= kTransfer / 4; }));
+        auto r = rebind(*env.client_conn);
+        cr_assert(r.ok(), "rebind: %s", r.ok() ? "" : r.error().message.c_str());
+        migrated = true;
+    }
+    cr_assert(env.run_until([&] { return src->fin_back && echo->closed && src->closed; }, 30000),
+              "transfer incomplete: sent %llu echoed %llu back %llu",
+              static_cast<unsigned long long>(src->produced),
+              static_cast<unsigned long long>(echo->received),
+              static_cast<unsigned long long>(src->back));
+    int64_t dt = core::now_ns() - t0;
+    cr_assert_eq(src->back, kTransfer);
+    cr_assert_eq(echo->received, kTransfer);
+    std::string a = src->sent_hash.done(), bh = echo->got.done(), c = src->back_hash.done();
+    cr_assert(a == bh, "client received what the server sent");
+    cr_assert(a == c, "server got the same bytes back");
+    // Bounded memory throughout: one window on receive, the send buffer on send.
+    cr_assert_leq(echo->max_rx, cfg.stream_window);
+    cr_assert_leq(echo->max_tx, kStreamSendBuffer);
+    cr_assert_leq(src->max_tx, kStreamSendBuffer);
+    if (migrated) {
+        uint16_t new_port =
+            ntohs(reinterpret_cast<const sockaddr_in*>(env.client_conn->endpoint()->local_addr())
+                      ->sin_port);
+        cr_assert_neq(new_port, old_port, "the client moved to a new port");
+    }
+    std::fprintf(stderr, "quic transfer (%s%s): 2 x %zu MiB in %.1f ms = %.0f MB/s\n",
+                 core::backend_name(env.worker->backend()), migrate ? ", migrating" : "",
+                 kTransfer >> 20, static_cast<double>(dt) / 1e6,
+                 2.0 * static_cast<double>(kTransfer) / (static_cast<double>(dt) / 1e9) / 1e6);
+}
+
+}  // namespace
+
+Test(quic, bulk_transfer_bounded_and_identical) {
+    run_transfer(core::BackendChoice::automatic, false);
+}
+
+Test(quic, bulk_transfer_epoll) {
+    run_transfer(core::BackendChoice::epoll, false);
+}
+
+Test(quic, migration_mid_transfer) {
+    run_transfer(core::BackendChoice::automatic, true);
+}
