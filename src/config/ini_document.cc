@@ -105,7 +105,8 @@ char* read_line(char* str, int num, void* stream) noexcept {
     if (st->next >= st->lines.size() || num <= 0) return nullptr;
     std::string_view l = st->lines[st->next++];
     std::size_t n = std::min(l.size(), static_cast<std::size_t>(num - 1));
-    std::memcpy(str, l.data(), n);
+    // A blanked (over-long) line is an empty view whose data() may be null: memcpy must not see it.
+    if (n > 0) std::memcpy(str, l.data(), n);
     str[n] = '\0';
     return str;
 }
