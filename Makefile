@@ -9,7 +9,7 @@ SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config
 
-.PHONY: all deps bench-deps bench build check check-asan asan fuzz install clean
+.PHONY: all deps bench-deps bench deb build check check-asan asan fuzz install clean
 
 all: build
 
@@ -49,6 +49,7 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 	@set -e; for f in $(FUZZERS); do \
 	    mkdir -p fuzz-out/$$f; \
 	    echo "== $$f for $(FUZZ_SECONDS)s"; \
+	    UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	    $(FUZZ_BUILD)/fuzz/$$f -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
 	        -artifact_prefix=fuzz-out/$$f/ fuzz-out/$$f fuzz/corpus/$$f; \
 	done
@@ -57,8 +58,12 @@ fuzz: $(FUZZ_BUILD)/build.ninja
 bench: build
 	RUNEWARP_BIN=$(BUILD)/runewarp bench/run
 
+# A binary Debian package from this tree (packaging/deb/build).
+deb:
+	packaging/deb/build
+
 install: build
 	$(MESON) install -C $(BUILD) --destdir "$(DESTDIR)"
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) fuzz-out
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-deb fuzz-out
