@@ -6,6 +6,8 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <cstdint>
 #include <cstdio>
@@ -192,7 +194,7 @@ struct Env {
     std::string seen_der;
 
     explicit Env(core::BackendChoice b = core::BackendChoice::automatic, bool with_cert = true,
-                 const Pem* identity = nullptr) {
+                 const Pem* identity = nullptr, const ListenerConfig& lcfg = {}) {
         worker = make_worker(b, b == core::BackendChoice::automatic);
         const Material& m = material();
         ServerTlsConfig sc;
@@ -222,7 +224,7 @@ struct Env {
         addr.sin_family = AF_INET;
         addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         auto l = Listener::create(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr,
-                                  *server_tls, server);
+                                  *server_tls, server, lcfg);
         cr_assert(l.ok(), "listener: %s", l.ok() ? "" : l.error().message.c_str());
         listener = std::move(*l);
         socklen_t len = sizeof addr;
@@ -602,6 +604,10 @@ void run_transfer(core::BackendChoice b, bool migrate) {
     cr_assert_leq(echo->max_tx, kStreamSendBuffer);
     cr_assert_leq(src->max_tx, kStreamSendBuffer);
     if (migrated) {
+        // Path validated and the old socket released: listener + server conn + client conn +
+        // one client socket.
+        cr_assert(env.run_until([&] { return env.worker->attached_count() == 4; }),
+                  "old client socket still open (%u sessions)", env.worker->attached_count());
         uint16_t new_port =
             ntohs(reinterpret_cast<const sockaddr_in*>(env.client_conn->endpoint()->local_addr())
                       ->sin_port);
@@ -625,4 +631,83 @@ Test(quic, bulk_transfer_epoll) {
 
 Test(quic, migration_mid_transfer) {
     run_transfer(core::BackendChoice::automatic, true);
+}
+
+// ---- listener behaviour -----------------------------------------------------------------------
+
+Test(quic, handshake_limit_refuses_newest) {
+    ListenerConfig lc;
+    lc.max_handshakes = 1;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    ClientSide second;
+    env.dial_client();
+    // The second Initial arrives while the first handshake is still in progress.
+    auto c2 = dial(*env.worker, reinterpret_cast<sockaddr*>(&env.addr), sizeof env.addr,
+                   *env.client_tls, second);
+    cr_assert(c2.ok());
+    cr_assert(env.run_until([&] { return env.client.established && second.closed; }));
+    cr_assert_eq(second.info.kind, CloseInfo::Kind::remote);
+    cr_assert(!second.info.application);
+    cr_assert_eq(second.info.code, NGTCP2_CONNECTION_REFUSED);
+    cr_assert_eq(env.listener->refused(), 1u);
+    cr_assert_eq(env.server.accepted.size(), 1u);
+}
+
+Test(quic, unknown_connection_gets_stateless_reset) {
+    Env env;
+    env.handshake();
+    // The server forgets the connection without a word (as after a restart).
+    env.server.accepted.front()->terminate();
+    cr_assert(env.run_until([&] { return env.listener->connection_count() == 0; }));
+    // Make the client talk at once (keep-alive would take 20 s): migrating sends PATH_CHALLENGE
+    // in short-header packets, which the listener cannot route and answers with a reset.
+    auto r = rebind(*env.client_conn);
+    cr_assert(r.ok(), "rebind: %s", r.ok() ? "" : r.error().message.c_str());
+    cr_assert(env.run_until([&] { return env.client.closed; }));
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::stateless_reset);
+    cr_assert_geq(env.listener->stateless_resets(), 1u);
+}
+
+Test(quic, unknown_version_gets_version_negotiation) {
+    Env env;
+    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    cr_assert_geq(fd, 0);
+    uint8_t pkt[1200]{};
+    pkt[0] = 0xc0;
+    const uint8_t version[4] = {0x1a, 0x2a, 0x3a, 0x4a};
+    std::memcpy(pkt + 1, version, 4);
+    pkt[5] = 8;
+    for (int i = 0; i < 8; ++i) pkt[6 + i] = static_cast<uint8_t>(0xd0 + i);
+    pkt[14] = 8;
+    for (int i = 0; i < 8; ++i) pkt[15 + i] = static_cast<uint8_t>(0x50 + i);
+    cr_assert_eq(
+        ::sendto(fd, pkt, sizeof pkt, 0, reinterpret_cast<sockaddr*>(&env.addr), sizeof env.addr),
+        static_cast<ssize_t>(sizeof pkt));
+    uint8_t reply[1500];
+    ssize_t n = -1;
+    cr_assert(env.run_until([&] {
+        n = ::recv(fd, reply, sizeof reply, 0);
+        return n > 0;
+    }));
+    ::close(fd);
+    cr_assert_geq(n, 7 + 16 + 4);
+    cr_assert(reply[0] & 0x80, "long header");
+    cr_assert_eq(reply[1] | reply[2] | reply[3] | reply[4], 0, "version 0: negotiation");
+    // Our SCID comes back as its DCID; QUIC v1 is offered.
+    cr_assert_eq(reply[5], 8);
+    cr_assert_eq(reply[6], 0x50);
+    bool v1 = false;
+    for (ssize_t i = 5 + 1 + 8 + 1 + 8; i + 4 <= n; i += 4) {
+        if (reply[i] == 0 && reply[i + 1] == 0 && reply[i + 2] == 0 && reply[i + 3] == 1) v1 = true;
+    }
+    cr_assert(v1, "QUIC v1 offered");
+}
+
+Test(quic, socket_buffers_reported) {
+    Env env;
+    const SocketBuffers& b = env.listener->endpoint().buffers();
+    cr_assert_eq(b.requested, EndpointOptions{}.socket_buffer);
+    cr_assert_gt(b.rcvbuf, 0);
+    cr_assert_gt(b.sndbuf, 0);
+    cr_assert_eq(b.capped, b.rcvbuf < b.requested || b.sndbuf < b.requested);
 }
