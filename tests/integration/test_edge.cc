@@ -372,6 +372,10 @@ Test(edge, unroutable_visitors_are_dropped_without_a_byte) {
          false, "reason=non-acme-server-hostname"},
         {"half a ClientHello then EOF", app_hello.substr(0, app_hello.size() / 2), true,
          "reason=incomplete-client-hello"},
+        // One full 16 KiB record of a 32 KiB ClientHello: more than 16384 bytes buffered.
+        {"oversized ClientHello",
+         std::string("\x16\x03\x01\x40\x00\x01\x00\x80\x00", 9) + std::string(16384 + 64, 'A'),
+         false, "reason=oversized-client-hello"},
     };
     for (const Case& c : cases) {
         RawVisit v = raw_visit("127.0.0.1", e.port(), c.bytes, Millis{4000}, c.half_close);
@@ -410,6 +414,33 @@ Test(edge, slowloris_is_dropped_at_the_intake_deadline_while_others_are_served) 
     cr_assert_geq(elapsed.count(), 4800, "dropped after %lld ms", (long long)elapsed.count());
     cr_assert_lt(elapsed.count(), 8000, "dropped after %lld ms", (long long)elapsed.count());
     cr_assert(e.wait_log("reason=client-hello-timeout"), "%s", e.log().c_str());
+}
+
+Test(edge, per_source_intake_limit_closes_the_newest_and_recovers) {
+    raise_fd_limit();
+    Upstreams up;
+    Edge e({.routes = up.routes()});
+    // 256 Visitors from 127.0.0.1 sit in intake (connected, nothing sent).
+    std::vector<RawConnection> idle;
+    for (int i = 0; i < 256; ++i) idle.emplace_back("127.0.0.1", e.port());
+    // Accepts are in order, so the next one is the 257th.
+    RawConnection extra("127.0.0.1", e.port());
+    PeerReaction r = extra.wait_closed(Millis{3000});
+    cr_assert(r.closed, "the 257th Visitor from one source was not closed");
+    cr_assert(r.received.empty());
+    cr_assert(e.wait_log("server admission saturated"), "%s", e.log().c_str());
+    // Earlier ones are untouched by saturation.
+    cr_assert_not(idle.front().wait_closed(Millis{50}).closed);
+
+    // Their slots come back exactly once: after they leave, Visitors are served again.
+    idle.clear();
+    cr_assert(wait_until([&] { return count_of(e.log(), "reason=incomplete-client-hello") >= 256; },
+                         Millis{10000}),
+              "%zu", count_of(e.log(), "reason=incomplete-client-hello"));
+    HttpResponse a = get_via(e, kApp, up.alpha.ca_file(), "/name");
+    cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
+    cr_assert_eq(a.body, "alpha app.example.test\n");
+    cr_assert(e.wait_log("server admission recovered"), "%s", e.log().c_str());
 }
 
 Test(edge, client_hello_delivered_byte_by_byte_still_routes) {
@@ -615,9 +646,17 @@ Test(edge, sigterm_lets_a_running_download_finish_and_refuses_new_visitors, .tim
                          Millis{20000}),
               "download did not start: %s", read_file(out / "curl.err").c_str());
 
+    RawConnection in_intake("127.0.0.1", e.port());
+    const std::string hello = capture_client_hello(kApp);
+    cr_assert(in_intake.send(std::string_view(hello).substr(0, 20)));
+
     cr_assert(e.daemon().process().signal(SIGTERM));
     cr_assert(e.wait_log("server orderly shutdown started: mode=graceful"), "%s",
               e.log().c_str());
+    // A Visitor still in intake is dropped at once, not at its 5 s deadline.
+    PeerReaction cancelled = in_intake.wait_closed(Millis{2000});
+    cr_assert(cancelled.closed, "a Visitor in intake survived the shutdown start");
+    cr_assert(cancelled.received.empty());
     cr_assert(wait_until([&] { return !tcp_accepting("127.0.0.1", ready); }, Millis{3000}),
               "readiness still accepting");
     cr_assert(wait_until([&] { return !tcp_accepting("127.0.0.1", e.port()); }, Millis{3000}),
