@@ -4,7 +4,9 @@
 #include <csignal>
 #include <string>
 
+#include "cli/cert_cmd.hh"
 #include "cli/config_check.hh"
+#include "cli/identity_cmd.hh"
 #include "cli/server_cmd.hh"
 #include "runewarp_version.h"
 
@@ -54,6 +56,96 @@ int run_help(const Invocation& inv, Console& console) {
     return kExitOk;
 }
 
+FlagSpec dir_flag(std::string_view help) {
+    return FlagSpec{.long_name = "dir", .value_name = "DIR", .help = help};
+}
+
+CommandSpec server_cert_group() {
+    constexpr std::string_view kDirHelp =
+        "Certificate directory (default: server.cert-dir, else <data>/server/cert)";
+    constexpr std::string_view kHostHelp =
+        "Server hostname (else RUNEWARP_SERVER_HOSTNAME, else server.hostname)";
+    CommandSpec init{
+        .name = "init",
+        .summary = "Create the private Server CA and a certificate for the Server hostname",
+        .flags = {dir_flag(kDirHelp),
+                  FlagSpec{.long_name = "hostname", .value_name = "HOSTNAME", .help = kHostHelp}},
+        .handler = run_server_cert_init,
+    };
+    CommandSpec renew{
+        .name = "renew",
+        .summary = "Issue a new Server certificate from the existing CA",
+        .flags = {dir_flag(kDirHelp)},
+        .handler = run_server_cert_renew,
+    };
+    CommandSpec rotate_ca{
+        .name = "rotate-ca",
+        .summary = "Replace the CA and the Server certificate (Clients need the new CA)",
+        .flags = {dir_flag(kDirHelp),
+                  FlagSpec{.long_name = "hostname", .value_name = "HOSTNAME", .help = kHostHelp}},
+        .handler = run_server_cert_rotate_ca,
+    };
+    return CommandSpec{
+        .name = "cert",
+        .summary = "Manage the manual Server certificate and its private CA",
+        .subcommands = {std::move(init), std::move(renew), std::move(rotate_ca)},
+    };
+}
+
+CommandSpec client_group() {
+    constexpr std::string_view kDirHelp =
+        "Identity directory (default: client.identity-dir, else <data>/client/identity)";
+    CommandSpec init{
+        .name = "init",
+        .summary = "Create the Client identity key and certificate unless they exist",
+        .flags = {dir_flag(kDirHelp)},
+        .handler = run_client_identity_init,
+    };
+    CommandSpec rotate{
+        .name = "rotate",
+        .summary = "Replace the Client identity with a new key",
+        .flags = {dir_flag(kDirHelp)},
+        .handler = run_client_identity_rotate,
+    };
+    CommandSpec show{
+        .name = "show",
+        .summary = "Print the Client identity",
+        .flags = {dir_flag(kDirHelp)},
+        .handler = run_client_identity_show,
+    };
+    CommandSpec identity{
+        .name = "identity",
+        .summary = "Manage the Client identity pinned by the Server",
+        .subcommands = {std::move(init), std::move(rotate), std::move(show)},
+    };
+    return CommandSpec{
+        .name = "client",
+        .summary = "Manage Client material",
+        .flags =
+            {
+                FlagSpec{.long_name = "config",
+                         .short_name = 'c',
+                         .value_name = "PATH",
+                         .help = "Config file",
+                         .inherited = true},
+                FlagSpec{.long_name = "server-address",
+                         .value_name = "HOST[:PORT]",
+                         .help = "Replace the configured Server address(es)",
+                         .repeatable = true,
+                         .runtime_only = true},
+                FlagSpec{.long_name = "backend-address",
+                         .value_name = "ADDR",
+                         .help = "Backend of the sole Catch-all Service",
+                         .runtime_only = true},
+                FlagSpec{.long_name = "control-address",
+                         .value_name = "HOST[:PORT]",
+                         .help = "Replace control.address (managed mode)",
+                         .runtime_only = true},
+            },
+        .subcommands = {std::move(identity)},
+    };
+}
+
 CommandSpec build_tree() {
     CommandSpec config_check{
         .name = "check",
@@ -86,7 +178,8 @@ CommandSpec build_tree() {
         .summary = "Run the Server: route Visitor TLS by SNI to direct upstreams",
         .description =
             "Accepts Visitor TCP on server.public-bind-address, reads the TLS ClientHello and\n"
-            "relays the still-encrypted bytes to the [route] whose public-hostnames holds the SNI.\n"
+            "relays the still-encrypted bytes to the [route] whose public-hostnames holds the "
+            "SNI.\n"
             "SIGTERM or SIGINT: graceful shutdown; SIGQUIT (or a second SIGINT): fast shutdown.",
         .flags =
             {
@@ -97,8 +190,14 @@ CommandSpec build_tree() {
                          .inherited = true},
                 FlagSpec{.long_name = "hostname",
                          .value_name = "HOSTNAME",
-                         .help = "Replace server.hostname (also RUNEWARP_SERVER_HOSTNAME)"},
+                         .help = "Replace server.hostname (also RUNEWARP_SERVER_HOSTNAME)",
+                         .runtime_only = true},
+                FlagSpec{.long_name = "control-address",
+                         .value_name = "HOST[:PORT]",
+                         .help = "Replace control.address (managed mode)",
+                         .runtime_only = true},
             },
+        .subcommands = {server_cert_group()},
         .handler = run_server_command,
     };
     CommandSpec help{
@@ -117,7 +216,8 @@ CommandSpec build_tree() {
         .summary = {},
         .description = kTopDescription,
         .flags = {FlagSpec{.long_name = "version", .short_name = 'V', .help = "Print version"}},
-        .subcommands = {std::move(server), std::move(config), std::move(help), std::move(version)},
+        .subcommands = {std::move(server), client_group(), std::move(config), std::move(help),
+                        std::move(version)},
         .handler = run_root,
     };
 }

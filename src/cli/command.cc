@@ -32,17 +32,30 @@ std::string flag_display(const FlagSpec& f) {
     return s;
 }
 
-// Flags visible at the end of `path`: the command's own, then inherited ones from ancestors.
-std::vector<const FlagSpec*> visible_flags(const std::vector<const CommandSpec*>& path) {
+// Flags accepted at the end of `path`: the command's own, then inherited ones from ancestors
+// (runtime-only ones too unless `for_help`).
+std::vector<const FlagSpec*> visible_flags(const std::vector<const CommandSpec*>& path,
+                                           bool for_help = false) {
     std::vector<const FlagSpec*> out;
     const CommandSpec* leaf = path.back();
     for (const FlagSpec& f : leaf->flags) out.push_back(&f);
     for (std::size_t i = path.size() - 1; i-- > 0;) {
         for (const FlagSpec& f : path[i]->flags) {
-            if (f.inherited) out.push_back(&f);
+            if (f.inherited || (f.runtime_only && !for_help)) out.push_back(&f);
         }
     }
     return out;
+}
+
+// The command in `path` whose flag list holds `spec`.
+const CommandSpec* declaring_command(const std::vector<const CommandSpec*>& path,
+                                     const FlagSpec* spec) {
+    for (const CommandSpec* c : path) {
+        for (const FlagSpec& f : c->flags) {
+            if (&f == spec) return c;
+        }
+    }
+    return nullptr;
 }
 
 const FlagSpec* find_long(const std::vector<const FlagSpec*>& flags, std::string_view name) {
@@ -121,6 +134,14 @@ std::optional<std::string> Invocation::value(std::string_view long_name) const {
     std::optional<std::string> out;
     for (const auto& [name, v] : flags) {
         if (name == long_name) out = v;
+    }
+    return out;
+}
+
+const CommandSpec* Invocation::owner(std::string_view long_name) const {
+    const CommandSpec* out = nullptr;
+    for (std::size_t i = 0; i < flags.size() && i < flag_owners.size(); ++i) {
+        if (flags[i].first == long_name) out = flag_owners[i];
     }
     return out;
 }
@@ -210,6 +231,7 @@ ParseResult parse(const CommandSpec& root, const std::vector<std::string_view>& 
                             " cannot be used multiple times");
             }
             inv.flags.emplace_back(spec->long_name, std::move(value));
+            inv.flag_owners.push_back(declaring_command(inv.path, spec));
             continue;
         }
 
@@ -288,7 +310,7 @@ std::string render_help(const std::vector<const CommandSpec*>& path, std::string
         for (const CommandSpec& s : leaf.subcommands) append_row(out, s.name, width, s.summary);
     }
 
-    std::vector<const FlagSpec*> flags = visible_flags(path);
+    std::vector<const FlagSpec*> flags = visible_flags(path, true);
     flags.push_back(&kHelpFlag);
     std::size_t width = 0;
     for (const FlagSpec* f : flags) width = std::max(width, flag_column(*f).size());

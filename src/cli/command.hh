@@ -39,6 +39,10 @@ struct FlagSpec {
     // Accepted at any depth below the command that declares it (spec 3.1: `-c/--config` under
     // `server` and `client`); stored under the declaring flag's long name.
     bool inherited = false;
+    // A runtime flag that is also accepted below its command, so material subcommands can
+    // reject it with a precise message (exit 1, spec 3.1) instead of a usage error. Listed only
+    // in the declaring command's own help.
+    bool runtime_only = false;
     std::vector<std::string_view> choices{};  // allowed values; empty = any
 };
 
@@ -61,12 +65,15 @@ struct CommandSpec {
 struct Invocation {
     std::vector<const CommandSpec*> path;  // root first, the command to run last
     std::vector<std::pair<std::string_view, std::string>> flags;  // (long name, value) in order
+    std::vector<const CommandSpec*> flag_owners;                  // the command declaring flags[i]
     std::vector<std::string> operands;
 
     bool has(std::string_view long_name) const;
     // The last value given for a flag (switches give an empty value).
     std::optional<std::string> value(std::string_view long_name) const;
     std::vector<std::string> values(std::string_view long_name) const;
+    // The command that declares the last given flag of that name; nullptr if not given.
+    const CommandSpec* owner(std::string_view long_name) const;
 };
 
 struct ParseResult {
