@@ -98,17 +98,16 @@ struct Connection::Callbacks {
         return 0;
     }
     static int recv_stream_data(ngtcp2_conn*, uint32_t flags, int64_t id, uint64_t,
-                                const uint8_t* data, size_t len, void* ud, void*) noexcept {
-        Connection& c = self(ud);
-        Stream* s = c.stream(id);
+                                const uint8_t* data, size_t len, void* ud, void* sud) noexcept {
+        Stream* s = sud != nullptr ? static_cast<Stream*>(sud) : self(ud).stream(id);
         if (s == nullptr) return 0;
         s->on_data(std::span<const uint8_t>(data, len), (flags & NGTCP2_STREAM_DATA_FLAG_FIN) != 0);
         return 0;
     }
     static int acked(ngtcp2_conn*, int64_t id, uint64_t offset, uint64_t len, void* ud,
-                     void*) noexcept {
-        Connection& c = self(ud);
-        if (Stream* s = c.stream(id)) s->on_acked(offset, len);
+                     void* sud) noexcept {
+        Stream* s = sud != nullptr ? static_cast<Stream*>(sud) : self(ud).stream(id);
+        if (s != nullptr) s->on_acked(offset, len);
         return 0;
     }
     static int stream_close(ngtcp2_conn* conn, uint32_t flags, int64_t id, uint64_t code, void* ud,
@@ -453,7 +452,8 @@ void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
     std::unique_ptr<Stream> s = std::move(it->second);
     streams_.erase(it);
     s->closed_ = true;
-    std::erase(send_queue_, s.get());
+    if (s->queued_) std::erase(send_queue_, s.get());
+    s->queued_ = false;
     StreamHandler* h = s->handler_;
     s->handler_ = nullptr;
     Stream* raw = s.get();
@@ -462,9 +462,9 @@ void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
 }
 
 void Connection::queue_stream(Stream& s) noexcept {
-    if (s.closed_ || s.reset_) return;
-    if (std::find(send_queue_.begin(), send_queue_.end(), &s) == send_queue_.end())
-        send_queue_.push_back(&s);
+    if (s.closed_ || s.reset_ || s.queued_) return;
+    s.queued_ = true;
+    send_queue_.push_back(&s);
 }
 
 Result<Stream*> Connection::open_stream(StreamHandler& h) noexcept {
@@ -646,6 +646,7 @@ void Connection::write_streams() noexcept {
                 s = cand;
                 break;
             }
+            cand->queued_ = false;
             send_queue_.erase(send_queue_.begin() + static_cast<ptrdiff_t>(send_rr_));
         }
         ngtcp2_vec vec[2];
@@ -675,6 +676,7 @@ void Connection::write_streams() noexcept {
             }
             if ((n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) &&
                 s != nullptr) {
+                s->queued_ = false;
                 std::erase(send_queue_, s);
                 continue;
             }
@@ -832,6 +834,7 @@ void Connection::notify_closed() noexcept {
 void Connection::close_all_streams() noexcept {
     // Losing the connection aborts its streams (spec 5.9).
     while (!streams_.empty()) remove_stream(streams_.begin()->first, kStreamErrorCode);
+    for (Stream* s : send_queue_) s->queued_ = false;
     send_queue_.clear();
 }
 

@@ -172,6 +172,7 @@ void UdpEndpoint::deliver(size_t n) noexcept {
             path.local.addr = reinterpret_cast<sockaddr*>(&dst);
         }
     }
+    if (seg < n) ++gro_reads_;
     for (size_t off = 0; off < n && !aborting(); off += seg) {
         size_t len = n - off < seg ? n - off : seg;
         ++dgrams_in_;
@@ -227,6 +228,7 @@ SendStatus UdpEndpoint::send_one(const ngtcp2_path& path, const uint8_t* data, s
         ssize_t n = ::sendmsg(fd_.get(), &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n >= 0) {
             dgrams_out_ += (len + segment - 1) / segment;
+            if (segment < len) ++gso_sends_;
             return SendStatus::sent;
         }
         if (errno == EINTR) continue;

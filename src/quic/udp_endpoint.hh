@@ -93,6 +93,9 @@ public:
     uint64_t datagrams_in() const noexcept { return dgrams_in_; }
     uint64_t datagrams_out() const noexcept { return dgrams_out_; }
     uint64_t send_errors() const noexcept { return send_errors_; }
+    // Reads that returned several datagrams coalesced by GRO, and sends that used GSO.
+    uint64_t gro_reads() const noexcept { return gro_reads_; }
+    uint64_t gso_sends() const noexcept { return gso_sends_; }
 
 private:
     static constexpr uint8_t kOpRecv = 1;
@@ -132,6 +135,8 @@ private:
     uint64_t dgrams_in_ = 0;
     uint64_t dgrams_out_ = 0;
     uint64_t send_errors_ = 0;
+    uint64_t gro_reads_ = 0;
+    uint64_t gso_sends_ = 0;
 };
 
 }  // namespace runewarp::quic

@@ -265,11 +265,11 @@ struct Env {
 struct Gen {
     uint64_t state = 0x9e3779b97f4a7c15ull;
     void fill(uint8_t* p, size_t n) {
-        for (size_t i = 0; i < n; ++i) {
+        for (size_t i = 0; i < n; i += 8) {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
-            p[i] = static_cast<uint8_t>(state);
+            std::memcpy(p + i, &state, std::min<size_t>(8, n - i));
         }
     }
 };
@@ -594,6 +594,12 @@ void run_transfer(core::BackendChoice b, bool migrate) {
               static_cast<unsigned long long>(echo->received),
               static_cast<unsigned long long>(src->back));
     int64_t dt = core::now_ns() - t0;
+    // Batched UDP I/O was in use: GSO on send, GRO-coalesced reads on receive.
+    const UdpEndpoint& lep = env.listener->endpoint();
+    cr_assert_gt(lep.gso_sends(), 0u, "server sent with GSO");
+    cr_assert_gt(env.client_conn->endpoint()->gso_sends(), 0u, "client sent with GSO");
+    cr_assert_gt(lep.gro_reads() + env.client_conn->endpoint()->gro_reads(), 0u,
+                 "GRO coalesced some reads");
     cr_assert_eq(src->back, kTransfer);
     cr_assert_eq(echo->received, kTransfer);
     std::string a = src->sent_hash.done(), bh = echo->got.done(), c = src->back_hash.done();
@@ -710,4 +716,6 @@ Test(quic, socket_buffers_reported) {
     cr_assert_gt(b.rcvbuf, 0);
     cr_assert_gt(b.sndbuf, 0);
     cr_assert_eq(b.capped, b.rcvbuf < b.requested || b.sndbuf < b.requested);
+    cr_assert(env.listener->endpoint().gso(), "UDP_SEGMENT supported");
+    cr_assert(env.listener->endpoint().gro(), "UDP_GRO supported");
 }
