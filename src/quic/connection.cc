@@ -689,8 +689,6 @@ void Connection::write_streams() noexcept {
         if (off > 0 && (!ngtcp2_path_eq(&batch.path, &ps.path) || len > seg)) {
             // A batch has one path and one segment size: send what we have, start anew.
             uint8_t* pkt = buf + off;
-            size_t keep_off = off;
-            off = keep_off;
             if (!send_now()) break;
             std::memmove(buf, pkt, len);
         }

@@ -231,9 +231,9 @@ struct Env {
         std::memcpy(&addr, listener->endpoint().local_addr(), len);
     }
 
-    void dial_client() {
-        auto c =
-            dial(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr, *client_tls, client);
+    void dial_client(const DialOptions& opts = {}) {
+        auto c = dial(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr, *client_tls, client,
+                      opts);
         cr_assert(c.ok(), "dial: %s", c.ok() ? "" : c.error().message.c_str());
         client_conn = *c;
     }
@@ -718,4 +718,56 @@ Test(quic, socket_buffers_reported) {
     cr_assert_eq(b.capped, b.rcvbuf < b.requested || b.sndbuf < b.requested);
     cr_assert(env.listener->endpoint().gso(), "UDP_SEGMENT supported");
     cr_assert(env.listener->endpoint().gro(), "UDP_GRO supported");
+}
+
+// ---- timers ------------------------------------------------------------------------------------
+
+Test(quic, idle_timeout_closes_both_sides) {
+    ListenerConfig lc;
+    lc.conn.idle_timeout_ns = 300 * core::kNsPerMs;
+    lc.conn.keep_alive_ns = 60 * core::kNsPerSec;  // no PINGs to keep it alive
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    DialOptions dopt;
+    dopt.conn = lc.conn;
+    env.dial_client(dopt);
+    cr_assert(
+        env.run_until([&] { return env.client.established && !env.server.accepted.empty(); }));
+    cr_assert(env.run_until([&] { return env.client.closed && env.server.closed == 1; }, 5000));
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::idle_timeout);
+    cr_assert_eq(env.server.last_close.kind, CloseInfo::Kind::idle_timeout);
+}
+
+Test(quic, keep_alive_holds_an_idle_connection) {
+    ListenerConfig lc;
+    lc.conn.idle_timeout_ns = 400 * core::kNsPerMs;
+    lc.conn.keep_alive_ns = 100 * core::kNsPerMs;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    DialOptions dopt;
+    dopt.conn = lc.conn;
+    env.dial_client(dopt);
+    cr_assert(
+        env.run_until([&] { return env.client.established && !env.server.accepted.empty(); }));
+    // Three idle timeouts' worth of silence from the application: PINGs keep it open.
+    cr_assert(!env.run_until([&] { return env.client.closed || env.server.closed > 0; }, 1200));
+}
+
+Test(quic, handshake_timeout_without_a_server) {
+    Env env;
+    // A socket that never answers stands in for an unreachable Server.
+    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in silent{};
+    silent.sin_family = AF_INET;
+    silent.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(::bind(fd, reinterpret_cast<sockaddr*>(&silent), sizeof silent), 0);
+    socklen_t len = sizeof silent;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&silent), &len);
+    DialOptions dopt;
+    dopt.conn.handshake_timeout_ns = 300 * core::kNsPerMs;
+    auto c = dial(*env.worker, reinterpret_cast<sockaddr*>(&silent), sizeof silent, *env.client_tls,
+                  env.client, dopt);
+    cr_assert(c.ok());
+    env.client_conn = *c;
+    cr_assert(env.run_until([&] { return env.client.closed; }, 5000));
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::handshake_timeout);
+    ::close(fd);
 }
