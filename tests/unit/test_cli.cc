@@ -220,8 +220,7 @@ Test(cli, no_arguments_prints_top_level_help) {
     cr_assert(contains(o.out, "  version "));
     cr_assert(contains(o.out, "  config "));
     cr_assert(contains(o.out, "  server "));
-    // Only commands that exist are listed.
-    cr_assert(!contains(o.out, "  client "));
+    cr_assert(contains(o.out, "  client "));
 }
 
 Test(cli, help_forms_print_the_same_top_level_help) {
@@ -260,7 +259,7 @@ Test(cli, version_forms_print_exact_version) {
 }
 
 Test(cli, unknown_command_is_a_usage_error) {
-    for (const char* cmd : {"keygen", "client", "frobnicate"}) {
+    for (const char* cmd : {"keygen", "tunnel", "frobnicate"}) {
         Outcome o = rw({cmd});
         cr_assert_eq(o.exit_code, 2, "%s exit %d", cmd, o.exit_code);
         cr_assert(o.out.empty());
@@ -506,4 +505,313 @@ Test(cli, repeatable_and_single_flags) {
     cr_assert_eq(r.kind, Kind::kUsageError);
     cr_assert(r.error.find("cannot be used multiple times") != std::string::npos, "%s",
               r.error.c_str());
+}
+
+// ---- material commands: client identity and server cert --------------------------------------
+
+namespace {
+
+// Criterion keeps only the operands' pointers: compare owned copies.
+void expect_eq(const std::string& a, const std::string& b) {
+    cr_assert(a == b, "got `%s`, expected `%s`", a.c_str(), b.c_str());
+}
+void expect_neq(const std::string& a, const std::string& b) {
+    cr_assert(a != b, "both are `%s`", a.c_str());
+}
+
+Outcome rw_env(std::vector<std::string> args, const std::vector<std::string>& extra_env) {
+    args.insert(args.begin(), bin());
+    std::vector<std::string> env = child_env();
+    env.insert(env.end(), extra_env.begin(), extra_env.end());
+    return run_program(args, env);
+}
+
+std::string read_all(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    cr_assert(fd >= 0, "cannot read %s", path.c_str());
+    std::string out;
+    char buf[4096];
+    ssize_t n = 0;
+    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+    close(fd);
+    return out;
+}
+
+unsigned file_mode(const std::string& path) {
+    struct stat st {};
+    cr_assert_eq(stat(path.c_str(), &st), 0, "stat %s", path.c_str());
+    return st.st_mode & 07777;
+}
+
+bool is_identity(const std::string& s) {
+    if (s.size() != 64) return false;
+    for (char c : s) {
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+    }
+    return true;
+}
+
+// The value after `label` up to the end of its line.
+std::string line_value(const std::string& text, const std::string& label) {
+    auto at = text.find(label);
+    cr_assert(at != std::string::npos, "no %s in: %s", label.c_str(), text.c_str());
+    at += label.size();
+    return text.substr(at, text.find('\n', at) - at);
+}
+
+bool is_rfc3339_utc(const std::string& s) {
+    if (s.size() != 20) return false;
+    for (std::size_t i = 0; i < s.size(); ++i) {
+        char c = s[i];
+        bool ok = (i == 4 || i == 7)     ? c == '-'
+                  : i == 10              ? c == 'T'
+                  : (i == 13 || i == 16) ? c == ':'
+                  : i == 19              ? c == 'Z'
+                                         : (c >= '0' && c <= '9');
+        if (!ok) return false;
+    }
+    return true;
+}
+
+}  // namespace
+
+Test(cli, client_identity_init_show_and_rotate) {
+    std::string dir = g_dir + "/identity";
+    Outcome init = rw({"client", "identity", "init", "--dir", dir});
+    cr_assert_eq(init.exit_code, 0, "stderr: %s", init.err.c_str());
+    std::string id = line_value(init.out, "Client identity initialized: ");
+    cr_assert(is_identity(id), "got: %s", init.out.c_str());
+    expect_eq(
+        init.out.c_str(),
+        ("Client identity initialized: " + id + "\nIdentity directory: " + dir + "\n").c_str());
+    cr_assert_eq(file_mode(dir), 0700u);
+    cr_assert_eq(file_mode(dir + "/client.key"), 0600u);
+    cr_assert_eq(file_mode(dir + "/client.crt"), 0644u);
+    cr_assert_eq(file_mode(dir + "/client-identity.txt"), 0644u);
+    expect_eq(read_all(dir + "/client-identity.txt").c_str(), id.c_str());
+    cr_assert(read_all(dir + "/client.key").starts_with("-----BEGIN PRIVATE KEY-----"));
+
+    // The identity is the SPKI hash of the certificate and of the key, as openssl computes it.
+    for (const char* script :
+         {"openssl x509 -in \"$1/client.crt\" -pubkey -noout | openssl pkey -pubin -outform DER "
+          "| sha256sum | cut -d' ' -f1",
+          "openssl pkey -in \"$1/client.key\" -pubout -outform DER | sha256sum | cut -d' ' -f1"}) {
+        Outcome o = run_program({"/bin/sh", "-c", script, "sh", dir}, child_env());
+        cr_assert_eq(o.exit_code, 0, "openssl: %s", o.err.c_str());
+        expect_eq(o.out.c_str(), (id + "\n").c_str());
+    }
+
+    Outcome again = rw({"client", "identity", "init", "--dir", dir});
+    cr_assert_eq(again.exit_code, 0, "stderr: %s", again.err.c_str());
+    expect_eq(
+        again.out.c_str(),
+        ("Client identity already exists: " + id + "\nIdentity directory: " + dir + "\n").c_str());
+
+    Outcome show = rw({"client", "identity", "show", "--dir", dir});
+    cr_assert_eq(show.exit_code, 0);
+    expect_eq(show.out.c_str(), (id + "\n").c_str());
+    cr_assert(show.err.empty(), "stderr: %s", show.err.c_str());
+
+    Outcome rotate = rw({"client", "-c", g_dir + "/none.ini", "identity", "rotate", "--dir", dir});
+    cr_assert_eq(rotate.exit_code, 1, "an explicit --config must be readable");
+    rotate = rw({"client", "identity", "rotate", "--dir", dir});
+    cr_assert_eq(rotate.exit_code, 0, "stderr: %s", rotate.err.c_str());
+    std::string rotated = line_value(rotate.out, "Client identity rotated: ");
+    cr_assert(is_identity(rotated));
+    expect_neq(rotated.c_str(), id.c_str());
+    cr_assert(contains(rotate.out, "Identity directory: " + dir + "\n"));
+    show = rw({"client", "identity", "show", "--dir", dir});
+    expect_eq(show.out.c_str(), (rotated + "\n").c_str());
+
+    // A stored identity that no longer matches is reported on every read.
+    write_file(dir + "/client-identity.txt", id);
+    show = rw({"client", "identity", "show", "--dir", dir});
+    cr_assert_eq(show.exit_code, 1);
+    cr_assert(show.out.empty());
+    cr_assert(contains(show.err, "stored client identity " + id +
+                                     " does not match the current key or certificate identity " +
+                                     rotated),
+              "got: %s", show.err.c_str());
+
+    // Partial material.
+    unlink((dir + "/client.crt").c_str());
+    Outcome partial = rw({"client", "identity", "init", "--dir", dir});
+    cr_assert_eq(partial.exit_code, 1);
+    cr_assert(contains(partial.err, "incomplete or inconsistent"), "got: %s", partial.err.c_str());
+    cr_assert(contains(partial.err, "client.crt"), "got: %s", partial.err.c_str());
+}
+
+Test(cli, client_identity_dir_comes_from_the_selected_config) {
+    make_dir(g_dir + "/xdg/runewarp");
+    write_file(g_dir + "/xdg/runewarp/config.ini", "[client]\nidentity-dir = ids\n");
+    Outcome init = rw({"client", "identity", "init"});
+    cr_assert_eq(init.exit_code, 0, "stderr: %s", init.err.c_str());
+    std::string expected_dir = g_dir + "/xdg/runewarp/ids";
+    cr_assert(contains(init.out, "Identity directory: " + expected_dir + "\n"), "got: %s",
+              init.out.c_str());
+    cr_assert_eq(file_mode(expected_dir + "/client.key"), 0600u);
+
+    // --config picks another file; --dir beats both.
+    write_file(g_dir + "/other.ini", "[client]\nidentity-dir = " + g_dir + "/other-ids\n");
+    Outcome other = rw({"client", "identity", "init", "-c", g_dir + "/other.ini"});
+    cr_assert_eq(other.exit_code, 0, "stderr: %s", other.err.c_str());
+    cr_assert(contains(other.out, "Identity directory: " + g_dir + "/other-ids\n"));
+    Outcome show =
+        rw({"client", "--config", g_dir + "/other.ini", "identity", "show", "--dir", expected_dir});
+    cr_assert_eq(show.exit_code, 0, "stderr: %s", show.err.c_str());
+    expect_eq(show.out.c_str(),
+              read_all(expected_dir + "/client-identity.txt").append("\n").c_str());
+}
+
+Test(cli, client_identity_usage_and_runtime_flags) {
+    Outcome renew = rw({"client", "identity", "renew"});
+    cr_assert_eq(renew.exit_code, 2);
+    cr_assert(contains(renew.err, "renew"));
+    cr_assert(ends_with(renew.err, kUsageHint), "got: %s", renew.err.c_str());
+
+    for (auto args : std::vector<std::vector<std::string>>{{"client"}, {"client", "identity"}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 2, "%s exit %d", args.back().c_str(), o.exit_code);
+        cr_assert(o.out.empty());
+        cr_assert(contains(o.err, "Usage: runewarp " + (args.size() == 1 ? std::string("client")
+                                                                         : "client identity")),
+                  "got: %s", o.err.c_str());
+    }
+
+    std::string dir = g_dir + "/identity";
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"client", "identity", "show", "--dir", dir, "--server-address", "a.example"},
+             {"client", "--backend-address", "127.0.0.1:1", "identity", "init", "--dir", dir},
+             {"client", "identity", "--control-address", "c.example", "rotate", "--dir", dir}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 1, "exit %d: %s", o.exit_code, o.err.c_str());
+        cr_assert(contains(o.err,
+                           "may be used only with `runewarp client`, not `runewarp client "
+                           "identity "),
+                  "got: %s", o.err.c_str());
+    }
+    Outcome named = rw({"client", "identity", "show", "--server-address", "a.example"});
+    cr_assert(contains(named.err, "--server-address"), "got: %s", named.err.c_str());
+    struct stat st {};
+    cr_assert_neq(stat(dir.c_str(), &st), 0, "a rejected command writes nothing");
+}
+
+Test(cli, server_cert_init_renew_and_rotate_ca) {
+    std::string dir = g_dir + "/cert";
+    Outcome init =
+        rw({"server", "cert", "init", "--hostname", "Tunnel.Example.Test.", "--dir", dir});
+    cr_assert_eq(init.exit_code, 0, "stderr: %s", init.err.c_str());
+    cr_assert(init.out.starts_with("Server certificate initialized\n"), "got: %s",
+              init.out.c_str());
+    cr_assert(contains(init.out, "Server hostname: tunnel.example.test\n"));
+    cr_assert(contains(init.out, "Certificate directory: " + dir + "\n"));
+    cr_assert(contains(init.out, "Server certificate: " + dir + "/server.crt\n"));
+    cr_assert(contains(init.out, "Server certificate authority: " + dir + "/server-ca.crt\n"));
+    cr_assert(contains(init.out, "Certificate lifetime: 90 days\n"));
+    for (const char* label : {"Renew after (UTC): ", "Issued at (UTC): ", "Expires at (UTC): "}) {
+        std::string v = line_value(init.out, label);
+        cr_assert(is_rfc3339_utc(v), "%s%s", label, v.c_str());
+    }
+    cr_assert_eq(file_mode(dir), 0755u);
+    cr_assert_eq(file_mode(dir + "/state"), 0700u);
+    cr_assert_eq(file_mode(dir + "/server.key"), 0600u);
+    cr_assert_eq(file_mode(dir + "/state/server-ca.key"), 0600u);
+    cr_assert_eq(file_mode(dir + "/server.crt"), 0644u);
+    cr_assert_eq(file_mode(dir + "/server-ca.crt"), 0644u);
+    expect_eq(read_all(dir + "/state/server-hostname.txt").c_str(), "tunnel.example.test");
+
+    Outcome verify = run_program(
+        {"/bin/sh", "-c",
+         "openssl verify -CAfile \"$1/server-ca.crt\" -verify_hostname tunnel.example.test "
+         "-purpose sslserver \"$1/server.crt\"",
+         "sh", dir},
+        child_env());
+    cr_assert_eq(verify.exit_code, 0, "openssl verify: %s %s", verify.out.c_str(),
+                 verify.err.c_str());
+
+    Outcome again =
+        rw({"server", "cert", "init", "--hostname", "tunnel.example.test", "--dir", dir});
+    cr_assert_eq(again.exit_code, 0, "stderr: %s", again.err.c_str());
+    cr_assert(again.out.starts_with("Server certificate material already exists\n"));
+    Outcome conflict =
+        rw({"server", "cert", "init", "--hostname", "other.example.test", "--dir", dir});
+    cr_assert_eq(conflict.exit_code, 1);
+    cr_assert(contains(conflict.err, "already belongs to Server hostname tunnel.example.test"),
+              "got: %s", conflict.err.c_str());
+
+    std::string ca = read_all(dir + "/server-ca.crt");
+    std::string leaf = read_all(dir + "/server.crt");
+    Outcome renew = rw({"server", "cert", "renew", "--dir", dir});
+    cr_assert_eq(renew.exit_code, 0, "stderr: %s", renew.err.c_str());
+    cr_assert(renew.out.starts_with("Server certificate renewed\nServer hostname: "
+                                    "tunnel.example.test\n"),
+              "got: %s", renew.out.c_str());
+    cr_assert(read_all(dir + "/server-ca.crt") == ca, "renew keeps the CA byte-identical");
+    cr_assert(read_all(dir + "/server.crt") != leaf);
+
+    Outcome rotate = rw_env({"server", "cert", "rotate-ca", "--dir", dir},
+                            {"RUNEWARP_SERVER_HOSTNAME=next.example.test"});
+    cr_assert_eq(rotate.exit_code, 0, "stderr: %s", rotate.err.c_str());
+    cr_assert(rotate.out.starts_with("Server certificate authority rotated\nServer hostname: "
+                                     "next.example.test\n"),
+              "got: %s", rotate.out.c_str());
+    cr_assert(read_all(dir + "/server-ca.crt") != ca);
+    expect_eq(read_all(dir + "/state/server-hostname.txt").c_str(), "next.example.test");
+
+    unlink((dir + "/server.key").c_str());
+    Outcome partial =
+        rw({"server", "cert", "init", "--hostname", "next.example.test", "--dir", dir});
+    cr_assert_eq(partial.exit_code, 1);
+    cr_assert(contains(partial.err, "incomplete or inconsistent"), "got: %s", partial.err.c_str());
+    cr_assert(contains(partial.err, "server.key"), "got: %s", partial.err.c_str());
+}
+
+Test(cli, server_cert_hostname_rules) {
+    std::string dir = g_dir + "/cert";
+    Outcome none = rw({"server", "cert", "init", "--dir", dir});
+    cr_assert_eq(none.exit_code, 1);
+    cr_assert(contains(none.err,
+                       "server hostname is required via --hostname, "
+                       "RUNEWARP_SERVER_HOSTNAME, or server.hostname in config"),
+              "got: %s", none.err.c_str());
+
+    Outcome bad = rw({"server", "cert", "init", "--hostname", "*.example.test", "--dir", dir});
+    cr_assert_eq(bad.exit_code, 1);
+    cr_assert(contains(bad.err, "--hostname"), "got: %s", bad.err.c_str());
+
+    // The config's hostname and cert-dir (relative to the file) are used; a different
+    // --hostname is refused.
+    std::string cfg = g_dir + "/server.ini";
+    write_file(cfg, "[server]\nhostname = Tunnel.Example.Test\ncert-dir = material\n");
+    Outcome mismatch =
+        rw({"server", "cert", "init", "-c", cfg, "--hostname", "other.example.test"});
+    cr_assert_eq(mismatch.exit_code, 1);
+    cr_assert(contains(mismatch.err, "does not match configured server.hostname"), "got: %s",
+              mismatch.err.c_str());
+    Outcome from_cfg =
+        rw({"server", "-c", cfg, "cert", "init", "--hostname", "tunnel.example.test."});
+    cr_assert_eq(from_cfg.exit_code, 0, "stderr: %s", from_cfg.err.c_str());
+    cr_assert(contains(from_cfg.out, "Certificate directory: " + g_dir + "/material\n"), "got: %s",
+              from_cfg.out.c_str());
+    Outcome renew = rw({"server", "cert", "renew", "--config", cfg});
+    cr_assert_eq(renew.exit_code, 0, "stderr: %s", renew.err.c_str());
+
+    // Runtime-only flags are refused with exit 1 naming the flag.
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"server", "cert", "renew", "--dir", dir, "--hostname", "a.example.test"},
+             {"server", "--hostname", "a.example.test", "cert", "init", "--dir", dir},
+             {"server", "cert", "init", "--dir", dir, "--control-address", "c.example.test"}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 1, "exit %d: %s", o.exit_code, o.err.c_str());
+        cr_assert(contains(o.err,
+                           "may be used only with `runewarp server`, not `runewarp server "
+                           "cert "),
+                  "got: %s", o.err.c_str());
+    }
+    Outcome group = rw({"server", "cert"});
+    cr_assert_eq(group.exit_code, 2);
+    cr_assert(contains(group.err, "Usage: runewarp server cert"), "got: %s", group.err.c_str());
+    Outcome unknown = rw({"server", "cert", "keygen"});
+    cr_assert_eq(unknown.exit_code, 2);
+    cr_assert(ends_with(unknown.err, kUsageHint));
 }
