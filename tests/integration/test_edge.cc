@@ -711,6 +711,19 @@ Test(edge, sigquit_shuts_down_fast) {
     cr_assert(e.wait_log("server orderly shutdown started: mode=fast"), "%s", e.log().c_str());
 }
 
+Test(edge, zero_graceful_duration_makes_sigterm_fast) {
+    Upstreams up;
+    Edge e({.graceful = "0s", .routes = up.routes()});
+    auto stalled = open_idle_relay(e, up.alpha, kApp);
+    const auto start = Clock::now();
+    cr_assert(e.daemon().process().signal(SIGTERM));
+    auto st = e.daemon().process().wait_exit(Millis{5000});
+    cr_assert(st.has_value() && st->success(), "%s", e.log().c_str());
+    cr_assert_lt(since(start).count(), 2000);
+    cr_assert(socket_closed(stalled->fd(), Millis{2000}));
+    cr_assert(e.wait_log("server orderly shutdown started: mode=fast"), "%s", e.log().c_str());
+}
+
 Test(edge, sigint_during_graceful_escalates_to_fast) {
     Upstreams up;
     Edge e({.graceful = "30s", .routes = up.routes()});
