@@ -1,0 +1,187 @@
+// StreamPump: relays one TCP socket and one QUIC stream both ways with flow control in both
+// directions and no per-connection byte buffer of its own (spec 5.9).
+#include "relay/stream_pump.hh"
+
+#include <poll.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+
+namespace runewarp::relay {
+
+namespace {
+
+// Reads per readiness event before yielding to other connections; the wait completes again at
+// once when more is queued (readiness is level-triggered).
+constexpr int kReadsPerEvent = 8;
+
+void set_linger_reset(int fd) noexcept {
+    linger l{1, 0};
+    (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+}
+
+}  // namespace
+
+void StreamPump::start(StreamPumpOwner& owner, int fd, quic::Stream& stream,
+                       std::span<uint8_t> scratch) noexcept {
+    owner_ = &owner;
+    fd_ = fd;
+    stream_ = &stream;
+    scratch_ = scratch;
+    stream.set_handler(this);
+    want_read_ = true;
+    arm();
+    // Bytes that arrived before the handler was set are offered now.
+    if (stream_ != nullptr) stream_->resume_read();
+}
+
+void StreamPump::arm() noexcept {
+    if (finished_) return;
+    if (want_read_ && !read_armed_) {
+        read_armed_ = true;
+        owner_->pump_wait_tcp(false);
+    }
+    if (want_write_ && !write_armed_) {
+        write_armed_ = true;
+        owner_->pump_wait_tcp(true);
+    }
+}
+
+void StreamPump::on_tcp_ready(bool write, int revents) noexcept {
+    (write ? write_armed_ : read_armed_) = false;
+    if (finished_) return;
+    if (revents < 0) {
+        if (revents == -ECANCELED) return;
+        return fail();
+    }
+    if (write) {
+        want_write_ = false;
+        // The socket takes bytes again: the stream offers what it still holds.
+        if (stream_ != nullptr) stream_->resume_read();
+    } else {
+        want_read_ = false;
+        read_tcp();
+    }
+    arm();
+}
+
+void StreamPump::read_tcp() noexcept {
+    for (int i = 0; i < kReadsPerEvent && !finished_; ++i) {
+        if (stream_ == nullptr) return fail();
+        size_t space = std::min(stream_->write_space(), scratch_.size());
+        if (space == 0) {
+            blocked_on_stream_ = true;  // on_stream_writable() resumes
+            return;
+        }
+        ssize_t n = ::recv(fd_, scratch_.data(), space, MSG_DONTWAIT);
+        if (n > 0) {
+            auto len = static_cast<size_t>(n);
+            // Never more than write_space(): the stream takes all of it.
+            size_t w = stream_->write(scratch_.first(len));
+            to_stream_ += w;
+            if (w != len) return fail();
+            continue;
+        }
+        if (n == 0) {
+            // TCP FIN -> STREAM FIN in the same direction.
+            tcp_eof_ = true;
+            stream_->shutdown_write();
+            return maybe_finished();
+        }
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN) break;  // EWOULDBLOCK == EAGAIN on Linux
+        return fail();
+    }
+    if (!finished_ && !tcp_eof_ && !blocked_on_stream_) want_read_ = true;
+}
+
+size_t StreamPump::on_stream_data(quic::Stream&, std::span<const uint8_t> data, bool fin) noexcept {
+    if (finished_) return 0;
+    size_t taken = 0;
+    while (taken < data.size()) {
+        ssize_t n =
+            ::send(fd_, data.data() + taken, data.size() - taken, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n > 0) {
+            taken += static_cast<size_t>(n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) {
+            // The socket is full: keep the rest in the stream (withholding credit) until the
+            // socket drains.
+            to_tcp_ += taken;
+            want_write_ = true;
+            arm();
+            return taken;
+        }
+        fail();
+        return taken;
+    }
+    to_tcp_ += taken;
+    if (fin && !stream_fin_) {
+        // STREAM FIN -> shutdown(SHUT_WR) in the same direction.
+        stream_fin_ = true;
+        if (::shutdown(fd_, SHUT_WR) != 0 && errno != ENOTCONN) {
+            fail();
+            return taken;
+        }
+        maybe_finished();
+    }
+    return taken;
+}
+
+void StreamPump::on_stream_writable(quic::Stream&) noexcept {
+    if (!blocked_on_stream_ || finished_) return;
+    blocked_on_stream_ = false;
+    read_tcp();
+    arm();
+}
+
+void StreamPump::on_stream_reset(quic::Stream&, uint64_t) noexcept {
+    // The peer aborted (RESET_STREAM or STOP_SENDING): abort the pair (spec 5.9).
+    fail();
+}
+
+void StreamPump::on_stream_closed(quic::Stream&, uint64_t code) noexcept {
+    stream_ = nullptr;
+    if (finished_) return;
+    if (code != 0 || !(tcp_eof_ && stream_fin_)) {
+        // The stream ended without both FINs (connection lost, reset): abort the TCP side.
+        reset_ = true;
+        set_linger_reset(fd_);
+        finished_ = true;
+        owner_->pump_finished(true);
+    }
+}
+
+void StreamPump::maybe_finished() noexcept {
+    if (finished_ || !(tcp_eof_ && stream_fin_)) return;
+    finished_ = true;
+    // The stream finishes on its own (data still waiting for acknowledgement stays with it);
+    // it must not call back into a pump that is about to go away.
+    if (stream_ != nullptr) {
+        stream_->set_handler(nullptr);
+        stream_ = nullptr;
+    }
+    owner_->pump_finished(false);
+}
+
+void StreamPump::fail() noexcept {
+    if (finished_) return;
+    finished_ = true;
+    reset_ = true;
+    if (stream_ != nullptr) {
+        stream_->set_handler(nullptr);
+        stream_->reset(quic::kStreamErrorCode);
+        stream_ = nullptr;
+    }
+    if (fd_ >= 0) set_linger_reset(fd_);
+    owner_->pump_finished(true);
+}
+
+void StreamPump::abort() noexcept {
+    fail();
+}
+
+}  // namespace runewarp::relay
