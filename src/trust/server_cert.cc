@@ -323,7 +323,7 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
     auto ca_pem = read_file(ca_path);
     if (!ca_pem) return std::move(ca_pem).error();
 
-    auto chain = import_crt_list_pem(*crt_pem, crt_path);
+    auto chain = import_crt_list_pem(*crt_pem, crt_path, true);
     if (!chain) return std::move(chain).error();
     auto key = import_key_pem(*key_pem, key_path);
     if (!key) return std::move(key).error();

@@ -58,12 +58,13 @@ Result<std::string> export_crt_pem(gnutls_x509_crt_t crt) {
     return out.str();
 }
 
-Result<std::vector<Crt>> import_crt_list_pem(std::string_view pem, const std::string& path) {
+Result<std::vector<Crt>> import_crt_list_pem(std::string_view pem, const std::string& path,
+                                             bool chain) {
     gnutls_x509_crt_t* list = nullptr;
     unsigned int n = 0;
     gnutls_datum_t d = datum_of(pem);
     int rc = gnutls_x509_crt_list_import2(&list, &n, &d, GNUTLS_X509_FMT_PEM,
-                                          GNUTLS_X509_CRT_LIST_FAIL_IF_UNSORTED);
+                                          chain ? GNUTLS_X509_CRT_LIST_FAIL_IF_UNSORTED : 0);
     if (rc < 0) return gnutls_error("cannot parse certificate " + path, rc);
     std::vector<Crt> out;
     for (unsigned int i = 0; i < n; ++i) out.emplace_back(list[i]);

@@ -24,8 +24,10 @@ Result<X509Key> import_key_pem(std::string_view pem, const std::string& path);
 Result<std::string> export_crt_pem(gnutls_x509_crt_t crt);
 // The first certificate of a PEM file.
 Result<Crt> import_crt_pem(std::string_view pem, const std::string& path);
-// Every certificate of a PEM file (at least one).
-Result<std::vector<Crt>> import_crt_list_pem(std::string_view pem, const std::string& path);
+// Every certificate of a PEM file (at least one). `chain`: each certificate must be issued by
+// the next one (a leaf followed by its intermediates).
+Result<std::vector<Crt>> import_crt_list_pem(std::string_view pem, const std::string& path,
+                                             bool chain = false);
 
 // Version 3, a random positive serial of 16 bytes, the validity window, the subject key and its
 // subjectKeyIdentifier. The caller adds names and extensions, then signs.
