@@ -189,6 +189,8 @@ struct Env {
     ClientSide client;
     Connection* client_conn = nullptr;
     sockaddr_in addr{};
+    sockaddr_storage dial_addr{};
+    socklen_t dial_len = 0;
     int verify_calls = 0;
     bool admit = true;
     std::string seen_der;
@@ -231,9 +233,33 @@ struct Env {
         std::memcpy(&addr, listener->endpoint().local_addr(), len);
     }
 
+    // Moves the listener to another bind address; the client then dials `to` (same port).
+    void rebind_listener(const sockaddr* bind_addr, socklen_t bind_len, const sockaddr* to,
+                         socklen_t to_len) {
+        listener.reset();
+        auto l = Listener::create(*worker, bind_addr, bind_len, *server_tls, server);
+        cr_assert(l.ok(), "listener: %s", l.ok() ? "" : l.error().message.c_str());
+        listener = std::move(*l);
+        std::memcpy(&dial_addr, to, to_len);
+        dial_len = to_len;
+        const sockaddr* got = listener->endpoint().local_addr();
+        uint16_t port = got->sa_family == AF_INET6
+                            ? reinterpret_cast<const sockaddr_in6*>(got)->sin6_port
+                            : reinterpret_cast<const sockaddr_in*>(got)->sin_port;
+        if (to->sa_family == AF_INET6) {
+            reinterpret_cast<sockaddr_in6*>(&dial_addr)->sin6_port = port;
+        } else {
+            reinterpret_cast<sockaddr_in*>(&dial_addr)->sin_port = port;
+        }
+    }
+
     void dial_client(const DialOptions& opts = {}) {
-        auto c = dial(*worker, reinterpret_cast<sockaddr*>(&addr), sizeof addr, *client_tls, client,
-                      opts);
+        if (dial_len == 0) {
+            std::memcpy(&dial_addr, &addr, sizeof addr);
+            dial_len = sizeof addr;
+        }
+        auto c = dial(*worker, reinterpret_cast<sockaddr*>(&dial_addr), dial_len, *client_tls,
+                      client, opts);
         cr_assert(c.ok(), "dial: %s", c.ok() ? "" : c.error().message.c_str());
         client_conn = *c;
     }
@@ -770,4 +796,89 @@ Test(quic, handshake_timeout_without_a_server) {
     cr_assert(env.run_until([&] { return env.client.closed; }, 5000));
     cr_assert_eq(env.client.info.kind, CloseInfo::Kind::handshake_timeout);
     ::close(fd);
+}
+
+// ---- addresses and trust
+// -------------------------------------------------------------------------
+
+namespace {
+
+void handshake_and_echo(Env& env) {
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "ping");
+    (*s)->shutdown_write();
+    cr_assert(env.run_until([&] { return on_client.fin; }));
+    Stream& cs = *env.client.opened.front();
+    write_all(cs, "pong");
+    cs.shutdown_write();
+    cr_assert(env.run_until([&] { return on_server.fin && on_server.closed && on_client.closed; }));
+    cr_assert_str_eq(on_client.data.c_str(), "ping");
+    cr_assert_str_eq(on_server.data.c_str(), "pong");
+}
+
+}  // namespace
+
+Test(quic, wildcard_bound_listener_answers_from_the_dialed_address) {
+    Env env;
+    sockaddr_in any{};
+    any.sin_family = AF_INET;
+    any.sin_addr.s_addr = htonl(INADDR_ANY);
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    env.rebind_listener(reinterpret_cast<sockaddr*>(&any), sizeof any,
+                        reinterpret_cast<sockaddr*>(&lo), sizeof lo);
+    handshake_and_echo(env);
+}
+
+Test(quic, ipv6_loopback) {
+    Env env;
+    sockaddr_in6 lo6{};
+    lo6.sin6_family = AF_INET6;
+    lo6.sin6_addr = in6addr_loopback;
+    int probe = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool have_v6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&lo6), sizeof lo6) == 0;
+    if (probe >= 0) ::close(probe);
+    if (!have_v6) cr_skip_test("no IPv6 loopback");
+    env.rebind_listener(reinterpret_cast<sockaddr*>(&lo6), sizeof lo6,
+                        reinterpret_cast<sockaddr*>(&lo6), sizeof lo6);
+    handshake_and_echo(env);
+}
+
+Test(quic, system_trust_does_not_cover_a_private_ca) {
+    Env env;
+    ClientTlsConfig cc;
+    cc.server_name = kServerName;
+    cc.trust = ServerTrust::system;
+    cc.cert_pem = material().client.cert;
+    cc.key_pem = material().client.key;
+    auto ct = ClientTls::create(std::move(cc));
+    if (!ct.ok()) cr_skip_test("no system trust store: %s", ct.error().message.c_str());
+    env.client_tls = std::move(*ct);
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }));
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::local);
+    cr_assert_eq(env.client.info.code & ~0xffull, NGTCP2_CRYPTO_ERROR);
+}
+
+Test(quic, exclusive_ca_rejects_other_issuers) {
+    Env env;
+    ClientTlsConfig cc;
+    cc.server_name = kServerName;
+    cc.trust = ServerTrust::ca_file;
+    cc.ca_pem = material().client.cert;  // some other self-signed certificate as the only anchor
+    cc.cert_pem = material().client.cert;
+    cc.key_pem = material().client.key;
+    auto ct = ClientTls::create(std::move(cc));
+    cr_assert(ct.ok(), "%s", ct.ok() ? "" : ct.error().message.c_str());
+    env.client_tls = std::move(*ct);
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }));
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.client.info.code & ~0xffull, NGTCP2_CRYPTO_ERROR);
 }
