@@ -815,3 +815,39 @@ Test(cli, server_cert_hostname_rules) {
     cr_assert_eq(unknown.exit_code, 2);
     cr_assert(ends_with(unknown.err, kUsageHint));
 }
+
+Test(cli, runtime_only_flags_are_accepted_below_and_keep_their_owner) {
+    using runewarp::cli::CommandSpec;
+    using runewarp::cli::FlagSpec;
+    using runewarp::cli::parse;
+    using Kind = runewarp::cli::ParseResult::Kind;
+    CommandSpec leaf{.name = "init",
+                     .flags = {FlagSpec{.long_name = "hostname", .value_name = "H"}},
+                     .handler = noop};
+    CommandSpec group{.name = "cert", .subcommands = {std::move(leaf)}};
+    CommandSpec role{.name = "server",
+                     .flags = {FlagSpec{.long_name = "hostname",
+                                        .value_name = "H",
+                                        .help = "runtime hostname",
+                                        .runtime_only = true}},
+                     .subcommands = {std::move(group)},
+                     .handler = noop};
+    CommandSpec tree{.name = "runewarp", .subcommands = {std::move(role)}, .handler = noop};
+    const CommandSpec* server = &tree.subcommands[0];
+    const CommandSpec* init = &server->subcommands[0].subcommands[0];
+
+    auto own = parse(tree, {"server", "cert", "init", "--hostname", "a"});
+    cr_assert_eq(own.kind, Kind::kRun, "%s", own.error.c_str());
+    cr_assert_eq(own.invocation.owner("hostname"), init);
+    auto inherited = parse(tree, {"server", "--hostname", "a", "cert", "init"});
+    cr_assert_eq(inherited.kind, Kind::kRun, "%s", inherited.error.c_str());
+    cr_assert_eq(inherited.invocation.owner("hostname"), server);
+    cr_assert_null(inherited.invocation.owner("config"));
+    // Accepted below the group too, but listed only in the declaring command's help.
+    auto below = parse(tree, {"server", "cert", "--hostname", "a", "init"});
+    cr_assert_eq(below.kind, Kind::kRun, "%s", below.error.c_str());
+    cr_assert_eq(below.invocation.owner("hostname"), server);
+    std::vector<const CommandSpec*> group_path{&tree, server, &server->subcommands[0]};
+    cr_assert(!contains(runewarp::cli::render_help(group_path, {}), "runtime hostname"));
+    cr_assert(contains(runewarp::cli::render_help({&tree, server}, {}), "runtime hostname"));
+}
