@@ -549,8 +549,10 @@ void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
                       std::span<const uint8_t> pkt) noexcept {
     if (aborting() || state_ == State::done || state_ == State::draining) return;
     if (state_ == State::closing) {
-        // Answer anything during the closing period with the same CONNECTION_CLOSE.
-        if (!close_pkt_.empty()) {
+        // Answer packets during the closing period with the same CONNECTION_CLOSE, backing off
+        // exponentially (the 1st, 2nd, 4th, 8th ... packet) so a flood is not amplified.
+        ++close_answers_;
+        if (!close_pkt_.empty() && (close_answers_ & (close_answers_ - 1)) == 0) {
             std::memcpy(ep.tx_buffer(), close_pkt_.data(), close_pkt_.size());
             (void)ep.send(path, ep.tx_buffer(), close_pkt_.size(), close_pkt_.size());
         }

@@ -300,6 +300,7 @@ private:
     bool timer_armed_ = false;
     int64_t linger_deadline_ = 0;
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
+    uint64_t close_answers_ = 0;
     ngtcp2_path_storage close_ps_{};
     CloseInfo close_info_;
     std::unordered_map<int64_t, std::unique_ptr<Stream>> streams_;

@@ -130,6 +130,14 @@ void Listener::send_stateless_reset(UdpEndpoint& ep, const ngtcp2_path& path,
     constexpr size_t kMinLen =
         NGTCP2_STATELESS_RESET_TOKENLEN + NGTCP2_MIN_STATELESS_RESET_RANDLEN + 1;
     if (pktlen <= kMinLen + 1) return;
+    // A bounded number per second: resets cost a token derivation and answer spoofable input.
+    int64_t now = core::now_ns();
+    if (now - reset_window_start_ >= core::kNsPerSec) {
+        reset_window_start_ = now;
+        resets_in_window_ = 0;
+    }
+    if (resets_in_window_ >= kMaxResetsPerSecond) return;
+    ++resets_in_window_;
     ngtcp2_cid cid;
     ngtcp2_cid_init(&cid, vc.dcid, vc.dcidlen);
     uint8_t token[NGTCP2_STATELESS_RESET_TOKENLEN];

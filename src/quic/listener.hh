@@ -102,6 +102,9 @@ private:
     size_t handshaking_ = 0;
     uint64_t refused_ = 0;
     uint64_t resets_sent_ = 0;
+    static constexpr uint32_t kMaxResetsPerSecond = 256;
+    int64_t reset_window_start_ = 0;
+    uint32_t resets_in_window_ = 0;
 };
 
 struct DialOptions {

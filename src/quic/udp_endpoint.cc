@@ -144,6 +144,11 @@ void UdpEndpoint::on_event(const core::Completion& c) noexcept {
         if (!aborting()) sink_->on_read_batch_done(*this);
     }
     // Errors such as ECONNREFUSED (an ICMP for an earlier send) are per-datagram: keep reading.
+    // A broken socket is not: stop instead of spinning, and say so through read_failed().
+    if (c.result == -EBADF || c.result == -ENOTSOCK || c.result == -EINVAL || c.result == -EFAULT) {
+        read_error_ = -c.result;
+        return;
+    }
     if (!aborting()) arm_recv();
 }
 

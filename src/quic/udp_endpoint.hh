@@ -79,6 +79,8 @@ public:
     bool gso() const noexcept { return gso_; }
     bool gro() const noexcept { return gro_; }
     bool blocked() const noexcept { return blocked_; }
+    // Non-zero (an errno) when reading stopped because the socket itself is broken.
+    int read_failed() const noexcept { return read_error_; }
 
     // A transmit scratch buffer of kTxCapacity bytes: writers fill it with equal-sized packets
     // (the last may be shorter) and send() them before yielding the worker.
@@ -122,6 +124,7 @@ private:
     bool gso_ = false;
     bool gro_ = false;
     bool blocked_ = false;
+    int read_error_ = 0;
     SocketBuffers buffers_;
 
     // Receive state: one op in flight at a time; buffers live in the endpoint (no per-packet heap).
