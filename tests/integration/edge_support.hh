@@ -30,6 +30,7 @@ struct ServerSpec {
     std::string graceful = "30s";         // graceful-shutdown-duration
     std::string visitor_proxy_trusted{};  // non-empty: visitor-proxy-protocol = v2 with these CIDRs
     std::vector<Route> routes{};
+    std::vector<std::string> launcher{};  // argv prefix, e.g. {"prlimit", "--nofile=64:64", "--"}
 };
 
 inline std::string server_ini(const ServerSpec& s) {
@@ -44,8 +45,7 @@ inline std::string server_ini(const ServerSpec& s) {
     }
     for (const Route& r : s.routes) {
         c += "\n[route \"" + r.label + "\"]\npublic-hostnames = ";
-        for (std::size_t i = 0; i < r.hostnames.size(); ++i)
-            c += (i ? ", " : "") + r.hostnames[i];
+        for (std::size_t i = 0; i < r.hostnames.size(); ++i) c += (i ? ", " : "") + r.hostnames[i];
         c += "\nupstream-address = " + r.upstream + "\n";
         if (r.proxy_v2) c += "proxy-protocol = v2\n";
     }

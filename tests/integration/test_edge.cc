@@ -53,11 +53,15 @@ public:
                 std::stoi(spec_.public_bind.substr(spec_.public_bind.rfind(':') + 1)));
         }
         write_file(dir_ / "server.ini", server_ini(spec_));
-        daemon_.emplace(DaemonOptions{
-            .argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"},
-            .log_path = dir_ / "runewarp.log",
-            .ready_log_line = spec_.readiness_bind.empty() ? "server public listener ready"
-                                                           : "server readiness gained"});
+        std::vector<std::string> argv = spec_.launcher;
+        for (std::string a :
+             {runewarp_binary(), std::string("server"), std::string("-c"), dir_ / "server.ini"})
+            argv.push_back(std::move(a));
+        daemon_.emplace(DaemonOptions{.argv = argv,
+                                      .log_path = dir_ / "runewarp.log",
+                                      .ready_log_line = spec_.readiness_bind.empty()
+                                                            ? "server public listener ready"
+                                                            : "server readiness gained"});
         // The backend matrix is only meaningful when the requested backend is the one running.
         if (const char* want = std::getenv("RUNEWARP_EVENT_BACKEND"))
             cr_assert(daemon_->wait_log(std::string("backend=") + want, Millis{5000}), "%s",
@@ -255,8 +259,7 @@ private:
                         wait_until(
                             [&] {
                                 int unsent = 0;
-                                return ::ioctl(up_.get(), SIOCOUTQNSD, &unsent) == 0 &&
-                                       unsent == 0;
+                                return ::ioctl(up_.get(), SIOCOUTQNSD, &unsent) == 0 && unsent == 0;
                             },
                             Millis{2000}, Millis{1});
                     }
@@ -368,8 +371,8 @@ Test(edge, unroutable_visitors_are_dropped_without_a_byte) {
         {"IP literal as SNI", hello_with_ip_sni(), false, "reason=missing-sni-client-hello"},
         {"unknown SNI", capture_client_hello("nobody.example.test"), false,
          "reason=unauthorized-public-hostname"},
-        {"Server hostname without acme-tls/1", capture_client_hello(kServerHostname, {"h2"}),
-         false, "reason=non-acme-server-hostname"},
+        {"Server hostname without acme-tls/1", capture_client_hello(kServerHostname, {"h2"}), false,
+         "reason=non-acme-server-hostname"},
         {"half a ClientHello then EOF", app_hello.substr(0, app_hello.size() / 2), true,
          "reason=incomplete-client-hello"},
         // One full 16 KiB record of a 32 KiB ClientHello: more than 16384 bytes buffered.
@@ -443,6 +446,29 @@ Test(edge, per_source_intake_limit_closes_the_newest_and_recovers) {
     cr_assert(e.wait_log("server admission recovered"), "%s", e.log().c_str());
 }
 
+Test(edge, fd_exhaustion_backs_off_instead_of_spinning_and_recovers) {
+    Upstreams up;
+    // A hard fd limit the Server cannot raise: once intake Visitors hold every fd, accept fails
+    // with EMFILE and must back off (10 ms doubling to 1 s), never spin.
+    Edge e({.routes = up.routes(), .launcher = {"prlimit", "--nofile=64:64", "--"}});
+    std::vector<RawConnection> idle;
+    for (int i = 0; i < 80; ++i) idle.emplace_back("127.0.0.1", e.port());
+    cr_assert(e.wait_log("server public listener accept retrying"), "%s", e.log().c_str());
+    // The delay doubles up to its 1 s cap: a spinning accept loop would have logged a retry
+    // per attempt by then, a backing-off one about eight.
+    cr_assert(e.wait_log("next-retry-delay=1s", Millis{6000}), "%s", e.log().c_str());
+    const std::size_t retries = count_of(e.log(), "server public listener accept retrying");
+    cr_assert_leq(retries, 10u, "%zu retry lines:\n%s", retries, e.log().c_str());
+    cr_assert(e.log().find("Too many open files") != std::string::npos, "%s", e.log().c_str());
+
+    // When the Visitors leave, accepting resumes and new Visitors are served.
+    idle.clear();
+    HttpResponse a = get_via(e, kApp, up.alpha.ca_file(), "/name");
+    cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
+    cr_assert_eq(a.body, "alpha app.example.test\n");
+    cr_assert(e.wait_log("server public listener accept recovered"), "%s", e.log().c_str());
+}
+
 Test(edge, client_hello_delivered_byte_by_byte_still_routes) {
     Upstreams up;
     Edge e({.routes = up.routes()});
@@ -486,17 +512,17 @@ Test(edge, upstream_sees_the_visitor_socket_tuple_without_ingress_proxy) {
     const auto [lip, lport] = probe_local.local();
     HttpResponse r = https_get_over(std::move(fd), kApp, up.alpha.ca_file(), "/proxy");
     cr_assert(r.ok, "%s\n%s", r.error.c_str(), e.log().c_str());
-    cr_assert_eq(r.body, lip + ":" + std::to_string(lport) + " 127.0.0.1:" +
-                             std::to_string(e.port()) + "\n");
+    cr_assert_eq(r.body, lip + ":" + std::to_string(lport) +
+                             " 127.0.0.1:" + std::to_string(e.port()) + "\n");
 }
 
 Test(edge, proxy_v2_from_an_untrusted_peer_is_dropped) {
     Upstreams up;
     Edge e({.visitor_proxy_trusted = "10.0.0.0/8", .routes = up.routes()});
-    RawVisit v = raw_visit("127.0.0.1", e.port(),
-                           proxy_v2_header("203.0.113.9", 54321, "198.51.100.10", 443) +
-                               capture_client_hello(kApp),
-                           Millis{4000});
+    RawVisit v = raw_visit(
+        "127.0.0.1", e.port(),
+        proxy_v2_header("203.0.113.9", 54321, "198.51.100.10", 443) + capture_client_hello(kApp),
+        Millis{4000});
     cr_assert(v.connected);
     cr_assert(v.reaction.closed);
     cr_assert(v.reaction.received.empty());
@@ -539,8 +565,8 @@ Test(edge, unreachable_upstream_closes_the_visitor_only) {
     Edge e({.routes = routes});
 
     auto busy = open_idle_relay(e, up.alpha, kApp);  // relay in flight on the other route
-    RawVisit v = raw_visit("127.0.0.1", e.port(), capture_client_hello("down.example.test"),
-                           Millis{6000});
+    RawVisit v =
+        raw_visit("127.0.0.1", e.port(), capture_client_hello("down.example.test"), Millis{6000});
     cr_assert(v.connected);
     cr_assert(v.reaction.closed, "the Visitor of a dead upstream was not closed");
     cr_assert(v.reaction.received.empty());
@@ -625,8 +651,8 @@ Test(edge, dual_stack_listener_reports_ipv4_visitors_as_plain_ipv4) {
     const auto [lip, lport] = probe_local.local();
     HttpResponse r = https_get_over(std::move(fd), kApp, up.alpha.ca_file(), "/proxy");
     cr_assert(r.ok, "%s\n%s", r.error.c_str(), e.log().c_str());
-    cr_assert_eq(r.body, "127.0.0.1:" + std::to_string(lport) + " 127.0.0.1:" +
-                             std::to_string(port) + "\n");
+    cr_assert_eq(
+        r.body, "127.0.0.1:" + std::to_string(lport) + " 127.0.0.1:" + std::to_string(port) + "\n");
 }
 
 Test(edge, sigterm_lets_a_running_download_finish_and_refuses_new_visitors, .timeout = 180) {
@@ -638,21 +664,21 @@ Test(edge, sigterm_lets_a_running_download_finish_and_refuses_new_visitors, .tim
     TempDir out;
     const HttpsTarget t{kApp, e.port(), "127.0.0.1", up.alpha.ca_file()};
     auto args = curl_base_args(t);
-    args.insert(args.end(), {"--limit-rate", "24M", "--output", out / "f.bin",
-                             https_url(t, "/files/f.bin")});
+    args.insert(args.end(),
+                {"--limit-rate", "24M", "--output", out / "f.bin", https_url(t, "/files/f.bin")});
     Process curl = Process::spawn({.argv = args, .err = Output::file(out / "curl.err")});
-    cr_assert(wait_until([&] { return file_exists(out / "f.bin") &&
-                                      file_size(out / "f.bin") >= (4u << 20); },
-                         Millis{20000}),
-              "download did not start: %s", read_file(out / "curl.err").c_str());
+    cr_assert(
+        wait_until(
+            [&] { return file_exists(out / "f.bin") && file_size(out / "f.bin") >= (4u << 20); },
+            Millis{20000}),
+        "download did not start: %s", read_file(out / "curl.err").c_str());
 
     RawConnection in_intake("127.0.0.1", e.port());
     const std::string hello = capture_client_hello(kApp);
     cr_assert(in_intake.send(std::string_view(hello).substr(0, 20)));
 
     cr_assert(e.daemon().process().signal(SIGTERM));
-    cr_assert(e.wait_log("server orderly shutdown started: mode=graceful"), "%s",
-              e.log().c_str());
+    cr_assert(e.wait_log("server orderly shutdown started: mode=graceful"), "%s", e.log().c_str());
     // A Visitor still in intake is dropped at once, not at its 5 s deadline.
     PeerReaction cancelled = in_intake.wait_closed(Millis{2000});
     cr_assert(cancelled.closed, "a Visitor in intake survived the shutdown start");
