@@ -508,7 +508,8 @@ void Connection::update_timer() noexcept {
         if (exp != UINT64_MAX)
             deadline = static_cast<int64_t>(std::min<ngtcp2_tstamp>(exp, INT64_MAX));
         // Pending writes go out once the current batch of completions has been handled.
-        if (write_pending_) deadline = core::now_ns();
+        // A blocked socket resumes through the owner's on_writable(), not by polling here.
+        if (write_pending_ && ep_ != nullptr && !ep_->blocked()) deadline = core::now_ns();
     }
     if (deadline < 0) {
         if (timer_armed_) worker().cancel_timer(timer_);

@@ -263,6 +263,7 @@ SendStatus UdpEndpoint::send(const ngtcp2_path& path, const uint8_t* data, size_
             st = send_one(path, data + off, l, l);
         }
     }
+    if (st == SendStatus::blocked) ++blocked_sends_;
     if (st == SendStatus::blocked && !blocked_) {
         // What was not sent is left to QUIC's loss recovery; wait for room before writing more.
         blocked_ = true;

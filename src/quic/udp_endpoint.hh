@@ -98,6 +98,8 @@ public:
     // Reads that returned several datagrams coalesced by GRO, and sends that used GSO.
     uint64_t gro_reads() const noexcept { return gro_reads_; }
     uint64_t gso_sends() const noexcept { return gso_sends_; }
+    // Sends refused with EAGAIN (socket buffer full); their packets were left to loss recovery.
+    uint64_t blocked_sends() const noexcept { return blocked_sends_; }
 
 private:
     static constexpr uint8_t kOpRecv = 1;
@@ -140,6 +142,7 @@ private:
     uint64_t send_errors_ = 0;
     uint64_t gro_reads_ = 0;
     uint64_t gso_sends_ = 0;
+    uint64_t blocked_sends_ = 0;
 };
 
 }  // namespace runewarp::quic

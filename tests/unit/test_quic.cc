@@ -271,8 +271,8 @@ struct Env {
         return *r;
     }
 
-    void handshake() {
-        dial_client();
+    void handshake(const DialOptions& opts = {}) {
+        dial_client(opts);
         cr_assert(run_until([&] { return client.established && !server.accepted.empty(); }),
                   "handshake did not finish");
     }
@@ -574,13 +574,79 @@ struct Echo final : StreamHandler {
     }
 };
 
-void run_transfer(core::BackendChoice b, bool migrate) {
-    Env env(b);
+// A UDP relay on the worker that drops every n-th datagram in each direction: retransmissions
+// must come from the stream send rings (data is kept until acknowledged).
+struct LossyRelay final : DatagramSink {
+    UdpEndpoint* front = nullptr;  // the client talks to this
+    UdpEndpoint* back = nullptr;   // connected to the listener
+    sockaddr_storage client{};
+    socklen_t client_len = 0;
+    uint64_t every = 0, seen = 0, dropped = 0;
+
+    void on_datagram(UdpEndpoint& ep, const ngtcp2_path& path,
+                     std::span<const uint8_t> data) noexcept override {
+        if (every != 0 && ++seen % every == 0) {
+            ++dropped;
+            return;
+        }
+        UdpEndpoint* out = &ep == front ? back : front;
+        ngtcp2_path p{};
+        p.local.addr = const_cast<sockaddr*>(out->local_addr());
+        p.local.addrlen = out->local_addrlen();
+        if (&ep == front) {
+            std::memcpy(&client, path.remote.addr, path.remote.addrlen);
+            client_len = path.remote.addrlen;
+            p.remote.addr = const_cast<sockaddr*>(back_peer());
+            p.remote.addrlen = sizeof(sockaddr_in);
+        } else {
+            p.remote.addr = reinterpret_cast<sockaddr*>(&client);
+            p.remote.addrlen = client_len;
+        }
+        std::memcpy(out->tx_buffer(), data.data(), data.size());
+        (void)out->send(p, out->tx_buffer(), data.size(), data.size());
+    }
+    void on_read_batch_done(UdpEndpoint&) noexcept override {}
+    void on_writable(UdpEndpoint&) noexcept override {}
+    const sockaddr* back_peer() const noexcept {
+        return reinterpret_cast<const sockaddr*>(&server);
+    }
+    sockaddr_in server{};
+    ~LossyRelay() {
+        if (front != nullptr) front->close();
+        if (back != nullptr) back->close();
+    }
+};
+
+void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
+                  uint64_t drop_every = 0) {
+    ListenerConfig lc;
+    DialOptions dopt;
+    if (socket_buffer > 0) {
+        lc.endpoint.socket_buffer = socket_buffer;
+        dopt.endpoint.socket_buffer = socket_buffer;
+    }
+    Env env(b, true, nullptr, lc);
+    LossyRelay relay;
+    if (drop_every != 0) {
+        relay.every = drop_every;
+        relay.server = env.addr;
+        sockaddr_in lo{};
+        lo.sin_family = AF_INET;
+        lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        auto f = UdpEndpoint::bind(*env.worker, reinterpret_cast<sockaddr*>(&lo), sizeof lo, relay);
+        auto bk =
+            UdpEndpoint::bind(*env.worker, reinterpret_cast<sockaddr*>(&lo), sizeof lo, relay);
+        cr_assert(f.ok() && bk.ok());
+        relay.front = *f;
+        relay.back = *bk;
+        std::memcpy(&env.dial_addr, relay.front->local_addr(), sizeof(sockaddr_in));
+        env.dial_len = sizeof(sockaddr_in);
+    }
     auto src = std::make_unique<Source>();
     auto echo = std::make_unique<Echo>();
     echo->paused = true;
     env.client.stream_handler = echo.get();
-    env.handshake();
+    env.handshake(dopt);
     const ConnectionConfig cfg;
     int64_t t0 = core::now_ns();
     auto s = env.server.accepted.front()->open_stream(*src);
@@ -620,12 +686,20 @@ void run_transfer(core::BackendChoice b, bool migrate) {
               static_cast<unsigned long long>(echo->received),
               static_cast<unsigned long long>(src->back));
     int64_t dt = core::now_ns() - t0;
+    if (drop_every != 0) {
+        cr_assert_gt(relay.dropped, 100u, "the relay dropped datagrams");
+        std::fprintf(stderr, "lossy path: %llu of %llu datagrams dropped\n",
+                     static_cast<unsigned long long>(relay.dropped),
+                     static_cast<unsigned long long>(relay.seen));
+    }
     // Batched UDP I/O was in use: GSO on send, GRO-coalesced reads on receive.
     const UdpEndpoint& lep = env.listener->endpoint();
     cr_assert_gt(lep.gso_sends(), 0u, "server sent with GSO");
     cr_assert_gt(env.client_conn->endpoint()->gso_sends(), 0u, "client sent with GSO");
-    cr_assert_gt(lep.gro_reads() + env.client_conn->endpoint()->gro_reads(), 0u,
-                 "GRO coalesced some reads");
+    if (drop_every == 0) {
+        cr_assert_gt(lep.gro_reads() + env.client_conn->endpoint()->gro_reads(), 0u,
+                     "GRO coalesced some reads");
+    }
     cr_assert_eq(src->back, kTransfer);
     cr_assert_eq(echo->received, kTransfer);
     std::string a = src->sent_hash.done(), bh = echo->got.done(), c = src->back_hash.done();
@@ -645,9 +719,9 @@ void run_transfer(core::BackendChoice b, bool migrate) {
                       ->sin_port);
         cr_assert_neq(new_port, old_port, "the client moved to a new port");
     }
-    std::fprintf(stderr, "quic transfer (%s%s): 2 x %zu MiB in %.1f ms = %.0f MB/s\n",
+    std::fprintf(stderr, "quic transfer (%s%s%s): 2 x %zu MiB in %.1f ms = %.0f MB/s\n",
                  core::backend_name(env.worker->backend()), migrate ? ", migrating" : "",
-                 kTransfer >> 20, static_cast<double>(dt) / 1e6,
+                 drop_every != 0 ? ", lossy" : "", kTransfer >> 20, static_cast<double>(dt) / 1e6,
                  2.0 * static_cast<double>(kTransfer) / (static_cast<double>(dt) / 1e9) / 1e6);
 }
 
@@ -663,6 +737,10 @@ Test(quic, bulk_transfer_epoll) {
 
 Test(quic, migration_mid_transfer) {
     run_transfer(core::BackendChoice::automatic, true);
+}
+
+Test(quic, bulk_transfer_through_lossy_path) {
+    run_transfer(core::BackendChoice::automatic, false, 0, 50);
 }
 
 // ---- listener behaviour -----------------------------------------------------------------------
