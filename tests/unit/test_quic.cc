@@ -147,6 +147,7 @@ std::unique_ptr<core::Worker> make_worker(core::BackendChoice b, bool env) {
 struct ServerSide final : AcceptHandler, ConnectionHandler {
     std::vector<Connection*> accepted;
     int closed = 0;
+    int streams_available = 0;
     CloseInfo last_close;
     void on_connection(Connection& c) noexcept override {
         accepted.push_back(&c);
@@ -154,7 +155,7 @@ struct ServerSide final : AcceptHandler, ConnectionHandler {
     }
     void on_established(Connection&) noexcept override {}
     void on_stream_opened(Connection&, Stream& s) noexcept override { s.reset(); }
-    void on_streams_available(Connection&) noexcept override {}
+    void on_streams_available(Connection&) noexcept override { ++streams_available; }
     void on_closed(Connection& c, const CloseInfo& info) noexcept override {
         ++closed;
         last_close = info;
@@ -483,6 +484,51 @@ Test(quic, reset_code_reaches_peer) {
     // The client's stream credit is replenished: the server may open another stream.
     auto again = env.server.accepted.front()->open_stream(on_server);
     cr_assert(again.ok());
+}
+
+namespace {
+
+// Shared by many streams: counts, and answers a FIN with a FIN.
+struct Counter final : StreamHandler {
+    int closed = 0;
+    size_t on_stream_data(Stream& s, std::span<const uint8_t> d, bool f) noexcept override {
+        if (f) s.shutdown_write();
+        return d.size();
+    }
+    void on_stream_writable(Stream&) noexcept override {}
+    void on_stream_reset(Stream& s, uint64_t) noexcept override { s.reset(); }
+    void on_stream_closed(Stream&, uint64_t) noexcept override { ++closed; }
+};
+
+}  // namespace
+
+// [compat] spec 5.2: the Client grants 1024 concurrent streams and returns one credit per
+// server-opened stream that fully closes.
+Test(quic, client_replenishes_stream_credit) {
+    Counter on_server, on_client;
+    Env env;
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    Connection& sc = *env.server.accepted.front();
+    std::vector<Stream*> streams;
+    for (;;) {
+        auto s = sc.open_stream(on_server);
+        if (!s.ok()) {
+            cr_assert_eq(s.error().code, EAGAIN);
+            break;
+        }
+        streams.push_back(*s);
+        cr_assert_leq(streams.size(), 1024u);
+    }
+    cr_assert_eq(streams.size(), 1024u);
+    int before = env.server.streams_available;
+    streams.front()->shutdown_write();  // FIN, answered by the client's FIN
+    cr_assert(env.run_until(
+        [&] { return on_server.closed == 1 && env.server.streams_available > before; }));
+    auto more = sc.open_stream(on_server);
+    cr_assert(more.ok(), "a closed stream gave its credit back");
+    auto none = sc.open_stream(on_server);
+    cr_assert(!none.ok());
 }
 
 Test(quic, client_cannot_open_streams) {
