@@ -223,6 +223,11 @@ size_t Stream::write(std::span<const uint8_t> data) noexcept {
     return n;
 }
 
+uint64_t Stream::peer_credit() const noexcept {
+    if (closed_ || reset_ || conn_.closed()) return 0;
+    return ngtcp2_conn_get_max_stream_data_left(conn_.conn_, id_);
+}
+
 size_t Stream::unsent(ngtcp2_vec* v) const noexcept {
     size_t len = static_cast<size_t>(end_ - sent_);
     if (len == 0) return 0;
@@ -480,6 +485,10 @@ Result<Stream*> Connection::open_stream(StreamHandler& h) noexcept {
     }
     s->handler_ = &h;
     return s;
+}
+
+uint64_t Connection::peer_credit() const noexcept {
+    return closed() ? 0 : ngtcp2_conn_get_max_data_left(conn_);
 }
 
 size_t Connection::buffered_bytes() const noexcept {

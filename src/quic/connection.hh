@@ -96,6 +96,10 @@ public:
     // Abort both directions: RESET_STREAM + STOP_SENDING with `code` (spec 5.9: always 1).
     void reset(uint64_t code = kStreamErrorCode) noexcept;
 
+    // Whether the peer's stream credit stopped the last send (cleared when it grants more), and
+    // how much stream credit is left now. Connection::peer_credit() is the connection's share.
+    bool flow_blocked() const noexcept { return flow_blocked_; }
+    uint64_t peer_credit() const noexcept;
     size_t tx_buffered() const noexcept { return static_cast<size_t>(end_ - acked_); }
     size_t rx_buffered() const noexcept { return rx_len_; }
     size_t rx_capacity() const noexcept { return rx_cap_; }
@@ -212,6 +216,8 @@ public:
     // on_streams_available().
     Result<Stream*> open_stream(StreamHandler& h) noexcept;
     size_t stream_count() const noexcept { return streams_.size(); }
+    // Connection-level send credit the peer has granted and we have not used.
+    uint64_t peer_credit() const noexcept;
 
     // Application close (code 0 and a spec 5.9 reason, e.g. "graceful shutdown"); sends
     // CONNECTION_CLOSE now, then lingers for the closing period.

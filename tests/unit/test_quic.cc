@@ -711,6 +711,10 @@ void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
                   "the sender produced only window + send buffer (%llu)",
                   static_cast<unsigned long long>(src->produced));
     cr_assert_leq((*s)->tx_buffered(), kStreamSendBuffer);
+    // The stall is the peer's stream credit, not the connection's.
+    cr_assert((*s)->flow_blocked(), "sender blocked on stream credit");
+    cr_assert_eq((*s)->peer_credit(), 0u);
+    cr_assert_gt(env.server.accepted.front()->peer_credit(), 0u);
     cr_assert_leq(env.server.accepted.front()->buffered_bytes(), kStreamSendBuffer);
 
     echo->paused = false;
