@@ -71,7 +71,10 @@ void StreamPump::read_tcp() noexcept {
         if (stream_ == nullptr) return fail();
         size_t space = std::min(stream_->write_space(), scratch_.size());
         if (space == 0) {
-            blocked_on_stream_ = true;  // on_stream_writable() resumes
+            // A refused write is what registers for on_stream_writable(): offer one byte the
+            // full stream cannot take, so the acknowledgement that frees room wakes us.
+            blocked_on_stream_ = true;
+            if (stream_->write(scratch_.first(1)) != 0) return fail();
             return;
         }
         ssize_t n = ::recv(fd_, scratch_.data(), space, MSG_DONTWAIT);

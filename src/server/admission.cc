@@ -55,4 +55,14 @@ void Admission::release_active_relay() noexcept {
     if (active_ > 0) --active_;
 }
 
+bool Admission::try_pending_open() noexcept {
+    if (pending_ >= limits_.pending_opens) return false;
+    ++pending_;
+    return true;
+}
+
+void Admission::release_pending_open() noexcept {
+    if (pending_ > 0) --pending_;
+}
+
 }  // namespace runewarp::server

@@ -1,5 +1,6 @@
 // Admission: the fixed Visitor limits of spec 5.11 (pre-routing global and per source, active
-// relays) as counters whose slots are released exactly once by their owners.
+// relays, pending Tunnel stream opens) as counters whose slots are released exactly once by their
+// owners.
 #pragma once
 
 #include <array>
@@ -14,6 +15,7 @@ struct AdmissionLimits {
     uint32_t pre_routing_global = 4096;
     uint32_t pre_routing_per_source = 256;
     uint32_t active_relays = 4096;
+    uint32_t pending_opens = 1024;  // Tunnel stream opens in progress
 };
 
 // Key of a canonical source IP (family + 16 address bytes, port ignored).
@@ -43,14 +45,19 @@ public:
     bool try_active_relay() noexcept;
     void release_active_relay() noexcept;
 
+    bool try_pending_open() noexcept;
+    void release_pending_open() noexcept;
+
     uint32_t pre_routing() const noexcept { return pre_routing_; }
     uint32_t active_relays() const noexcept { return active_; }
+    uint32_t pending_opens() const noexcept { return pending_; }
     size_t tracked_sources() const noexcept { return per_source_.size(); }
 
 private:
     AdmissionLimits limits_;
     uint32_t pre_routing_ = 0;
     uint32_t active_ = 0;
+    uint32_t pending_ = 0;
     std::unordered_map<SourceKey, uint32_t, SourceKeyHash> per_source_;
 };
 

@@ -1,5 +1,6 @@
-// EdgeServer: the Server's public side — listeners, Visitor admission and sessions, readiness,
-// signals, orderly shutdown and systemd notification (spec 5.1, 5.4, 5.10, 5.11, 5.14, 12.1).
+// EdgeServer: the Server — public listener, Visitor admission and sessions, readiness, the QUIC
+// tunnel listener and its pools, signals, orderly shutdown and systemd notification (spec 5.1-5.4,
+// 5.10-5.12, 5.14, 12.1).
 #include "server/edge_server.hh"
 
 #include <fcntl.h>
@@ -10,9 +11,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 #include "core/clock.hh"
+#include "trust/identity.hh"
+#include "trust/server_cert.hh"
 
 namespace runewarp::server {
 
@@ -22,6 +26,34 @@ constexpr int64_t kBackoffMinNs = 10'000'000;     // 10 ms (spec 5.11)
 constexpr int64_t kBackoffMaxNs = 1'000'000'000;  // 1 s
 constexpr uint32_t kMaxIdleIntake = 256;          // parsers kept for reuse
 constexpr uint32_t kPipeSize = 256 * 1024;
+constexpr int64_t kCloseFlushNs = 100'000'000;  // spec 5.14: CONNECTION_CLOSE leaves in 100 ms
+
+// One short cause for a dropped Tunnel connection; empty for a clean close (spec 5.9: application
+// 0 or transport NO_ERROR either way).
+std::string drop_cause(const quic::CloseInfo& i) {
+    using Kind = quic::CloseInfo::Kind;
+    switch (i.kind) {
+        case Kind::idle_timeout:
+            return "idle timeout";
+        case Kind::handshake_timeout:
+            return "handshake timeout";
+        case Kind::stateless_reset:
+            return "stateless reset";
+        case Kind::dropped:
+            return "connection dropped";
+        case Kind::local:
+        case Kind::remote:
+            break;
+    }
+    if (i.code == 0) return {};
+    char code[32];
+    std::snprintf(code, sizeof(code), "0x%llx", static_cast<unsigned long long>(i.code));
+    std::string out = i.kind == Kind::remote ? "closed by the client" : "closed locally";
+    out += i.application ? ": application error " : ": transport error ";
+    out += code;
+    if (!i.reason.empty()) out += " (" + i.reason + ")";
+    return out;
+}
 
 socklen_t to_sockaddr(const proto::Endpoint& e, sockaddr_storage& ss) noexcept {
     std::memset(&ss, 0, sizeof(ss));
@@ -188,22 +220,22 @@ void Listener::on_quiesced() noexcept {
 void ControlSession::on_event(const core::Completion& c) noexcept {
     if (c.token.op == kOpGraceDeadline) server_.on_grace_deadline();
     if (c.token.op == kOpWatchdog) server_.on_watchdog();
+    if (c.token.op == kOpCloseFlush) server_.on_close_flushed();
 }
 
 // ---- EdgeServer ------------------------------------------------------------------------------
 
 EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log) : cfg_(cfg), log_(log) {}
 
-EdgeServer::~EdgeServer() = default;
+EdgeServer::~EdgeServer() {
+    // Connections still attached are dropped without a closing period before anything they
+    // call back into goes away.
+    tunnel_listener_.reset();
+}
 
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
                                                        obs::Logger& log) {
     if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
-    if (!cfg.tunnels.empty()) {
-        return Error::msg(
-            "tunnel sections need the QUIC tunnel listener, which this build does not include; "
-            "use [route] sections for direct upstreams");
-    }
     raise_nofile_limit();
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
 
@@ -226,6 +258,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
     const AdmissionLimits& lim = s->admission_.limits();
     s->pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
     s->peek_buf_ = std::make_unique<uint8_t[]>(kPeekCapacity);
+    s->prefix_buf_ = std::make_unique<uint8_t[]>(kPrefixCapacity);
+    s->relay_scratch_ = std::make_unique<uint8_t[]>(kRelayScratch);
     s->visitors_ = std::make_unique<core::Slab<VisitorSession>>(lim.pre_routing_global +
                                                                 lim.active_relays + 64);
     s->live_.reserve(lim.pre_routing_global + lim.active_relays + 64);
@@ -241,7 +275,12 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
             int fl = ::fcntl(a.fd, F_GETFL);
             if (fl >= 0) (void)::fcntl(a.fd, F_SETFL, fl | O_NONBLOCK);
         } else {
-            ::close(a.fd);  // `tunnel`: no tunnel listener in this build
+            // `tunnel`: the QUIC listener binds its own socket (adopting an activated UDP
+            // socket is not supported yet), so the configured address is bound below.
+            log.warn("server tunnel listener socket-activated",
+                     {{"bind-address", local_text(a.fd)}},
+                     "an activated tunnel socket is not used; binding server.tunnel-bind-address");
+            ::close(a.fd);
         }
     }
     if (public_fd.valid()) {
@@ -280,6 +319,10 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         s->readiness_ = s->readiness_owner_.get();
         if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
     }
+    if (!cfg.tunnels.empty()) {
+        auto t = s->create_tunnel_listener();
+        if (!t) return std::move(t).error();
+    }
     auto sig = s->worker_->watch_signals({SIGTERM, SIGINT, SIGQUIT, SIGHUP}, *s);
     if (!sig) return std::move(sig).error();
     return s;
@@ -288,6 +331,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
 int EdgeServer::run() noexcept {
     public_->start();
     log_.info("server public listener ready", {{"bind-address", public_->bind_text()}});
+    if (tunnel_listener_ != nullptr)
+        log_.info("server tunnel listener ready", {{"bind-address", tunnel_bind_text_}});
     if (readiness_ != nullptr) {
         readiness_->start();
         log_.info("server readiness listener enabled",
@@ -307,6 +352,13 @@ int EdgeServer::run() noexcept {
             log_.error("server event loop failed", {}, r.error().message);
             return 1;
         }
+    }
+    if (tunnel_listener_ != nullptr) {
+        // Connections still lingering in their closing period are dropped; let their sessions
+        // (and the UDP socket's) finish tearing down so nothing is left behind.
+        tunnel_listener_.reset();
+        (void)worker_->run_until([&] { return worker_->attached_count() <= 1; },
+                                 core::now_ns() + kCloseFlushNs);
     }
     return exit_code_;
 }
@@ -401,6 +453,11 @@ void EdgeServer::on_listener_closed(Listener& l) noexcept {
 EdgeServer::Scope EdgeServer::scope_of(const char* scope) const noexcept {
     if (std::strcmp(scope, "visitor-source") == 0) return Scope::kVisitorSource;
     if (std::strcmp(scope, "active-routed-stream") == 0) return Scope::kActiveRelay;
+    if (std::strcmp(scope, "pending-stream-open") == 0) return Scope::kPendingOpen;
+    if (std::strcmp(scope, "tunnel-connection-global") == 0) return Scope::kTunnelGlobal;
+    if (std::strcmp(scope, "tunnel-connection-per-tunnel") == 0) return Scope::kTunnelPerTunnel;
+    if (std::strcmp(scope, "tunnel-connection-per-client-identity") == 0)
+        return Scope::kTunnelPerIdentity;
     return Scope::kVisitorGlobal;
 }
 
@@ -417,7 +474,7 @@ void EdgeServer::note_admitted(const char* scope) noexcept {
         log_.info("server admission recovered", {{"scope", scope}});
 }
 
-void EdgeServer::note_rejected(CloseReason r) noexcept {
+void EdgeServer::note_rejected(CloseReason r, std::string_view hostname) noexcept {
     switch (r) {
         case CloseReason::kNone:
         case CloseReason::kDone:
@@ -425,6 +482,7 @@ void EdgeServer::note_rejected(CloseReason r) noexcept {
         case CloseReason::kShutdown:
         case CloseReason::kSourceSaturated:
         case CloseReason::kRelaySaturated:
+        case CloseReason::kPendingOpenSaturated:
             return;  // not intake rejections, or already covered by saturation lines
         default:
             break;
@@ -433,7 +491,13 @@ void EdgeServer::note_rejected(CloseReason r) noexcept {
     if (!d.log) return;
     if (r == CloseReason::kNoActiveTunnel || r == CloseReason::kUpstreamConnectFailed ||
         r == CloseReason::kUpstreamTimeout || r == CloseReason::kUpstreamWriteFailed) {
-        log_.warn("server route unavailable", {{"reason", reason_text(r)}, {"count", d.count}});
+        if (hostname.empty()) {
+            log_.warn("server route unavailable", {{"reason", reason_text(r)}, {"count", d.count}});
+        } else {
+            log_.warn(
+                "server route unavailable",
+                {{"public-hostname", hostname}, {"reason", reason_text(r)}, {"count", d.count}});
+        }
     } else if (r == CloseReason::kAcmeConfigMissing) {
         log_.warn("server route rejected", {{"reason", reason_text(r)}, {"count", d.count}},
                   "TLS-ALPN-01 for the Server hostname needs [server.acme]");
@@ -483,6 +547,8 @@ void EdgeServer::begin_shutdown(ShutdownMode mode) noexcept {
               {{"mode", mode == ShutdownMode::kGraceful ? "graceful" : "fast"},
                {"effective-graceful-duration", grace}});
     sys::notify_stopping();
+    // No Tunnel registration after this: new connections and new streams are refused.
+    if (tunnels_ != nullptr) tunnels_->seal();
     // Readiness goes first, so load balancers stop sending before the listener closes.
     if (readiness_ != nullptr) {
         log_.info("server readiness lost", {{"bind-address", readiness_->bind_text()}});
@@ -514,7 +580,9 @@ void EdgeServer::escalate_fast() noexcept {
 void EdgeServer::on_grace_deadline() noexcept {
     if (relays_cut_) return;
     log_.warn("server graceful shutdown deadline expired",
-              {{"active-relays", static_cast<uint64_t>(live_.size())}});
+              {{"active-tunnel-connections",
+                static_cast<uint64_t>(tunnels_ != nullptr ? tunnels_->total() : 0)},
+               {"active-relays", static_cast<uint64_t>(live_.size())}});
     cut_relays();
     maybe_finish();
 }
@@ -528,9 +596,137 @@ void EdgeServer::cut_relays() noexcept {
 void EdgeServer::maybe_finish() noexcept {
     if (finished_ || shutdown_mode_ == ShutdownMode::kNone) return;
     if (!live_.empty() || public_ != nullptr || readiness_ != nullptr) return;
+    if (tunnel_listener_ != nullptr && !close_flushed_) {
+        // Routed streams are done (or were cut): close every Tunnel connection and give the
+        // CONNECTION_CLOSE 100 ms to leave (spec 5.14 step 4).
+        if (!tunnels_closed_) close_tunnels();
+        return;
+    }
     log_.info("server orderly shutdown complete",
               {{"mode", shutdown_mode_ == ShutdownMode::kFast ? "fast" : "graceful"}});
     finished_ = true;
+}
+
+void EdgeServer::close_tunnels() noexcept {
+    tunnels_closed_ = true;
+    log_.info("server orderly shutdown closing tunnel connections",
+              {{"mode", shutdown_mode_ == ShutdownMode::kFast ? "fast" : "graceful"},
+               {"active-tunnel-connections", static_cast<uint64_t>(tunnels_->total())}});
+    tunnel_listener_->close_all(quic::kAppCloseCode, "graceful shutdown");
+    control_->arm_timer(ControlSession::kOpCloseFlush, core::now_ns() + kCloseFlushNs);
+}
+
+void EdgeServer::on_close_flushed() noexcept {
+    close_flushed_ = true;
+    maybe_finish();
+}
+
+// ---- Tunnel side -----------------------------------------------------------------------------
+
+Result<void> EdgeServer::create_tunnel_listener() {
+    // The Server certificate (spec 4.2 cert-dir, 6.3): checked as a whole before binding.
+    std::string hint = "Hint: runewarp server cert init";
+    if (!cfg_.config_path.empty()) hint += " --config " + cfg_.config_path;
+    auto checked = trust::verify_server_cert_dir(cfg_.cert_dir, cfg_.hostname);
+    if (!checked) {
+        return Error::msg("server certificate material in " + cfg_.cert_dir +
+                          " is not usable: " + checked.error().message + ". " + hint);
+    }
+    std::string crt_path = cfg_.cert_dir + "/" + std::string(trust::kServerCertFile);
+    std::string key_path = cfg_.cert_dir + "/" + std::string(trust::kServerKeyFile);
+    auto crt = quic::read_small_file(crt_path);
+    if (!crt)
+        return Error::msg("cannot read " + crt_path + ": " + crt.error().message + ". " + hint);
+    auto key = quic::read_small_file(key_path);
+    if (!key)
+        return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
+
+    tunnels_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg_), &log_);
+    auto tls =
+        quic::ServerTls::create({std::move(*crt), std::move(*key),
+                                 [this](std::span<const uint8_t> der) { return admit_peer(der); }});
+    if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
+    tunnel_tls_ = std::move(*tls);
+
+    sockaddr_storage ss{};
+    socklen_t len = to_sockaddr(cfg_.tunnel_bind, ss);
+    auto l = quic::Listener::create(*worker_, reinterpret_cast<const sockaddr*>(&ss), len,
+                                    *tunnel_tls_, *this, {});
+    if (!l) {
+        return Error::msg("failed to bind server.tunnel-bind-address " +
+                          proto::format_endpoint(cfg_.tunnel_bind) + ": " + l.error().message);
+    }
+    tunnel_listener_ = std::move(*l);
+    tunnel_bind_text_ = local_text(tunnel_listener_->endpoint().fd());
+    return {};
+}
+
+bool EdgeServer::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
+    // Decided inside the handshake: a refusal reaches the Client as CRYPTO_ERROR 0x0131.
+    auto id = trust::identity_of_certificate_der(leaf_der);
+    if (id && tunnels_->admits(*id)) return true;
+    if (unauthorized_limit_.on_saturated().log) {
+        if (id) {
+            log_.warn("server tunnel connection unauthorized", {{"client-identity", *id}});
+        } else {
+            log_.warn("server tunnel connection unauthorized", {}, id.error().message);
+        }
+    }
+    return false;
+}
+
+void EdgeServer::on_connection(quic::Connection& c) noexcept {
+    auto id = trust::identity_of_certificate_der(c.peer_certificate());
+    if (!id) {
+        c.close(quic::kAppCloseCode, join_close_reason(JoinStatus::kUnmapped));
+        return;
+    }
+    auto j = tunnels_->join(*id, &c);
+    if (j.status != JoinStatus::kJoined) {
+        if (const char* scope = join_scope(j.status)) {
+            const TunnelLimits& lim = tunnels_->limits();
+            uint64_t limit = j.status == JoinStatus::kGlobalSaturated ? lim.global
+                             : j.status == JoinStatus::kPoolSaturated ? lim.per_pool
+                                                                      : lim.per_identity;
+            note_saturated(scope, limit, limit);
+        }
+        c.close(quic::kAppCloseCode, join_close_reason(j.status));
+        return;
+    }
+    for (JoinStatus st :
+         {JoinStatus::kGlobalSaturated, JoinStatus::kPoolSaturated, JoinStatus::kIdentitySaturated})
+        note_admitted(join_scope(st));
+    // The pool keeps the member alive as long as the connection is; the connection points back.
+    c.set_user_data(j.member.get());
+    c.set_handler(this);
+}
+
+void EdgeServer::on_stream_opened(quic::Connection&, quic::Stream& s) noexcept {
+    // Clients may not open streams (initial_max_streams_bidi = 0); refuse anything that does.
+    s.reset(quic::kStreamErrorCode);
+}
+
+void EdgeServer::wake_waiters(TunnelMember& m) noexcept {
+    std::vector<StreamWaiter*> waiting;
+    waiting.swap(m.waiters);
+    for (StreamWaiter* w : waiting) w->on_stream_credit();
+}
+
+void EdgeServer::on_streams_available(quic::Connection& c) noexcept {
+    auto* m = static_cast<TunnelMember*>(c.user_data());
+    if (m != nullptr) wake_waiters(*m);
+}
+
+void EdgeServer::on_closed(quic::Connection& c, const quic::CloseInfo& info) noexcept {
+    auto* m = static_cast<TunnelMember*>(c.user_data());
+    c.set_user_data(nullptr);
+    if (m == nullptr) return;
+    // Keep the member alive through the wake-ups even if no Visitor holds it.
+    std::shared_ptr<TunnelMember> hold;
+    for (auto& p : tunnels_->all())
+        if (p.get() == m) hold = p;
+    tunnels_->leave(*m, drop_cause(info));
+    wake_waiters(*m);  // each sees a dead member and drops its Visitor
 }
 
 void EdgeServer::on_watchdog() noexcept {

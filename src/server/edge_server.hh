@@ -1,11 +1,14 @@
-// EdgeServer: the Server's public side — listeners, Visitor admission and sessions, readiness,
-// signals, orderly shutdown and systemd notification (spec 5.1, 5.4, 5.10, 5.11, 5.14, 12.1).
+// EdgeServer: the Server — public listener, Visitor admission and sessions, readiness, the QUIC
+// tunnel listener and its pools, signals, orderly shutdown and systemd notification (spec 5.1-5.4,
+// 5.10-5.12, 5.14, 12.1).
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "config/config.hh"
@@ -13,8 +16,11 @@
 #include "core/slab.hh"
 #include "core/worker.hh"
 #include "obs/log.hh"
+#include "quic/listener.hh"
+#include "quic/tls.hh"
 #include "server/admission.hh"
 #include "server/route_table.hh"
+#include "server/tunnel_registry.hh"
 #include "server/visitor.hh"
 #include "sys/systemd.hh"
 
@@ -55,7 +61,7 @@ class ControlSession final : public core::Session {
 public:
     ControlSession(core::Worker& w, EdgeServer& server) noexcept
         : core::Session(w), server_(server) {}
-    enum Op : uint8_t { kOpGraceDeadline = 1, kOpWatchdog = 2 };
+    enum Op : uint8_t { kOpGraceDeadline = 1, kOpWatchdog = 2, kOpCloseFlush = 3 };
 
 protected:
     void on_event(const core::Completion& c) noexcept override;
@@ -71,7 +77,9 @@ struct EdgeCounters {
     std::array<uint64_t, 32> closed_by_reason{};
 };
 
-class EdgeServer final : public core::SignalListener {
+class EdgeServer final : public core::SignalListener,
+                         private quic::AcceptHandler,
+                         private quic::ConnectionHandler {
 public:
     // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
     static Result<std::unique_ptr<EdgeServer>> create(const config::ServerConfig& cfg,
@@ -89,11 +97,19 @@ public:
     const config::ServerConfig& config() const noexcept { return cfg_; }
     const std::shared_ptr<const RouteTable>& routes() const noexcept { return routes_; }
     bool shutting_down() const noexcept { return shutdown_mode_ != ShutdownMode::kNone; }
+    // Null when no Tunnel is configured.
+    TunnelRegistry* tunnels() noexcept { return tunnels_.get(); }
 
     // One shared scratch buffer for synchronous MSG_PEEK reads (the loop is single-threaded and
     // a peek completes before the next one starts).
     uint8_t* peek_buffer() noexcept { return peek_buf_.get(); }
     static constexpr size_t kPeekCapacity = 16384;
+    // Where a Tunnel stream prefix is assembled: PROXY v2 header + up to kPeekCapacity bytes.
+    uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
+    static constexpr size_t kPrefixCapacity = kPeekCapacity + 64;
+    // Scratch shared by every StreamPump (reads are synchronous on the single loop thread).
+    std::span<uint8_t> relay_scratch() noexcept { return {relay_scratch_.get(), kRelayScratch}; }
+    static constexpr size_t kRelayScratch = 64 * 1024;
 
     IntakeState* borrow_intake() noexcept;
     void return_intake(IntakeState* s) noexcept;
@@ -106,15 +122,25 @@ public:
     // Logging helpers shared by sessions.
     void note_saturated(const char* scope, uint64_t active, uint64_t limit) noexcept;
     void note_admitted(const char* scope) noexcept;
-    void note_rejected(CloseReason r) noexcept;
+    void note_rejected(CloseReason r, std::string_view hostname = {}) noexcept;
     EdgeCounters& counters() noexcept { return counters_; }
 
     void on_grace_deadline() noexcept;
     void on_watchdog() noexcept;
+    void on_close_flushed() noexcept;
 
 private:
     enum class ShutdownMode : uint8_t { kNone, kGraceful, kFast };
-    enum class Scope : uint8_t { kVisitorGlobal, kVisitorSource, kActiveRelay, kCount };
+    enum class Scope : uint8_t {
+        kVisitorGlobal,
+        kVisitorSource,
+        kActiveRelay,
+        kPendingOpen,
+        kTunnelGlobal,
+        kTunnelPerTunnel,
+        kTunnelPerIdentity,
+        kCount
+    };
 
     EdgeServer(const config::ServerConfig& cfg, obs::Logger& log);
     void on_signal(const signalfd_siginfo& info) noexcept override;
@@ -124,6 +150,17 @@ private:
     void maybe_finish() noexcept;
     Scope scope_of(const char* scope) const noexcept;
 
+    // Tunnel side.
+    Result<void> create_tunnel_listener();
+    bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
+    void close_tunnels() noexcept;
+    void on_connection(quic::Connection& c) noexcept override;
+    void on_established(quic::Connection&) noexcept override {}
+    void on_stream_opened(quic::Connection& c, quic::Stream& s) noexcept override;
+    void on_streams_available(quic::Connection& c) noexcept override;
+    void on_closed(quic::Connection& c, const quic::CloseInfo& info) noexcept override;
+    static void wake_waiters(TunnelMember& m) noexcept;
+
     const config::ServerConfig& cfg_;
     obs::Logger& log_;
     std::unique_ptr<core::Worker> worker_;
@@ -131,6 +168,8 @@ private:
     Admission admission_;
     std::unique_ptr<core::PipePool> pipes_;
     std::unique_ptr<uint8_t[]> peek_buf_;
+    std::unique_ptr<uint8_t[]> prefix_buf_;
+    std::unique_ptr<uint8_t[]> relay_scratch_;
     std::vector<std::unique_ptr<IntakeState>> intake_pool_;
     uint32_t intake_lent_ = 0;
     std::unique_ptr<core::Slab<VisitorSession>> visitors_;
@@ -140,6 +179,15 @@ private:
     std::unique_ptr<Listener> public_owner_;
     std::unique_ptr<Listener> readiness_owner_;
     std::unique_ptr<ControlSession> control_;
+    // Declared in this order so the listener (and its connections) go before the registry and
+    // the credentials it uses.
+    std::unique_ptr<TunnelRegistry> tunnels_;
+    std::unique_ptr<quic::ServerTls> tunnel_tls_;
+    std::unique_ptr<quic::Listener> tunnel_listener_;
+    std::string tunnel_bind_text_;
+    bool tunnels_closed_ = false;
+    bool close_flushed_ = false;
+    obs::RateLimiter unauthorized_limit_;
     core::TimerHandle grace_timer_{};
     int64_t watchdog_interval_ns_ = 0;
     uint64_t next_conn_id_ = 0;

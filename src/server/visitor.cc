@@ -1,5 +1,5 @@
 // VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
-// machine: ProxyHeader -> Hello -> Connect -> Relay -> Closed (spec 5.4, 5.10, 12.1).
+// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed (spec 5.4, 5.10, 12.1).
 #include "server/visitor.hh"
 
 #include <netinet/in.h>
@@ -11,6 +11,8 @@
 #include <cstring>
 
 #include "core/clock.hh"
+#include "proto/stream_prefix.hh"
+#include "quic/connection.hh"
 #include "server/edge_server.hh"
 
 namespace runewarp::server {
@@ -19,6 +21,7 @@ namespace {
 
 constexpr int64_t kIntakeDeadlineNs = 5'000'000'000;   // spec 5.4 step 2, 5.11
 constexpr int64_t kConnectDeadlineNs = 5'000'000'000;  // spec 12.1
+constexpr int64_t kOpenDeadlineNs = 5'000'000'000;     // spec 5.4 step 8, 5.11
 // Bytes one pump call may move before yielding to other connections.
 constexpr uint64_t kPumpBudget = 1u << 20;
 
@@ -87,6 +90,8 @@ const char* visitor_state_name(VisitorState s) noexcept {
             return "hello";
         case VisitorState::kConnect:
             return "connect";
+        case VisitorState::kOpen:
+            return "open";
         case VisitorState::kRelay:
             return "relay";
         case VisitorState::kClosed:
@@ -141,6 +146,8 @@ const char* reason_text(CloseReason r) noexcept {
             return "upstream-connect-timeout";
         case CloseReason::kUpstreamWriteFailed:
             return "upstream-write-failed";
+        case CloseReason::kPendingOpenSaturated:
+            return "pending-stream-open-saturated";
         case CloseReason::kShutdown:
             return "shutdown";
         case CloseReason::kInternal:
@@ -305,6 +312,9 @@ void VisitorSession::release_pre_routing() noexcept {
 void VisitorSession::route() noexcept {
     sni_ = intake_->hello.sni();
     bool acme = intake_->hello.offers_acme_tls1();
+    // Everything intake saw (the ClientHello and whatever followed) is still queued in the
+    // socket; a Tunnel route consumes exactly this much into the stream prefix.
+    buffered_ = intake_->peeked;
     // Routed work never holds pre-routing slots (spec 5.4 step 6).
     release_pre_routing();
     int one = 1;
@@ -318,7 +328,7 @@ void VisitorSession::route() noexcept {
     routes_ = server_.routes();
     const RouteTarget* target = routes_->find(sni_);
     if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
-    if (target->kind == RouteTarget::Kind::kTunnel) return fail(CloseReason::kNoActiveTunnel);
+    if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
     route_ = target->direct;
     if (!server_.admission().try_active_relay()) {
         server_.note_saturated("active-routed-stream", server_.admission().active_relays(),
@@ -400,15 +410,143 @@ void VisitorSession::drive_relay(bool up, bool down) noexcept {
     if (to_upstream_.done() && to_visitor_.done()) finish(CloseReason::kDone);
 }
 
+void VisitorSession::route_tunnel(std::string_view label) noexcept {
+    tunnel_ = true;
+    tunnel_label_ = label;
+    TunnelRegistry* reg = server_.tunnels();
+    if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
+    Admission& adm = server_.admission();
+    if (!adm.try_pending_open()) {
+        server_.note_saturated("pending-stream-open", adm.pending_opens(),
+                               adm.limits().pending_opens);
+        return fail(CloseReason::kPendingOpenSaturated);
+    }
+    holds_pending_ = true;
+    server_.note_admitted("pending-stream-open");
+    member_ = reg->pick(label);
+    if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
+    state_ = VisitorState::kOpen;
+    if (!worker().rearm_timer(deadline_, core::now_ns() + kOpenDeadlineNs))
+        deadline_ = arm_timer(kOpDeadline, core::now_ns() + kOpenDeadlineNs);
+    try_open_stream();
+}
+
+void VisitorSession::try_open_stream() noexcept {
+    // The chosen member failing before the stream exists fails the Visitor (spec 5.12).
+    if (!member_->alive || member_->connection == nullptr)
+        return fail(CloseReason::kNoActiveTunnel);
+    auto* conn = static_cast<quic::Connection*>(member_->connection);
+    auto s = conn->open_stream(pump_);
+    if (!s) {
+        if (s.error().code == EAGAIN) {
+            // No stream credit: on_streams_available() wakes us (within the open deadline).
+            waiting_credit_ = true;
+            member_->waiters.push_back(this);
+            return;
+        }
+        return fail(CloseReason::kNoActiveTunnel);
+    }
+    on_stream_opened(**s);
+}
+
+void VisitorSession::on_stream_credit() noexcept {
+    waiting_credit_ = false;  // the member cleared its list before waking us
+    if (aborting() || state_ != VisitorState::kOpen) return;
+    try_open_stream();
+}
+
+void VisitorSession::stop_waiting() noexcept {
+    if (!waiting_credit_ || member_ == nullptr) return;
+    std::erase(member_->waiters, static_cast<StreamWaiter*>(this));
+    waiting_credit_ = false;
+}
+
+void VisitorSession::refuse_stream(quic::Stream& s, CloseReason r) noexcept {
+    // RESET_STREAM + STOP_SENDING with code 1; nothing of the Visitor was sent.
+    s.set_handler(nullptr);
+    s.reset(quic::kStreamErrorCode);
+    fail(r);
+}
+
+void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
+    worker().cancel_timer(deadline_);
+    Admission& adm = server_.admission();
+    if (holds_pending_) {
+        adm.release_pending_open();
+        holds_pending_ = false;
+    }
+    // Spec 5.4 step 9: the active-routed-stream slot.
+    if (!adm.try_active_relay()) {
+        server_.note_saturated("active-routed-stream", adm.active_relays(),
+                               adm.limits().active_relays);
+        return refuse_stream(s, CloseReason::kRelaySaturated);
+    }
+    holds_relay_ = true;
+    server_.note_admitted("active-routed-stream");
+    // Step 10: registration still open and the member still mapped (the table is one snapshot
+    // for the process lifetime, so the member's liveness is what can change).
+    TunnelRegistry* reg = server_.tunnels();
+    if (reg == nullptr || reg->sealed()) return refuse_stream(s, CloseReason::kShutdown);
+    if (!member_->alive) return refuse_stream(s, CloseReason::kNoActiveTunnel);
+
+    // Step 11: consume what intake peeked and send it behind the PROXY v2 header, one write.
+    uint8_t* buf = server_.prefix_buffer();
+    size_t hdr = proto::encode_stream_prefix(tuple_, std::span<uint8_t>(buf, 64));
+    if (hdr == 0 || buffered_ > EdgeServer::kPeekCapacity)
+        return refuse_stream(s, CloseReason::kInternal);
+    size_t got = 0;
+    while (got < buffered_) {
+        ssize_t n = ::recv(visitor_.get(), buf + hdr + got, buffered_ - got, MSG_DONTWAIT);
+        if (n > 0) {
+            got += static_cast<size_t>(n);
+            continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        // The bytes were queued when peeked; losing them means the socket broke.
+        return refuse_stream(s, CloseReason::kHelloIoError);
+    }
+    // A fresh stream's send buffer (256 KiB) takes the whole prefix (<= 16 KiB + 52).
+    if (s.write(std::span<const uint8_t>(buf, hdr + got)) != hdr + got)
+        return refuse_stream(s, CloseReason::kInternal);
+
+    reg->stream_started(*member_);
+    counted_ = true;
+    state_ = VisitorState::kRelay;
+    server_.counters().relayed++;
+    set_nodelay(visitor_.get());
+    server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
+    pump_started_ = true;
+    pump_.start(*this, visitor_.get(), s, server_.relay_scratch());
+}
+
+void VisitorSession::pump_wait_tcp(bool write) noexcept {
+    if (aborting()) return;
+    if (write) {
+        poll(kOpPollVisitorOut, visitor_.get(), POLLOUT);
+    } else {
+        poll(kOpPollVisitor, visitor_.get(), POLLIN | POLLRDHUP);
+    }
+}
+
+void VisitorSession::pump_finished(bool reset) noexcept {
+    if (reset) return fail(CloseReason::kReset);
+    finish(CloseReason::kDone);
+}
+
 void VisitorSession::on_event(const core::Completion& c) noexcept {
     if (aborting()) return;  // late completions of a session being torn down
     switch (c.token.op) {
         case kOpDeadline:
+            if (state_ == VisitorState::kOpen) return fail(CloseReason::kNoActiveTunnel);
             return fail(state_ == VisitorState::kConnect ? CloseReason::kUpstreamTimeout
                                                          : CloseReason::kHelloTimeout);
+        case kOpPollVisitorOut:
+            if (pump_started_) pump_.on_tcp_ready(true, c.result);
+            return;
         case kOpConnect:
             return on_connected(c.result);
         case kOpPollVisitor:
+            if (pump_started_) return pump_.on_tcp_ready(false, c.result);
             visitor_poll_armed_ = false;
             if (c.result < 0 && c.result != -EINTR) {
                 return fail(state_ == VisitorState::kRelay ? CloseReason::kReset
@@ -426,7 +564,9 @@ void VisitorSession::on_event(const core::Completion& c) noexcept {
 }
 
 void VisitorSession::on_shutdown_started() noexcept {
-    if (state_ == VisitorState::kProxyHeader || state_ == VisitorState::kHello)
+    // Stream registration is sealed: a Visitor still waiting for its stream goes too.
+    if (state_ == VisitorState::kProxyHeader || state_ == VisitorState::kHello ||
+        state_ == VisitorState::kOpen)
         fail(CloseReason::kShutdown);
 }
 
@@ -453,6 +593,10 @@ void VisitorSession::finish(CloseReason r) noexcept {
     reason_ = r;
     if (deadline_.valid()) worker().cancel_timer(deadline_);
     abort(static_cast<int>(r));
+    stop_waiting();
+    // A tunnel relay still running is cut: RESET_STREAM + STOP_SENDING (code 1), RST to the
+    // Visitor (a no-op when the pump already finished).
+    if (pump_started_) pump_.abort();
 }
 
 void VisitorSession::on_quiesced() noexcept {
@@ -466,11 +610,33 @@ void VisitorSession::on_quiesced() noexcept {
         server_.admission().release_active_relay();
         holds_relay_ = false;
     }
+    if (holds_pending_) {
+        server_.admission().release_pending_open();
+        holds_pending_ = false;
+    }
+    stop_waiting();
+    if (pump_started_) pump_.abort();  // never leave the stream pointing at a freed pump
+    if (counted_ && server_.tunnels() != nullptr) server_.tunnels()->stream_ended(*member_);
+    counted_ = false;
+    member_.reset();
     close_fd(upstream_);
     close_fd(visitor_);
 
     auto& log = server_.log();
-    if (last == VisitorState::kRelay || last == VisitorState::kConnect) {
+    if (last == VisitorState::kRelay && tunnel_) {
+        auto dur = std::chrono::milliseconds((core::now_ns() - started_ns_) / 1'000'000);
+        if (log.enabled(obs::Level::kInfo)) {
+            log.info("server visitor closed", {{"conn", conn_id_},
+                                               {"state", visitor_state_name(last)},
+                                               {"public-hostname", sni_},
+                                               {"route", tunnel_label_},
+                                               {"target", "tunnel"},
+                                               {"bytes-in", pump_.bytes_to_stream() + buffered_},
+                                               {"bytes-out", pump_.bytes_to_tcp()},
+                                               {"duration", dur},
+                                               {"reason", reason_text(reason_)}});
+        }
+    } else if (last == VisitorState::kRelay || last == VisitorState::kConnect) {
         auto dur = std::chrono::milliseconds((core::now_ns() - started_ns_) / 1'000'000);
         if (log.enabled(obs::Level::kInfo)) {
             log.info("server visitor closed",
@@ -487,7 +653,7 @@ void VisitorSession::on_quiesced() noexcept {
         if (reason_ == CloseReason::kUpstreamConnectFailed ||
             reason_ == CloseReason::kUpstreamTimeout ||
             reason_ == CloseReason::kUpstreamWriteFailed)
-            server_.note_rejected(reason_);
+            server_.note_rejected(reason_, sni_);
     } else if (reason_ != CloseReason::kShutdown) {
         if (log.enabled(obs::Level::kDebug)) {
             if (sni_.empty()) {
@@ -497,7 +663,7 @@ void VisitorSession::on_quiesced() noexcept {
                           {{"public-hostname", sni_}, {"reason", reason_text(reason_)}});
             }
         }
-        server_.note_rejected(reason_);
+        server_.note_rejected(reason_, sni_);
     }
     server_.counters().closed_by_reason[static_cast<size_t>(reason_) % 32]++;
     routes_.reset();

@@ -1,5 +1,7 @@
 // VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
-// machine: ProxyHeader -> Hello -> Connect -> Relay -> Closed (spec 5.4, 5.10, 12.1).
+// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed (spec 5.4, 5.10, 12.1):
+// a direct route connects an upstream and splices, a Tunnel route opens a QUIC stream on a pool
+// member and relays through a StreamPump.
 #pragma once
 
 #include <cstddef>
@@ -14,14 +16,16 @@
 #include "proto/endpoint.hh"
 #include "proto/proxy_v2.hh"
 #include "relay/splice_pump.hh"
+#include "relay/stream_pump.hh"
 #include "server/admission.hh"
 #include "server/route_table.hh"
+#include "server/tunnel_registry.hh"
 
 namespace runewarp::server {
 
 class EdgeServer;
 
-enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kRelay, kClosed };
+enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kClosed };
 const char* visitor_state_name(VisitorState s) noexcept;
 
 // Why a Visitor connection ended; the access line and counters use reason_text().
@@ -48,6 +52,7 @@ enum class CloseReason : uint8_t {
     kUpstreamConnectFailed,
     kUpstreamTimeout,
     kUpstreamWriteFailed,
+    kPendingOpenSaturated,
     kShutdown,
     kInternal,
 };
@@ -61,7 +66,9 @@ struct IntakeState {
     size_t peeked = 0;  // bytes of the socket queue already fed to the parser
 };
 
-class VisitorSession final : public core::Session {
+class VisitorSession final : public core::Session,
+                             private relay::StreamPumpOwner,
+                             private StreamWaiter {
 public:
     VisitorSession(core::Worker& w, EdgeServer& server, int fd, uint64_t conn_id) noexcept;
     ~VisitorSession() override;
@@ -86,6 +93,7 @@ private:
         kOpPollUpstream = 2,
         kOpConnect = 3,
         kOpDeadline = 4,
+        kOpPollVisitorOut = 5,  // tunnel relay: the Visitor socket takes bytes again
     };
 
     void fail(CloseReason r) noexcept;
@@ -102,6 +110,16 @@ private:
     void start_relay() noexcept;
     void drive_relay(bool from_visitor_poll, bool from_upstream_poll) noexcept;
 
+    // Tunnel route (spec 5.4 steps 8-11).
+    void route_tunnel(std::string_view label) noexcept;
+    void try_open_stream() noexcept;
+    void on_stream_opened(quic::Stream& s) noexcept;
+    void refuse_stream(quic::Stream& s, CloseReason r) noexcept;
+    void stop_waiting() noexcept;
+    void pump_wait_tcp(bool write) noexcept override;
+    void pump_finished(bool reset) noexcept override;
+    void on_stream_credit() noexcept override;
+
     EdgeServer& server_;
     core::UniqueFd visitor_;
     core::UniqueFd upstream_;
@@ -116,11 +134,21 @@ private:
     std::shared_ptr<const RouteTable> routes_;  // keeps route_ alive across a reload
     relay::SplicePump to_upstream_;
     relay::SplicePump to_visitor_;
+    // Tunnel route: the label (owned by routes_), the member and the pump.
+    std::string_view tunnel_label_;
+    std::shared_ptr<TunnelMember> member_;
+    relay::StreamPump pump_;
+    size_t buffered_ = 0;  // Visitor bytes seen by intake, consumed into the stream prefix
     VisitorState state_ = VisitorState::kProxyHeader;
     CloseReason reason_ = CloseReason::kNone;
     bool holds_global_ = false;
     bool holds_source_ = false;
     bool holds_relay_ = false;
+    bool holds_pending_ = false;
+    bool tunnel_ = false;
+    bool waiting_credit_ = false;
+    bool pump_started_ = false;
+    bool counted_ = false;  // member_->active_streams includes this relay
     bool visitor_poll_armed_ = false;
     bool upstream_poll_armed_ = false;
     size_t live_index_ = SIZE_MAX;  // position in EdgeServer::live_

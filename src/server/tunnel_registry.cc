@@ -1,0 +1,159 @@
+// TunnelRegistry: the authorization table (identity -> Tunnel, immutable snapshot) and the
+// Tunnel pools with their members, admission limits and placement (spec 5.3, 5.11, 5.12, 6.2).
+#include "server/tunnel_registry.hh"
+
+#include <algorithm>
+
+namespace runewarp::server {
+
+std::shared_ptr<const AuthTable> AuthTable::build(const config::ServerConfig& cfg) {
+    auto t = std::make_shared<AuthTable>();
+    for (const config::Tunnel& tun : cfg.tunnels) {
+        int index = static_cast<int>(t->labels_.size());
+        t->labels_.push_back(tun.label);
+        // Validation guarantees each identity belongs to exactly one Tunnel.
+        for (const std::string& id : tun.identities) t->by_identity_.emplace(id, index);
+    }
+    return t;
+}
+
+int AuthTable::tunnel_of(std::string_view identity) const noexcept {
+    auto it = by_identity_.find(std::string(identity));
+    return it == by_identity_.end() ? -1 : it->second;
+}
+
+int AuthTable::tunnel_index(std::string_view label) const noexcept {
+    for (size_t i = 0; i < labels_.size(); ++i)
+        if (labels_[i] == label) return static_cast<int>(i);
+    return -1;
+}
+
+const char* join_scope(JoinStatus s) noexcept {
+    switch (s) {
+        case JoinStatus::kGlobalSaturated:
+            return "tunnel-connection-global";
+        case JoinStatus::kPoolSaturated:
+            return "tunnel-connection-per-tunnel";
+        case JoinStatus::kIdentitySaturated:
+            return "tunnel-connection-per-client-identity";
+        default:
+            return nullptr;
+    }
+}
+
+const char* join_close_reason(JoinStatus s) noexcept {
+    switch (s) {
+        case JoinStatus::kJoined:
+            return "";
+        case JoinStatus::kUnmapped:
+            return "unmapped client identity";
+        case JoinStatus::kShuttingDown:
+            return "server shutting down";
+        case JoinStatus::kGlobalSaturated:
+        case JoinStatus::kPoolSaturated:
+        case JoinStatus::kIdentitySaturated:
+            return "server tunnel admission saturated";
+    }
+    return "";
+}
+
+TunnelRegistry::TunnelRegistry(std::shared_ptr<const AuthTable> table, obs::Logger* log,
+                               TunnelLimits limits)
+    : table_(std::move(table)), log_(log), limits_(limits), pools_(table_->tunnel_count()) {}
+
+TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* connection) {
+    Join j;
+    if (sealed_) {
+        j.status = JoinStatus::kShuttingDown;
+        return j;
+    }
+    int tunnel = table_->tunnel_of(identity);
+    if (tunnel < 0) {
+        j.status = JoinStatus::kUnmapped;
+        return j;
+    }
+    Pool& pool = pools_[static_cast<size_t>(tunnel)];
+    uint32_t& mine = per_identity_[identity];
+    if (total_ >= limits_.global) {
+        j.status = JoinStatus::kGlobalSaturated;
+    } else if (pool.members.size() >= limits_.per_pool) {
+        j.status = JoinStatus::kPoolSaturated;
+    } else if (mine >= limits_.per_identity) {
+        j.status = JoinStatus::kIdentitySaturated;
+    } else {
+        j.status = JoinStatus::kJoined;
+    }
+    if (j.status != JoinStatus::kJoined) {
+        if (mine == 0) per_identity_.erase(identity);
+        return j;
+    }
+    auto m = std::make_shared<TunnelMember>();
+    m->id = ++next_id_;
+    m->identity = identity;
+    m->tunnel = tunnel;
+    m->connection = connection;
+    m->alive = true;
+    pool.members.push_back(m);
+    ++mine;
+    ++total_;
+    if (log_ != nullptr) {
+        log_->info("server tunnel connection accepted",
+                   {{"client-identity", identity},
+                    {"tunnel", table_->label(static_cast<size_t>(tunnel))},
+                    {"members", static_cast<uint64_t>(pool.members.size())}});
+    }
+    j.member = std::move(m);
+    return j;
+}
+
+void TunnelRegistry::leave(TunnelMember& m, std::string_view cause) {
+    if (!m.alive) return;
+    m.alive = false;
+    m.connection = nullptr;
+    Pool& pool = pools_[static_cast<size_t>(m.tunnel)];
+    auto it = std::find_if(pool.members.begin(), pool.members.end(),
+                           [&](const auto& p) { return p.get() == &m; });
+    if (it != pool.members.end()) pool.members.erase(it);  // keeps the join order
+    auto id = per_identity_.find(m.identity);
+    if (id != per_identity_.end() && --id->second == 0) per_identity_.erase(id);
+    if (total_ > 0) --total_;
+    if (log_ == nullptr) return;
+    const std::string& label = table_->label(static_cast<size_t>(m.tunnel));
+    auto left = static_cast<uint64_t>(pool.members.size());
+    if (cause.empty()) {
+        log_->info("server tunnel connection closed",
+                   {{"client-identity", m.identity}, {"tunnel", label}, {"members", left}});
+    } else {
+        log_->warn("server tunnel connection dropped",
+                   {{"client-identity", m.identity}, {"tunnel", label}, {"members", left}}, cause);
+    }
+}
+
+std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel) {
+    if (tunnel < 0 || static_cast<size_t>(tunnel) >= pools_.size()) return nullptr;
+    Pool& pool = pools_[static_cast<size_t>(tunnel)];
+    size_t n = pool.members.size();
+    if (n == 0) return nullptr;
+    uint32_t min = UINT32_MAX;
+    for (const auto& m : pool.members) min = std::min(min, m->active_streams);
+    size_t start = static_cast<size_t>(pool.counter++ % n);
+    for (size_t i = 0; i < n; ++i) {
+        const auto& m = pool.members[(start + i) % n];
+        if (m->active_streams == min) return m;
+    }
+    return nullptr;  // unreachable: some member holds the minimum
+}
+
+size_t TunnelRegistry::members(int tunnel) const noexcept {
+    if (tunnel < 0 || static_cast<size_t>(tunnel) >= pools_.size()) return 0;
+    return pools_[static_cast<size_t>(tunnel)].members.size();
+}
+
+std::vector<std::shared_ptr<TunnelMember>> TunnelRegistry::all() const {
+    std::vector<std::shared_ptr<TunnelMember>> out;
+    out.reserve(total_);
+    for (const Pool& p : pools_) out.insert(out.end(), p.members.begin(), p.members.end());
+    return out;
+}
+
+}  // namespace runewarp::server

@@ -1,0 +1,137 @@
+// TunnelRegistry: the authorization table (identity -> Tunnel, immutable snapshot) and the
+// Tunnel pools with their members, admission limits and placement (spec 5.3, 5.11, 5.12, 6.2).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hh"
+#include "obs/log.hh"
+
+namespace runewarp::server {
+
+// Identity -> Tunnel, built once from the validated config and shared by handshake admission
+// and routing (replaced as a whole, never edited).
+class AuthTable {
+public:
+    static std::shared_ptr<const AuthTable> build(const config::ServerConfig& cfg);
+
+    // Index of the Tunnel that authorizes `identity`, or -1.
+    int tunnel_of(std::string_view identity) const noexcept;
+    // Index of the Tunnel labelled `label`, or -1.
+    int tunnel_index(std::string_view label) const noexcept;
+    const std::string& label(size_t tunnel) const noexcept { return labels_[tunnel]; }
+    size_t tunnel_count() const noexcept { return labels_.size(); }
+
+private:
+    std::vector<std::string> labels_;
+    std::unordered_map<std::string, int> by_identity_;
+};
+
+// Woken when a member's connection may open a stream again (credit grew or it went away).
+class StreamWaiter {
+public:
+    virtual void on_stream_credit() noexcept = 0;
+
+protected:
+    ~StreamWaiter() = default;
+};
+
+// One live authenticated Tunnel connection. Shared with the Visitors routed through it, so a
+// Visitor that outlives the connection still holds a valid (dead) member.
+struct TunnelMember {
+    uint64_t id = 0;
+    std::string identity;
+    int tunnel = -1;
+    void* connection = nullptr;  // quic::Connection* (opaque here)
+    uint32_t active_streams = 0;
+    bool alive = false;
+    std::vector<StreamWaiter*> waiters;  // Visitors waiting for stream credit
+};
+
+struct TunnelLimits {
+    uint32_t global = 4096;  // spec 5.11
+    uint32_t per_pool = 256;
+    uint32_t per_identity = 64;
+};
+
+enum class JoinStatus : uint8_t {
+    kJoined,
+    kUnmapped,         // identity not in the table: close "unmapped client identity"
+    kShuttingDown,     // registration sealed: close "server shutting down"
+    kGlobalSaturated,  // close "server tunnel admission saturated"
+    kPoolSaturated,
+    kIdentitySaturated,
+};
+
+// The saturation scope of a join status (spec 7), or nullptr.
+const char* join_scope(JoinStatus s) noexcept;
+// The application close reason for a refused join (spec 5.9).
+const char* join_close_reason(JoinStatus s) noexcept;
+
+class TunnelRegistry {
+public:
+    // `log` may be null (tests).
+    TunnelRegistry(std::shared_ptr<const AuthTable> table, obs::Logger* log,
+                   TunnelLimits limits = {});
+
+    const AuthTable& table() const noexcept { return *table_; }
+    const TunnelLimits& limits() const noexcept { return limits_; }
+
+    // Admission at handshake time: is the identity authorized by some Tunnel?
+    bool admits(std::string_view identity) const noexcept {
+        return table_->tunnel_of(identity) >= 0;
+    }
+
+    struct Join {
+        JoinStatus status = JoinStatus::kUnmapped;
+        std::shared_ptr<TunnelMember> member;  // set when joined
+    };
+    // An authenticated connection joins the pool of its identity's Tunnel (newest refused on
+    // saturation; existing members are kept).
+    Join join(const std::string& identity, void* connection);
+    // The member's connection ended; `cause` empty = clean close (INFO), else dropped (WARN).
+    void leave(TunnelMember& m, std::string_view cause);
+    // No registration after this (shutdown began).
+    void seal() noexcept { sealed_ = true; }
+    bool sealed() const noexcept { return sealed_; }
+
+    // Placement (spec 5.12): minimum active count, pool counter k, scan from k mod n, first
+    // with the minimum. nullptr when the pool is empty.
+    std::shared_ptr<TunnelMember> pick(int tunnel);
+    std::shared_ptr<TunnelMember> pick(std::string_view label) {
+        return pick(table_->tunnel_index(label));
+    }
+
+    void stream_started(TunnelMember& m) noexcept { ++m.active_streams; }
+    void stream_ended(TunnelMember& m) noexcept {
+        if (m.active_streams > 0) --m.active_streams;
+    }
+
+    size_t members(int tunnel) const noexcept;
+    size_t total() const noexcept { return total_; }
+    // Every live member (for shutdown).
+    std::vector<std::shared_ptr<TunnelMember>> all() const;
+
+private:
+    struct Pool {
+        std::vector<std::shared_ptr<TunnelMember>> members;  // join order
+        uint64_t counter = 0;                                // k
+    };
+
+    std::shared_ptr<const AuthTable> table_;
+    obs::Logger* log_;
+    TunnelLimits limits_;
+    std::vector<Pool> pools_;
+    std::unordered_map<std::string, uint32_t> per_identity_;
+    size_t total_ = 0;
+    uint64_t next_id_ = 0;
+    bool sealed_ = false;
+};
+
+}  // namespace runewarp::server

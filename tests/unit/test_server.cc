@@ -1,0 +1,222 @@
+// server: the Tunnel authorization table, pool membership, admission limits and placement
+// (spec 5.3, 5.11, 5.12, 6.2); the pending-open counter of Admission.
+#include <criterion/criterion.h>
+
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.hh"
+#include "obs/log.hh"
+#include "server/admission.hh"
+#include "server/tunnel_registry.hh"
+
+using namespace runewarp;
+using namespace runewarp::server;
+
+namespace {
+
+std::string ident(char c) {
+    return std::string(64, c);
+}
+
+config::ServerConfig two_tunnels() {
+    config::ServerConfig cfg;
+    cfg.tunnels.push_back({"app", {"app.example.test"}, {ident('a'), ident('b')}});
+    cfg.tunnels.push_back({"wiki", {"wiki.example.test"}, {ident('c')}});
+    return cfg;
+}
+
+void* conn(uintptr_t n) {
+    return reinterpret_cast<void*>(n);
+}
+
+}  // namespace
+
+Test(server, auth_table_maps_identities_to_their_tunnel) {
+    auto t = AuthTable::build(two_tunnels());
+    cr_assert_eq(t->tunnel_count(), 2u);
+    cr_assert_eq(t->tunnel_of(ident('a')), 0);
+    cr_assert_eq(t->tunnel_of(ident('b')), 0);
+    cr_assert_eq(t->tunnel_of(ident('c')), 1);
+    cr_assert_eq(t->tunnel_of(ident('d')), -1);
+    cr_assert_eq(t->tunnel_index("wiki"), 1);
+    cr_assert_eq(t->tunnel_index("nope"), -1);
+    cr_assert_eq(t->label(0), "app");
+}
+
+Test(server, join_logs_membership_and_leave_distinguishes_clean_and_dropped) {
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), &log);
+    cr_assert(reg.admits(ident('a')));
+    cr_assert_not(reg.admits(ident('e')));
+
+    auto a = reg.join(ident('a'), conn(1));
+    cr_assert_eq(a.status, JoinStatus::kJoined);
+    auto b = reg.join(ident('b'), conn(2));
+    cr_assert_eq(b.status, JoinStatus::kJoined);
+    cr_assert_eq(reg.members(0), 2u);
+    cr_assert_eq(reg.total(), 2u);
+    cr_assert(sink.text.find("INFO server tunnel connection accepted: client-identity=" +
+                             ident('a') + " tunnel=app members=1") != std::string::npos,
+              "%s", sink.text.c_str());
+    cr_assert(sink.text.find("tunnel=app members=2") != std::string::npos);
+
+    reg.leave(*a.member, "");
+    cr_assert_not(a.member->alive);
+    cr_assert_eq(reg.members(0), 1u);
+    cr_assert(sink.text.find("INFO server tunnel connection closed: client-identity=" + ident('a') +
+                             " tunnel=app members=1") != std::string::npos,
+              "%s", sink.text.c_str());
+    reg.leave(*b.member, "idle timeout");
+    cr_assert(
+        sink.text.find("WARN server tunnel connection dropped: client-identity=" + ident('b') +
+                       " tunnel=app members=0: idle timeout") != std::string::npos,
+        "%s", sink.text.c_str());
+    cr_assert_eq(reg.total(), 0u);
+    reg.leave(*b.member, "twice");  // a second leave changes nothing
+    cr_assert_eq(reg.total(), 0u);
+    cr_assert_null(reg.pick("app"));
+}
+
+Test(server, unmapped_and_sealed_joins_are_refused_with_their_reasons) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    auto u = reg.join(ident('e'), conn(1));
+    cr_assert_eq(u.status, JoinStatus::kUnmapped);
+    cr_assert_null(u.member.get());
+    cr_assert_str_eq(join_close_reason(u.status), "unmapped client identity");
+    reg.seal();
+    auto s = reg.join(ident('a'), conn(2));
+    cr_assert_eq(s.status, JoinStatus::kShuttingDown);
+    cr_assert_str_eq(join_close_reason(s.status), "server shutting down");
+    cr_assert_eq(reg.total(), 0u);
+}
+
+Test(server, placement_prefers_the_least_active_member) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    auto a = reg.join(ident('a'), conn(1)).member;
+    auto b = reg.join(ident('a'), conn(2)).member;
+    auto c = reg.join(ident('b'), conn(3)).member;
+    reg.stream_started(*a);
+    reg.stream_started(*a);
+    reg.stream_started(*c);
+    // b holds the only minimum (0), whatever the counter says.
+    for (int i = 0; i < 5; ++i) cr_assert_eq(reg.pick("app").get(), b.get());
+    reg.stream_started(*b);
+    reg.stream_started(*b);
+    // Now c (1) is the minimum.
+    for (int i = 0; i < 4; ++i) cr_assert_eq(reg.pick("app").get(), c.get());
+}
+
+Test(server, placement_breaks_ties_round_robin_from_the_pool_counter) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    auto a = reg.join(ident('a'), conn(1)).member;
+    auto b = reg.join(ident('a'), conn(2)).member;
+    auto c = reg.join(ident('b'), conn(3)).member;
+    // All at 0: the scan starts at k mod 3 with k = 0, 1, 2, 3, ...
+    std::vector<TunnelMember*> got;
+    for (int i = 0; i < 6; ++i) got.push_back(reg.pick("app").get());
+    std::vector<TunnelMember*> want = {a.get(), b.get(), c.get(), a.get(), b.get(), c.get()};
+    cr_assert(got == want);
+    // k = 6 now; with b busy, k mod 3 = 0 -> a, k = 7 -> start at b (busy) -> c, k = 8 -> c? no:
+    // start at c -> c, k = 9 -> a.
+    reg.stream_started(*b);
+    cr_assert_eq(reg.pick("app").get(), a.get());
+    cr_assert_eq(reg.pick("app").get(), c.get());
+    cr_assert_eq(reg.pick("app").get(), c.get());
+    cr_assert_eq(reg.pick("app").get(), a.get());
+    // Other pools are independent.
+    cr_assert_null(reg.pick("wiki"));
+    cr_assert_null(reg.pick("nope"));
+}
+
+Test(server, counts_decrement_when_relays_end_and_members_leave_in_order) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    auto a = reg.join(ident('a'), conn(1)).member;
+    auto b = reg.join(ident('b'), conn(2)).member;
+    reg.stream_started(*a);
+    cr_assert_eq(reg.pick("app").get(), b.get());
+    reg.stream_started(*b);
+    reg.stream_started(*b);
+    cr_assert_eq(reg.pick("app").get(), a.get());
+    reg.stream_ended(*b);
+    reg.stream_ended(*b);
+    cr_assert_eq(b->active_streams, 0u);
+    cr_assert_eq(reg.pick("app").get(), b.get());
+    reg.stream_ended(*b);  // never below zero
+    cr_assert_eq(b->active_streams, 0u);
+    // The busy member leaving leaves the other as the only choice.
+    reg.leave(*b, "");
+    for (int i = 0; i < 3; ++i) cr_assert_eq(reg.pick("app").get(), a.get());
+    // A Visitor holding the dead member can still end its relay safely.
+    reg.stream_ended(*b);
+}
+
+Test(server, per_identity_limit_closes_the_newest_and_keeps_existing) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr,
+                       {.global = 100, .per_pool = 100, .per_identity = 3});
+    std::vector<std::shared_ptr<TunnelMember>> kept;
+    for (uintptr_t i = 0; i < 3; ++i) {
+        auto j = reg.join(ident('a'), conn(i + 1));
+        cr_assert_eq(j.status, JoinStatus::kJoined);
+        kept.push_back(j.member);
+    }
+    auto over = reg.join(ident('a'), conn(9));
+    cr_assert_eq(over.status, JoinStatus::kIdentitySaturated);
+    cr_assert_str_eq(join_close_reason(over.status), "server tunnel admission saturated");
+    cr_assert_str_eq(join_scope(over.status), "tunnel-connection-per-client-identity");
+    cr_assert_eq(reg.members(0), 3u);
+    for (auto& m : kept) cr_assert(m->alive);
+    // Another identity of the same pool is not limited by a's count.
+    cr_assert_eq(reg.join(ident('b'), conn(10)).status, JoinStatus::kJoined);
+    // A slot freed by a leaving member is available again.
+    reg.leave(*kept[0], "");
+    cr_assert_eq(reg.join(ident('a'), conn(11)).status, JoinStatus::kJoined);
+}
+
+Test(server, per_pool_and_global_limits) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr,
+                       {.global = 5, .per_pool = 3, .per_identity = 64});
+    for (uintptr_t i = 0; i < 3; ++i)
+        cr_assert_eq(reg.join(ident(i % 2 ? 'a' : 'b'), conn(i + 1)).status, JoinStatus::kJoined);
+    auto pool = reg.join(ident('a'), conn(7));
+    cr_assert_eq(pool.status, JoinStatus::kPoolSaturated);
+    cr_assert_str_eq(join_scope(pool.status), "tunnel-connection-per-tunnel");
+    // The other pool still has room until the global limit.
+    cr_assert_eq(reg.join(ident('c'), conn(8)).status, JoinStatus::kJoined);
+    cr_assert_eq(reg.join(ident('c'), conn(9)).status, JoinStatus::kJoined);
+    auto global = reg.join(ident('c'), conn(10));
+    cr_assert_eq(global.status, JoinStatus::kGlobalSaturated);
+    cr_assert_str_eq(join_scope(global.status), "tunnel-connection-global");
+    cr_assert_eq(reg.total(), 5u);
+    cr_assert_eq(reg.all().size(), 5u);
+}
+
+Test(server, default_limits_are_the_fixed_policy) {
+    TunnelLimits l;
+    cr_assert_eq(l.global, 4096u);
+    cr_assert_eq(l.per_pool, 256u);
+    cr_assert_eq(l.per_identity, 64u);
+    AdmissionLimits a;
+    cr_assert_eq(a.pending_opens, 1024u);
+    cr_assert_eq(a.active_relays, 4096u);
+}
+
+Test(server, pending_open_slots_are_bounded_and_released_once) {
+    Admission adm({.pre_routing_global = 1,
+                   .pre_routing_per_source = 1,
+                   .active_relays = 1,
+                   .pending_opens = 2});
+    cr_assert(adm.try_pending_open());
+    cr_assert(adm.try_pending_open());
+    cr_assert_not(adm.try_pending_open());
+    cr_assert_eq(adm.pending_opens(), 2u);
+    adm.release_pending_open();
+    cr_assert(adm.try_pending_open());
+    adm.release_pending_open();
+    adm.release_pending_open();
+    adm.release_pending_open();  // never below zero
+    cr_assert_eq(adm.pending_opens(), 0u);
+}
