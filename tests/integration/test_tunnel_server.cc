@@ -1,0 +1,407 @@
+// The Server's tunnel side end to end (spec 5.2-5.4, 5.7, 5.9, 5.12, 5.14): the real binary with
+// `server cert init` material and a [tunnel], driven by in-process QUIC Clients built from the
+// quic module and raw TCP Visitors on loopback.
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "core/clock.hh"
+#include "core/worker.hh"
+#include "quic/connection.hh"
+#include "quic/listener.hh"
+#include "quic/tls.hh"
+#include "tests/integration/edge_support.hh"
+#include "tests/support/daemon.hh"
+#include "tests/support/files.hh"
+#include "tests/support/net.hh"
+#include "tests/support/process.hh"
+#include "tests/support/tls.hh"
+
+using namespace runewarp;
+using namespace runewarp::test;
+using namespace runewarp::test::edge;
+
+namespace {
+
+const std::string kServerName = "tunnel.example.test";
+const std::string kApp = "app.example.test";
+
+// A Client identity made by `runewarp client identity init`.
+struct Identity {
+    std::string cert_pem;
+    std::string key_pem;
+    std::string id;
+};
+
+std::vector<std::string> material_env(const TempDir& d) {
+    return {"XDG_CONFIG_HOME=" + (d / "xdg-config"), "XDG_DATA_HOME=" + (d / "xdg-data"),
+            "XDG_STATE_HOME=" + (d / "xdg-state"), "RUNEWARP_SERVER_HOSTNAME="};
+}
+
+Identity make_identity(const TempDir& d, const std::string& name) {
+    std::string dir = d / name;
+    auto r = run({runewarp_binary(), "client", "identity", "init", "--dir", dir}, Millis{30000},
+                 material_env(d));
+    cr_assert(r.status.success(), "identity init: %s %s", r.out.c_str(), r.err.c_str());
+    return {read_file(dir + "/client.crt"), read_file(dir + "/client.key"),
+            read_file(dir + "/client-identity.txt")};
+}
+
+// One in-process Client connection and the streams the Server opens on it.
+struct ClientStream final : quic::StreamHandler {
+    quic::Stream* stream = nullptr;
+    std::string received;
+    bool fin = false;
+    bool reset = false;
+    bool closed = false;
+    size_t on_stream_data(quic::Stream&, std::span<const uint8_t> d, bool f) noexcept override {
+        received.append(reinterpret_cast<const char*>(d.data()), d.size());
+        if (f) fin = true;
+        return d.size();
+    }
+    void on_stream_writable(quic::Stream&) noexcept override {}
+    void on_stream_reset(quic::Stream&, uint64_t) noexcept override { reset = true; }
+    void on_stream_closed(quic::Stream&, uint64_t) noexcept override {
+        closed = true;
+        stream = nullptr;
+    }
+};
+
+struct TestClient final : quic::ConnectionHandler {
+    quic::Connection* conn = nullptr;
+    bool established = false;
+    bool closed = false;
+    quic::CloseInfo info;
+    std::vector<std::unique_ptr<ClientStream>> streams;
+
+    void on_established(quic::Connection&) noexcept override { established = true; }
+    void on_stream_opened(quic::Connection&, quic::Stream& s) noexcept override {
+        auto cs = std::make_unique<ClientStream>();
+        cs->stream = &s;
+        s.set_handler(cs.get());
+        streams.push_back(std::move(cs));
+    }
+    void on_streams_available(quic::Connection&) noexcept override {}
+    void on_closed(quic::Connection&, const quic::CloseInfo& i) noexcept override {
+        closed = true;
+        info = i;
+        conn = nullptr;
+    }
+};
+
+// The Server under test plus the worker that runs the in-process Clients.
+class Harness {
+public:
+    explicit Harness(size_t pinned = 1, std::string graceful = "30s") {
+        for (size_t i = 0; i < pinned; ++i)
+            pinned_.push_back(make_identity(dir_, "identity-" + std::to_string(i)));
+        auto r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName,
+                      "--dir", dir_ / "cert"},
+                     Millis{30000}, material_env(dir_));
+        cr_assert(r.status.success(), "cert init: %s %s", r.out.c_str(), r.err.c_str());
+        public_port_ = free_port();
+        tunnel_port_ = free_port();
+        std::string ini = "log-level = debug\n\n[server]\nhostname = " + kServerName + "\n";
+        ini += "cert-dir = " + (dir_ / "cert") + "\n";
+        ini += "public-bind-address = " + host_port("127.0.0.1", public_port_) + "\n";
+        ini += "tunnel-bind-address = " + host_port("127.0.0.1", tunnel_port_) + "\n";
+        ini += "graceful-shutdown-duration = " + graceful + "\n";
+        ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp + "\nclient-identities = ";
+        for (size_t i = 0; i < pinned_.size(); ++i) ini += (i ? ", " : "") + pinned_[i].id;
+        ini += "\n";
+        write_file(dir_ / "server.ini", ini);
+        std::vector<std::string> env = material_env(dir_);
+        daemon_.emplace(DaemonOptions{
+            .argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"},
+            .env = env,
+            .log_path = dir_ / "runewarp.log",
+            .ready_log_line = "server tunnel listener ready",
+        });
+
+        core::WorkerOptions o;
+        o.max_slots = 1024;
+        auto w = core::Worker::create(o);
+        cr_assert(w.ok(), "worker");
+        worker_ = std::move(*w);
+    }
+    ~Harness() {
+        for (auto& c : clients_)
+            if (c->conn != nullptr) c->conn->close(quic::kAppCloseCode, "graceful shutdown");
+        spin_until([] { return false; }, Millis{50});
+    }
+
+    const Identity& pinned(size_t i) const { return pinned_[i]; }
+    Identity unpinned() { return make_identity(dir_, "unpinned"); }
+    Daemon& daemon() { return *daemon_; }
+    std::string log() const { return daemon_->log(); }
+    uint16_t public_port() const { return public_port_; }
+
+    // Runs the Clients' loop until cond() holds or the deadline passes.
+    bool spin_until(const std::function<bool()>& cond, Millis deadline) {
+        int64_t end = core::now_ns() + deadline.count() * 1'000'000;
+        while (!cond()) {
+            int64_t left = end - core::now_ns();
+            if (left <= 0) return cond();
+            auto r = worker_->run_once(std::min<int64_t>(left, 5'000'000));
+            cr_assert(r.ok(), "client loop");
+        }
+        return true;
+    }
+
+    TestClient& dial(const Identity& id) {
+        auto tls = quic::ClientTls::create({kServerName, quic::ServerTrust::ca_file,
+                                            read_file(dir_ / "cert/server-ca.crt"), id.cert_pem,
+                                            id.key_pem});
+        cr_assert(tls.ok(), "client tls: %s", tls.ok() ? "" : tls.error().message.c_str());
+        tls_.push_back(std::move(*tls));
+        clients_.push_back(std::make_unique<TestClient>());
+        TestClient& c = *clients_.back();
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(tunnel_port_);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        auto conn =
+            quic::dial(*worker_, reinterpret_cast<sockaddr*>(&a), sizeof(a), *tls_.back(), c);
+        cr_assert(conn.ok(), "dial: %s", conn.ok() ? "" : conn.error().message.c_str());
+        c.conn = *conn;
+        return c;
+    }
+
+    // Dials and waits until the Server counted the connection into the pool.
+    TestClient& connect(const Identity& id, size_t members_after) {
+        TestClient& c = dial(id);
+        std::string line = "tunnel=app members=" + std::to_string(members_after);
+        cr_assert(spin_until([&] { return c.established && log().find(line) != std::string::npos; },
+                             Millis{10000}),
+                  "client not admitted: %s", log().c_str());
+        return c;
+    }
+
+private:
+    TempDir dir_{"runewarp-tunsrv"};
+    std::vector<Identity> pinned_;
+    uint16_t public_port_ = 0;
+    uint16_t tunnel_port_ = 0;
+    std::optional<Daemon> daemon_;
+    std::unique_ptr<core::Worker> worker_;
+    std::vector<std::unique_ptr<quic::ClientTls>> tls_;
+    std::vector<std::unique_ptr<TestClient>> clients_;
+};
+
+void set_nonblocking(int fd) {
+    int one = 1;
+    cr_assert_eq(::ioctl(fd, FIONBIO, &one), 0);
+}
+
+// Reads what is available on a non-blocking socket; false on EOF/reset.
+bool drain(int fd, std::string& into, bool& eof) {
+    char buf[16384];
+    for (;;) {
+        ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) {
+            into.append(buf, static_cast<size_t>(n));
+            continue;
+        }
+        if (n == 0) {
+            eof = true;
+            return false;
+        }
+        if (errno == EAGAIN || errno == EINTR) return true;
+        eof = true;
+        return false;
+    }
+}
+
+std::string be16(uint16_t v) {
+    return std::string{static_cast<char>(v >> 8), static_cast<char>(v & 0xff)};
+}
+
+// The expected 28-byte stream prefix for 127.0.0.1:src -> 127.0.0.1:dst (spec 5.7).
+std::string expected_prefix(uint16_t src, uint16_t dst) {
+    std::string h("\r\n\r\n\0\r\nQUIT\n", 12);
+    h += '\x21';
+    h += '\x11';
+    h += be16(12);
+    h += std::string("\x7f\x00\x00\x01", 4);
+    h += std::string("\x7f\x00\x00\x01", 4);
+    h += be16(src);
+    h += be16(dst);
+    return h;
+}
+
+// A Visitor on a raw socket: sends a real ClientHello for `sni` (plus `extra`).
+struct Visitor {
+    RawConnection raw;
+    std::string hello;
+    std::string got;
+    bool eof = false;
+    Visitor(uint16_t port, const std::string& sni, const std::string& extra = {})
+        : raw("127.0.0.1", port), hello(capture_client_hello(sni)) {
+        cr_assert(raw.send(hello + extra));
+        set_nonblocking(raw.fd());
+    }
+    uint16_t local_port() const { return raw.local().second; }
+    void poll_in() { drain(raw.fd(), got, eof); }
+};
+
+ClientStream& last_stream(TestClient& c) {
+    cr_assert_not(c.streams.empty());
+    return *c.streams.back();
+}
+
+size_t received_on_last(const TestClient& c) {
+    return c.streams.empty() ? 0 : c.streams.back()->received.size();
+}
+
+}  // namespace
+
+TestSuite(tunnel_server, .timeout = 120);
+
+Test(tunnel_server, visitor_bytes_arrive_behind_the_proxy_header_and_flow_both_ways) {
+    Harness h;
+    TestClient& c = h.connect(h.pinned(0), 1);
+    Visitor v(h.public_port(), kApp, "early-bytes");
+    std::string want = expected_prefix(v.local_port(), h.public_port()) + v.hello + "early-bytes";
+    cr_assert(h.spin_until([&] { return received_on_last(c) >= want.size(); }, Millis{10000}),
+              "no stream: %s", h.log().c_str());
+    ClientStream& s = last_stream(c);
+    cr_assert_eq(s.received.size(), want.size());
+    cr_assert(s.received == want, "prefix or Visitor bytes differ");
+
+    // Client -> Visitor.
+    std::string reply(200000, 'r');
+    size_t off = 0;
+    cr_assert(h.spin_until(
+        [&] {
+            if (s.stream != nullptr && off < reply.size())
+                off += s.stream->write(
+                    {reinterpret_cast<const uint8_t*>(reply.data()) + off, reply.size() - off});
+            v.poll_in();
+            return v.got.size() >= reply.size();
+        },
+        Millis{10000}));
+    cr_assert(v.got == reply);
+
+    // Visitor -> Client after the prefix, then FIN maps to FIN both ways.
+    cr_assert(v.raw.send("more visitor bytes"));
+    v.raw.shutdown_write();
+    cr_assert(h.spin_until([&] { return s.fin; }, Millis{10000}), "no FIN on the stream");
+    cr_assert(s.received == want + "more visitor bytes");
+    cr_assert(s.stream != nullptr);
+    s.stream->shutdown_write();
+    cr_assert(h.spin_until(
+        [&] {
+            v.poll_in();
+            return v.eof;
+        },
+        Millis{10000}));
+    cr_assert(v.got == reply, "the Visitor got extra bytes");
+    cr_assert(h.daemon().wait_log("route=app target=tunnel", Millis{5000}), "%s", h.log().c_str());
+    cr_assert(h.log().find("reason=done") != std::string::npos, "%s", h.log().c_str());
+}
+
+Test(tunnel_server, unpinned_identity_gets_access_denied) {
+    Harness h;
+    TestClient& c = h.dial(h.unpinned());
+    cr_assert(h.spin_until([&] { return c.closed; }, Millis{10000}));
+    cr_assert_not(c.established);
+    cr_assert_eq(c.info.code, quic::kCryptoErrorAccessDenied, "code 0x%llx",
+                 static_cast<unsigned long long>(c.info.code));
+    cr_assert(h.daemon().wait_log("server tunnel connection unauthorized", Millis{5000}));
+    cr_assert(h.log().find("server tunnel connection accepted") == std::string::npos);
+}
+
+Test(tunnel_server, no_connected_client_drops_the_visitor_without_a_byte) {
+    Harness h;
+    auto visit = raw_visit("127.0.0.1", h.public_port(), capture_client_hello(kApp), Millis{10000});
+    cr_assert(visit.connected);
+    cr_assert(visit.reaction.closed);
+    cr_assert(visit.reaction.received.empty());
+    cr_assert(h.daemon().wait_log("server route unavailable: public-hostname=app.example.test "
+                                  "reason=no-active-tunnel-connection",
+                                  Millis{5000}),
+              "%s", h.log().c_str());
+}
+
+Test(tunnel_server, busier_member_loses_placement) {
+    Harness h(2);
+    TestClient& a = h.connect(h.pinned(0), 1);
+    TestClient& b = h.connect(h.pinned(1), 2);
+    auto total = [&] { return a.streams.size() + b.streams.size(); };
+
+    Visitor v1(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return total() == 1; }, Millis{10000}));
+    TestClient& first = a.streams.empty() ? b : a;
+    TestClient& second = &first == &a ? b : a;
+
+    // The first member is busy: the next Visitor lands on the other one.
+    Visitor v2(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return total() == 2; }, Millis{10000}));
+    cr_assert_eq(second.streams.size(), 1u);
+
+    // v1 ends (FIN both ways); its member's count drops, so with v2 still running the third
+    // Visitor goes to the first member again.
+    ClientStream& s1 = *first.streams[0];
+    v1.raw.shutdown_write();
+    cr_assert(h.spin_until([&] { return s1.fin; }, Millis{10000}));
+    s1.stream->shutdown_write();
+    cr_assert(h.spin_until(
+                  [&] {
+                      v1.poll_in();
+                      return v1.eof && h.log().find("reason=done") != std::string::npos;
+                  },
+                  Millis{10000}),
+              "%s", h.log().c_str());
+    Visitor v3(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return total() == 3; }, Millis{10000}));
+    cr_assert_eq(first.streams.size(), 2u);
+    cr_assert_eq(second.streams.size(), 1u);
+    cr_assert(h.log().find("route=app target=tunnel") != std::string::npos, "%s", h.log().c_str());
+}
+
+Test(tunnel_server, graceful_shutdown_closes_tunnels_cleanly_after_routed_streams) {
+    Harness h(1, "30s");
+    TestClient& c = h.connect(h.pinned(0), 1);
+    Visitor v(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return !c.streams.empty(); }, Millis{10000}));
+    ClientStream& s = last_stream(c);
+    h.daemon().process().signal(SIGTERM);
+    cr_assert(h.daemon().wait_log("server orderly shutdown started", Millis{5000}));
+    // The routed stream keeps running: bytes still flow, and the connection stays up.
+    std::string late = "still relayed";
+    cr_assert(s.stream != nullptr);
+    s.stream->write({reinterpret_cast<const uint8_t*>(late.data()), late.size()});
+    cr_assert(h.spin_until(
+        [&] {
+            v.poll_in();
+            return v.got == late;
+        },
+        Millis{10000}));
+    cr_assert_not(c.closed);
+    // The stream ends: the Server closes the Tunnel connection with application 0.
+    v.raw.shutdown_write();
+    cr_assert(h.spin_until([&] { return s.fin; }, Millis{10000}));
+    s.stream->shutdown_write();
+    cr_assert(h.spin_until([&] { return c.closed; }, Millis{10000}), "%s", h.log().c_str());
+    cr_assert(c.info.application);
+    cr_assert_eq(c.info.code, 0u);
+    cr_assert_str_eq(c.info.reason.c_str(), "graceful shutdown");
+    auto st = h.daemon().process().wait_exit(Millis{5000});
+    cr_assert(st.has_value() && st->success(), "%s", h.log().c_str());
+    cr_assert(h.log().find("server orderly shutdown closing tunnel connections: mode=graceful "
+                           "active-tunnel-connections=1") != std::string::npos,
+              "%s", h.log().c_str());
+}
