@@ -1,7 +1,10 @@
 // Endpoint parsing/formatting (inet_pton-compatible, syscall-free) and IPv4-mapped unmapping.
 #include "proto/endpoint.hh"
 
+#include <netinet/in.h>
+
 #include <cstddef>
+#include <cstring>
 
 namespace runewarp::proto {
 
@@ -245,6 +248,43 @@ std::string format_endpoint(const Endpoint& e) {
 Endpoint unmap_v4(const Endpoint& e) noexcept {
     if (e.family != Family::kV6 || !is_v4_mapped(e.addr)) return e;
     return Endpoint::v4({e.addr[12], e.addr[13], e.addr[14], e.addr[15]}, e.port);
+}
+
+std::optional<Endpoint> from_sockaddr(const sockaddr* sa, socklen_t len) noexcept {
+    if (sa == nullptr) return std::nullopt;
+    if (sa->sa_family == AF_INET && len >= static_cast<socklen_t>(sizeof(sockaddr_in))) {
+        sockaddr_in in{};
+        std::memcpy(&in, sa, sizeof in);
+        std::array<std::uint8_t, 4> a{};
+        std::memcpy(a.data(), &in.sin_addr, 4);
+        return Endpoint::v4(a, ntohs(in.sin_port));
+    }
+    if (sa->sa_family == AF_INET6 && len >= static_cast<socklen_t>(sizeof(sockaddr_in6))) {
+        sockaddr_in6 in6{};
+        std::memcpy(&in6, sa, sizeof in6);
+        std::array<std::uint8_t, 16> a{};
+        std::memcpy(a.data(), &in6.sin6_addr, 16);
+        return Endpoint::v6(a, ntohs(in6.sin6_port));
+    }
+    return std::nullopt;
+}
+
+socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out) noexcept {
+    std::memset(&out, 0, sizeof out);
+    if (e.family == Family::kV4) {
+        sockaddr_in in{};
+        in.sin_family = AF_INET;
+        in.sin_port = htons(e.port);
+        std::memcpy(&in.sin_addr, e.addr.data(), 4);
+        std::memcpy(&out, &in, sizeof in);
+        return sizeof in;
+    }
+    sockaddr_in6 in6{};
+    in6.sin6_family = AF_INET6;
+    in6.sin6_port = htons(e.port);
+    std::memcpy(&in6.sin6_addr, e.addr.data(), 16);
+    std::memcpy(&out, &in6, sizeof in6);
+    return sizeof in6;
 }
 
 }  // namespace runewarp::proto

@@ -2,6 +2,8 @@
 // logs.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <array>
 #include <cstdint>
 #include <optional>
@@ -48,5 +50,13 @@ std::string format_endpoint(const Endpoint& e);
 // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; returns the plain IPv4 endpoint for
 // those (spec 5.1) and `e` unchanged otherwise.
 Endpoint unmap_v4(const Endpoint& e) noexcept;
+
+// Conversions to and from the kernel's socket address structures (plain struct copies, no
+// syscalls). from_sockaddr accepts AF_INET and AF_INET6 only; it does not unmap.
+std::optional<Endpoint> from_sockaddr(const sockaddr* sa, socklen_t len) noexcept;
+inline std::optional<Endpoint> from_sockaddr(const sockaddr_storage& ss) noexcept {
+    return from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), sizeof ss);
+}
+socklen_t to_sockaddr(const Endpoint& e, sockaddr_storage& out) noexcept;
 
 }  // namespace runewarp::proto

@@ -1,4 +1,5 @@
 // Unit tests for the proto module: hostname rules, endpoints, PROXY v2, ClientHello, stream prefix.
+#include <netinet/in.h>
 #include <criterion/criterion.h>
 
 #include <cstdint>
@@ -824,4 +825,27 @@ Test(proto, stream_prefix_errors_carry_reasons) {
 
     Tuple mixed{Endpoint::v4({1, 2, 3, 4}, 1), *parse_endpoint("[::1]:2")};
     cr_assert_eq(encode_stream_prefix(mixed, hdr), 0u);
+}
+
+Test(proto, sockaddr_conversions_round_trip) {
+    using namespace runewarp::proto;
+    for (const char* text : {"192.0.2.10:12345", "[2001:db8::1]:443", "[::ffff:127.0.0.1]:80"}) {
+        auto e = parse_endpoint(text);
+        cr_assert(e.has_value(), "%s", text);
+        sockaddr_storage ss{};
+        socklen_t len = to_sockaddr(*e, ss);
+        cr_assert_eq(len, e->family == Family::kV4 ? sizeof(sockaddr_in) : sizeof(sockaddr_in6));
+        auto back = from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), len);
+        cr_assert(back.has_value());
+        cr_assert(*back == *e, "%s round trip", text);
+        const std::string formatted = format_endpoint(*back);
+        cr_assert_str_eq(formatted.c_str(), text);
+    }
+    sockaddr_storage unix_addr{};
+    unix_addr.ss_family = AF_UNIX;
+    cr_assert_not(from_sockaddr(unix_addr).has_value());
+    sockaddr_storage v4{};
+    v4.ss_family = AF_INET;
+    cr_assert_not(from_sockaddr(reinterpret_cast<const sockaddr*>(&v4), 4).has_value(),
+                  "a truncated length is refused");
 }
