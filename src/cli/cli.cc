@@ -5,6 +5,7 @@
 #include <string>
 
 #include "cli/cert_cmd.hh"
+#include "cli/client_cmd.hh"
 #include "cli/config_check.hh"
 #include "cli/identity_cmd.hh"
 #include "cli/server_cmd.hh"
@@ -120,7 +121,12 @@ CommandSpec client_group() {
     };
     return CommandSpec{
         .name = "client",
-        .summary = "Manage Client material",
+        .summary = "Run the Client: relay tunnel streams from the Server to local backends",
+        .description =
+            "Connects to every Server address over QUIC with the Client identity and relays\n"
+            "each stream the Server opens to the [service] whose public-hostnames holds the SNI.\n"
+            "Without a config file, --server-address and --backend-address start one passthrough\n"
+            "Catch-all Service. SIGTERM, SIGINT or SIGQUIT: close the tunnel connections and exit.",
         .flags =
             {
                 FlagSpec{.long_name = "config",
@@ -143,6 +149,7 @@ CommandSpec client_group() {
                          .runtime_only = true},
             },
         .subcommands = {std::move(identity)},
+        .handler = run_client_command,
     };
 }
 

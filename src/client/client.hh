@@ -1,0 +1,30 @@
+// Client role (spec 5.8, 5.13, 5.14): one tunnel worker per Server address on one core::Worker,
+// Server-opened streams routed to Services and relayed to backends.
+#pragma once
+
+#include <string_view>
+#include <vector>
+
+#include "config/config.hh"
+#include "runewarp/result.hh"
+
+namespace runewarp::client {
+
+// Limits of spec 5.11.
+inline constexpr unsigned kMaxStreamHandlers = 1024;
+inline constexpr int64_t kStreamStepTimeoutNs = 5'000'000'000;  // intake / connect / write
+inline constexpr int64_t kCloseFlushNs = 100'000'000;
+
+// The Service for a stream's SNI: the sole Catch-all Service wins; else the Service listing the
+// exact (canonical) SNI; nullptr when none matches.
+const config::Service* select_service(const std::vector<config::Service>& services,
+                                      std::string_view sni) noexcept;
+
+// What this build can run: terminate-mode Services are refused with a clear message.
+Result<void> check_supported(const config::ClientConfig& cfg);
+
+// Runs the Client until a signal stops it; returns the process exit code (0 orderly, 1 fatal:
+// broken loop, unreadable local trust or identity material).
+int run_client(const config::ClientConfig& cfg) noexcept;
+
+}  // namespace runewarp::client
