@@ -228,6 +228,26 @@ private:
     bool stopped_ = false;
 };
 
+// ---- watchdog ---------------------------------------------------------------------------------
+
+// Sends WATCHDOG=1 from the event loop every half WATCHDOG_USEC (spec 5.14).
+class WatchdogSession final : public core::Session {
+public:
+    WatchdogSession(core::Worker& w, int64_t interval_ns) noexcept
+        : core::Session(w), interval_ns_(interval_ns) {}
+    void start() noexcept { arm_timer(kOpPing, core::now_ns() + interval_ns_); }
+
+private:
+    static constexpr uint8_t kOpPing = 1;
+    void on_event(const core::Completion& c) noexcept override {
+        if (!(c.flags & core::kCompletionTimer)) return;
+        sys::notify_watchdog();
+        arm_timer(kOpPing, core::now_ns() + interval_ns_);
+    }
+    void on_quiesced() noexcept override {}
+    int64_t interval_ns_;
+};
+
 // ---- the instance -----------------------------------------------------------------------------
 
 class ClientInstance final : public core::SignalListener {
@@ -261,6 +281,7 @@ private:
     obs::Logger& log_;
     std::unique_ptr<core::Worker> worker_;
     Resolver* resolver_ = nullptr;
+    std::unique_ptr<WatchdogSession> watchdog_;
     std::vector<AddressWorker*> workers_;
     std::vector<uint8_t> scratch_ = std::vector<uint8_t>(64 * 1024);
     std::mt19937_64 rng_{std::random_device{}()};
@@ -838,6 +859,10 @@ int ClientInstance::run() noexcept {
         workers_.push_back(aw);
     }
     live_workers_ = workers_.size();
+    if (auto wd = sys::watchdog_ping_interval(); wd.count() > 0) {
+        watchdog_ = std::make_unique<WatchdogSession>(*worker_, wd.count() * 1000);
+        if (watchdog_->open()) watchdog_->start();
+    }
     sys::notify_ready("connected 0/" + std::to_string(workers_.size()) + " server addresses");
     for (AddressWorker* aw : workers_) aw->start();
     while (!shutting_down_) {
