@@ -55,26 +55,10 @@ std::string drop_cause(const quic::CloseInfo& i) {
     return out;
 }
 
-socklen_t to_sockaddr(const proto::Endpoint& e, sockaddr_storage& ss) noexcept {
-    std::memset(&ss, 0, sizeof(ss));
-    if (e.family == proto::Family::kV4) {
-        auto* in = reinterpret_cast<sockaddr_in*>(&ss);
-        in->sin_family = AF_INET;
-        in->sin_port = htons(e.port);
-        std::memcpy(&in->sin_addr, e.addr.data(), 4);
-        return sizeof(sockaddr_in);
-    }
-    auto* in6 = reinterpret_cast<sockaddr_in6*>(&ss);
-    in6->sin6_family = AF_INET6;
-    in6->sin6_port = htons(e.port);
-    std::memcpy(&in6->sin6_addr, e.addr.data(), 16);
-    return sizeof(sockaddr_in6);
-}
-
 // Binds and listens; the message names the config key as spec 5.1 asks.
 Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog) {
     sockaddr_storage ss{};
-    socklen_t len = to_sockaddr(ep, ss);
+    socklen_t len = proto::to_sockaddr(ep, ss);
     std::string where =
         std::string("failed to bind server.") + key + " " + proto::format_endpoint(ep);
     int fd = ::socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
@@ -649,7 +633,7 @@ Result<void> EdgeServer::create_tunnel_listener() {
     tunnel_tls_ = std::move(*tls);
 
     sockaddr_storage ss{};
-    socklen_t len = to_sockaddr(cfg_.tunnel_bind, ss);
+    socklen_t len = proto::to_sockaddr(cfg_.tunnel_bind, ss);
     auto l = quic::Listener::create(*worker_, reinterpret_cast<const sockaddr*>(&ss), len,
                                     *tunnel_tls_, *this, {});
     if (!l) {

@@ -67,7 +67,9 @@ struct ClientStream final : quic::StreamHandler {
     bool fin = false;
     bool reset = false;
     bool closed = false;
+    bool paused = false;  // take nothing (withholds flow-control credit)
     size_t on_stream_data(quic::Stream&, std::span<const uint8_t> d, bool f) noexcept override {
+        if (paused) return 0;
         received.append(reinterpret_cast<const char*>(d.data()), d.size());
         if (f) fin = true;
         return d.size();
@@ -404,4 +406,80 @@ Test(tunnel_server, graceful_shutdown_closes_tunnels_cleanly_after_routed_stream
     cr_assert(h.log().find("server orderly shutdown closing tunnel connections: mode=graceful "
                            "active-tunnel-connections=1") != std::string::npos,
               "%s", h.log().c_str());
+}
+
+// Flow control both ways: the Client stops taking bytes until the Server's stream send buffer is
+// full and the Visitor's socket backs up, then resumes; and the Visitor stops reading while the
+// Client sends. Every byte arrives, in order.
+Test(tunnel_server, bulk_both_ways_survives_full_buffers) {
+    Harness h;
+    TestClient& c = h.connect(h.pinned(0), 1);
+    Visitor v(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return received_on_last(c) > 0; }, Millis{10000}));
+    ClientStream& s = last_stream(c);
+    size_t prefix = s.received.size();
+
+    std::string up(32u << 20, '\0');
+    for (size_t i = 0; i < up.size(); ++i) up[i] = static_cast<char>((i * 7919u) >> 3);
+    size_t sent = 0;
+    auto push = [&] {
+        while (sent < up.size()) {
+            ssize_t n =
+                ::send(v.raw.fd(), up.data() + sent, up.size() - sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+            if (n <= 0) return;
+            sent += static_cast<size_t>(n);
+        }
+    };
+    // Phase 1: the Client takes nothing; the Visitor backs up once everything in between is full.
+    s.paused = true;
+    int64_t stalled_since = 0;
+    h.spin_until(
+        [&] {
+            size_t before = sent;
+            push();
+            if (sent != before) stalled_since = core::now_ns();
+            return stalled_since != 0 && core::now_ns() - stalled_since > 300'000'000;
+        },
+        Millis{20000});
+    cr_assert_lt(sent, up.size(), "the Visitor never backed up");
+    cr_assert_gt(sent, size_t{1} << 20);
+    // Phase 2: the Client takes everything again.
+    s.paused = false;
+    cr_assert(s.stream != nullptr);
+    s.stream->resume_read();
+    cr_assert(h.spin_until(
+                  [&] {
+                      push();
+                      return s.received.size() == prefix + up.size();
+                  },
+                  Millis{30000}),
+              "got %zu of %zu", s.received.size() - prefix, up.size());
+    cr_assert(s.received.compare(prefix, up.size(), up) == 0, "upload bytes differ");
+
+    // Client -> Visitor while the Visitor does not read for a while.
+    std::string down(32u << 20, '\0');
+    for (size_t i = 0; i < down.size(); ++i) down[i] = static_cast<char>((i * 104729u) >> 5);
+    size_t off = 0;
+    auto write_down = [&] {
+        if (s.stream != nullptr && off < down.size())
+            off += s.stream->write(
+                {reinterpret_cast<const uint8_t*>(down.data()) + off, down.size() - off});
+    };
+    int64_t quiet_until = core::now_ns() + 500'000'000;
+    h.spin_until(
+        [&] {
+            write_down();
+            return core::now_ns() > quiet_until;
+        },
+        Millis{2000});
+    cr_assert_lt(off, down.size(), "nothing pushed back on the Client");
+    cr_assert(h.spin_until(
+                  [&] {
+                      write_down();
+                      v.poll_in();
+                      return v.got.size() >= down.size();
+                  },
+                  Millis{30000}),
+              "got %zu of %zu", v.got.size(), down.size());
+    cr_assert(v.got == down, "download bytes differ");
 }
