@@ -1,0 +1,230 @@
+// The tunnel end to end with the real binary twice: `runewarp server` with a [tunnel] pinning the
+// Client identity, `runewarp client` with exclusive CA trust, nginx as the TLS backend and curl
+// as the Visitor (spec 3.5, 5.7, 5.8, 5.13, 5.14, 11). The Visitor validates the backend's own
+// certificate: the bytes pass through both daemons still encrypted.
+//
+// The Client must reach the Server under its certificate name (tunnel.example.test), so it runs in
+// a private mount namespace whose /etc/hosts maps that name to loopback.
+#include <criterion/criterion.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tests/support/curl.hh"
+#include "tests/support/daemon.hh"
+#include "tests/support/files.hh"
+#include "tests/support/net.hh"
+#include "tests/support/nginx.hh"
+#include "tests/support/process.hh"
+
+using namespace runewarp::test;
+
+namespace {
+
+const std::string kServerName = "tunnel.example.test";
+const std::string kApp = "app.example.test";
+
+std::string hp(const std::string& host, std::uint16_t port) {
+    return host + ":" + std::to_string(port);
+}
+
+std::size_t count_of(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1))
+        ++n;
+    return n;
+}
+
+class Tunnel {
+public:
+    struct Options {
+        bool pin_client = true;             // else the Server pins an unrelated identity
+        bool cli_backend = false;           // --server-address/--backend-address overlay
+        std::string backend_override = {};  // backend-address instead of nginx
+    };
+
+    explicit Tunnel(Options o) : opts_(o) {
+        identity_ = identity_init("identity");
+        std::string pinned = opts_.pin_client ? identity_ : identity_init("other");
+        auto r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName,
+                      "--dir", dir_ / "cert"},
+                     Millis{30000}, env());
+        cr_assert(r.status.success(), "cert init: %s %s", r.out.c_str(), r.err.c_str());
+        public_port_ = free_port();
+        tunnel_port_ = free_port();
+        std::string ini = "log-level = debug\n\n[server]\nhostname = " + kServerName + "\n";
+        ini += "cert-dir = " + (dir_ / "cert") + "\n";
+        ini += "public-bind-address = " + hp("127.0.0.1", public_port_) + "\n";
+        ini += "tunnel-bind-address = " + hp("127.0.0.1", tunnel_port_) + "\n";
+        ini += "graceful-shutdown-duration = 0s\n";
+        ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp +
+               "\nclient-identities = " + pinned + "\n";
+        write_file(dir_ / "server.ini", ini);
+        start_server();
+
+        write_file(dir_ / "hosts", "127.0.0.1 " + kServerName + "\n");
+        std::string backend = opts_.backend_override.empty() ? hp("127.0.0.1", backend_.port())
+                                                             : opts_.backend_override;
+        std::string cini = "log-level = debug\n\n[client]\n";
+        // With the CLI overlay the file's address is wrong on purpose: the flag replaces it.
+        cini += "server-address = " +
+                (opts_.cli_backend ? hp("unused.example.test", 9) : hp(kServerName, tunnel_port_)) +
+                "\n";
+        cini += "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
+        cini += "identity-dir = " + (dir_ / "identity") + "\n";
+        if (!opts_.cli_backend) {
+            cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
+                    "\nbackend-address = " + backend + "\n";
+        }
+        write_file(dir_ / "client.ini", cini);
+        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && exec '" +
+                          runewarp_binary() + "' client -c '" + (dir_ / "client.ini") + "'";
+        if (opts_.cli_backend) {
+            cmd += " --server-address " + hp(kServerName, tunnel_port_) + " --backend-address " +
+                   backend;
+        }
+        client_.emplace(DaemonOptions{
+            .argv = {"unshare", "-m", "sh", "-c", cmd},
+            .env = env(),
+            .log_path = dir_ / "client.log",
+            .ready_log_line = "client tunnel connection connecting",
+        });
+    }
+
+    void start_server() {
+        server_.emplace(DaemonOptions{
+            .argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"},
+            .env = env(),
+            .log_path = dir_ / ("server-" + std::to_string(server_starts_++) + ".log"),
+            .ready_log_line = "server tunnel listener ready",
+        });
+    }
+
+    HttpsTarget target() const { return {kApp, public_port_, "127.0.0.1", backend_.ca_file()}; }
+    NginxFixture& backend() { return backend_; }
+    Daemon& server() { return *server_; }
+    Daemon& client() { return *client_; }
+    void stop_server() {
+        server_->stop();
+        server_.reset();
+    }
+    // Waits until the client log holds `needle` at least `n` times.
+    bool wait_client(const std::string& needle, std::size_t n = 1, Millis d = Millis{30000}) {
+        return wait_until([&] { return count_of(client_->log(), needle) >= n; }, d);
+    }
+    std::string client_log() const { return client_->log(); }
+    std::string out(const std::string& name) const { return dir_ / name; }
+
+private:
+    std::vector<std::string> env() const {
+        return {"XDG_CONFIG_HOME=" + (dir_ / "xdg-config"), "XDG_DATA_HOME=" + (dir_ / "xdg-data"),
+                "XDG_STATE_HOME=" + (dir_ / "xdg-state"), "RUNEWARP_SERVER_HOSTNAME="};
+    }
+    std::string identity_init(const std::string& name) {
+        std::string d = dir_ / name;
+        auto r = run({runewarp_binary(), "client", "identity", "init", "--dir", d}, Millis{30000},
+                     env());
+        cr_assert(r.status.success(), "identity init: %s %s", r.out.c_str(), r.err.c_str());
+        std::string id = read_file(d + "/client-identity.txt");
+        while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
+        return id;
+    }
+
+    Options opts_;
+    TempDir dir_;
+    NginxFixture backend_{NginxOptions{.hostnames = {kApp}}};
+    std::string identity_;
+    std::uint16_t public_port_ = 0;
+    std::uint16_t tunnel_port_ = 0;
+    int server_starts_ = 0;
+    std::optional<Daemon> server_;
+    std::optional<Daemon> client_;
+};
+
+}  // namespace
+
+Test(tunnel, passthrough_end_to_end_with_64mib_each_way, .timeout = 240) {
+    Tunnel t({});
+    cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",
+              t.client_log().c_str());
+    cr_assert(t.client().wait_log("client tunnel connection connected", Millis{1000}));
+
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
+              n.stderr_text.c_str(), t.client_log().c_str());
+    cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+
+    const CachedFile big = cached_random_file(64u << 20, 5);
+    t.backend().add_file("big.bin", big.path);
+    CurlResult d = curl_download(t.target(), "/files/big.bin", t.out("big.bin"), Millis{180000});
+    cr_assert(d.ok(), "curl: %s http %d %s", d.status.describe().c_str(), d.http_code,
+              d.stderr_text.c_str());
+    cr_assert_eq(d.bytes, 64u << 20);
+    cr_assert_eq(d.sha256, big.sha256);
+
+    CurlResult u = curl_upload(t.target(), "/upload/up.bin", big.path, Millis{180000});
+    cr_assert(u.ok(), "curl: %s http %d %s", u.status.describe().c_str(), u.http_code,
+              u.stderr_text.c_str());
+    cr_assert_eq(sha256_file(t.backend().upload_path("up.bin")), big.sha256);
+    cr_assert(
+        t.client().wait_log("client route passthrough: public-hostname=" + kApp, Millis{1000}));
+
+    ExitStatus st = t.client().stop();
+    cr_assert(st.success(), "client exit: %s", st.describe().c_str());
+    std::string log = t.client_log();
+    cr_assert_neq(log.find("client instance graceful shutdown started"), std::string::npos);
+    cr_assert_neq(log.find("client instance graceful shutdown closing tunnel connection"),
+                  std::string::npos, "%s", log.c_str());
+}
+
+Test(tunnel, cli_overlay_starts_a_catch_all_service, .timeout = 120) {
+    Tunnel t({.cli_backend = true});
+    cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",
+              t.client_log().c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
+              n.stderr_text.c_str(), t.client_log().c_str());
+    cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+    cr_assert_eq(t.client_log().find("unused.example.test"), std::string::npos);
+}
+
+Test(tunnel, unpinned_identity_is_unauthorized_and_retried, .timeout = 120) {
+    Tunnel t({.pin_client = false});
+    cr_assert(t.wait_client("client tunnel connection unauthorized: server-address=", 2), "%s",
+              t.client_log().c_str());
+    std::string log = t.client_log();
+    cr_assert_neq(log.find("retry=initial next-retry-delay="), std::string::npos, "%s",
+                  log.c_str());
+    cr_assert_neq(log.find("retry=retry"), std::string::npos, "%s", log.c_str());
+    cr_assert_eq(log.find("client ready"), std::string::npos, "%s", log.c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"), Millis{10000});
+    cr_assert_not(n.ok());
+}
+
+Test(tunnel, client_reconnects_after_a_server_restart, .timeout = 180) {
+    Tunnel t({});
+    cr_assert(t.wait_client("client tunnel connection connected"), "%s", t.client_log().c_str());
+    t.stop_server();
+    cr_assert(t.wait_client("client tunnel connection closed: server-address=") ||
+                  t.wait_client("client tunnel connection dropped: server-address="),
+              "%s", t.client_log().c_str());
+    t.start_server();
+    cr_assert(t.wait_client("client tunnel connection connected", 2, Millis{90000}), "%s",
+              t.client_log().c_str());
+    cr_assert_eq(count_of(t.client_log(), "client ready"), 1u);
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
+              n.stderr_text.c_str(), t.client_log().c_str());
+}
+
+Test(tunnel, unreachable_backend_fails_the_visitor_handshake, .timeout = 120) {
+    Tunnel t({.backend_override = hp("127.0.0.1", free_port())});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"), Millis{20000});
+    cr_assert_not(n.status.success());
+    cr_assert_eq(n.http_code, 0);
+    cr_assert(t.wait_client("client route unavailable: public-hostname=" + kApp), "%s",
+              t.client_log().c_str());
+    cr_assert_neq(t.client_log().find("reason=backend-connect-failed"), std::string::npos);
+}
