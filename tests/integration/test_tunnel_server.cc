@@ -142,7 +142,9 @@ public:
     ~Harness() {
         for (auto& c : clients_)
             if (c->conn != nullptr) c->conn->close(quic::kAppCloseCode, "graceful shutdown");
-        spin_until([] { return false; }, Millis{50});
+        // Connections linger through their closing period; let them retire before the worker
+        // (and the credentials they use) go away.
+        spin_until([&] { return worker_->attached_count() == 0; }, Millis{5000});
     }
 
     const Identity& pinned(size_t i) const { return pinned_[i]; }
