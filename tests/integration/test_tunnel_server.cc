@@ -27,6 +27,7 @@
 #include "tests/support/daemon.hh"
 #include "tests/support/files.hh"
 #include "tests/support/net.hh"
+#include "tests/support/nginx.hh"
 #include "tests/support/process.hh"
 #include "tests/support/tls.hh"
 
@@ -36,7 +37,8 @@ using namespace runewarp::test::edge;
 
 namespace {
 
-const std::string kServerName = "tunnel.example.test";
+// Single-label and resolvable on every test host, so a real `runewarp client` can dial it.
+const std::string kServerName = "localhost";
 const std::string kApp = "app.example.test";
 
 // A Client identity made by `runewarp client identity init`.
@@ -152,6 +154,8 @@ public:
     Daemon& daemon() { return *daemon_; }
     std::string log() const { return daemon_->log(); }
     uint16_t public_port() const { return public_port_; }
+    uint16_t tunnel_port() const { return tunnel_port_; }
+    const TempDir& dir() const { return dir_; }
 
     // Runs the Clients' loop until cond() holds or the deadline passes.
     bool spin_until(const std::function<bool()>& cond, Millis deadline) {
@@ -484,4 +488,49 @@ Test(tunnel_server, bulk_both_ways_survives_full_buffers) {
                   Millis{30000}),
               "got %zu of %zu", v.got.size(), down.size());
     cr_assert(v.got == down, "download bytes differ");
+}
+
+// The real Client role: `runewarp client` with the pinned identity, exclusive CA trust and a
+// passthrough Service with Backend PROXY emission; the Visitor's HTTPS reaches nginx, which sees
+// the Visitor's own tuple.
+Test(tunnel_server, runewarp_client_serves_visitors_end_to_end) {
+    NginxFixture backend({.name = "backend", .hostnames = {kApp}, .proxy_protocol = true});
+    Harness h;
+    std::string ini = "log-level = debug\n\n[client]\n";
+    ini += "server-address = " + kServerName + ":" + std::to_string(h.tunnel_port()) + "\n";
+    ini += "server-trust = ca-file\nserver-ca-file = " + (h.dir() / "cert/server-ca.crt") + "\n";
+    ini += "identity-dir = " + (h.dir() / "identity-0") + "\n";
+    ini += "\n[service \"app\"]\npublic-hostnames = " + kApp + "\n";
+    ini += "backend-address = " + host_port("127.0.0.1", backend.proxy_port()) + "\n";
+    ini += "proxy-protocol = v2\n";
+    write_file(h.dir() / "client.ini", ini);
+    Daemon client(DaemonOptions{
+        .argv = {runewarp_binary(), "client", "-c", h.dir() / "client.ini"},
+        .env = material_env(h.dir()),
+        .log_path = h.dir() / "client.log",
+        .ready_log_line = "client tunnel connection connected",
+    });
+    cr_assert(h.daemon().wait_log("tunnel=app members=1", Millis{10000}), "%s", h.log().c_str());
+
+    Fd fd = tcp_connect("127.0.0.1", h.public_port());
+    sockaddr_in local{};
+    socklen_t len = sizeof(local);
+    cr_assert_eq(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &len), 0);
+    uint16_t visitor_port = ntohs(local.sin_port);
+    HttpResponse r =
+        https_get_over(std::move(fd), kApp, backend.ca_file(), "/proxy", {}, Millis{15000});
+    cr_assert(r.ok, "%s\nserver:\n%s\nclient:\n%s", r.error.c_str(), h.log().c_str(),
+              client.log().c_str());
+    cr_assert_eq(r.status, 200);
+    std::string want = "127.0.0.1:" + std::to_string(visitor_port) +
+                       " 127.0.0.1:" + std::to_string(h.public_port()) + "\n";
+    cr_assert_str_eq(r.body.c_str(), want.c_str());
+    cr_assert(h.daemon().wait_log("route=app target=tunnel", Millis{5000}), "%s", h.log().c_str());
+
+    // The Client leaving empties the pool: the next Visitor is dropped without a byte.
+    client.stop();
+    cr_assert(h.daemon().wait_log("tunnel=app members=0", Millis{10000}), "%s", h.log().c_str());
+    auto visit = raw_visit("127.0.0.1", h.public_port(), capture_client_hello(kApp), Millis{10000});
+    cr_assert(visit.reaction.closed);
+    cr_assert(visit.reaction.received.empty());
 }
