@@ -42,6 +42,7 @@ public:
         bool pin_client = true;             // else the Server pins an unrelated identity
         bool cli_backend = false;           // --server-address/--backend-address overlay
         std::string backend_override = {};  // backend-address instead of nginx
+        bool proxy_v2 = false;              // the Service sends PROXY v2 to nginx's PROXY port
     };
 
     explicit Tunnel(Options o) : opts_(o) {
@@ -64,8 +65,9 @@ public:
         start_server();
 
         write_file(dir_ / "hosts", "127.0.0.1 " + kServerName + "\n");
-        std::string backend = opts_.backend_override.empty() ? hp("127.0.0.1", backend_.port())
-                                                             : opts_.backend_override;
+        std::uint16_t backend_port = opts_.proxy_v2 ? backend_.proxy_port() : backend_.port();
+        std::string backend =
+            opts_.backend_override.empty() ? hp("127.0.0.1", backend_port) : opts_.backend_override;
         std::string cini = "log-level = debug\n\n[client]\n";
         // With the CLI overlay the file's address is wrong on purpose: the flag replaces it.
         cini += "server-address = " +
@@ -76,6 +78,7 @@ public:
         if (!opts_.cli_backend) {
             cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
                     "\nbackend-address = " + backend + "\n";
+            if (opts_.proxy_v2) cini += "proxy-protocol = v2\n";
         }
         write_file(dir_ / "client.ini", cini);
         std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && exec '" +
@@ -101,6 +104,8 @@ public:
         });
     }
 
+    std::uint16_t public_port() const { return public_port_; }
+    std::string identity_dir() const { return dir_ / "identity"; }
     HttpsTarget target() const { return {kApp, public_port_, "127.0.0.1", backend_.ca_file()}; }
     NginxFixture& backend() { return backend_; }
     Daemon& server() { return *server_; }
@@ -133,7 +138,7 @@ private:
 
     Options opts_;
     TempDir dir_;
-    NginxFixture backend_{NginxOptions{.hostnames = {kApp}}};
+    NginxFixture backend_{NginxOptions{.hostnames = {kApp}, .proxy_protocol = opts_.proxy_v2}};
     std::string identity_;
     std::uint16_t public_port_ = 0;
     std::uint16_t tunnel_port_ = 0;
@@ -227,4 +232,31 @@ Test(tunnel, unreachable_backend_fails_the_visitor_handshake, .timeout = 120) {
     cr_assert(t.wait_client("client route unavailable: public-hostname=" + kApp), "%s",
               t.client_log().c_str());
     cr_assert_neq(t.client_log().find("reason=backend-connect-failed"), std::string::npos);
+}
+
+Test(tunnel, proxy_v2_to_the_backend_carries_the_visitor_tuple, .timeout = 120) {
+    Tunnel t({.proxy_v2 = true});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    CurlResult n = curl_download(t.target(), "/proxy", t.out("proxy.txt"));
+    cr_assert(n.ok(), "curl: %s http %d %s\n%s\n%s", n.status.describe().c_str(), n.http_code,
+              n.stderr_text.c_str(), t.client_log().c_str(),
+              read_file(t.backend().error_log()).c_str());
+    std::string seen = read_file(t.out("proxy.txt"));
+    // "<src>:<sport> <dst>:<dport>": the Visitor as the Server saw it, and the public listener.
+    cr_assert(seen.starts_with("127.0.0.1:"), "%s", seen.c_str());
+    cr_assert(seen.ends_with(" 127.0.0.1:" + std::to_string(t.public_port()) + "\n"), "%s",
+              seen.c_str());
+}
+
+Test(tunnel, unreadable_identity_on_a_retry_is_fatal, .timeout = 120) {
+    Tunnel t({});
+    cr_assert(t.wait_client("client tunnel connection connected"), "%s", t.client_log().c_str());
+    remove_tree(t.identity_dir() + "/client.key");
+    t.stop_server();
+    std::optional<ExitStatus> st = t.client().process().wait_exit(Millis{60000});
+    cr_assert(st.has_value(), "client still running\n%s", t.client_log().c_str());
+    cr_assert(st->exited && st->code == 1, "client: %s\n%s", st->describe().c_str(),
+              t.client_log().c_str());
+    cr_assert_neq(t.client_log().find("client local material failed"), std::string::npos, "%s",
+                  t.client_log().c_str());
 }
