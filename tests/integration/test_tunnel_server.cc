@@ -399,6 +399,12 @@ Test(tunnel_server, graceful_shutdown_closes_tunnels_cleanly_after_routed_stream
         },
         Millis{10000}));
     cr_assert_not(c.closed);
+    // New Tunnel connections are not admitted once shutdown began.
+    TestClient& late_client = h.dial(h.pinned(0));
+    cr_assert(h.spin_until([&] { return late_client.closed; }, Millis{10000}));
+    cr_assert(late_client.info.application);
+    cr_assert_str_eq(late_client.info.reason.c_str(), "server shutting down");
+    cr_assert_not(c.closed);
     // The stream ends: the Server closes the Tunnel connection with application 0.
     v.raw.shutdown_write();
     cr_assert(h.spin_until([&] { return s.fin; }, Millis{10000}));
@@ -533,4 +539,31 @@ Test(tunnel_server, runewarp_client_serves_visitors_end_to_end) {
     auto visit = raw_visit("127.0.0.1", h.public_port(), capture_client_hello(kApp), Millis{10000});
     cr_assert(visit.reaction.closed);
     cr_assert(visit.reaction.received.empty());
+}
+
+// Fast shutdown (SIGQUIT) does not wait: the routed stream is reset, the Visitor is cut, and the
+// Tunnel connection still gets a clean application close.
+Test(tunnel_server, fast_shutdown_cuts_routed_streams_and_closes_cleanly) {
+    Harness h;
+    TestClient& c = h.connect(h.pinned(0), 1);
+    Visitor v(h.public_port(), kApp);
+    cr_assert(h.spin_until([&] { return received_on_last(c) > 0; }, Millis{10000}));
+    ClientStream& s = last_stream(c);
+    h.daemon().process().signal(SIGQUIT);
+    cr_assert(h.spin_until([&] { return c.closed; }, Millis{10000}), "%s", h.log().c_str());
+    cr_assert(s.reset || s.closed);
+    cr_assert(c.info.application);
+    cr_assert_eq(c.info.code, 0u);
+    cr_assert_str_eq(c.info.reason.c_str(), "graceful shutdown");
+    cr_assert(h.spin_until(
+        [&] {
+            v.poll_in();
+            return v.eof;
+        },
+        Millis{10000}));
+    auto st = h.daemon().process().wait_exit(Millis{5000});
+    cr_assert(st.has_value() && st->success(), "%s", h.log().c_str());
+    cr_assert(h.log().find("server orderly shutdown closing tunnel connections: mode=fast "
+                           "active-tunnel-connections=1") != std::string::npos,
+              "%s", h.log().c_str());
 }
