@@ -642,6 +642,15 @@ Result<void> EdgeServer::create_tunnel_listener() {
     }
     tunnel_listener_ = std::move(*l);
     tunnel_bind_text_ = local_text(tunnel_listener_->endpoint().fd());
+    // Spec 12.3: one WARN when the kernel grants less socket buffer than asked for.
+    const quic::SocketBuffers& b = tunnel_listener_->endpoint().buffers();
+    if (b.capped) {
+        log_.warn("server tunnel socket buffers capped",
+                  {{"requested", static_cast<uint64_t>(b.requested)},
+                   {"rcvbuf", static_cast<uint64_t>(b.rcvbuf)},
+                   {"sndbuf", static_cast<uint64_t>(b.sndbuf)}},
+                  "raise net.core.rmem_max and net.core.wmem_max for tunnel throughput");
+    }
     return {};
 }
 
