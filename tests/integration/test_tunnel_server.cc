@@ -567,3 +567,30 @@ Test(tunnel_server, fast_shutdown_cuts_routed_streams_and_closes_cleanly) {
                            "active-tunnel-connections=1") != std::string::npos,
               "%s", h.log().c_str());
 }
+
+// Server certificate material that does not verify for the Server hostname is a startup error
+// that names the material and the command that makes it.
+Test(tunnel_server, unusable_server_certificate_fails_startup_with_a_hint) {
+    TempDir d("runewarp-tunsrv");
+    Identity id = make_identity(d, "identity");
+    auto init = run({runewarp_binary(), "server", "cert", "init", "--hostname",
+                     "other.example.test", "--dir", d / "cert"},
+                    Millis{30000}, material_env(d));
+    cr_assert(init.status.success(), "%s", init.err.c_str());
+    std::string ini = "[server]\nhostname = " + kServerName + "\ncert-dir = " + (d / "cert") +
+                      "\npublic-bind-address = " + host_port("127.0.0.1", free_port()) +
+                      "\ntunnel-bind-address = " + host_port("127.0.0.1", free_port()) +
+                      "\n\n[tunnel \"app\"]\npublic-hostnames = " + kApp +
+                      "\nclient-identity = " + id.id + "\n";
+    write_file(d / "server.ini", ini);
+    auto r =
+        run({runewarp_binary(), "server", "-c", d / "server.ini"}, Millis{20000}, material_env(d));
+    cr_assert_not(r.timed_out);
+    cr_assert_eq(r.status.code, 1, "%s", r.status.describe().c_str());
+    std::string out = r.out + r.err;
+    cr_assert(out.find("server startup failed") != std::string::npos, "%s", out.c_str());
+    cr_assert(out.find(d / "cert") != std::string::npos, "%s", out.c_str());
+    cr_assert(out.find("Hint: runewarp server cert init --config " + (d / "server.ini")) !=
+                  std::string::npos,
+              "%s", out.c_str());
+}
