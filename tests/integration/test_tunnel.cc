@@ -119,6 +119,15 @@ public:
         return wait_until([&] { return count_of(client_->log(), needle) >= n; }, d);
     }
     std::string client_log() const { return client_->log(); }
+    // Stops the Client (SIGTERM): it must exit 0 without a sanitizer report.
+    void stop_client_cleanly() {
+        ExitStatus st = client_->stop();
+        std::string log = client_->log();
+        cr_assert(st.success(), "client exit: %s\n%s", st.describe().c_str(), log.c_str());
+        cr_assert_eq(log.find("Sanitizer"), std::string::npos, "%s", log.c_str());
+        cr_assert_eq(log.find("runtime error"), std::string::npos, "%s", log.c_str());
+        cr_assert_neq(log.find("client instance graceful shutdown started"), std::string::npos);
+    }
     std::string out(const std::string& name) const { return dir_ / name; }
 
 private:
@@ -192,6 +201,7 @@ Test(tunnel, cli_overlay_starts_a_catch_all_service, .timeout = 120) {
               n.stderr_text.c_str(), t.client_log().c_str());
     cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
     cr_assert_eq(t.client_log().find("unused.example.test"), std::string::npos);
+    t.stop_client_cleanly();
 }
 
 Test(tunnel, unpinned_identity_is_unauthorized_and_retried, .timeout = 120) {
@@ -205,6 +215,7 @@ Test(tunnel, unpinned_identity_is_unauthorized_and_retried, .timeout = 120) {
     cr_assert_eq(log.find("client ready"), std::string::npos, "%s", log.c_str());
     CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"), Millis{10000});
     cr_assert_not(n.ok());
+    t.stop_client_cleanly();
 }
 
 Test(tunnel, client_reconnects_after_a_server_restart, .timeout = 180) {
@@ -221,6 +232,7 @@ Test(tunnel, client_reconnects_after_a_server_restart, .timeout = 180) {
     CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
     cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
               n.stderr_text.c_str(), t.client_log().c_str());
+    t.stop_client_cleanly();
 }
 
 Test(tunnel, unreachable_backend_fails_the_visitor_handshake, .timeout = 120) {
@@ -232,6 +244,7 @@ Test(tunnel, unreachable_backend_fails_the_visitor_handshake, .timeout = 120) {
     cr_assert(t.wait_client("client route unavailable: public-hostname=" + kApp), "%s",
               t.client_log().c_str());
     cr_assert_neq(t.client_log().find("reason=backend-connect-failed"), std::string::npos);
+    t.stop_client_cleanly();
 }
 
 Test(tunnel, proxy_v2_to_the_backend_carries_the_visitor_tuple, .timeout = 120) {
@@ -246,6 +259,7 @@ Test(tunnel, proxy_v2_to_the_backend_carries_the_visitor_tuple, .timeout = 120) 
     cr_assert(seen.starts_with("127.0.0.1:"), "%s", seen.c_str());
     cr_assert(seen.ends_with(" 127.0.0.1:" + std::to_string(t.public_port()) + "\n"), "%s",
               seen.c_str());
+    t.stop_client_cleanly();
 }
 
 Test(tunnel, unreadable_identity_on_a_retry_is_fatal, .timeout = 120) {
