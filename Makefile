@@ -9,7 +9,7 @@ SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config
 
-.PHONY: all deps bench-deps bench deb build check check-asan asan fuzz install clean
+.PHONY: all deps bench-deps bench deb demo build check check-asan asan fuzz install clean
 
 all: build
 
@@ -25,6 +25,10 @@ $(BUILD)/build.ninja:
 
 build: $(BUILD)/build.ninja
 	$(MESON) compile -C $(BUILD)
+
+# A Visitor reaches a TLS backend through a tunnel on loopback (scripts/demo).
+demo: build
+	RUNEWARP_BIN=$(BUILD)/runewarp bash scripts/demo
 
 check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs
