@@ -594,3 +594,23 @@ Test(tunnel_server, unusable_server_certificate_fails_startup_with_a_hint) {
                   std::string::npos,
               "%s", out.c_str());
 }
+
+// Two identities share one pool; when one member leaves, Visitors continue on the other, and
+// the members count follows.
+Test(tunnel_server, traffic_continues_on_the_remaining_member) {
+    Harness h(2);
+    TestClient& a = h.connect(h.pinned(0), 1);
+    TestClient& b = h.connect(h.pinned(1), 2);
+    a.conn->close(quic::kAppCloseCode, "graceful shutdown");
+    cr_assert(h.daemon().wait_log("server tunnel connection closed: client-identity=" +
+                                      h.pinned(0).id + " tunnel=app members=1",
+                                  Millis{10000}),
+              "%s", h.log().c_str());
+    for (int i = 0; i < 3; ++i) {
+        Visitor v(h.public_port(), kApp);
+        cr_assert(h.spin_until([&] { return b.streams.size() == static_cast<size_t>(i + 1); },
+                               Millis{10000}),
+                  "%s", h.log().c_str());
+    }
+    cr_assert(a.streams.empty());
+}
