@@ -7,6 +7,11 @@
 // a private mount namespace whose /etc/hosts maps that name to loopback.
 #include <criterion/criterion.h>
 
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -24,6 +29,7 @@ namespace {
 
 const std::string kServerName = "tunnel.example.test";
 const std::string kApp = "app.example.test";
+const std::string kOther = "other.example.test";  // owned by the Tunnel, no Client Service
 
 std::string hp(const std::string& host, std::uint16_t port) {
     return host + ":" + std::to_string(port);
@@ -42,6 +48,8 @@ public:
         bool pin_client = true;             // else the Server pins an unrelated identity
         bool cli_backend = false;           // --server-address/--backend-address overlay
         std::string backend_override = {};  // backend-address instead of nginx
+        bool dead_second_address = false;   // a second Server address where nothing listens
+        std::string notify_socket = {};     // NOTIFY_SOCKET for the Client
         bool proxy_v2 = false;              // the Service sends PROXY v2 to nginx's PROXY port
     };
 
@@ -59,7 +67,7 @@ public:
         ini += "public-bind-address = " + hp("127.0.0.1", public_port_) + "\n";
         ini += "tunnel-bind-address = " + hp("127.0.0.1", tunnel_port_) + "\n";
         ini += "graceful-shutdown-duration = 0s\n";
-        ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp +
+        ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp + ", " + kOther +
                "\nclient-identities = " + pinned + "\n";
         write_file(dir_ / "server.ini", ini);
         start_server();
@@ -70,9 +78,15 @@ public:
             opts_.backend_override.empty() ? hp("127.0.0.1", backend_port) : opts_.backend_override;
         std::string cini = "log-level = debug\n\n[client]\n";
         // With the CLI overlay the file's address is wrong on purpose: the flag replaces it.
-        cini += "server-address = " +
-                (opts_.cli_backend ? hp("unused.example.test", 9) : hp(kServerName, tunnel_port_)) +
-                "\n";
+        if (opts_.cli_backend) {
+            cini += "server-address = " + hp("unused.example.test", 9) + "\n";
+        } else if (opts_.dead_second_address) {
+            dead_port_ = free_port();
+            cini += "server-addresses = " + hp(kServerName, tunnel_port_) + ", " +
+                    hp(kServerName, dead_port_) + "\n";
+        } else {
+            cini += "server-address = " + hp(kServerName, tunnel_port_) + "\n";
+        }
         cini += "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
         cini += "identity-dir = " + (dir_ / "identity") + "\n";
         if (!opts_.cli_backend) {
@@ -87,9 +101,11 @@ public:
             cmd += " --server-address " + hp(kServerName, tunnel_port_) + " --backend-address " +
                    backend;
         }
+        std::vector<std::string> cenv = env();
+        if (!opts_.notify_socket.empty()) cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
         client_.emplace(DaemonOptions{
             .argv = {"unshare", "-m", "sh", "-c", cmd},
-            .env = env(),
+            .env = cenv,
             .log_path = dir_ / "client.log",
             .ready_log_line = "client tunnel connection connecting",
         });
@@ -105,6 +121,7 @@ public:
     }
 
     std::uint16_t public_port() const { return public_port_; }
+    std::uint16_t dead_port() const { return dead_port_; }
     std::string identity_dir() const { return dir_ / "identity"; }
     HttpsTarget target() const { return {kApp, public_port_, "127.0.0.1", backend_.ca_file()}; }
     NginxFixture& backend() { return backend_; }
@@ -151,9 +168,46 @@ private:
     std::string identity_;
     std::uint16_t public_port_ = 0;
     std::uint16_t tunnel_port_ = 0;
+    std::uint16_t dead_port_ = 0;
     int server_starts_ = 0;
     std::optional<Daemon> server_;
     std::optional<Daemon> client_;
+};
+
+// A NOTIFY_SOCKET collecting the Client's sd_notify datagrams.
+class NotifySocket {
+public:
+    explicit NotifySocket(const std::string& path) : path_(path) {
+        fd_ = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        cr_assert_eq(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0, "bind %s",
+                     path.c_str());
+    }
+    ~NotifySocket() { ::close(fd_); }
+    NotifySocket(const NotifySocket&) = delete;
+    NotifySocket& operator=(const NotifySocket&) = delete;
+    const std::string& path() const { return path_; }
+    bool wait_for(const std::string& needle, Millis deadline) {
+        return wait_until(
+            [&] {
+                char buf[4096];
+                for (;;) {
+                    ssize_t n = ::recv(fd_, buf, sizeof buf, MSG_DONTWAIT);
+                    if (n <= 0) break;
+                    all_ += "[" + std::string(buf, static_cast<std::size_t>(n)) + "]";
+                }
+                return all_.find(needle) != std::string::npos;
+            },
+            deadline);
+    }
+    const std::string& all() const { return all_; }
+
+private:
+    std::string path_;
+    int fd_ = -1;
+    std::string all_;
 };
 
 }  // namespace
@@ -273,4 +327,43 @@ Test(tunnel, unreadable_identity_on_a_retry_is_fatal, .timeout = 120) {
               t.client_log().c_str());
     cr_assert_neq(t.client_log().find("client local material failed"), std::string::npos, "%s",
                   t.client_log().c_str());
+}
+
+Test(tunnel, a_dead_server_address_does_not_hold_back_the_live_one, .timeout = 120) {
+    TempDir nd;
+    NotifySocket notify(nd / "notify");
+    Tunnel t({.dead_second_address = true, .notify_socket = notify.path()});
+    cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",
+              t.client_log().c_str());
+    cr_assert(notify.wait_for("READY=1", Millis{10000}), "%s", notify.all().c_str());
+    cr_assert(notify.wait_for("STATUS=connected 1/2 server addresses", Millis{10000}), "%s",
+              notify.all().c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
+              n.stderr_text.c_str(), t.client_log().c_str());
+    std::string dead = hp(kServerName, t.dead_port());
+    cr_assert(t.wait_client("client tunnel connection connecting: server-address=" + dead), "%s",
+              t.client_log().c_str());
+    cr_assert(
+        t.wait_client("client tunnel connection failed: server-address=" + dead, 1, Millis{60000}),
+        "%s", t.client_log().c_str());
+    t.stop_client_cleanly();
+    cr_assert(notify.wait_for("STOPPING=1", Millis{10000}), "%s", notify.all().c_str());
+}
+
+Test(tunnel, a_hostname_without_a_service_resets_the_stream, .timeout = 120) {
+    Tunnel t({});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    HttpsTarget other = t.target();
+    other.host = kOther;
+    CurlResult n = curl_download(other, "/name", t.out("name.txt"), Millis{20000});
+    cr_assert_not(n.status.success());
+    cr_assert(t.wait_client("client route unavailable: public-hostname=" + kOther +
+                            " reason=no-matching-service"),
+              "%s\n%s\ncurl: %s", t.client_log().c_str(), t.server().log().c_str(),
+              n.stderr_text.c_str());
+    // The Tunnel connection itself is unaffected.
+    CurlResult ok = curl_download(t.target(), "/name", t.out("ok.txt"));
+    cr_assert(ok.ok(), "curl: %s %s", ok.status.describe().c_str(), ok.stderr_text.c_str());
+    t.stop_client_cleanly();
 }
