@@ -203,6 +203,34 @@ size_t Stream::write_space() const noexcept {
     return tx_cap_ - static_cast<size_t>(end_ - acked_);
 }
 
+namespace {
+
+// Send rings of idle streams come back here, so an idle stream holds no ring (spec 12.4 idle
+// memory) and a busy worker reuses rings instead of allocating one per burst. A Worker runs on
+// one thread, hence thread_local.
+constexpr size_t kMaxPooledRings = 64;
+thread_local std::vector<std::unique_ptr<uint8_t[]>> t_ring_pool;
+
+std::unique_ptr<uint8_t[]> take_ring(size_t cap) noexcept {
+    if (cap == kStreamSendBuffer && !t_ring_pool.empty()) {
+        auto r = std::move(t_ring_pool.back());
+        t_ring_pool.pop_back();
+        return r;
+    }
+    return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
+}
+
+void give_ring(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
+    if (r && cap == kStreamSendBuffer && t_ring_pool.size() < kMaxPooledRings)
+        t_ring_pool.push_back(std::move(r));
+}
+
+}  // namespace
+
+Stream::~Stream() {
+    give_ring(std::move(tx_), tx_cap_);
+}
+
 size_t Stream::write(std::span<const uint8_t> data) noexcept {
     size_t space = write_space();
     if (conn_.closed()) space = 0;
@@ -210,7 +238,7 @@ size_t Stream::write(std::span<const uint8_t> data) noexcept {
     if (n < data.size()) want_writable_ = true;
     if (n == 0) return 0;
     if (!tx_) {
-        tx_.reset(new (std::nothrow) uint8_t[tx_cap_]);
+        tx_ = take_ring(tx_cap_);
         if (!tx_) return 0;
     }
     size_t pos = static_cast<size_t>(end_ % tx_cap_);
@@ -242,6 +270,8 @@ size_t Stream::unsent(ngtcp2_vec* v) const noexcept {
 void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
     // ngtcp2 reports acknowledged data in order; the ring slots before `acked_` are free again.
     acked_ = std::max(acked_, std::min(offset + len, end_));
+    // Everything written was sent and acknowledged: ngtcp2 no longer points into the ring.
+    if (acked_ == end_ && sent_ == end_ && tx_) give_ring(std::move(tx_), tx_cap_);
     if (want_writable_ && write_space() > 0) {
         want_writable_ = false;
         if (handler_ != nullptr) handler_->on_stream_writable(*this);

@@ -78,7 +78,12 @@ protected:
 
 class Stream {
 public:
+    ~Stream();
+    Stream(const Stream&) = delete;
+    Stream& operator=(const Stream&) = delete;
     int64_t id() const noexcept { return id_; }
+    // The send ring is held only while bytes are unacknowledged (idle streams hold none).
+    bool holds_send_ring() const noexcept { return tx_ != nullptr; }
     Connection& connection() noexcept { return conn_; }
     void set_handler(StreamHandler* h) noexcept { handler_ = h; }
     void* user_data() const noexcept { return user_; }

@@ -469,6 +469,26 @@ Test(quic, fin_each_direction) {
     cr_assert_eq(on_client.close_code, 0u);
 }
 
+Test(quic, idle_stream_gives_its_send_ring_back) {
+    Env env;
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    Stream& ss = **s;
+    cr_assert_not(ss.holds_send_ring(), "nothing written yet");
+    write_all(ss, "first burst");
+    cr_assert(ss.holds_send_ring());
+    // Once every byte is acknowledged the 256 KiB ring goes back to the pool: an idle stream
+    // costs no send buffer.
+    cr_assert(
+        env.run_until([&] { return on_client.data == "first burst" && ss.tx_buffered() == 0; }));
+    cr_assert(env.run_until([&] { return !ss.holds_send_ring(); }));
+    write_all(ss, " second");
+    cr_assert(env.run_until([&] { return on_client.data == "first burst second"; }));
+}
+
 Test(quic, reset_code_reaches_peer) {
     Env env;
     Collector on_client, on_server;
