@@ -258,7 +258,8 @@ public:
     obs::Logger& log() noexcept { return log_; }
     const config::ClientConfig& cfg() const noexcept { return cfg_; }
     core::Worker& worker() noexcept { return *worker_; }
-    Resolver& resolver() noexcept { return *resolver_; }
+    // nullptr once shutdown began (the resolver session is gone).
+    Resolver* resolver() noexcept { return resolver_; }
     std::span<uint8_t> scratch() noexcept { return scratch_; }
     uint64_t random() noexcept { return rng_(); }
     bool shutting_down() const noexcept { return shutting_down_; }
@@ -368,9 +369,10 @@ void StreamSession::route() noexcept {
         phase_ = Phase::connect;
         return try_next_address();
     }
+    Resolver* r = inst_.resolver();
+    if (r == nullptr) return finish(true);
     phase_ = Phase::resolve;
-    resolve_id_ = inst_.resolver().resolve(service_->backend.host, service_->backend.port,
-                                           SOCK_STREAM, *this);
+    resolve_id_ = r->resolve(service_->backend.host, service_->backend.port, SOCK_STREAM, *this);
 }
 
 void StreamSession::on_resolved(uint64_t, const std::string& error,
@@ -471,7 +473,7 @@ void StreamSession::finish(bool reset) noexcept {
         timer_armed_ = false;
     }
     if (resolve_id_ != 0) {
-        inst_.resolver().cancel(resolve_id_);
+        if (Resolver* r = inst_.resolver()) r->cancel(resolve_id_);
         resolve_id_ = 0;
     }
     if (stream_ != nullptr) {
@@ -553,7 +555,9 @@ void AddressWorker::attempt() noexcept {
         std::vector<ResolvedAddress> v{lit};
         return on_resolved(0, {}, v);
     }
-    resolve_id_ = inst_.resolver().resolve(addr_.host, addr_.port, SOCK_DGRAM, *this);
+    Resolver* r = inst_.resolver();
+    if (r == nullptr) return;
+    resolve_id_ = r->resolve(addr_.host, addr_.port, SOCK_DGRAM, *this);
 }
 
 void AddressWorker::on_resolved(uint64_t, const std::string& error,
@@ -697,7 +701,7 @@ void AddressWorker::stop() noexcept {
         timer_armed_ = false;
     }
     if (resolve_id_ != 0) {
-        inst_.resolver().cancel(resolve_id_);
+        if (Resolver* r = inst_.resolver()) r->cancel(resolve_id_);
         resolve_id_ = 0;
     }
     if (conn_ != nullptr) {
@@ -818,7 +822,10 @@ void ClientInstance::begin_shutdown() noexcept {
     log_.info("client instance graceful shutdown started");
     sys::notify_stopping();
     for (AddressWorker* w : workers_) w->stop();
-    if (resolver_ != nullptr) resolver_->shutdown();
+    if (resolver_ != nullptr) {
+        resolver_->shutdown();
+        resolver_ = nullptr;
+    }
     worker_->stop();
 }
 
