@@ -102,7 +102,11 @@ public:
                    backend;
         }
         std::vector<std::string> cenv = env();
-        if (!opts_.notify_socket.empty()) cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
+        if (!opts_.notify_socket.empty()) {
+            cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
+            // A ping per second: the test drains the socket only now and then.
+            cenv.push_back("WATCHDOG_USEC=2000000");
+        }
         client_.emplace(DaemonOptions{
             .argv = {"unshare", "-m", "sh", "-c", cmd},
             .env = cenv,
@@ -338,6 +342,7 @@ Test(tunnel, a_dead_server_address_does_not_hold_back_the_live_one, .timeout = 1
     cr_assert(notify.wait_for("READY=1", Millis{10000}), "%s", notify.all().c_str());
     cr_assert(notify.wait_for("STATUS=connected 1/2 server addresses", Millis{10000}), "%s",
               notify.all().c_str());
+    cr_assert(notify.wait_for("WATCHDOG=1", Millis{10000}), "%s", notify.all().c_str());
     CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
     cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
               n.stderr_text.c_str(), t.client_log().c_str());
