@@ -443,6 +443,10 @@ void StreamSession::backend_failed(const char* reason, const std::string& detail
                       {"backend-address", backend_text_},
                       {"reason", reason}},
                      short_cause(detail));
+    if (short_cause(detail) != detail) {
+        inst_.log().debug("client route unavailable detail", {{"public-hostname", decoder_.sni()}},
+                          detail);
+    }
     finish(true);
 }
 
@@ -575,6 +579,10 @@ void AddressWorker::on_resolved(uint64_t, const std::string& error,
                              {"next-retry-delay", std::chrono::milliseconds(next * 1000)}},
                             short_cause(error));
         }
+        if (short_cause(error) != error) {
+            inst_.log().debug("client tunnel resolution failed detail",
+                              {{"server-address", addr_text_}}, error);
+        }
         return;
     }
     dial(addrs.front());
@@ -606,6 +614,10 @@ void AddressWorker::dial(const ResolvedAddress& a) noexcept {
                              {"retry", retry_kind()},
                              {"next-retry-delay", std::chrono::milliseconds(next * 1000)}},
                             short_cause(c.error().message));
+        }
+        if (short_cause(c.error().message) != c.error().message) {
+            inst_.log().debug("client tunnel connection failed detail",
+                              {{"server-address", addr_text_}}, c.error().message);
         }
         return;
     }
