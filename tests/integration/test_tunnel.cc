@@ -7,6 +7,8 @@
 // a private mount namespace whose /etc/hosts maps that name to loopback.
 #include <criterion/criterion.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -16,6 +18,12 @@
 #include <string>
 #include <vector>
 
+#include "core/clock.hh"
+#include "core/worker.hh"
+#include "proto/stream_prefix.hh"
+#include "quic/connection.hh"
+#include "quic/listener.hh"
+#include "quic/tls.hh"
 #include "tests/support/curl.hh"
 #include "tests/support/daemon.hh"
 #include "tests/support/files.hh"
@@ -23,6 +31,7 @@
 #include "tests/support/nginx.hh"
 #include "tests/support/process.hh"
 
+using namespace runewarp;
 using namespace runewarp::test;
 
 namespace {
@@ -371,4 +380,116 @@ Test(tunnel, a_hostname_without_a_service_resets_the_stream, .timeout = 120) {
     CurlResult ok = curl_download(t.target(), "/name", t.out("ok.txt"));
     cr_assert(ok.ok(), "curl: %s %s", ok.status.describe().c_str(), ok.stderr_text.c_str());
     t.stop_client_cleanly();
+}
+
+// ---- the Client against an in-process QUIC Server: streams the real Server never sends ----------
+
+namespace {
+
+struct ProbeStream final : quic::StreamHandler {
+    bool reset = false;
+    bool closed = false;
+    size_t on_stream_data(quic::Stream&, std::span<const uint8_t> d, bool) noexcept override {
+        return d.size();
+    }
+    void on_stream_writable(quic::Stream&) noexcept override {}
+    void on_stream_reset(quic::Stream&, uint64_t) noexcept override { reset = true; }
+    void on_stream_closed(quic::Stream&, uint64_t code) noexcept override {
+        closed = true;
+        if (code != 0) reset = true;
+    }
+};
+
+struct ProbeServer final : quic::AcceptHandler, quic::ConnectionHandler {
+    quic::Connection* conn = nullptr;
+    void on_connection(quic::Connection& c) noexcept override {
+        conn = &c;
+        c.set_handler(this);
+    }
+    void on_established(quic::Connection&) noexcept override {}
+    void on_stream_opened(quic::Connection&, quic::Stream& s) noexcept override { s.reset(); }
+    void on_streams_available(quic::Connection&) noexcept override {}
+    void on_closed(quic::Connection&, const quic::CloseInfo&) noexcept override { conn = nullptr; }
+};
+
+}  // namespace
+
+Test(tunnel, malformed_and_stalled_streams_are_reset_alone, .timeout = 120) {
+    TempDir dir;
+    std::vector<std::string> env = {"XDG_CONFIG_HOME=" + (dir / "xdg-config"),
+                                    "XDG_DATA_HOME=" + (dir / "xdg-data"),
+                                    "XDG_STATE_HOME=" + (dir / "xdg-state")};
+    auto r = run({runewarp_binary(), "client", "identity", "init", "--dir", dir / "identity"},
+                 Millis{30000}, env);
+    cr_assert(r.status.success(), "%s", r.err.c_str());
+    r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName, "--dir",
+             dir / "cert"},
+            Millis{30000}, env);
+    cr_assert(r.status.success(), "%s", r.err.c_str());
+
+    auto w = core::Worker::create();
+    cr_assert(w.ok());
+    auto tls = quic::ServerTls::create({read_file(dir / "cert/server.crt"),
+                                        read_file(dir / "cert/server.key"),
+                                        [](std::span<const uint8_t>) { return true; }});
+    cr_assert(tls.ok(), "%s", tls.ok() ? "" : tls.error().message.c_str());
+    std::uint16_t port = free_port();
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_port = htons(port);
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    ProbeServer server;
+    auto l =
+        quic::Listener::create(**w, reinterpret_cast<sockaddr*>(&sa), sizeof sa, **tls, server);
+    cr_assert(l.ok(), "%s", l.ok() ? "" : l.error().message.c_str());
+
+    write_file(dir / "hosts", "127.0.0.1 " + kServerName + "\n");
+    write_file(dir / "client.ini",
+               "log-level = debug\n[client]\nserver-address = " + hp(kServerName, port) +
+                   "\nserver-trust = ca-file\nserver-ca-file = " + (dir / "cert/server-ca.crt") +
+                   "\nidentity-dir = " + (dir / "identity") +
+                   "\n[service \"all\"]\nbackend-address = 127.0.0.1:9\n");
+    std::string cmd = "mount --bind '" + (dir / "hosts") + "' /etc/hosts && exec '" +
+                      runewarp_binary() + "' client -c '" + (dir / "client.ini") + "'";
+    Daemon client(DaemonOptions{.argv = {"unshare", "-m", "sh", "-c", cmd},
+                                .env = env,
+                                .log_path = dir / "client.log",
+                                .ready_log_line = "client tunnel connection connecting"});
+    auto up = (*w)->run_until([&] { return server.conn != nullptr; },
+                              runewarp::core::now_ns() + 20 * runewarp::core::kNsPerSec);
+    cr_assert(up.ok() && *up, "%s", client.log().c_str());
+
+    runewarp::proto::Tuple t{runewarp::proto::Endpoint::v4({192, 0, 2, 10}, 12345),
+                             runewarp::proto::Endpoint::v4({198, 51, 100, 20}, 443)};
+    uint8_t hdr[64];
+    size_t hn = runewarp::proto::encode_stream_prefix(t, hdr);
+    cr_assert_eq(hn, 28u);
+
+    ProbeStream garbage, stalled;
+    auto s1 = server.conn->open_stream(garbage);
+    cr_assert(s1.ok());
+    std::string bytes(reinterpret_cast<const char*>(hdr), hn);
+    bytes += "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    (*s1)->write({reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size()});
+    auto s2 = server.conn->open_stream(stalled);
+    cr_assert(s2.ok());
+    (*s2)->write({hdr, hn});
+
+    auto done = (*w)->run_until([&] { return garbage.reset; },
+                                runewarp::core::now_ns() + 3 * runewarp::core::kNsPerSec);
+    cr_assert(done.ok() && *done, "%s", client.log().c_str());
+    cr_assert_not(stalled.reset, "the stalled stream waits for its 5 s intake deadline");
+    done = (*w)->run_until([&] { return stalled.reset; },
+                           runewarp::core::now_ns() + 15 * runewarp::core::kNsPerSec);
+    cr_assert(done.ok() && *done, "%s", client.log().c_str());
+    std::string log = client.log();
+    cr_assert_eq(count_of(log, "client warning: rejected stream: "), 2u, "%s", log.c_str());
+    cr_assert_neq(log.find("rejected stream: stream intake timeout"), std::string::npos, "%s",
+                  log.c_str());
+    // The connection itself survives both.
+    cr_assert_not_null(server.conn);
+    cr_assert_eq(log.find("client tunnel connection dropped"), std::string::npos, "%s",
+                 log.c_str());
+    ExitStatus st = client.stop();
+    cr_assert(st.success(), "%s", st.describe().c_str());
 }
