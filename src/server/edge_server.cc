@@ -80,19 +80,8 @@ std::string local_text(int fd) {
     sockaddr_storage ss{};
     socklen_t len = sizeof(ss);
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-    proto::Endpoint e;
-    if (ss.ss_family == AF_INET) {
-        const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
-        std::array<uint8_t, 4> a{};
-        std::memcpy(a.data(), &in->sin_addr, 4);
-        e = proto::Endpoint::v4(a, ntohs(in->sin_port));
-    } else {
-        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-        std::array<uint8_t, 16> a{};
-        std::memcpy(a.data(), &in6->sin6_addr, 16);
-        e = proto::Endpoint::v6(a, ntohs(in6->sin6_port));
-    }
-    return proto::format_endpoint(e);
+    auto e = proto::from_sockaddr(reinterpret_cast<const sockaddr*>(&ss), len);
+    return e ? proto::format_endpoint(*e) : "?";
 }
 
 bool transient_accept_error(int err) noexcept {

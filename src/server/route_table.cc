@@ -13,19 +13,8 @@ namespace runewarp::server {
 namespace {
 
 std::string sockaddr_text(const sockaddr_storage& ss) {
-    proto::Endpoint e;
-    if (ss.ss_family == AF_INET) {
-        const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
-        std::array<uint8_t, 4> a{};
-        std::memcpy(a.data(), &in->sin_addr, 4);
-        e = proto::Endpoint::v4(a, ntohs(in->sin_port));
-    } else {
-        const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-        std::array<uint8_t, 16> a{};
-        std::memcpy(a.data(), &in6->sin6_addr, 16);
-        e = proto::Endpoint::v6(a, ntohs(in6->sin6_port));
-    }
-    return proto::format_endpoint(e);
+    auto e = proto::from_sockaddr(ss);
+    return e ? proto::format_endpoint(*e) : "?";
 }
 
 }  // namespace

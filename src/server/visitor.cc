@@ -26,16 +26,8 @@ constexpr int64_t kOpenDeadlineNs = 5'000'000'000;     // spec 5.4 step 8, 5.11
 constexpr uint64_t kPumpBudget = 1u << 20;
 
 proto::Endpoint endpoint_of(const sockaddr_storage& ss) noexcept {
-    if (ss.ss_family == AF_INET) {
-        const auto* in = reinterpret_cast<const sockaddr_in*>(&ss);
-        std::array<uint8_t, 4> a{};
-        std::memcpy(a.data(), &in->sin_addr, 4);
-        return proto::Endpoint::v4(a, ntohs(in->sin_port));
-    }
-    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&ss);
-    std::array<uint8_t, 16> a{};
-    std::memcpy(a.data(), &in6->sin6_addr, 16);
-    return proto::unmap_v4(proto::Endpoint::v6(a, ntohs(in6->sin6_port)));
+    // Dual-stack listeners report IPv4 peers as ::ffff:a.b.c.d: canonical form is plain IPv4.
+    return proto::unmap_v4(proto::from_sockaddr(ss).value_or(proto::Endpoint{}));
 }
 
 bool in_cidr(const proto::Endpoint& ip, const config::Cidr& c) noexcept {
