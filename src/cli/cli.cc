@@ -182,11 +182,11 @@ CommandSpec build_tree() {
     };
     CommandSpec server{
         .name = "server",
-        .summary = "Run the Server: route Visitor TLS by SNI to direct upstreams",
+        .summary = "Run the Server: route Visitor TLS by SNI into tunnels or to upstreams",
         .description =
             "Accepts Visitor TCP on server.public-bind-address, reads the TLS ClientHello and\n"
-            "relays the still-encrypted bytes to the [route] whose public-hostnames holds the "
-            "SNI.\n"
+            "relays the still-encrypted bytes to the [tunnel] or [route] whose public-hostnames\n"
+            "holds the SNI; Clients connect to server.tunnel-bind-address (QUIC).\n"
             "SIGTERM or SIGINT: graceful shutdown; SIGQUIT (or a second SIGINT): fast shutdown.",
         .flags =
             {
