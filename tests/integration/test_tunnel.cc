@@ -492,4 +492,10 @@ Test(tunnel, malformed_and_stalled_streams_are_reset_alone, .timeout = 120) {
                  log.c_str());
     ExitStatus st = client.stop();
     cr_assert(st.success(), "%s", st.describe().c_str());
+    // Tear the in-process Server down through the loop (endpoint and connections free
+    // themselves only once their ops completed), so nothing is left to leak.
+    (*l).reset();
+    auto drained = (*w)->run_until([&] { return (*w)->attached_count() == 0; },
+                                   runewarp::core::now_ns() + 5 * runewarp::core::kNsPerSec);
+    cr_assert(drained.ok() && *drained, "%u sessions still attached", (*w)->attached_count());
 }
