@@ -225,10 +225,30 @@ void give_ring(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
         t_ring_pool.push_back(std::move(r));
 }
 
+// Receive buffers likewise: a stream holds one only while the consumer has bytes to take.
+constexpr size_t kPooledRxSize = ConnectionConfig{}.stream_window;
+constexpr size_t kMaxPooledRx = 16;
+thread_local std::vector<std::unique_ptr<uint8_t[]>> t_rx_pool;
+
+std::unique_ptr<uint8_t[]> take_rx(size_t cap) noexcept {
+    if (cap == kPooledRxSize && !t_rx_pool.empty()) {
+        auto r = std::move(t_rx_pool.back());
+        t_rx_pool.pop_back();
+        return r;
+    }
+    return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
+}
+
+void give_rx(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
+    if (r && cap == kPooledRxSize && t_rx_pool.size() < kMaxPooledRx)
+        t_rx_pool.push_back(std::move(r));
+}
+
 }  // namespace
 
 Stream::~Stream() {
     give_ring(std::move(tx_), tx_cap_);
+    give_rx(std::move(rx_), rx_cap_);
 }
 
 size_t Stream::write(std::span<const uint8_t> data) noexcept {
@@ -307,7 +327,7 @@ bool Stream::rx_push(std::span<const uint8_t> data) noexcept {
     if (!rx_) {
         // The window bounds what the peer may send beyond what we consumed.
         rx_cap_ = static_cast<size_t>(conn_.cfg_.stream_window);
-        rx_.reset(new (std::nothrow) uint8_t[rx_cap_]);
+        rx_ = take_rx(rx_cap_);
         if (!rx_) return false;
     }
     if (rx_len_ + data.size() > rx_cap_) return false;
@@ -355,7 +375,10 @@ void Stream::resume_read() noexcept {
         if (taken < first || handler_ == nullptr || reset_ || closed_) break;
         if (first == 0) break;
     }
-    if (rx_len_ == 0) rx_head_ = 0;
+    if (rx_len_ == 0) {
+        rx_head_ = 0;
+        give_rx(std::move(rx_), rx_cap_);  // drained: an idle stream holds no receive buffer
+    }
     delivering_ = false;
 }
 

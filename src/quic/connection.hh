@@ -84,6 +84,8 @@ public:
     int64_t id() const noexcept { return id_; }
     // The send ring is held only while bytes are unacknowledged (idle streams hold none).
     bool holds_send_ring() const noexcept { return tx_ != nullptr; }
+    // The receive buffer is held only while the consumer has bytes left to take.
+    bool holds_receive_buffer() const noexcept { return rx_ != nullptr; }
     Connection& connection() noexcept { return conn_; }
     void set_handler(StreamHandler* h) noexcept { handler_ = h; }
     void* user_data() const noexcept { return user_; }

@@ -78,6 +78,7 @@ private:
     bool want_read_ = false;          // tcp->stream waits for POLLIN
     bool want_write_ = false;         // stream->tcp waits for POLLOUT
     bool blocked_on_stream_ = false;  // tcp->stream waits for stream send space
+    bool flushing_ = false;           // resume_read() on writability: send what the stream offers
     bool read_armed_ = false;
     bool write_armed_ = false;
     bool reset_ = false;

@@ -425,7 +425,9 @@ struct Collector final : StreamHandler {
     uint64_t close_code = ~0ull;
     uint64_t reset_code = ~0ull;
     bool reset_on_data = false;
+    bool hold = false;  // take nothing: bytes stay buffered in the stream
     size_t on_stream_data(Stream& s, std::span<const uint8_t> d, bool f) noexcept override {
+        if (hold) return 0;
         data.append(reinterpret_cast<const char*>(d.data()), d.size());
         if (f) fin = true;
         if (reset_on_data) s.reset(kStreamErrorCode);
@@ -487,6 +489,25 @@ Test(quic, idle_stream_gives_its_send_ring_back) {
     cr_assert(env.run_until([&] { return !ss.holds_send_ring(); }));
     write_all(ss, " second");
     cr_assert(env.run_until([&] { return on_client.data == "first burst second"; }));
+}
+
+Test(quic, drained_stream_gives_its_receive_buffer_back) {
+    Env env;
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    on_client.hold = true;
+    env.handshake();
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "held bytes");
+    cr_assert(env.run_until([&] { return env.client.opened.size() == 1; }));
+    Stream& cs = *env.client.opened.front();
+    cr_assert(env.run_until([&] { return cs.rx_buffered() == 10; }));
+    cr_assert(cs.holds_receive_buffer(), "bytes the consumer did not take are buffered");
+    on_client.hold = false;
+    cs.resume_read();
+    cr_assert_str_eq(on_client.data.c_str(), "held bytes");
+    cr_assert_not(cs.holds_receive_buffer(), "a drained stream holds no receive buffer");
 }
 
 Test(quic, reset_code_reaches_peer) {
