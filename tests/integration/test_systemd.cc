@@ -30,10 +30,10 @@ const std::string kApp = "app.example.test";
 
 // A config whose public-bind-address is a port nobody listens on (activation must win).
 std::string write_config(const TempDir& dir, const NginxFixture& n, std::uint16_t public_port) {
-    ServerSpec s{.public_bind = host_port("127.0.0.1", public_port),
-                 .routes = {{.label = "app",
-                             .hostnames = {kApp},
-                             .upstream = host_port(n.address(), n.port())}}};
+    ServerSpec s{
+        .public_bind = host_port("127.0.0.1", public_port),
+        .routes = {
+            {.label = "app", .hostnames = {kApp}, .upstream = host_port(n.address(), n.port())}}};
     const std::string path = dir / "server.ini";
     write_file(path, server_ini(s));
     return path;
@@ -112,8 +112,8 @@ Test(systemd, socket_activated_public_listener_serves_and_the_configured_address
               .ready_log_line = "server public listener ready"});
     cr_assert(d.wait_log("bind-address=127.0.0.1:" + std::to_string(activated), Millis{5000}), "%s",
               d.log().c_str());
-    HttpResponse r = https_get_over(tcp_connect("127.0.0.1", activated), kApp, nginx.ca_file(),
-                                    "/name");
+    HttpResponse r =
+        https_get_over(tcp_connect("127.0.0.1", activated), kApp, nginx.ca_file(), "/name");
     cr_assert(r.ok, "%s\n%s", r.error.c_str(), d.log().c_str());
     cr_assert_eq(r.body, "alpha app.example.test\n");
     cr_assert_not(tcp_accepting("127.0.0.1", configured), "the configured address was bound");
@@ -128,11 +128,11 @@ Test(systemd, unknown_activated_fd_name_is_fatal) {
     TempDir dir;
     const std::string ini = write_config(dir, nginx, free_port());
     const std::uint16_t port = free_port();
-    Process p = Process::spawn({.argv = {socket_activate(), "-l", host_port("127.0.0.1", port),
-                                         "--fdname=bogus-name", runewarp_binary(), "server",
-                                         "-c", ini},
-                                .out = Output::file(dir / "out.log"),
-                                .err = Output::same_as_stdout()});
+    Process p =
+        Process::spawn({.argv = {socket_activate(), "-l", host_port("127.0.0.1", port),
+                                 "--fdname=bogus-name", runewarp_binary(), "server", "-c", ini},
+                        .out = Output::file(dir / "out.log"),
+                        .err = Output::same_as_stdout()});
     // The first connection makes systemd-socket-activate exec the program.
     cr_assert(wait_tcp_accepting("127.0.0.1", port, Millis{5000}));
     auto st = p.wait_exit(Millis{10000});
@@ -149,17 +149,15 @@ Test(systemd, ready_stopping_and_watchdog_notifications) {
     const std::uint16_t port = free_port();
     const std::string ini = write_config(dir, nginx, port);
     NotifySocket notify(dir / "notify.sock");
-    Process p = Process::spawn(
-        {.argv = {"sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"", runewarp_binary(), "server",
-                  "-c", ini},
-         .env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=200000"},
-         .out = Output::file(dir / "runewarp.log"),
-         .err = Output::same_as_stdout()});
-    cr_assert(notify.wait_for("READY=1", Millis{10000}), "no READY=1: %s\n%s",
-              notify.all().c_str(), read_file(dir / "runewarp.log").c_str());
+    Process p = Process::spawn({.argv = {"sh", "-c", "WATCHDOG_PID=$$ exec \"$0\" \"$@\"",
+                                         runewarp_binary(), "server", "-c", ini},
+                                .env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=200000"},
+                                .out = Output::file(dir / "runewarp.log"),
+                                .err = Output::same_as_stdout()});
+    cr_assert(notify.wait_for("READY=1", Millis{10000}), "no READY=1: %s\n%s", notify.all().c_str(),
+              read_file(dir / "runewarp.log").c_str());
     // Listeners work at the moment READY arrives.
-    HttpResponse r =
-        https_get_over(tcp_connect("127.0.0.1", port), kApp, nginx.ca_file(), "/name");
+    HttpResponse r = https_get_over(tcp_connect("127.0.0.1", port), kApp, nginx.ca_file(), "/name");
     cr_assert(r.ok, "%s", r.error.c_str());
     cr_assert_eq(r.body, "alpha app.example.test\n");
 
@@ -183,11 +181,11 @@ Test(systemd, watchdog_for_another_pid_is_not_pinged) {
     TempDir dir;
     const std::string ini = write_config(dir, nginx, free_port());
     NotifySocket notify(dir / "notify.sock");
-    Process p = Process::spawn({.argv = {runewarp_binary(), "server", "-c", ini},
-                                .env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=100000",
-                                        "WATCHDOG_PID=1"},
-                                .out = Output::file(dir / "runewarp.log"),
-                                .err = Output::same_as_stdout()});
+    Process p = Process::spawn(
+        {.argv = {runewarp_binary(), "server", "-c", ini},
+         .env = {"NOTIFY_SOCKET=" + notify.path(), "WATCHDOG_USEC=100000", "WATCHDOG_PID=1"},
+         .out = Output::file(dir / "runewarp.log"),
+         .err = Output::same_as_stdout()});
     cr_assert(notify.wait_for("READY=1", Millis{10000}));
     // A watchdog meant for another process: READY arrives, pings never do (ten intervals of the
     // would-be watchdog are observed).
@@ -216,8 +214,7 @@ Test(systemd, epoll_fallback_when_seccomp_blocks_io_uring) {
     cr_assert_neq(line.find("Operation not permitted"), std::string::npos, "%s", line.c_str());
     cr_assert_neq(log.find("server event backend: backend=epoll"), std::string::npos, "%s",
                   log.c_str());
-    HttpResponse r =
-        https_get_over(tcp_connect("127.0.0.1", port), kApp, nginx.ca_file(), "/name");
+    HttpResponse r = https_get_over(tcp_connect("127.0.0.1", port), kApp, nginx.ca_file(), "/name");
     cr_assert(r.ok, "%s\n%s", r.error.c_str(), d.log().c_str());
     cr_assert_eq(r.body, "alpha app.example.test\n");
     ExitStatus st = d.stop(Millis{10000});

@@ -1,6 +1,6 @@
 // Unit tests for the proto module: hostname rules, endpoints, PROXY v2, ClientHello, stream prefix.
-#include <netinet/in.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 
 #include <cstdint>
 #include <cstring>
