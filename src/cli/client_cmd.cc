@@ -3,41 +3,13 @@
 
 #include <string>
 
+#include "cli/common.hh"
 #include "client/client.hh"
 #include "config/config.hh"
 #include "config/paths.hh"
 #include "obs/log.hh"
 
 namespace runewarp::cli {
-
-namespace {
-
-int fail(Console& console, std::string_view message) {
-    std::string line = "error: ";
-    line.append(message);
-    line.push_back('\n');
-    console.err(line);
-    return kExitFailure;
-}
-
-obs::Level level_of(config::LogLevel l) noexcept {
-    switch (l) {
-        case config::LogLevel::kOff:
-            return obs::Level::kOff;
-        case config::LogLevel::kError:
-            return obs::Level::kError;
-        case config::LogLevel::kWarn:
-            return obs::Level::kWarn;
-        case config::LogLevel::kInfo:
-            return obs::Level::kInfo;
-        case config::LogLevel::kDebug:
-        case config::LogLevel::kTrace:
-            return obs::Level::kDebug;
-    }
-    return obs::Level::kInfo;
-}
-
-}  // namespace
 
 int run_client_command(const Invocation& inv, Console& console) {
     config::Env env = config::Env::from_process();
@@ -64,9 +36,7 @@ int run_client_command(const Invocation& inv, Console& console) {
     const config::ClientConfig& cfg = *outcome.client;
     if (cfg.managed_requested) return fail(console, "managed mode is not supported by this build");
     if (auto s = client::check_supported(cfg); !s) return fail(console, s.error().message);
-    obs::configure_process_logger(
-        level_of(cfg.log_level),
-        cfg.log_format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText);
+    configure_logging(cfg.log_level, cfg.log_format);
     return client::run_client(cfg);
 }
 

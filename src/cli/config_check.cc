@@ -6,37 +6,16 @@
 #include <string>
 #include <vector>
 
+#include "cli/common.hh"
 #include "config/config.hh"
 
 namespace runewarp::cli {
-
-namespace {
-
-// Errors before any logger exists go raw to stderr (spec 3.2).
-int fail(Console& console, std::string_view message) {
-    std::string line = "error: ";
-    line.append(message);
-    line.push_back('\n');
-    console.err(line);
-    return kExitFailure;
-}
-
-}  // namespace
 
 int run_config_check(const Invocation& inv, Console& console) {
     config::Env env = config::Env::from_process();
     auto selection = config::resolve_config_path(inv.value("config"), env);
     if (!selection) return fail(console, selection.error().message);
-    if (selection->path.empty()) {
-        std::string msg = "no config file found; tried ";
-        for (std::size_t i = 0; i < selection->tried.size(); ++i) {
-            if (i > 0) msg.append(", ");
-            msg.append(selection->tried[i]);
-        }
-        if (selection->tried.empty()) msg.append("nothing");
-        msg.append(" (use --config PATH)");
-        return fail(console, msg);
-    }
+    if (selection->path.empty()) return fail(console, no_config_message(*selection));
     const std::string& path = selection->path;
     // A directory would read as an empty file; say what is wrong instead.
     struct stat st {};

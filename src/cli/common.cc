@@ -1,0 +1,52 @@
+// Pieces every runtime and config command shares: raw error output before a logger exists,
+// the "no config found" message, and logger set-up from a validated config.
+#include "cli/common.hh"
+
+#include "obs/log.hh"
+
+namespace runewarp::cli {
+
+int fail(Console& console, std::string_view message) {
+    std::string line = "error: ";
+    line.append(message);
+    line.push_back('\n');
+    console.err(line);
+    return kExitFailure;
+}
+
+std::string no_config_message(const config::ConfigSelection& selection) {
+    std::string msg = "no config file found; tried ";
+    for (std::size_t i = 0; i < selection.tried.size(); ++i) {
+        if (i > 0) msg.append(", ");
+        msg.append(selection.tried[i]);
+    }
+    if (selection.tried.empty()) msg.append("nothing");
+    msg.append(" (use --config PATH)");
+    return msg;
+}
+
+void configure_logging(config::LogLevel level, config::LogFormat format) noexcept {
+    obs::Level l = obs::Level::kInfo;
+    switch (level) {
+        case config::LogLevel::kOff:
+            l = obs::Level::kOff;
+            break;
+        case config::LogLevel::kError:
+            l = obs::Level::kError;
+            break;
+        case config::LogLevel::kWarn:
+            l = obs::Level::kWarn;
+            break;
+        case config::LogLevel::kInfo:
+            l = obs::Level::kInfo;
+            break;
+        case config::LogLevel::kDebug:
+        case config::LogLevel::kTrace:
+            l = obs::Level::kDebug;
+            break;  // trace equals debug
+    }
+    obs::configure_process_logger(
+        l, format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText);
+}
+
+}  // namespace runewarp::cli
