@@ -78,28 +78,7 @@ std::string short_cause(const std::string& s) {
 }
 
 std::string describe_close(const quic::CloseInfo& info) {
-    using K = quic::CloseInfo::Kind;
-    switch (info.kind) {
-        case K::idle_timeout:
-            return "idle timeout";
-        case K::handshake_timeout:
-            return "handshake timeout";
-        case K::stateless_reset:
-            return "stateless reset";
-        case K::dropped:
-            return "connection dropped";
-        case K::local:
-        case K::remote:
-            break;
-    }
-    char code[32];
-    std::snprintf(code, sizeof(code), "0x%" PRIx64, info.code);
-    std::string s = info.kind == K::remote ? "closed by server" : "closed locally";
-    s += info.application ? " (application error " : " (transport error ";
-    s += code;
-    s += ")";
-    if (!info.reason.empty()) s += ": " + info.reason;
-    return s;
+    return quic::describe_close(info, "server");
 }
 
 bool is_clean_close(const quic::CloseInfo& info) noexcept {

@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace runewarp::quic {
@@ -205,50 +206,36 @@ size_t Stream::write_space() const noexcept {
 
 namespace {
 
-// Send rings of idle streams come back here, so an idle stream holds no ring (spec 12.4 idle
-// memory) and a busy worker reuses rings instead of allocating one per burst. A Worker runs on
-// one thread, hence thread_local.
-constexpr size_t kMaxPooledRings = 64;
-thread_local std::vector<std::unique_ptr<uint8_t[]>> t_ring_pool;
+// Per-worker pools of stream buffers (a Worker runs on one thread, hence thread_local): a stream
+// holds its send ring (256 KiB) or receive buffer (one window) only while it has bytes in it, so
+// an idle stream costs no buffer (spec 12.4 idle memory), and a busy worker reuses buffers
+// instead of allocating one per burst. Only buffers of the pool's size are kept.
+struct BufferPool {
+    size_t size;
+    size_t max_kept;
+    std::vector<std::unique_ptr<uint8_t[]>> kept{};
 
-std::unique_ptr<uint8_t[]> take_ring(size_t cap) noexcept {
-    if (cap == kStreamSendBuffer && !t_ring_pool.empty()) {
-        auto r = std::move(t_ring_pool.back());
-        t_ring_pool.pop_back();
-        return r;
+    std::unique_ptr<uint8_t[]> take(size_t cap) noexcept {
+        if (cap == size && !kept.empty()) {
+            auto r = std::move(kept.back());
+            kept.pop_back();
+            return r;
+        }
+        return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
     }
-    return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
-}
-
-void give_ring(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
-    if (r && cap == kStreamSendBuffer && t_ring_pool.size() < kMaxPooledRings)
-        t_ring_pool.push_back(std::move(r));
-}
-
-// Receive buffers likewise: a stream holds one only while the consumer has bytes to take.
-constexpr size_t kPooledRxSize = ConnectionConfig{}.stream_window;
-constexpr size_t kMaxPooledRx = 16;
-thread_local std::vector<std::unique_ptr<uint8_t[]>> t_rx_pool;
-
-std::unique_ptr<uint8_t[]> take_rx(size_t cap) noexcept {
-    if (cap == kPooledRxSize && !t_rx_pool.empty()) {
-        auto r = std::move(t_rx_pool.back());
-        t_rx_pool.pop_back();
-        return r;
+    void give(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
+        if (r && cap == size && kept.size() < max_kept) kept.push_back(std::move(r));
     }
-    return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
-}
+};
 
-void give_rx(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
-    if (r && cap == kPooledRxSize && t_rx_pool.size() < kMaxPooledRx)
-        t_rx_pool.push_back(std::move(r));
-}
+thread_local BufferPool t_tx_pool{kStreamSendBuffer, 64};
+thread_local BufferPool t_rx_pool{ConnectionConfig{}.stream_window, 16};
 
 }  // namespace
 
 Stream::~Stream() {
-    give_ring(std::move(tx_), tx_cap_);
-    give_rx(std::move(rx_), rx_cap_);
+    t_tx_pool.give(std::move(tx_), tx_cap_);
+    t_rx_pool.give(std::move(rx_), rx_cap_);
 }
 
 size_t Stream::write(std::span<const uint8_t> data) noexcept {
@@ -258,7 +245,7 @@ size_t Stream::write(std::span<const uint8_t> data) noexcept {
     if (n < data.size()) want_writable_ = true;
     if (n == 0) return 0;
     if (!tx_) {
-        tx_ = take_ring(tx_cap_);
+        tx_ = t_tx_pool.take(tx_cap_);
         if (!tx_) return 0;
     }
     size_t pos = static_cast<size_t>(end_ % tx_cap_);
@@ -291,7 +278,7 @@ void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
     // ngtcp2 reports acknowledged data in order; the ring slots before `acked_` are free again.
     acked_ = std::max(acked_, std::min(offset + len, end_));
     // Everything written was sent and acknowledged: ngtcp2 no longer points into the ring.
-    if (acked_ == end_ && sent_ == end_ && tx_) give_ring(std::move(tx_), tx_cap_);
+    if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
     if (want_writable_ && write_space() > 0) {
         want_writable_ = false;
         if (handler_ != nullptr) handler_->on_stream_writable(*this);
@@ -327,7 +314,7 @@ bool Stream::rx_push(std::span<const uint8_t> data) noexcept {
     if (!rx_) {
         // The window bounds what the peer may send beyond what we consumed.
         rx_cap_ = static_cast<size_t>(conn_.cfg_.stream_window);
-        rx_ = take_rx(rx_cap_);
+        rx_ = t_rx_pool.take(rx_cap_);
         if (!rx_) return false;
     }
     if (rx_len_ + data.size() > rx_cap_) return false;
@@ -377,9 +364,34 @@ void Stream::resume_read() noexcept {
     }
     if (rx_len_ == 0) {
         rx_head_ = 0;
-        give_rx(std::move(rx_), rx_cap_);  // drained: an idle stream holds no receive buffer
+        t_rx_pool.give(std::move(rx_), rx_cap_);  // drained: an idle stream holds no receive buffer
     }
     delivering_ = false;
+}
+
+std::string describe_close(const CloseInfo& info, std::string_view peer) {
+    using K = CloseInfo::Kind;
+    switch (info.kind) {
+        case K::idle_timeout:
+            return "idle timeout";
+        case K::handshake_timeout:
+            return "handshake timeout";
+        case K::stateless_reset:
+            return "stateless reset";
+        case K::dropped:
+            return "connection dropped";
+        case K::local:
+        case K::remote:
+            break;
+    }
+    char code[32];
+    std::snprintf(code, sizeof(code), "0x%llx", static_cast<unsigned long long>(info.code));
+    std::string s = info.kind == K::remote ? "closed by " + std::string(peer) : "closed locally";
+    s += info.application ? " (application error " : " (transport error ";
+    s += code;
+    s += ")";
+    if (!info.reason.empty()) s += ": " + info.reason;
+    return s;
 }
 
 // ---- Connection ---------------------------------------------------------------------------------

@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -54,6 +55,9 @@ struct CloseInfo {
     uint64_t code = 0;         // e.g. 0x0131 = CRYPTO_ERROR access_denied
     std::string reason;
 };
+
+// One line for logs: "idle timeout", "closed by <peer> (application error 0x0): <reason>", ...
+std::string describe_close(const CloseInfo& info, std::string_view peer);
 
 // The relay side of one stream. Callbacks run on the worker thread, sometimes from inside
 // ngtcp2 processing: they may call any Stream method (writes are queued and sent afterwards).

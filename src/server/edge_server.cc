@@ -32,27 +32,8 @@ constexpr int64_t kCloseFlushNs = 100'000'000;  // spec 5.14: CONNECTION_CLOSE l
 // 0 or transport NO_ERROR either way).
 std::string drop_cause(const quic::CloseInfo& i) {
     using Kind = quic::CloseInfo::Kind;
-    switch (i.kind) {
-        case Kind::idle_timeout:
-            return "idle timeout";
-        case Kind::handshake_timeout:
-            return "handshake timeout";
-        case Kind::stateless_reset:
-            return "stateless reset";
-        case Kind::dropped:
-            return "connection dropped";
-        case Kind::local:
-        case Kind::remote:
-            break;
-    }
-    if (i.code == 0) return {};
-    char code[32];
-    std::snprintf(code, sizeof(code), "0x%llx", static_cast<unsigned long long>(i.code));
-    std::string out = i.kind == Kind::remote ? "closed by the client" : "closed locally";
-    out += i.application ? ": application error " : ": transport error ";
-    out += code;
-    if (!i.reason.empty()) out += " (" + i.reason + ")";
-    return out;
+    if ((i.kind == Kind::local || i.kind == Kind::remote) && i.code == 0) return {};
+    return quic::describe_close(i, "the client");
 }
 
 // Binds and listens; the message names the config key as spec 5.1 asks.
