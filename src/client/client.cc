@@ -25,6 +25,7 @@
 #include "quic/listener.hh"
 #include "quic/tls.hh"
 #include "relay/stream_pump.hh"
+#include "sys/limits.hh"
 #include "sys/systemd.hh"
 #include "trust/client_identity.hh"
 #include "trust/material.hh"
@@ -884,6 +885,8 @@ int run_client(const config::ClientConfig& cfg) noexcept {
         log.error("client startup failed", {}, s.error().message);
         return 1;
     }
+    // Every Visitor stream holds a backend socket: up to 1024 per connection.
+    (void)sys::raise_nofile_limit();
     // The instance (and with it every session) lives until process exit: closing connections
     // may still hold it when the flush window ends.
     static ClientInstance* instance = nullptr;

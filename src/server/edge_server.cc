@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <cstring>
 
 #include "core/clock.hh"
+#include "sys/limits.hh"
 #include "trust/identity.hh"
 #include "trust/server_cert.hh"
 
@@ -79,16 +79,6 @@ bool transient_accept_error(int err) noexcept {
             return true;
         default:
             return false;
-    }
-}
-
-// Raises the soft fd limit to the hard one: every relay needs two sockets and, while bytes
-// flow, pipes. A daemon started from a shell would otherwise stop at 1024.
-void raise_nofile_limit() noexcept {
-    rlimit rl{};
-    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        (void)::setrlimit(RLIMIT_NOFILE, &rl);
     }
 }
 
@@ -190,7 +180,7 @@ EdgeServer::~EdgeServer() {
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
                                                        obs::Logger& log) {
     if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
-    raise_nofile_limit();
+    (void)sys::raise_nofile_limit();
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
 
     core::WorkerOptions wo;

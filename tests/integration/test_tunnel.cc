@@ -24,168 +24,12 @@
 #include "quic/connection.hh"
 #include "quic/listener.hh"
 #include "quic/tls.hh"
-#include "tests/support/curl.hh"
-#include "tests/support/daemon.hh"
-#include "tests/support/files.hh"
-#include "tests/support/net.hh"
-#include "tests/support/nginx.hh"
-#include "tests/support/process.hh"
+#include "tests/integration/tunnel_support.hh"
 
 using namespace runewarp;
 using namespace runewarp::test;
 
 namespace {
-
-const std::string kServerName = "tunnel.example.test";
-const std::string kApp = "app.example.test";
-const std::string kOther = "other.example.test";  // owned by the Tunnel, no Client Service
-
-std::string hp(const std::string& host, std::uint16_t port) {
-    return host + ":" + std::to_string(port);
-}
-
-std::size_t count_of(const std::string& text, const std::string& needle) {
-    std::size_t n = 0;
-    for (auto pos = text.find(needle); pos != std::string::npos; pos = text.find(needle, pos + 1))
-        ++n;
-    return n;
-}
-
-class Tunnel {
-public:
-    struct Options {
-        bool pin_client = true;             // else the Server pins an unrelated identity
-        bool cli_backend = false;           // --server-address/--backend-address overlay
-        std::string backend_override = {};  // backend-address instead of nginx
-        bool dead_second_address = false;   // a second Server address where nothing listens
-        std::string notify_socket = {};     // NOTIFY_SOCKET for the Client
-        bool proxy_v2 = false;              // the Service sends PROXY v2 to nginx's PROXY port
-    };
-
-    explicit Tunnel(Options o) : opts_(o) {
-        identity_ = identity_init("identity");
-        std::string pinned = opts_.pin_client ? identity_ : identity_init("other");
-        auto r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName,
-                      "--dir", dir_ / "cert"},
-                     Millis{30000}, env());
-        cr_assert(r.status.success(), "cert init: %s %s", r.out.c_str(), r.err.c_str());
-        public_port_ = free_port();
-        tunnel_port_ = free_port();
-        std::string ini = "log-level = debug\n\n[server]\nhostname = " + kServerName + "\n";
-        ini += "cert-dir = " + (dir_ / "cert") + "\n";
-        ini += "public-bind-address = " + hp("127.0.0.1", public_port_) + "\n";
-        ini += "tunnel-bind-address = " + hp("127.0.0.1", tunnel_port_) + "\n";
-        ini += "graceful-shutdown-duration = 0s\n";
-        ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp + ", " + kOther +
-               "\nclient-identities = " + pinned + "\n";
-        write_file(dir_ / "server.ini", ini);
-        start_server();
-
-        write_file(dir_ / "hosts", "127.0.0.1 " + kServerName + "\n");
-        std::uint16_t backend_port = opts_.proxy_v2 ? backend_.proxy_port() : backend_.port();
-        std::string backend =
-            opts_.backend_override.empty() ? hp("127.0.0.1", backend_port) : opts_.backend_override;
-        std::string cini = "log-level = debug\n\n[client]\n";
-        // With the CLI overlay the file's address is wrong on purpose: the flag replaces it.
-        if (opts_.cli_backend) {
-            cini += "server-address = " + hp("unused.example.test", 9) + "\n";
-        } else if (opts_.dead_second_address) {
-            dead_port_ = free_port();
-            cini += "server-addresses = " + hp(kServerName, tunnel_port_) + ", " +
-                    hp(kServerName, dead_port_) + "\n";
-        } else {
-            cini += "server-address = " + hp(kServerName, tunnel_port_) + "\n";
-        }
-        cini += "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
-        cini += "identity-dir = " + (dir_ / "identity") + "\n";
-        if (!opts_.cli_backend) {
-            cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
-                    "\nbackend-address = " + backend + "\n";
-            if (opts_.proxy_v2) cini += "proxy-protocol = v2\n";
-        }
-        write_file(dir_ / "client.ini", cini);
-        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && exec '" +
-                          runewarp_binary() + "' client -c '" + (dir_ / "client.ini") + "'";
-        if (opts_.cli_backend) {
-            cmd += " --server-address " + hp(kServerName, tunnel_port_) + " --backend-address " +
-                   backend;
-        }
-        std::vector<std::string> cenv = env();
-        if (!opts_.notify_socket.empty()) {
-            cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
-            // A ping per second: the test drains the socket only now and then.
-            cenv.push_back("WATCHDOG_USEC=2000000");
-        }
-        client_.emplace(DaemonOptions{
-            .argv = {"unshare", "-m", "sh", "-c", cmd},
-            .env = cenv,
-            .log_path = dir_ / "client.log",
-            .ready_log_line = "client tunnel connection connecting",
-        });
-    }
-
-    void start_server() {
-        server_.emplace(DaemonOptions{
-            .argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"},
-            .env = env(),
-            .log_path = dir_ / ("server-" + std::to_string(server_starts_++) + ".log"),
-            .ready_log_line = "server tunnel listener ready",
-        });
-    }
-
-    std::uint16_t public_port() const { return public_port_; }
-    std::uint16_t dead_port() const { return dead_port_; }
-    std::string identity_dir() const { return dir_ / "identity"; }
-    HttpsTarget target() const { return {kApp, public_port_, "127.0.0.1", backend_.ca_file()}; }
-    NginxFixture& backend() { return backend_; }
-    Daemon& server() { return *server_; }
-    Daemon& client() { return *client_; }
-    void stop_server() {
-        server_->stop();
-        server_.reset();
-    }
-    // Waits until the client log holds `needle` at least `n` times.
-    bool wait_client(const std::string& needle, std::size_t n = 1, Millis d = Millis{30000}) {
-        return wait_until([&] { return count_of(client_->log(), needle) >= n; }, d);
-    }
-    std::string client_log() const { return client_->log(); }
-    // Stops the Client (SIGTERM): it must exit 0 without a sanitizer report.
-    void stop_client_cleanly() {
-        ExitStatus st = client_->stop();
-        std::string log = client_->log();
-        cr_assert(st.success(), "client exit: %s\n%s", st.describe().c_str(), log.c_str());
-        cr_assert_eq(log.find("Sanitizer"), std::string::npos, "%s", log.c_str());
-        cr_assert_eq(log.find("runtime error"), std::string::npos, "%s", log.c_str());
-        cr_assert_neq(log.find("client instance graceful shutdown started"), std::string::npos);
-    }
-    std::string out(const std::string& name) const { return dir_ / name; }
-
-private:
-    std::vector<std::string> env() const {
-        return {"XDG_CONFIG_HOME=" + (dir_ / "xdg-config"), "XDG_DATA_HOME=" + (dir_ / "xdg-data"),
-                "XDG_STATE_HOME=" + (dir_ / "xdg-state"), "RUNEWARP_SERVER_HOSTNAME="};
-    }
-    std::string identity_init(const std::string& name) {
-        std::string d = dir_ / name;
-        auto r = run({runewarp_binary(), "client", "identity", "init", "--dir", d}, Millis{30000},
-                     env());
-        cr_assert(r.status.success(), "identity init: %s %s", r.out.c_str(), r.err.c_str());
-        std::string id = read_file(d + "/client-identity.txt");
-        while (!id.empty() && (id.back() == '\n' || id.back() == ' ')) id.pop_back();
-        return id;
-    }
-
-    Options opts_;
-    TempDir dir_;
-    NginxFixture backend_{NginxOptions{.hostnames = {kApp}, .proxy_protocol = opts_.proxy_v2}};
-    std::string identity_;
-    std::uint16_t public_port_ = 0;
-    std::uint16_t tunnel_port_ = 0;
-    std::uint16_t dead_port_ = 0;
-    int server_starts_ = 0;
-    std::optional<Daemon> server_;
-    std::optional<Daemon> client_;
-};
 
 // A NOTIFY_SOCKET collecting the Client's sd_notify datagrams.
 class NotifySocket {
@@ -225,7 +69,7 @@ private:
 
 }  // namespace
 
-Test(tunnel, passthrough_end_to_end_with_64mib_each_way, .timeout = 240) {
+Test(tunnel, passthrough_end_to_end_with_256mib_each_way, .timeout = 400) {
     Tunnel t({});
     cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",
               t.client_log().c_str());
@@ -236,12 +80,12 @@ Test(tunnel, passthrough_end_to_end_with_64mib_each_way, .timeout = 240) {
               n.stderr_text.c_str(), t.client_log().c_str());
     cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
 
-    const CachedFile big = cached_random_file(64u << 20, 5);
+    const CachedFile big = cached_random_file(256u << 20, 5);
     t.backend().add_file("big.bin", big.path);
     CurlResult d = curl_download(t.target(), "/files/big.bin", t.out("big.bin"), Millis{180000});
     cr_assert(d.ok(), "curl: %s http %d %s", d.status.describe().c_str(), d.http_code,
               d.stderr_text.c_str());
-    cr_assert_eq(d.bytes, 64u << 20);
+    cr_assert_eq(d.bytes, 256u << 20);
     cr_assert_eq(d.sha256, big.sha256);
 
     CurlResult u = curl_upload(t.target(), "/upload/up.bin", big.path, Millis{180000});
