@@ -17,6 +17,12 @@ ngtcp2_tstamp ts_now() noexcept {
     return static_cast<ngtcp2_tstamp>(core::now_ns());
 }
 
+uint64_t bytes_in_flight(ngtcp2_conn* c) noexcept {
+    ngtcp2_conn_info ci;
+    ngtcp2_conn_get_conn_info(c, &ci);
+    return ci.bytes_in_flight;
+}
+
 void random_bytes(uint8_t* p, size_t n) noexcept {
     (void)gnutls_rnd(GNUTLS_RND_NONCE, p, n);
 }
@@ -635,12 +641,15 @@ void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
     }
     ngtcp2_pkt_info pi{};
     ++in_ngtcp2_;
-    int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(), ts_now());
+    const ngtcp2_tstamp ts = ts_now();
+    int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(), ts);
     --in_ngtcp2_;
     if (rv != 0) {
         handle_error(rv);
         return;
     }
+    last_rx_ns_ = static_cast<int64_t>(ts);
+    if (in_flight_since_ns_ != 0 && bytes_in_flight(conn_) == 0) in_flight_since_ns_ = 0;
     after_processing();
     want_write();
 }
@@ -788,6 +797,16 @@ void Connection::write_streams() noexcept {
     }
     (void)send_now();
     ngtcp2_conn_update_pkt_tx_time(conn_, ts);
+    if (in_flight_since_ns_ == 0 && total > 0 && bytes_in_flight(conn_) > 0)
+        in_flight_since_ns_ = static_cast<int64_t>(ts);
+}
+
+bool Connection::unresponsive(int64_t now_ns) const noexcept {
+    if (state_ != State::open || !established_ || in_flight_since_ns_ == 0) return false;
+    if (bytes_in_flight(conn_) == 0) return false;
+    const int64_t since = std::max(last_rx_ns_, in_flight_since_ns_);
+    const auto pto4 = static_cast<int64_t>(4 * ngtcp2_conn_get_pto(conn_));
+    return now_ns - since > std::max(kUnresponsiveNs, pto4);
 }
 
 void Connection::handle_error(int liberr) noexcept {

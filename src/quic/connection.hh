@@ -254,6 +254,13 @@ public:
     // Bytes buffered across streams (send + receive), for memory bounds.
     size_t buffered_bytes() const noexcept;
 
+    // The peer has answered nothing for a while although we have packets in flight: no packet
+    // received for kUnresponsiveNs (or 4 PTO if longer) since the later of the last received
+    // packet and the first unacknowledged send. A killed peer whose NAT mapping vanished looks
+    // like this long before the idle timeout (spec 5.2: 60 s) closes the connection.
+    static constexpr int64_t kUnresponsiveNs = 2'000'000'000;
+    bool unresponsive(int64_t now_ns) const noexcept;
+
     // For ngtcp2 trampolines (internal).
     struct Callbacks;
 
@@ -316,6 +323,8 @@ private:
     core::TimerHandle timer_{};
     bool timer_armed_ = false;
     int64_t linger_deadline_ = 0;
+    int64_t last_rx_ns_ = 0;          // last packet the peer sent that ngtcp2 accepted
+    int64_t in_flight_since_ns_ = 0;  // first send since nothing was in flight; 0: none in flight
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
     uint64_t close_answers_ = 0;
     ngtcp2_path_storage close_ps_{};

@@ -586,6 +586,10 @@ Result<void> EdgeServer::create_tunnel_listener() {
         return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
 
     tunnels_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg_), &log_);
+    tunnels_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
+        auto* c = static_cast<const quic::Connection*>(m.connection);
+        return c == nullptr || !c->unresponsive(now);
+    });
     auto tls =
         quic::ServerTls::create({std::move(*crt), std::move(*key),
                                  [this](std::span<const uint8_t> der) { return admit_peer(der); }});

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "core/clock.hh"
+
 namespace runewarp::server {
 
 std::shared_ptr<const AuthTable> AuthTable::build(const config::ServerConfig& cfg) {
@@ -134,14 +136,34 @@ std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel) {
     Pool& pool = pools_[static_cast<size_t>(tunnel)];
     size_t n = pool.members.size();
     if (n == 0) return nullptr;
+    const int64_t now = liveness_ != nullptr ? core::now_ns() : 0;
     uint32_t min = UINT32_MAX;
-    for (const auto& m : pool.members) min = std::min(min, m->active_streams);
+    for (const auto& m : pool.members) {
+        if (liveness_ != nullptr) note_liveness(*m, liveness_(*m, now));
+        if (!m->unresponsive) min = std::min(min, m->active_streams);
+    }
+    if (min == UINT32_MAX) return nullptr;  // every member is silent
     size_t start = static_cast<size_t>(pool.counter++ % n);
     for (size_t i = 0; i < n; ++i) {
         const auto& m = pool.members[(start + i) % n];
-        if (m->active_streams == min) return m;
+        if (!m->unresponsive && m->active_streams == min) return m;
     }
-    return nullptr;  // unreachable: some member holds the minimum
+    return nullptr;  // unreachable: some responsive member holds the minimum
+}
+
+void TunnelRegistry::note_liveness(TunnelMember& m, bool responsive) {
+    if (m.unresponsive == !responsive) return;
+    m.unresponsive = !responsive;
+    if (log_ == nullptr) return;
+    const std::string& label = table_->label(static_cast<size_t>(m.tunnel));
+    if (m.unresponsive) {
+        log_->warn("server tunnel connection unresponsive",
+                   {{"client-identity", m.identity}, {"tunnel", label}},
+                   "no packet from the Client while data is in flight; no new Visitors placed");
+    } else {
+        log_->info("server tunnel connection responsive",
+                   {{"client-identity", m.identity}, {"tunnel", label}});
+    }
 }
 
 size_t TunnelRegistry::members(int tunnel) const noexcept {

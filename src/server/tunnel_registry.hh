@@ -51,6 +51,7 @@ struct TunnelMember {
     void* connection = nullptr;  // quic::Connection* (opaque here)
     uint32_t active_streams = 0;
     bool alive = false;
+    bool unresponsive = false;           // as last seen by pick(): takes no new Visitors
     std::vector<StreamWaiter*> waiters;  // Visitors waiting for stream credit
 };
 
@@ -101,8 +102,14 @@ public:
     void seal() noexcept { sealed_ = true; }
     bool sealed() const noexcept { return sealed_; }
 
+    // Whether a member's connection still answers (quic::Connection::unresponsive); unset: all
+    // members count as responsive.
+    using LivenessFn = bool (*)(const TunnelMember& m, int64_t now_ns) noexcept;
+    void set_liveness(LivenessFn f) noexcept { liveness_ = f; }
+
     // Placement (spec 5.12): minimum active count, pool counter k, scan from k mod n, first
-    // with the minimum. nullptr when the pool is empty.
+    // with the minimum. Members found unresponsive are skipped until they answer again (they
+    // leave when their connection closes). nullptr when no responsive member is left.
     std::shared_ptr<TunnelMember> pick(int tunnel);
     std::shared_ptr<TunnelMember> pick(std::string_view label) {
         return pick(table_->tunnel_index(label));
@@ -119,6 +126,8 @@ public:
     std::vector<std::shared_ptr<TunnelMember>> all() const;
 
 private:
+    void note_liveness(TunnelMember& m, bool responsive);
+
     struct Pool {
         std::vector<std::shared_ptr<TunnelMember>> members;  // join order
         uint64_t counter = 0;                                // k
@@ -132,6 +141,7 @@ private:
     size_t total_ = 0;
     uint64_t next_id_ = 0;
     bool sealed_ = false;
+    LivenessFn liveness_ = nullptr;
 };
 
 }  // namespace runewarp::server

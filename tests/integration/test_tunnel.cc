@@ -13,7 +13,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -25,6 +29,7 @@
 #include "quic/listener.hh"
 #include "quic/tls.hh"
 #include "tests/integration/tunnel_support.hh"
+#include "tests/support/tls.hh"
 
 using namespace runewarp;
 using namespace runewarp::test;
@@ -223,6 +228,188 @@ Test(tunnel, a_hostname_without_a_service_resets_the_stream, .timeout = 120) {
     // The Tunnel connection itself is unaffected.
     CurlResult ok = curl_download(t.target(), "/name", t.out("ok.txt"));
     cr_assert(ok.ok(), "curl: %s %s", ok.status.describe().c_str(), ok.stderr_text.c_str());
+    t.stop_client_cleanly();
+}
+
+// Spec 5.12 with real Clients: while every stream stays open, placement alternates between the
+// two pool members, so each Client serves exactly half.
+Test(tunnel, two_clients_share_the_pool_least_active_first, .timeout = 120) {
+    Tunnel t({.clients = 2});
+    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 0), "%s", t.client_log(0).c_str());
+    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 1), "%s", t.client_log(1).c_str());
+    cr_assert(t.wait_server("server tunnel connection accepted", 2), "%s",
+              t.server().log().c_str());
+
+    std::vector<std::unique_ptr<TlsClient>> open;
+    for (int i = 0; i < 8; ++i) {
+        Fd fd = tcp_connect("127.0.0.1", t.public_port());
+        cr_assert(fd.valid());
+        open.push_back(std::make_unique<TlsClient>(std::move(fd), kApp, t.backend().ca_file()));
+        cr_assert(open.back()->handshake(Millis{10000}), "visitor %d: %s", i,
+                  open.back()->error().c_str());
+    }
+    const std::string routed = "client route passthrough: public-hostname=" + kApp;
+    cr_assert_eq(count_of(t.client_log(0), routed), 4u, "%s", t.client_log(0).c_str());
+    cr_assert_eq(count_of(t.client_log(1), routed), 4u, "%s", t.client_log(1).c_str());
+    open.clear();
+    t.stop_client_cleanly(1);
+    t.stop_client_cleanly(0);
+}
+
+// Spec 11: when a pool member leaves (here SIGKILL: no close frame ever reaches the Server),
+// traffic continues on the other; when the last one leaves, Visitors fail.
+Test(tunnel, failover_when_a_client_is_killed, .timeout = 180) {
+    Tunnel t({.clients = 2});
+    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 0), "%s", t.client_log(0).c_str());
+    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 1), "%s", t.client_log(1).c_str());
+    cr_assert(t.wait_server("server tunnel connection accepted", 2), "%s",
+              t.server().log().c_str());
+    for (int i = 0; i < 4; ++i) {
+        CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+        cr_assert(n.ok(), "curl: %s %s", n.status.describe().c_str(), n.stderr_text.c_str());
+    }
+    const std::string routed = "client route passthrough: public-hostname=" + kApp;
+    cr_assert_eq(count_of(t.client_log(1), routed), 2u, "%s", t.client_log(1).c_str());
+
+    t.kill_client(1);
+    // The Server learns of the loss only from silence: a Visitor placed on the dead member
+    // before then fails (spec 5.12: no second try), every later one lands on the live Client.
+    int failed = 0;
+    for (int i = 0; i < 12; ++i) {
+        CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"), Millis{8000});
+        if (!n.ok()) ++failed;
+        cr_assert_leq(failed, 1, "visitor %d failed too: %s\n%s", i, n.stderr_text.c_str(),
+                      t.server().log().c_str());
+        if (n.ok()) cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+    }
+    cr_assert_geq(count_of(t.client_log(0), routed), 2u + 11u, "%s", t.client_log(0).c_str());
+
+    cr_assert(
+        t.wait_server("server tunnel connection unresponsive: client-identity=" + t.identity(1)),
+        "%s", t.server().log().c_str());
+
+    // The last responsive member leaves: Visitors are dropped at once, without a byte, although
+    // the silent member stays in the pool until its idle timeout.
+    t.stop_client_cleanly(0);
+    cr_assert(t.wait_server("server tunnel connection closed"), "%s", t.server().log().c_str());
+    RawVisit v = raw_visit("127.0.0.1", t.public_port(), capture_client_hello(kApp), Millis{10000});
+    cr_assert(v.connected);
+    cr_assert(v.reaction.closed, "the Visitor was not dropped\n%s", t.server().log().c_str());
+    cr_assert(v.reaction.received.empty());
+    cr_assert(t.wait_server("reason=no-active-tunnel-connection"), "%s", t.server().log().c_str());
+}
+
+// Spec 5.14 and 11: a routed stream keeps running through a graceful Server shutdown; the Server
+// refuses new Visitors at once, exits right after the stream ends, and the Client sees a clean
+// close.
+Test(tunnel, graceful_server_shutdown_lets_a_routed_stream_finish, .timeout = 180) {
+    Tunnel t({.graceful_shutdown = "60s"});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    const CachedFile big = cached_random_file(32u << 20, 9);
+    t.backend().add_file("slow.bin", big.path);
+    auto args = curl_base_args(t.target());
+    // About 4 s at 8 MiB/s: the shutdown starts while most of the file is still to come.
+    args.insert(args.end(), {"--limit-rate", "8M", "--output", t.out("slow.bin"),
+                             https_url(t.target(), "/files/slow.bin")});
+    Process curl = Process::spawn({.argv = args, .err = Output::file(t.out("curl.err"))});
+    cr_assert(wait_until([&] { return file_size(t.out("slow.bin")) >= (4u << 20); }, Millis{30000}),
+              "download did not start\n%s", t.server().log().c_str());
+
+    cr_assert(t.server().process().signal(SIGTERM));
+    cr_assert(t.wait_server("server orderly shutdown started: mode=graceful"));
+    cr_assert(
+        wait_until([&] { return !tcp_accepting("127.0.0.1", t.public_port()); }, Millis{5000}));
+    std::optional<ExitStatus> done = curl.wait_exit(Millis{60000});
+    cr_assert(done.has_value() && done->success(), "curl: %s %s",
+              done ? done->describe().c_str() : "running", read_file(t.out("curl.err")).c_str());
+    cr_assert_eq(sha256_file(t.out("slow.bin")), big.sha256);
+
+    std::optional<ExitStatus> st = t.server().process().wait_exit(Millis{10000});
+    cr_assert(st.has_value() && st->success(), "server: %s\n%s",
+              st ? st->describe().c_str() : "running", t.server().log().c_str());
+    std::string slog = t.server().log();
+    cr_assert_eq(slog.find("server graceful shutdown deadline expired"), std::string::npos);
+    cr_assert_neq(slog.find("server orderly shutdown complete"), std::string::npos, "%s",
+                  slog.c_str());
+    cr_assert(t.wait_client("client tunnel connection closed: server-address="), "%s",
+              t.client_log().c_str());
+    cr_assert_eq(t.client_log().find("client tunnel connection dropped"), std::string::npos, "%s",
+                 t.client_log().c_str());
+    t.stop_client_cleanly();
+}
+
+namespace {
+
+// Sockets in `state` (hex, "01" = ESTABLISHED) whose local port is `port`, from /proc/net/tcp.
+std::size_t tcp_sockets_on(std::uint16_t port, const char* state = "01") {
+    std::string table = read_file("/proc/net/tcp");
+    char want[8];
+    std::snprintf(want, sizeof want, ":%04X", port);
+    std::size_t n = 0;
+    std::size_t pos = table.find('\n');
+    while (pos != std::string::npos && pos + 1 < table.size()) {
+        std::size_t end = table.find('\n', pos + 1);
+        std::string line = table.substr(pos + 1, end == std::string::npos ? end : end - pos - 1);
+        // "  sl  local_address rem_address   st ..."
+        char local[64], remote[64], st[8];
+        if (std::sscanf(line.c_str(), "%*s %63s %63s %7s", local, remote, st) == 3 &&
+            std::string_view(local).ends_with(want) && std::string_view(st) == state) {
+            ++n;
+        }
+        pos = end;
+    }
+    return n;
+}
+
+}  // namespace
+
+// 1000 Visitors at once through one tunnel connection, each its own QUIC stream and backend
+// connection, every body checked by hash. Four source addresses keep each under the per-source
+// intake limit (256); a rate limit keeps every transfer running until all 1000 are open.
+Test(tunnel, a_thousand_concurrent_visitor_streams, .timeout = 300) {
+    Tunnel t({});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    const CachedFile body = cached_random_file(96u << 10, 11);
+    t.backend().add_file("k.bin", body.path);
+    make_dirs(t.out("many"));
+    std::vector<Process> curls;
+    for (int c = 0; c < 4; ++c) {
+        auto args = curl_base_args(t.target());
+        std::string src = "127.0.0." + std::to_string(2 + c);
+        args.insert(args.end(),
+                    {"--parallel", "--parallel-immediate", "--parallel-max", "250", "--interface",
+                     src, "--limit-rate", "16k", "--max-time", "120", "--output-dir", t.out("many"),
+                     "--output", std::to_string(c) + "-#1.bin", "--write-out", "%{http_code}\\n",
+                     https_url(t.target(), "/files/k.bin?[1-250]")});
+        curls.push_back(Process::spawn({.argv = args,
+                                        .out = Output::file(t.out("codes-" + std::to_string(c))),
+                                        .err = Output::file(t.out("err-" + std::to_string(c)))}));
+    }
+    // All 1000 backend connections are up at the same time.
+    std::size_t peak = 0;
+    bool all_open = wait_until(
+        [&] {
+            peak = std::max(peak, tcp_sockets_on(t.backend().port()));
+            return peak >= 1000;
+        },
+        Millis{60000}, Millis{50});
+    cr_assert(all_open, "peak %zu concurrent backend connections\n%s", peak,
+              read_file(t.out("err-0")).c_str());
+    for (int c = 0; c < 4; ++c) {
+        std::optional<ExitStatus> st = curls[static_cast<std::size_t>(c)].wait_exit(Millis{150000});
+        cr_assert(st.has_value() && st->success(), "curl %d: %s %s", c,
+                  st ? st->describe().c_str() : "running",
+                  read_file(t.out("err-" + std::to_string(c))).c_str());
+        cr_assert_eq(count_of(read_file(t.out("codes-" + std::to_string(c))), "200\n"), 250u);
+        for (int i = 1; i <= 250; ++i) {
+            std::string f = t.out("many/" + std::to_string(c) + "-" + std::to_string(i) + ".bin");
+            cr_assert_eq(sha256_file(f), body.sha256, "%s", f.c_str());
+        }
+    }
+    cr_assert_eq(count_of(t.client_log(), "client route passthrough: public-hostname=" + kApp),
+                 1000u);
+    cr_assert_eq(t.client_log().find("saturated"), std::string::npos, "%s", t.client_log().c_str());
+    cr_assert_eq(t.server().log().find("saturated"), std::string::npos);
     t.stop_client_cleanly();
 }
 

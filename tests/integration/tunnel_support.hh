@@ -119,7 +119,8 @@ public:
             // A ping per second: the test drains the socket only now and then.
             cenv.push_back("WATCHDOG_USEC=2000000");
         }
-        std::string log = i == 0 ? std::string("client.log") : "client-" + std::to_string(i) + ".log";
+        std::string log =
+            i == 0 ? std::string("client.log") : "client-" + std::to_string(i) + ".log";
         clients_[static_cast<std::size_t>(i)].emplace(DaemonOptions{
             .argv = {"unshare", "-m", "sh", "-c", cmd},
             .env = cenv,

@@ -132,6 +132,39 @@ Test(server, placement_breaks_ties_round_robin_from_the_pool_counter) {
     cr_assert_null(reg.pick("nope"));
 }
 
+namespace {
+// Members whose connection pointer is odd count as unresponsive in these tests.
+bool odd_is_silent(const TunnelMember& m, int64_t) noexcept {
+    return (reinterpret_cast<uintptr_t>(m.connection) & 1u) == 0;
+}
+}  // namespace
+
+Test(server, placement_skips_unresponsive_members_until_they_answer) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    reg.set_liveness(odd_is_silent);
+    auto a = reg.join(ident('a'), conn(2)).member;
+    auto b = reg.join(ident('a'), conn(3)).member;  // silent
+    auto c = reg.join(ident('b'), conn(4)).member;
+    // b is idle (the least active) but silent: placement alternates between a and c.
+    reg.stream_started(*a);
+    reg.stream_started(*c);
+    std::vector<TunnelMember*> got;
+    for (int i = 0; i < 4; ++i) got.push_back(reg.pick("app").get());
+    std::vector<TunnelMember*> want = {a.get(), c.get(), c.get(), a.get()};
+    cr_assert(got == want);
+    cr_assert(b->unresponsive);
+    cr_assert_not(a->unresponsive);
+    // b answers again: it is the least active one.
+    b->connection = conn(6);
+    cr_assert_eq(reg.pick("app").get(), b.get());
+    cr_assert_not(b->unresponsive);
+    // Only silent members left: no placement at all.
+    a->connection = conn(7);
+    b->connection = conn(9);
+    c->connection = conn(11);
+    cr_assert_null(reg.pick("app"));
+}
+
 Test(server, counts_decrement_when_relays_end_and_members_leave_in_order) {
     TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
     auto a = reg.join(ident('a'), conn(1)).member;
