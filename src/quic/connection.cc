@@ -2,6 +2,7 @@
 #include "quic/connection.hh"
 
 #include <gnutls/crypto.h>
+#include <gnutls/gnutls.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 
 #include <algorithm>
@@ -395,6 +396,19 @@ std::string describe_close(const CloseInfo& info, std::string_view peer) {
     std::string s = info.kind == K::remote ? "closed by " + std::string(peer) : "closed locally";
     s += info.application ? " (application error " : " (transport error ";
     s += code;
+    if (!info.application && (info.code & ~uint64_t{0xff}) == NGTCP2_CRYPTO_ERROR) {
+        // CRYPTO_ERROR carries the TLS alert in its low byte (RFC 9001 4.8).
+        const char* alert =
+            gnutls_alert_get_strname(static_cast<gnutls_alert_description_t>(info.code & 0xff));
+        if (alert != nullptr) {
+            // "GNUTLS_A_ACCESS_DENIED" -> "access_denied", the RFC 8446 name.
+            std::string_view name(alert);
+            if (name.starts_with("GNUTLS_A_")) name.remove_prefix(9);
+            s += ", TLS alert ";
+            for (char ch : name)
+                s += static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
+        }
+    }
     s += ")";
     if (!info.reason.empty()) s += ": " + info.reason;
     return s;

@@ -175,7 +175,11 @@ void Listener::on_cid_removed(Connection& c, const ngtcp2_cid& cid) noexcept {
 
 void Listener::on_handshake_finished(Connection& c, bool ok) noexcept {
     if (in_handshake_.erase(&c) > 0) --handshaking_;
-    if (ok) accept_.on_connection(c);
+    if (ok) {
+        accept_.on_connection(c);
+    } else {
+        accept_.on_handshake_failed(c);
+    }
 }
 
 void Listener::on_retired(Connection& c) noexcept {

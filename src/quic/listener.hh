@@ -43,6 +43,9 @@ public:
     // An established connection whose Client the verifier admitted: take it over with
     // c.set_handler() (and usually c.set_user_data()) before returning.
     virtual void on_connection(Connection& c) noexcept = 0;
+    // A handshake ended without an established connection (c.close_info() says why); `c`
+    // retires right after.
+    virtual void on_handshake_failed(const Connection& c) noexcept { (void)c; }
 
 protected:
     ~AcceptHandler() = default;

@@ -632,7 +632,18 @@ bool EdgeServer::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
     return false;
 }
 
+void EdgeServer::on_handshake_failed(const quic::Connection& c) noexcept {
+    const quic::CloseInfo& info = c.close_info();
+    // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
+    if (!info.application && info.code == quic::kCryptoErrorAccessDenied) return;
+    if (tunnels_ == nullptr || tunnels_->sealed()) return;
+    if (handshake_failure_limit_.on_saturated().log)
+        log_.warn("server tunnel connection failed", {}, quic::describe_close(info, "the client"));
+}
+
 void EdgeServer::on_connection(quic::Connection& c) noexcept {
+    if (handshake_failure_limit_.on_success())
+        log_.info("server admission recovered", {{"scope", "quic-handshake-failure"}});
     auto id = trust::identity_of_certificate_der(c.peer_certificate());
     if (!id) {
         c.close(quic::kAppCloseCode, join_close_reason(JoinStatus::kUnmapped));

@@ -155,6 +155,7 @@ private:
     bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
     void close_tunnels() noexcept;
     void on_connection(quic::Connection& c) noexcept override;
+    void on_handshake_failed(const quic::Connection& c) noexcept override;
     void on_established(quic::Connection&) noexcept override {}
     void on_stream_opened(quic::Connection& c, quic::Stream& s) noexcept override;
     void on_streams_available(quic::Connection& c) noexcept override;
@@ -188,6 +189,7 @@ private:
     bool tunnels_closed_ = false;
     bool close_flushed_ = false;
     obs::RateLimiter unauthorized_limit_;
+    obs::RateLimiter handshake_failure_limit_;
     core::TimerHandle grace_timer_{};
     int64_t watchdog_interval_ns_ = 0;
     uint64_t next_conn_id_ = 0;

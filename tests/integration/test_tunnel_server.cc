@@ -332,6 +332,23 @@ Test(tunnel_server, unpinned_identity_gets_access_denied) {
     cr_assert(h.log().find("server tunnel connection accepted") == std::string::npos);
 }
 
+// Spec 11: a Client without a certificate is refused in the handshake; the Server says so once
+// (spec 7: `server tunnel connection failed`, 10 s limit) and recovers on the next good one.
+Test(tunnel_server, client_without_a_certificate_fails_the_handshake) {
+    Harness h;
+    Identity none;
+    TestClient& c = h.dial(none);
+    cr_assert(h.spin_until([&] { return c.closed; }, Millis{10000}));
+    cr_assert_not(c.established);
+    cr_assert(h.daemon().wait_log("server tunnel connection failed: ", Millis{5000}), "%s",
+              h.log().c_str());
+    cr_assert_eq(h.log().find("server tunnel connection unauthorized"), std::string::npos);
+    h.connect(h.pinned(0), 1);
+    cr_assert(h.daemon().wait_log("server admission recovered: scope=quic-handshake-failure",
+                                  Millis{5000}),
+              "%s", h.log().c_str());
+}
+
 Test(tunnel_server, no_connected_client_drops_the_visitor_without_a_byte) {
     Harness h;
     auto visit = raw_visit("127.0.0.1", h.public_port(), capture_client_hello(kApp), Millis{10000});

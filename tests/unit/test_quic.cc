@@ -1051,3 +1051,23 @@ Test(quic, exclusive_ca_rejects_other_issuers) {
     cr_assert(!env.client.established);
     cr_assert_eq(env.client.info.code & ~0xffull, NGTCP2_CRYPTO_ERROR);
 }
+
+Test(quic, close_descriptions_name_the_tls_alert) {
+    quic::CloseInfo i;
+    i.kind = quic::CloseInfo::Kind::local;
+    i.code = 0x174;
+    cr_assert_eq(
+        quic::describe_close(i, "the client"),
+        std::string("closed locally (transport error 0x174, TLS alert certificate_required)"));
+    i.kind = quic::CloseInfo::Kind::remote;
+    i.code = quic::kCryptoErrorAccessDenied;
+    cr_assert_eq(quic::describe_close(i, "server"),
+                 std::string("closed by server (transport error 0x131, TLS alert access_denied)"));
+    i.application = true;
+    i.code = 0;
+    i.reason = "graceful shutdown";
+    cr_assert_eq(quic::describe_close(i, "server"),
+                 std::string("closed by server (application error 0x0): graceful shutdown"));
+    i.kind = quic::CloseInfo::Kind::idle_timeout;
+    cr_assert_eq(quic::describe_close(i, "server"), std::string("idle timeout"));
+}
