@@ -42,6 +42,16 @@ Result<std::unique_ptr<Listener>> Listener::create(core::Worker& w, const sockad
     return l;
 }
 
+Result<std::unique_ptr<Listener>> Listener::adopt(core::Worker& w, core::UniqueFd fd,
+                                                  const ServerTls& tls, AcceptHandler& accept,
+                                                  const ListenerConfig& cfg) {
+    std::unique_ptr<Listener> l(new Listener(w, tls, accept, cfg));
+    auto ep = UdpEndpoint::adopt(w, std::move(fd), *l, cfg.endpoint);
+    if (!ep) return std::move(ep).error();
+    l->ep_ = *ep;
+    return l;
+}
+
 Listener::~Listener() {
     // Connections outlive us only as orphans that retire on their own.
     std::vector<Connection*> all;

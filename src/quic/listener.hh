@@ -57,6 +57,10 @@ public:
                                                     socklen_t len, const ServerTls& tls,
                                                     AcceptHandler& accept,
                                                     const ListenerConfig& cfg = {});
+    // The same on an already bound UDP socket (socket activation `tunnel`).
+    static Result<std::unique_ptr<Listener>> adopt(core::Worker& w, core::UniqueFd fd,
+                                                   const ServerTls& tls, AcceptHandler& accept,
+                                                   const ListenerConfig& cfg = {});
     // Drops every connection at once (no closing period) and closes the socket.
     ~Listener();
     Listener(const Listener&) = delete;

@@ -1,6 +1,8 @@
 // UdpEndpoint: GRO receive into the endpoint's own buffers, GSO batch send, buffer sizing.
 #include "quic/udp_endpoint.hh"
 
+#include <fcntl.h>
+
 #include <netinet/udp.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -58,9 +60,24 @@ SocketBuffers size_buffers(int fd, int want) noexcept {
 
 Result<UdpEndpoint*> UdpEndpoint::bind(core::Worker& w, const sockaddr* addr, socklen_t len,
                                        DatagramSink& sink, const EndpointOptions& opts) {
-    int family = addr->sa_family;
-    core::UniqueFd fd(::socket(family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
+    core::UniqueFd fd(::socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) return Error::sys(errno, "socket(udp)");
+    if (::bind(fd.get(), addr, len) != 0) return Error::sys(errno, "bind(udp)");
+    return adopt(w, std::move(fd), sink, opts);
+}
+
+Result<UdpEndpoint*> UdpEndpoint::adopt(core::Worker& w, core::UniqueFd fd, DatagramSink& sink,
+                                        const EndpointOptions& opts) {
+    sockaddr_storage bound{};
+    socklen_t bound_len = sizeof bound;
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&bound), &bound_len) != 0)
+        return Error::sys(errno, "getsockname(udp)");
+    const int family = bound.ss_family;
+    if (family != AF_INET && family != AF_INET6)
+        return Error::msg("not an IPv4 or IPv6 UDP socket");
+    int fl = ::fcntl(fd.get(), F_GETFL);
+    if (fl < 0 || ::fcntl(fd.get(), F_SETFL, fl | O_NONBLOCK) != 0)
+        return Error::sys(errno, "fcntl(udp)");
     int one = 1;
     if (family == AF_INET6) {
         (void)::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_RECVPKTINFO, &one, sizeof one);
@@ -75,7 +92,6 @@ Result<UdpEndpoint*> UdpEndpoint::bind(core::Worker& w, const sockaddr* addr, so
     } else {
         (void)::setsockopt(fd.get(), IPPROTO_IP, IP_MTU_DISCOVER, &pmtu, sizeof pmtu);
     }
-    if (::bind(fd.get(), addr, len) != 0) return Error::sys(errno, "bind(udp)");
 
     UdpEndpoint* ep = new UdpEndpoint(w, sink);
     ep->fd_ = std::move(fd);

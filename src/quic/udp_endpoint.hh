@@ -61,6 +61,9 @@ public:
     // The endpoint frees itself after close(); the pointer stays valid until then.
     static Result<UdpEndpoint*> bind(core::Worker& w, const sockaddr* addr, socklen_t len,
                                      DatagramSink& sink, const EndpointOptions& opts = {});
+    // Takes over an already bound UDP socket (socket activation); made non-blocking here.
+    static Result<UdpEndpoint*> adopt(core::Worker& w, core::UniqueFd fd, DatagramSink& sink,
+                                      const EndpointOptions& opts = {});
 
     // Client sockets: fixes the remote (UDP connect never blocks), so the kernel picks the
     // concrete local address that packets are matched against.

@@ -219,12 +219,7 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
             int fl = ::fcntl(a.fd, F_GETFL);
             if (fl >= 0) (void)::fcntl(a.fd, F_SETFL, fl | O_NONBLOCK);
         } else {
-            // `tunnel`: the QUIC listener binds its own socket (adopting an activated UDP
-            // socket is not supported yet), so the configured address is bound below.
-            log.warn("server tunnel listener socket-activated",
-                     {{"bind-address", local_text(a.fd)}},
-                     "an activated tunnel socket is not used; binding server.tunnel-bind-address");
-            ::close(a.fd);
+            s->tunnel_fd_.reset(a.fd);
         }
     }
     if (public_fd.valid()) {
@@ -266,6 +261,11 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
     if (!cfg.tunnels.empty()) {
         auto t = s->create_tunnel_listener();
         if (!t) return std::move(t).error();
+    } else if (s->tunnel_fd_.valid()) {
+        log.warn("server tunnel listener socket-activated",
+                 {{"bind-address", local_text(s->tunnel_fd_.get())}},
+                 "no [tunnel] is configured; the activated tunnel socket is closed");
+        s->tunnel_fd_.reset();
     }
     auto sig = s->worker_->watch_signals({SIGTERM, SIGINT, SIGQUIT, SIGHUP}, *s);
     if (!sig) return std::move(sig).error();
@@ -596,15 +596,29 @@ Result<void> EdgeServer::create_tunnel_listener() {
     if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
     tunnel_tls_ = std::move(*tls);
 
-    sockaddr_storage ss{};
-    socklen_t len = proto::to_sockaddr(cfg_.tunnel_bind, ss);
-    auto l = quic::Listener::create(*worker_, reinterpret_cast<const sockaddr*>(&ss), len,
-                                    *tunnel_tls_, *this, {});
-    if (!l) {
-        return Error::msg("failed to bind server.tunnel-bind-address " +
-                          proto::format_endpoint(cfg_.tunnel_bind) + ": " + l.error().message);
+    if (tunnel_fd_.valid()) {
+        // Socket activation `tunnel` replaces binding the configured address (spec 5.14).
+        std::string got = local_text(tunnel_fd_.get());
+        if (got != proto::format_endpoint(cfg_.tunnel_bind)) {
+            log_.warn(
+                "server tunnel listener socket-activated",
+                {{"bind-address", got}, {"configured", proto::format_endpoint(cfg_.tunnel_bind)}},
+                "the activated socket differs from server.tunnel-bind-address");
+        }
+        auto l = quic::Listener::adopt(*worker_, std::move(tunnel_fd_), *tunnel_tls_, *this, {});
+        if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
+        tunnel_listener_ = std::move(*l);
+    } else {
+        sockaddr_storage ss{};
+        socklen_t len = proto::to_sockaddr(cfg_.tunnel_bind, ss);
+        auto l = quic::Listener::create(*worker_, reinterpret_cast<const sockaddr*>(&ss), len,
+                                        *tunnel_tls_, *this, {});
+        if (!l) {
+            return Error::msg("failed to bind server.tunnel-bind-address " +
+                              proto::format_endpoint(cfg_.tunnel_bind) + ": " + l.error().message);
+        }
+        tunnel_listener_ = std::move(*l);
     }
-    tunnel_listener_ = std::move(*l);
     tunnel_bind_text_ = local_text(tunnel_listener_->endpoint().fd());
     // Spec 12.3: one WARN when the kernel grants less socket buffer than asked for.
     const quic::SocketBuffers& b = tunnel_listener_->endpoint().buffers();

@@ -188,6 +188,7 @@ private:
     std::string tunnel_bind_text_;
     bool tunnels_closed_ = false;
     bool close_flushed_ = false;
+    core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the listener adopts it
     obs::RateLimiter unauthorized_limit_;
     obs::RateLimiter handshake_failure_limit_;
     core::TimerHandle grace_timer_{};

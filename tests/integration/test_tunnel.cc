@@ -231,6 +231,34 @@ Test(tunnel, a_hostname_without_a_service_resets_the_stream, .timeout = 120) {
     t.stop_client_cleanly();
 }
 
+// Spec 5.14: the Server adopts a socket-activated `tunnel` datagram socket instead of binding
+// tunnel-bind-address; the Client's first Initial is what makes systemd-socket-activate start it.
+Test(tunnel, socket_activated_tunnel_listener_serves, .timeout = 120) {
+    Tunnel t({.activated_tunnel = true});
+    cr_assert(t.wait_client("client ready"), "%s\n%s", t.client_log().c_str(),
+              t.server().log().c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s %s", n.status.describe().c_str(), n.stderr_text.c_str());
+    cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+    std::string slog = t.server().log();
+    cr_assert_neq(slog.find("server tunnel listener socket-activated: bind-address=127.0.0.1:" +
+                            std::to_string(t.tunnel_port())),
+                  std::string::npos, "%s", slog.c_str());
+    cr_assert_neq(slog.find("server tunnel listener ready: bind-address=127.0.0.1:" +
+                            std::to_string(t.tunnel_port())),
+                  std::string::npos, "%s", slog.c_str());
+    // The configured address was never bound: a socket can take it.
+    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_port = htons(t.configured_tunnel_port());
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    int rc = ::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a);
+    ::close(fd);
+    cr_assert_eq(rc, 0, "the configured tunnel address was bound");
+    t.stop_client_cleanly();
+}
+
 // Spec 5.12 with real Clients: while every stream stays open, placement alternates between the
 // two pool members, so each Client serves exactly half.
 Test(tunnel, two_clients_share_the_pool_least_active_first, .timeout = 120) {

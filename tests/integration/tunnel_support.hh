@@ -50,6 +50,9 @@ public:
         int clients = 1;                    // Client instances, each with its own pinned identity
         bool start_clients = true;          // else the test calls start_client(i, port) itself
         std::string graceful_shutdown = "0s";  // the Server's graceful-shutdown-duration
+        // The tunnel socket comes from systemd-socket-activate (name `tunnel`); the configured
+        // tunnel-bind-address is another, unused port.
+        bool activated_tunnel = false;
     };
 
     explicit Tunnel(Options o) : opts_(o) {
@@ -69,7 +72,8 @@ public:
         std::string ini = "log-level = debug\n\n[server]\nhostname = " + kServerName + "\n";
         ini += "cert-dir = " + (dir_ / "cert") + "\n";
         ini += "public-bind-address = " + hp("127.0.0.1", public_port_) + "\n";
-        ini += "tunnel-bind-address = " + hp("127.0.0.1", tunnel_port_) + "\n";
+        configured_tunnel_port_ = opts_.activated_tunnel ? free_port() : tunnel_port_;
+        ini += "tunnel-bind-address = " + hp("127.0.0.1", configured_tunnel_port_) + "\n";
         ini += "graceful-shutdown-duration = " + opts_.graceful_shutdown + "\n";
         ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp + ", " + kOther +
                "\nclient-identities = " + pinned + "\n";
@@ -130,16 +134,25 @@ public:
     }
 
     void start_server() {
+        std::vector<std::string> argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"};
+        std::string ready = "server tunnel listener ready";
+        if (opts_.activated_tunnel) {
+            // The program is executed when the first datagram (the Client's Initial) arrives.
+            argv.insert(argv.begin(), {find_program("systemd-socket-activate"), "--datagram", "-l",
+                                       hp("127.0.0.1", tunnel_port_), "--fdname=tunnel"});
+            ready = "Listening on 127.0.0.1:" + std::to_string(tunnel_port_);
+        }
         server_.emplace(DaemonOptions{
-            .argv = {runewarp_binary(), "server", "-c", dir_ / "server.ini"},
+            .argv = argv,
             .env = env(),
             .log_path = dir_ / ("server-" + std::to_string(server_starts_++) + ".log"),
-            .ready_log_line = "server tunnel listener ready",
+            .ready_log_line = ready,
         });
     }
 
     std::uint16_t public_port() const { return public_port_; }
     std::uint16_t tunnel_port() const { return tunnel_port_; }
+    std::uint16_t configured_tunnel_port() const { return configured_tunnel_port_; }
     std::uint16_t dead_port() const { return dead_port_; }
     std::string identity_dir(int i = 0) const { return dir_ / identity_name(i); }
     const std::string& identity(int i = 0) const {
@@ -205,6 +218,7 @@ private:
     std::vector<std::string> identities_;
     std::uint16_t public_port_ = 0;
     std::uint16_t tunnel_port_ = 0;
+    std::uint16_t configured_tunnel_port_ = 0;
     std::uint16_t dead_port_ = 0;
     int server_starts_ = 0;
     std::optional<Daemon> server_;
