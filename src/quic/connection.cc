@@ -145,7 +145,7 @@ struct Connection::Callbacks {
     static int extend_stream_data(ngtcp2_conn*, int64_t id, uint64_t, void* ud, void*) noexcept {
         Connection& c = self(ud);
         if (Stream* s = c.stream(id)) {
-            c.set_flow_blocked(*s, false);
+            s->flow_blocked_ = false;
             if (s->has_unsent()) c.queue_stream(*s);
         }
         return 0;
@@ -533,6 +533,7 @@ Stream* Connection::add_stream(int64_t id) noexcept {
     Stream* raw = s.get();
     streams_[id] = std::move(s);
     ngtcp2_conn_set_stream_user_data(conn_, id, raw);
+    update_keep_alive();
     return raw;
 }
 
@@ -541,7 +542,7 @@ void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
     if (it == streams_.end()) return;
     std::unique_ptr<Stream> s = std::move(it->second);
     streams_.erase(it);
-    set_flow_blocked(*s, false);
+    update_keep_alive();
     s->closed_ = true;
     if (s->queued_) std::erase(send_queue_, s.get());
     s->queued_ = false;
@@ -552,22 +553,17 @@ void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
     if (h != nullptr) h->on_stream_closed(*raw, code);
 }
 
-void Connection::set_flow_blocked(Stream& s, bool blocked) noexcept {
-    if (s.flow_blocked_ == blocked) return;
-    s.flow_blocked_ = blocked;
-    if (blocked) {
-        ++flow_blocked_streams_;
-    } else {
-        --flow_blocked_streams_;
-    }
-    // A sender waiting for credit says nothing on its own: if its address changed meanwhile
-    // (NAT rebinding), the peer's MAX_STREAM_DATA goes to the old one and both wait for the
-    // keep-alive. While any stream waits, PING after kBlockedKeepAliveNs of silence instead.
-    const bool short_ka = flow_blocked_streams_ > 0;
-    if (short_ka == short_keep_alive_ || conn_ == nullptr) return;
-    short_keep_alive_ = short_ka;
-    ngtcp2_conn_set_keep_alive_timeout(
-        conn_, static_cast<ngtcp2_duration>(short_ka ? kBlockedKeepAliveNs : cfg_.keep_alive_ns));
+void Connection::update_keep_alive() noexcept {
+    // A Client with open streams may fall silent for long (flow-control blocked by a slow
+    // Visitor, or only receiving). If its address changes meanwhile (NAT rebinding), the Server
+    // keeps sending to the old one and nothing moves until the Client speaks: with streams open
+    // it pings after kBusyKeepAliveNs of silence, otherwise after the configured keep-alive.
+    if (role_ != Role::client || conn_ == nullptr) return;
+    const bool busy = !streams_.empty();
+    if (busy == busy_keep_alive_) return;
+    busy_keep_alive_ = busy;
+    const int64_t d = busy ? std::min(cfg_.keep_alive_ns, kBusyKeepAliveNs) : cfg_.keep_alive_ns;
+    ngtcp2_conn_set_keep_alive_timeout(conn_, static_cast<ngtcp2_duration>(d));
 }
 
 void Connection::queue_stream(Stream& s) noexcept {
@@ -790,7 +786,7 @@ void Connection::write_streams() noexcept {
         if (n < 0) {
             if (n == NGTCP2_ERR_WRITE_MORE) continue;
             if (n == NGTCP2_ERR_STREAM_DATA_BLOCKED && s != nullptr) {
-                set_flow_blocked(*s, true);
+                s->flow_blocked_ = true;
                 continue;
             }
             if ((n == NGTCP2_ERR_STREAM_SHUT_WR || n == NGTCP2_ERR_STREAM_NOT_FOUND) &&

@@ -260,8 +260,8 @@ public:
     // like this long before the idle timeout (spec 5.2: 60 s) closes the connection.
     static constexpr int64_t kUnresponsiveNs = 2'000'000'000;
     bool unresponsive(int64_t now_ns) const noexcept;
-    // Keep-alive while a stream waits for flow-control credit (see set_flow_blocked).
-    static constexpr int64_t kBlockedKeepAliveNs = 1'000'000'000;
+    // Client keep-alive while any stream is open (see update_keep_alive).
+    static constexpr int64_t kBusyKeepAliveNs = 1'000'000'000;
 
     // For ngtcp2 trampolines (internal).
     struct Callbacks;
@@ -294,7 +294,7 @@ private:
     void notify_closed() noexcept;
     void close_all_streams() noexcept;
     void queue_stream(Stream& s) noexcept;
-    void set_flow_blocked(Stream& s, bool blocked) noexcept;
+    void update_keep_alive() noexcept;
     Stream* stream(int64_t id) noexcept;
     Stream* add_stream(int64_t id) noexcept;
     void remove_stream(int64_t id, uint64_t code) noexcept;
@@ -326,8 +326,7 @@ private:
     core::TimerHandle timer_{};
     bool timer_armed_ = false;
     int64_t linger_deadline_ = 0;
-    uint32_t flow_blocked_streams_ = 0;
-    bool short_keep_alive_ = false;
+    bool busy_keep_alive_ = false;
     int64_t last_rx_ns_ = 0;          // last packet the peer sent that ngtcp2 accepted
     int64_t in_flight_since_ns_ = 0;  // first send since nothing was in flight; 0: none in flight
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
