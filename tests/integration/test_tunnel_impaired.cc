@@ -7,7 +7,10 @@
 #include <criterion/logging.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -31,7 +34,8 @@ public:
           relay_({.upstream_port = t_.tunnel_port(),
                   .to_upstream = imp,
                   .to_downstream = imp,
-                  .seed = seed}) {
+                  .seed = seed,
+                  .trace_path = trace_path()}) {
         t_.start_client(0, relay_.port());
         cr_assert(t_.wait_client("client ready: server-address=" + kServerName, 1, Millis{60000}),
                   "%s\n%s", t_.client_log().c_str(), relay_.describe().c_str());
@@ -63,6 +67,11 @@ public:
     }
 
 private:
+    // RUNEWARP_RELAY_TRACE=<path>: the relay logs every datagram there (diagnosis only).
+    static std::string trace_path() {
+        const char* p = std::getenv("RUNEWARP_RELAY_TRACE");
+        return p != nullptr ? p : "";
+    }
     Tunnel t_;
     UdpRelay relay_;
 };
@@ -118,6 +127,27 @@ void download_across_a_rebind(RelayedTunnel& rt) {
     cr_assert_gt(relay.sent_on_current_outbound(), 0u, "%s", relay.describe().c_str());
     cr_assert_gt(relay.received_on_current_outbound(), 0u, "%s", relay.describe().c_str());
     rt.assert_one_connection();
+}
+
+// True once no datagram crossed the relay in either direction for `quiet`.
+bool wait_quiet(UdpRelay& relay, Millis quiet, Millis deadline) {
+    auto total = [&] {
+        return relay.stats(RelayDir::kToUpstream).received +
+               relay.stats(RelayDir::kToDownstream).received;
+    };
+    std::uint64_t last = total();
+    auto since = std::chrono::steady_clock::now();
+    return wait_until(
+        [&] {
+            const std::uint64_t now = total();
+            if (now != last) {
+                last = now;
+                since = std::chrono::steady_clock::now();
+                return false;
+            }
+            return std::chrono::steady_clock::now() - since >= quiet;
+        },
+        deadline, Millis{20});
 }
 
 }  // namespace
@@ -191,5 +221,57 @@ Test(tunnel_impaired, keep_alive_of_200_requests_on_one_connection, .timeout = 3
     cr_assert_gt(up.dropped + down.dropped, 0u, "%s", rt.relay().describe().c_str());
     cr_log_info("200 requests on one connection; %s", rt.relay().describe().c_str());
     rt.assert_one_connection();
+    t.stop_client_cleanly();
+}
+
+// NAT rebinding while the Client is silent: the Visitor stops reading (SIGSTOP), so the Server
+// stops consuming the stream and the Client, flow-control blocked, sends nothing. Once the path
+// is quiet the relay rebinds and the Visitor reads again. The Server's MAX_STREAM_DATA (and its
+// loss probes) now go to the old, dead port; only a datagram from the Client shows the Server
+// the new address. The transfer must resume well before the 20 s keep-alive PING would do that.
+Test(tunnel_impaired, download_resumes_promptly_after_a_rebind_while_the_client_is_silent,
+     .timeout = 300) {
+    RelayedTunnel rt({}, 5);
+    Tunnel& t = rt.t();
+    UdpRelay& relay = rt.relay();
+    constexpr std::uint64_t kSize = 64u << 20;
+    const CachedFile file = cached_random_file(kSize, 11);
+    t.backend().add_file("mig.bin", file.path);
+    const std::string out = t.out("mig.bin");
+    std::vector<std::string> argv = curl_base_args(t.target());
+    argv.insert(argv.end(), {"--output", out, "--write-out", "%{http_code} %{size_download}",
+                             https_url(t.target(), "/files/mig.bin")});
+    Process curl = Process::spawn({.argv = argv, .out = Output::pipe(), .err = Output::pipe()});
+    cr_assert(
+        wait_until([&] { return file_exists(out) && file_size(out) > (8u << 20); }, Millis{120000}),
+        "the download did not start\n%s", relay.describe().c_str());
+    cr_assert(curl.signal(SIGSTOP));
+    cr_assert(wait_quiet(relay, Millis{1000}, Millis{30000}), "the path never went quiet: %s",
+              relay.describe().c_str());
+    const std::uint64_t at_rebind = file_size(out);
+    cr_assert_lt(at_rebind, kSize, "the download finished before the rebind");
+    relay.rebind();
+    cr_assert(curl.signal(SIGCONT));
+
+    const auto resumed = std::chrono::steady_clock::now();
+    // The keep-alive PING would come 20 s after the last datagram the Client received; half that
+    // is a generous bound for "the Client revealed its new address on its own".
+    const bool moved =
+        wait_until([&] { return relay.received_on_current_outbound() > 0; }, Millis{10000});
+    const double first_reply = seconds_since(resumed);
+    std::optional<ExitStatus> st = curl.wait_exit(Millis{120000});
+    const double total = seconds_since(resumed);
+    cr_log_info(
+        "silent rebind at %llu bytes: first datagram from the Server on the new port "
+        "after %.1f s, download done %.1f s after the Visitor resumed; %s",
+        static_cast<unsigned long long>(at_rebind), first_reply, total, relay.describe().c_str());
+    cr_assert(st.has_value() && st->success(), "curl: %s\n%s",
+              st ? st->describe().c_str() : "still running", relay.describe().c_str());
+    cr_assert_eq(sha256_file(out), file.sha256);
+    rt.assert_one_connection();
+    cr_assert(moved,
+              "no datagram reached the new port within 10 s of the rebind: the Client stayed "
+              "silent and the Server kept sending to the old port (%.1f s); %s",
+              first_reply, relay.describe().c_str());
     t.stop_client_cleanly();
 }

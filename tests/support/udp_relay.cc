@@ -97,6 +97,7 @@ UdpRelay::UdpRelay(UdpRelayOptions opts)
     dirs_[1].rng.seed(opts_.seed * 2 + 2);
     dirs_[1].imp = opts_.to_downstream;
 
+    start_ns_ = mono_ns();
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) fail("eventfd");
     try {
@@ -109,6 +110,7 @@ UdpRelay::UdpRelay(UdpRelayOptions opts)
         ::close(wake_fd_);
         throw;
     }
+    if (!opts_.trace_path.empty()) trace_file_ = std::fopen(opts_.trace_path.c_str(), "w");
     thread_ = std::thread([this] { run_(); });
 }
 
@@ -120,6 +122,15 @@ UdpRelay::~UdpRelay() {
     ::close(listen_fd_);
     ::close(out_fd_);
     ::close(wake_fd_);
+    if (trace_file_ != nullptr) std::fclose(trace_file_);
+}
+
+void UdpRelay::trace_(RelayDir d, std::size_t n, const char* what) {
+    if (trace_file_ == nullptr) return;
+    std::fprintf(trace_file_, "%.3f %s %zu %s gen=%llu\n",
+                 static_cast<double>(mono_ns() - start_ns_) / 1e6,
+                 d == RelayDir::kToUpstream ? "up" : "down", n, what,
+                 static_cast<unsigned long long>(rebinds_done_.load()));
 }
 
 int UdpRelay::open_outbound_() {
@@ -159,6 +170,7 @@ void UdpRelay::do_rebind_() {
     sent_current_.store(0);
     received_current_.store(0);
     outbound_port_.store(local_port(fd));
+    trace_(RelayDir::kToUpstream, 0, "rebind");
 }
 
 UdpRelayStats UdpRelay::stats(RelayDir d) const {
@@ -253,6 +265,7 @@ void UdpRelay::handle_(RelayDir d, const unsigned char* data, std::size_t n) {
     Direction& dir = dirs_[static_cast<int>(d)];
     c.received.fetch_add(1);
     if (d == RelayDir::kToDownstream && !have_peer_) {
+        trace_(d, n, "no-peer");
         c.dropped.fetch_add(1);  // nobody to send it to (no PRNG draw: decisions stay seeded)
         return;
     }
@@ -260,6 +273,7 @@ void UdpRelay::handle_(RelayDir d, const unsigned char* data, std::size_t n) {
     const double u_dup = uniform(dir.rng);
     const double u_reorder = uniform(dir.rng);
     if (u_loss < dir.imp.loss) {
+        trace_(d, n, "drop");
         c.dropped.fetch_add(1);
         return;
     }
@@ -272,11 +286,13 @@ void UdpRelay::handle_(RelayDir d, const unsigned char* data, std::size_t n) {
             h.copies = copies;
             h.since_ns = mono_ns();
             h.used = true;
+            trace_(d, n, "hold");
             c.reordered.fetch_add(1);
             return;
         }
         // Every slot busy: this one goes out in order.
     }
+    trace_(d, n, copies == 2 ? "forward-twice" : "forward");
     for (int i = 0; i < copies; ++i) send_(d, data, n);
     c.forwarded.fetch_add(1);
     c.duplicated.fetch_add(static_cast<std::uint64_t>(copies - 1));
@@ -297,6 +313,7 @@ void UdpRelay::release_held_(RelayDir d, bool only_expired) {
         }
         if (oldest == nullptr) return;
         if (only_expired && oldest->since_ns + hold > now) return;
+        trace_(d, oldest->size, "release");
         for (int i = 0; i < oldest->copies; ++i) send_(d, oldest->data.data(), oldest->size);
         c.forwarded.fetch_add(1);
         c.duplicated.fetch_add(static_cast<std::uint64_t>(oldest->copies - 1));
@@ -313,7 +330,10 @@ void UdpRelay::send_(RelayDir d, const unsigned char* data, std::size_t n) {
         r = ::sendto(listen_fd_, data, n, 0, reinterpret_cast<const sockaddr*>(&peer_),
                      sizeof peer_);
     }
-    if (r < 0) counters_[static_cast<int>(d)].send_errors.fetch_add(1);
+    if (r < 0) {
+        trace_(d, n, "send-error");
+        counters_[static_cast<int>(d)].send_errors.fetch_add(1);
+    }
 }
 
 }  // namespace runewarp::test

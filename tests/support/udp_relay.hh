@@ -15,6 +15,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -38,6 +39,9 @@ struct UdpRelayOptions {
     UdpImpairment to_downstream{};  // upstream -> downstream peer
     std::uint64_t seed = 1;         // one std::mt19937_64 per direction, seeded from this
     Millis reorder_hold{5};         // a held datagram goes out after this if nothing follows it
+    // When set, one line per datagram event goes to this file (time, direction, size, what
+    // happened, outbound socket generation): for diagnosing stalls, not for assertions.
+    std::string trace_path{};
 };
 
 enum class RelayDir : int { kToUpstream = 0, kToDownstream = 1 };
@@ -94,6 +98,7 @@ private:
     void release_held_(RelayDir d, bool only_expired);
     int poll_timeout_ms_() const;
     void do_rebind_();
+    void trace_(RelayDir d, std::size_t n, const char* what);
     int open_outbound_();
 
     UdpRelayOptions opts_;
@@ -110,6 +115,9 @@ private:
     Counters counters_[2];
     std::atomic<std::uint64_t> sent_current_{0};
     std::atomic<std::uint64_t> received_current_{0};
+
+    std::FILE* trace_file_ = nullptr;  // relay thread only
+    std::uint64_t start_ns_ = 0;
 
     std::atomic<bool> stop_{false};
     std::mutex mu_;
