@@ -246,7 +246,8 @@ Test(tunnel_impaired, download_resumes_promptly_after_a_rebind_while_the_client_
         wait_until([&] { return file_exists(out) && file_size(out) > (8u << 20); }, Millis{120000}),
         "the download did not start\n%s", relay.describe().c_str());
     cr_assert(curl.signal(SIGSTOP));
-    cr_assert(wait_quiet(relay, Millis{1000}, Millis{30000}), "the path never went quiet: %s",
+    // Quiet: the stream stopped (a Client that probes its path now and then still leaves gaps).
+    cr_assert(wait_quiet(relay, Millis{300}, Millis{30000}), "the path never went quiet: %s",
               relay.describe().c_str());
     const std::uint64_t at_rebind = file_size(out);
     cr_assert_lt(at_rebind, kSize, "the download finished before the rebind");
