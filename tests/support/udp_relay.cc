@@ -293,9 +293,10 @@ void UdpRelay::handle_(RelayDir d, const unsigned char* data, std::size_t n) {
         // Every slot busy: this one goes out in order.
     }
     trace_(d, n, copies == 2 ? "forward-twice" : "forward");
-    for (int i = 0; i < copies; ++i) send_(d, data, n);
+    // Counted before the send: whatever a receiver has seen is already in the counters.
     c.forwarded.fetch_add(1);
     c.duplicated.fetch_add(static_cast<std::uint64_t>(copies - 1));
+    for (int i = 0; i < copies; ++i) send_(d, data, n);
     // What was held back now goes out after the datagram that overtook it.
     release_held_(d, false);
 }
@@ -314,9 +315,9 @@ void UdpRelay::release_held_(RelayDir d, bool only_expired) {
         if (oldest == nullptr) return;
         if (only_expired && oldest->since_ns + hold > now) return;
         trace_(d, oldest->size, "release");
-        for (int i = 0; i < oldest->copies; ++i) send_(d, oldest->data.data(), oldest->size);
         c.forwarded.fetch_add(1);
         c.duplicated.fetch_add(static_cast<std::uint64_t>(oldest->copies - 1));
+        for (int i = 0; i < oldest->copies; ++i) send_(d, oldest->data.data(), oldest->size);
         oldest->used = false;
     }
 }
@@ -324,8 +325,9 @@ void UdpRelay::release_held_(RelayDir d, bool only_expired) {
 void UdpRelay::send_(RelayDir d, const unsigned char* data, std::size_t n) {
     ssize_t r;
     if (d == RelayDir::kToUpstream) {
+        sent_current_.fetch_add(1);  // before the send, as the other counters
         r = ::send(out_fd_, data, n, 0);
-        if (r >= 0) sent_current_.fetch_add(1);
+        if (r < 0) sent_current_.fetch_sub(1);
     } else {
         r = ::sendto(listen_fd_, data, n, 0, reinterpret_cast<const sockaddr*>(&peer_),
                      sizeof peer_);

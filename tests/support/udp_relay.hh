@@ -46,7 +46,8 @@ struct UdpRelayOptions {
 
 enum class RelayDir : int { kToUpstream = 0, kToDownstream = 1 };
 
-// A consistent-enough copy of one direction's counters (each value read atomically).
+// A consistent-enough copy of one direction's counters (each value read atomically). The relay
+// counts a datagram before it sends it, so whatever a receiver has seen is already counted.
 struct UdpRelayStats {
     std::uint64_t received = 0;     // datagrams the relay read for this direction
     std::uint64_t forwarded = 0;    // distinct datagrams sent on (duplicates not counted again)
