@@ -12,6 +12,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -365,7 +366,8 @@ std::vector<int> pass_through(UdpRelay& relay, RelayDir dir, UdpPeer& from, std:
 
 Test(fixtures, udp_relay_without_impairment_forwards_in_order_both_ways) {
     UdpPeer up, down;
-    UdpRelay relay({.upstream_port = up.port()});
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start({.upstream_port = up.port()});
+    UdpRelay& relay = *relay_owner;
     cr_assert_neq(relay.port(), 0);
     cr_assert_neq(relay.outbound_port(), relay.port());
 
@@ -408,7 +410,9 @@ Test(fixtures, udp_relay_without_impairment_forwards_in_order_both_ways) {
 Test(fixtures, udp_relay_seeded_loss_is_plausible_and_reproducible) {
     auto lossy_run = [](std::uint64_t seed) {
         UdpPeer up, down;
-        UdpRelay relay({.upstream_port = up.port(), .to_upstream = {.loss = 0.1}, .seed = seed});
+        std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start(
+            {.upstream_port = up.port(), .to_upstream = {.loss = 0.1}, .seed = seed});
+        UdpRelay& relay = *relay_owner;
         std::vector<int> got =
             pass_through(relay, RelayDir::kToUpstream, down, relay.port(), up, 2000);
         UdpRelayStats st = relay.stats(RelayDir::kToUpstream);
@@ -429,8 +433,9 @@ Test(fixtures, udp_relay_seeded_loss_is_plausible_and_reproducible) {
 
 Test(fixtures, udp_relay_duplicates_and_reorders_without_losing) {
     UdpPeer up, down;
-    UdpRelay relay(
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start(
         {.upstream_port = up.port(), .to_upstream = {.duplicate = 0.1, .reorder = 0.1}, .seed = 7});
+    UdpRelay& relay = *relay_owner;
     std::vector<int> got = pass_through(relay, RelayDir::kToUpstream, down, relay.port(), up, 2000);
     UdpRelayStats st = relay.stats(RelayDir::kToUpstream);
     cr_assert_eq(st.dropped, 0u);
@@ -458,7 +463,8 @@ Test(fixtures, udp_relay_duplicates_and_reorders_without_losing) {
 
 Test(fixtures, udp_relay_rebind_changes_the_source_port_the_upstream_sees) {
     UdpPeer up, down;
-    UdpRelay relay({.upstream_port = up.port()});
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start({.upstream_port = up.port()});
+    UdpRelay& relay = *relay_owner;
     down.send_to(relay.port(), "before");
     auto d1 = up.recv();
     cr_assert(d1.has_value());

@@ -10,6 +10,7 @@
 #include <csignal>
 #include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -31,25 +32,25 @@ class RelayedTunnel {
 public:
     RelayedTunnel(UdpImpairment imp, std::uint64_t seed)
         : t_({.start_clients = false}),
-          relay_({.upstream_port = t_.tunnel_port(),
-                  .to_upstream = imp,
-                  .to_downstream = imp,
-                  .seed = seed,
-                  .trace_path = trace_path()}) {
-        t_.start_client(0, relay_.port());
+          relay_(UdpRelay::start({.upstream_port = t_.tunnel_port(),
+                                  .to_upstream = imp,
+                                  .to_downstream = imp,
+                                  .seed = seed,
+                                  .trace_path = trace_path()})) {
+        t_.start_client(0, relay_->port());
         cr_assert(t_.wait_client("client ready: server-address=" + kServerName, 1, Millis{60000}),
-                  "%s\n%s", t_.client_log().c_str(), relay_.describe().c_str());
+                  "%s\n%s", t_.client_log().c_str(), relay_->describe().c_str());
         cr_assert(t_.wait_client(kConnected), "%s", t_.client_log().c_str());
     }
     Tunnel& t() { return t_; }
-    UdpRelay& relay() { return relay_; }
+    UdpRelay& relay() { return *relay_; }
 
     // The Client connected exactly once, and the Server never saw its tunnel connection end.
     void assert_one_connection() {
         std::string clog = t_.client_log();
         std::string slog = t_.server().log();
         cr_assert_eq(count_of(clog, kConnected), 1u, "the Client reconnected:\n%s\nrelay: %s",
-                     clog.c_str(), relay_.describe().c_str());
+                     clog.c_str(), relay_->describe().c_str());
         cr_assert_eq(count_of(clog, "client tunnel connection closed"), 0u, "%s", clog.c_str());
         cr_assert_eq(count_of(clog, "client tunnel connection dropped"), 0u, "%s", clog.c_str());
         cr_assert_eq(count_of(slog, "server tunnel connection accepted"), 1u, "%s", slog.c_str());
@@ -59,10 +60,10 @@ public:
     // The relay really impaired both directions.
     void assert_impaired() {
         for (RelayDir d : {RelayDir::kToUpstream, RelayDir::kToDownstream}) {
-            UdpRelayStats st = relay_.stats(d);
-            cr_assert_gt(st.dropped, 0u, "%s", relay_.describe().c_str());
-            cr_assert_gt(st.reordered, 0u, "%s", relay_.describe().c_str());
-            cr_assert_gt(st.duplicated, 0u, "%s", relay_.describe().c_str());
+            UdpRelayStats st = relay_->stats(d);
+            cr_assert_gt(st.dropped, 0u, "%s", relay_->describe().c_str());
+            cr_assert_gt(st.reordered, 0u, "%s", relay_->describe().c_str());
+            cr_assert_gt(st.duplicated, 0u, "%s", relay_->describe().c_str());
         }
     }
 
@@ -73,7 +74,7 @@ private:
         return p != nullptr ? p : "";
     }
     Tunnel t_;
-    UdpRelay relay_;
+    std::unique_ptr<UdpRelay> relay_;  // on the heap: see UdpRelay::start
 };
 
 double seconds_since(std::chrono::steady_clock::time_point start) {

@@ -114,6 +114,10 @@ UdpRelay::UdpRelay(UdpRelayOptions opts)
     thread_ = std::thread([this] { run_(); });
 }
 
+std::unique_ptr<UdpRelay> UdpRelay::start(UdpRelayOptions opts) {
+    return std::unique_ptr<UdpRelay>(new UdpRelay(std::move(opts)));
+}
+
 UdpRelay::~UdpRelay() {
     stop_.store(true);
     std::uint64_t one = 1;

@@ -60,8 +60,10 @@ struct UdpRelayStats {
 class UdpRelay {
 public:
     // Binds 127.0.0.1:<ephemeral> and an outbound socket, then starts the relay thread. Throws
-    // std::runtime_error on socket errors.
-    explicit UdpRelay(UdpRelayOptions opts);
+    // std::runtime_error on socket errors. Always on the heap: a failed Criterion assertion
+    // longjmps past destructors, and the relay thread must not be left running on a dead stack
+    // frame (an abandoned relay just leaks and keeps relaying until the test process exits).
+    static std::unique_ptr<UdpRelay> start(UdpRelayOptions opts);
     ~UdpRelay();  // stops and joins the thread, closes the sockets
     UdpRelay(const UdpRelay&) = delete;
     UdpRelay& operator=(const UdpRelay&) = delete;
@@ -85,6 +87,8 @@ public:
     std::string describe() const;  // both directions' counters, for assertion messages
 
 private:
+    explicit UdpRelay(UdpRelayOptions opts);
+
     struct Counters {
         std::atomic<std::uint64_t> received{0}, forwarded{0}, dropped{0}, duplicated{0},
             reordered{0}, send_errors{0};
