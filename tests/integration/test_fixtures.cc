@@ -1,10 +1,21 @@
 // The end-to-end test fixtures themselves: processes, waits, ports, TLS material, the nginx
-// backend (download, upload, PROXY v2 listener) and the raw Visitor.
+// backend (download, upload, PROXY v2 listener), the raw Visitor and the UDP impairment relay.
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
+#include <cerrno>
+#include <cstdint>
+#include <cstring>
+#include <memory>
+#include <optional>
 #include <string>
+#include <vector>
 
 #include "tests/support/curl.hh"
 #include "tests/support/daemon.hh"
@@ -13,6 +24,7 @@
 #include "tests/support/nginx.hh"
 #include "tests/support/process.hh"
 #include "tests/support/tls.hh"
+#include "tests/support/udp_relay.hh"
 
 using namespace runewarp::test;
 
@@ -248,4 +260,236 @@ Test(fixtures, daemon_that_exits_early_reports_its_log) {
 
 Test(fixtures, runewarp_binary_comes_from_the_environment) {
     cr_assert_not(runewarp_binary().empty());
+}
+
+// ---- the UDP impairment relay ----------------------------------------------------------------
+
+namespace {
+
+// A loopback UDP socket playing the downstream peer or the upstream in the relay tests.
+class UdpPeer {
+public:
+    UdpPeer() : fd_(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)) {
+        cr_assert(fd_.valid());
+        int big = 4 << 20;
+        (void)::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVBUFFORCE, &big, sizeof big);
+        sockaddr_in a = addr(0);
+        cr_assert_eq(::bind(fd_.get(), reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        socklen_t len = sizeof a;
+        cr_assert_eq(::getsockname(fd_.get(), reinterpret_cast<sockaddr*>(&a), &len), 0);
+        port_ = ntohs(a.sin_port);
+    }
+    std::uint16_t port() const { return port_; }
+    void send_to(std::uint16_t port, const std::string& payload) {
+        sockaddr_in a = addr(port);
+        cr_assert_eq(::sendto(fd_.get(), payload.data(), payload.size(), 0,
+                              reinterpret_cast<sockaddr*>(&a), sizeof a),
+                     static_cast<ssize_t>(payload.size()), "sendto: %s", std::strerror(errno));
+    }
+    struct Datagram {
+        std::string payload;
+        std::uint16_t from_port = 0;
+    };
+    // The next datagram, or nullopt when none arrives before the deadline.
+    std::optional<Datagram> recv(Millis deadline = Millis{10000}) {
+        pollfd p{fd_.get(), POLLIN, 0};
+        if (::poll(&p, 1, static_cast<int>(deadline.count())) != 1) return std::nullopt;
+        std::string buf(65536, '\0');
+        sockaddr_in from{};
+        socklen_t flen = sizeof from;
+        ssize_t n = ::recvfrom(fd_.get(), buf.data(), buf.size(), 0,
+                               reinterpret_cast<sockaddr*>(&from), &flen);
+        if (n < 0) return std::nullopt;
+        buf.resize(static_cast<std::size_t>(n));
+        return Datagram{std::move(buf), ntohs(from.sin_port)};
+    }
+
+private:
+    static sockaddr_in addr(std::uint16_t port) {
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_port = htons(port);
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        return a;
+    }
+    Fd fd_;
+    std::uint16_t port_ = 0;
+};
+
+std::string numbered(int i, std::size_t size = 0) {
+    std::string s = std::to_string(i) + ":";
+    if (s.size() < size) s.resize(size, static_cast<char>('a' + i % 26));
+    return s;
+}
+
+int number_of(const std::string& payload) {
+    return std::stoi(payload.substr(0, payload.find(':')));
+}
+
+// Sends n numbered datagrams from `from` through the relay in bursts, each burst waiting until
+// the relay has read it (so no socket buffer overflows), then collects what reached `to`: the
+// relay's forwarded + duplicated count for this call, in arrival order.
+std::vector<int> pass_through(UdpRelay& relay, RelayDir dir, UdpPeer& from, std::uint16_t to_port,
+                              UdpPeer& to, int n) {
+    const UdpRelayStats before = relay.stats(dir);
+    const std::uint64_t base = before.received;
+    for (int i = 0; i < n; ++i) {
+        from.send_to(to_port, numbered(i, 100));
+        if (i % 50 == 49 || i == n - 1) {
+            const std::uint64_t want = base + static_cast<std::uint64_t>(i) + 1;
+            cr_assert(wait_until([&] { return relay.stats(dir).received >= want; }, Millis{10000}),
+                      "%s", relay.describe().c_str());
+        }
+    }
+    // Everything read; held (reordered) datagrams go out within the hold time.
+    cr_assert(wait_until(
+                  [&] {
+                      UdpRelayStats st = relay.stats(dir);
+                      return st.forwarded + st.dropped == st.received;
+                  },
+                  Millis{10000}),
+              "%s", relay.describe().c_str());
+    UdpRelayStats st = relay.stats(dir);
+    const std::uint64_t arriving =
+        st.forwarded + st.duplicated - before.forwarded - before.duplicated;
+    std::vector<int> got;
+    while (got.size() < arriving) {
+        auto d = to.recv();
+        cr_assert(d.has_value(), "got %zu of %llu: %s", got.size(),
+                  static_cast<unsigned long long>(arriving), relay.describe().c_str());
+        got.push_back(number_of(d->payload));
+    }
+    return got;
+}
+
+}  // namespace
+
+Test(fixtures, udp_relay_without_impairment_forwards_in_order_both_ways) {
+    UdpPeer up, down;
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start({.upstream_port = up.port()});
+    UdpRelay& relay = *relay_owner;
+    cr_assert_neq(relay.port(), 0);
+    cr_assert_neq(relay.outbound_port(), relay.port());
+
+    // The largest IPv4 UDP payload passes whole.
+    down.send_to(relay.port(), numbered(7, 65507));
+    auto big = up.recv();
+    cr_assert(big.has_value(), "%s", relay.describe().c_str());
+    cr_assert_eq(big->payload, numbered(7, 65507));
+    cr_assert_eq(big->from_port, relay.outbound_port());
+
+    std::vector<int> got = pass_through(relay, RelayDir::kToUpstream, down, relay.port(), up, 1000);
+    cr_assert_eq(got.size(), 1000u);
+    for (int i = 0; i < 1000; ++i) cr_assert_eq(got[static_cast<std::size_t>(i)], i);
+
+    // The reply goes back to the peer the relay learned, from the relay's own port.
+    got = pass_through(relay, RelayDir::kToDownstream, up, relay.outbound_port(), down, 1000);
+    cr_assert_eq(got.size(), 1000u);
+    for (int i = 0; i < 1000; ++i) cr_assert_eq(got[static_cast<std::size_t>(i)], i);
+    up.send_to(relay.outbound_port(), "from-upstream");
+    auto back = down.recv();
+    cr_assert(back.has_value());
+    cr_assert_eq(back->from_port, relay.port());
+
+    for (RelayDir d : {RelayDir::kToUpstream, RelayDir::kToDownstream}) {
+        UdpRelayStats st = relay.stats(d);
+        cr_assert_eq(st.dropped + st.duplicated + st.reordered + st.send_errors, 0u, "%s",
+                     relay.describe().c_str());
+    }
+
+    // A new downstream address is followed.
+    UdpPeer moved;
+    moved.send_to(relay.port(), numbered(1));
+    cr_assert(up.recv().has_value());
+    up.send_to(relay.outbound_port(), "to-the-new-peer");
+    auto to_moved = moved.recv();
+    cr_assert(to_moved.has_value(), "%s", relay.describe().c_str());
+    cr_assert_eq(to_moved->payload, "to-the-new-peer");
+}
+
+Test(fixtures, udp_relay_seeded_loss_is_plausible_and_reproducible) {
+    auto lossy_run = [](std::uint64_t seed) {
+        UdpPeer up, down;
+        std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start(
+            {.upstream_port = up.port(), .to_upstream = {.loss = 0.1}, .seed = seed});
+        UdpRelay& relay = *relay_owner;
+        std::vector<int> got =
+            pass_through(relay, RelayDir::kToUpstream, down, relay.port(), up, 2000);
+        UdpRelayStats st = relay.stats(RelayDir::kToUpstream);
+        cr_assert_eq(st.received, 2000u);
+        cr_assert_eq(st.forwarded + st.dropped, 2000u);
+        cr_assert_eq(got.size(), st.forwarded);
+        // 10% of 2000: mean 200, standard deviation about 13.4; six of them either side.
+        cr_assert(st.dropped >= 120 && st.dropped <= 280, "%s", relay.describe().c_str());
+        for (std::size_t i = 1; i < got.size(); ++i) cr_assert_lt(got[i - 1], got[i]);
+        return got;
+    };
+    std::vector<int> a = lossy_run(42);
+    std::vector<int> b = lossy_run(42);
+    std::vector<int> c = lossy_run(43);
+    cr_assert(a == b, "the same seed dropped different datagrams");
+    cr_assert(a != c, "different seeds dropped the same datagrams");
+}
+
+Test(fixtures, udp_relay_duplicates_and_reorders_without_losing) {
+    UdpPeer up, down;
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start(
+        {.upstream_port = up.port(), .to_upstream = {.duplicate = 0.1, .reorder = 0.1}, .seed = 7});
+    UdpRelay& relay = *relay_owner;
+    std::vector<int> got = pass_through(relay, RelayDir::kToUpstream, down, relay.port(), up, 2000);
+    UdpRelayStats st = relay.stats(RelayDir::kToUpstream);
+    cr_assert_eq(st.dropped, 0u);
+    cr_assert_eq(st.forwarded, 2000u);
+    cr_assert(st.duplicated >= 120 && st.duplicated <= 280, "%s", relay.describe().c_str());
+    cr_assert(st.reordered >= 120 && st.reordered <= 280, "%s", relay.describe().c_str());
+    cr_assert_eq(got.size(), 2000u + st.duplicated);
+    std::vector<int> seen(2000, 0);
+    std::size_t late = 0;
+    int highest = -1;
+    for (int v : got) {
+        cr_assert(v >= 0 && v < 2000);
+        ++seen[static_cast<std::size_t>(v)];
+        if (v < highest) ++late;
+        highest = std::max(highest, v);
+    }
+    std::uint64_t extra = 0;
+    for (int k : seen) {
+        cr_assert(k == 1 || k == 2);
+        extra += static_cast<std::uint64_t>(k - 1);
+    }
+    cr_assert_eq(extra, st.duplicated);
+    cr_assert_gt(late, 0u, "nothing arrived out of order: %s", relay.describe().c_str());
+}
+
+Test(fixtures, udp_relay_rebind_changes_the_source_port_the_upstream_sees) {
+    UdpPeer up, down;
+    std::unique_ptr<UdpRelay> relay_owner = UdpRelay::start({.upstream_port = up.port()});
+    UdpRelay& relay = *relay_owner;
+    down.send_to(relay.port(), "before");
+    auto d1 = up.recv();
+    cr_assert(d1.has_value());
+    const std::uint16_t old_port = d1->from_port;
+    cr_assert_eq(old_port, relay.outbound_port());
+    cr_assert_eq(relay.sent_on_current_outbound(), 1u);
+
+    const std::uint16_t new_port = relay.rebind();
+    cr_assert_neq(new_port, old_port);
+    cr_assert_eq(relay.outbound_port(), new_port);
+    cr_assert_eq(relay.rebinds(), 1u);
+    cr_assert_eq(relay.sent_on_current_outbound(), 0u);
+
+    down.send_to(relay.port(), "after");
+    auto d2 = up.recv();
+    cr_assert(d2.has_value(), "%s", relay.describe().c_str());
+    cr_assert_eq(d2->payload, "after");
+    cr_assert_eq(d2->from_port, new_port);
+    cr_assert_eq(relay.sent_on_current_outbound(), 1u);
+
+    // The upstream answers the new address; the relay passes it to the same downstream peer.
+    up.send_to(new_port, "reply");
+    auto back = down.recv();
+    cr_assert(back.has_value(), "%s", relay.describe().c_str());
+    cr_assert_eq(back->payload, "reply");
+    cr_assert_eq(back->from_port, relay.port());
+    cr_assert_eq(relay.received_on_current_outbound(), 1u);
 }
