@@ -229,6 +229,9 @@ struct BufferPool {
 };
 
 thread_local BufferPool t_tx_pool{kStreamSendBuffer, 64};
+
+// A writer that found the send ring full is woken when at least 1/kWritableFraction is free.
+constexpr size_t kWritableFraction = 4;
 thread_local BufferPool t_rx_pool{ConnectionConfig{}.stream_window, 16};
 
 }  // namespace
@@ -258,6 +261,35 @@ size_t Stream::write(std::span<const uint8_t> data) noexcept {
     return n;
 }
 
+size_t Stream::write_regions(std::span<uint8_t> (&v)[2]) noexcept {
+    size_t space = conn_.closed() ? 0 : write_space();
+    if (space == 0) {
+        want_writable_ = true;
+        return 0;
+    }
+    if (!tx_) {
+        tx_ = t_tx_pool.take(tx_cap_);
+        if (!tx_) return 0;
+    }
+    size_t pos = static_cast<size_t>(end_ % tx_cap_);
+    size_t first = std::min(space, tx_cap_ - pos);
+    v[0] = std::span<uint8_t>(tx_.get() + pos, first);
+    if (space == first) return 1;
+    v[1] = std::span<uint8_t>(tx_.get(), space - first);
+    return 2;
+}
+
+void Stream::commit_write(size_t n) noexcept {
+    if (n == 0) {
+        // Nothing came: a ring that holds nothing in flight goes back to the pool.
+        if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
+        return;
+    }
+    end_ += std::min(n, write_space());
+    conn_.queue_stream(*this);
+    conn_.want_write();
+}
+
 uint64_t Stream::peer_credit() const noexcept {
     if (closed_ || reset_ || conn_.closed()) return 0;
     return ngtcp2_conn_get_max_stream_data_left(conn_.conn_, id_);
@@ -279,7 +311,9 @@ void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
     acked_ = std::max(acked_, std::min(offset + len, end_));
     // Everything written was sent and acknowledged: ngtcp2 no longer points into the ring.
     if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
-    if (want_writable_ && write_space() > 0) {
+    // Wake the writer only once a worthwhile share of the ring is free (or all of it): ACKs
+    // arrive every packet or two, and waking per ACK made the TCP side read a few KiB at a time.
+    if (want_writable_ && (write_space() >= tx_cap_ / kWritableFraction || acked_ == end_)) {
         want_writable_ = false;
         if (handler_ != nullptr) handler_->on_stream_writable(*this);
     }

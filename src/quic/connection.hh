@@ -100,6 +100,15 @@ public:
     // acknowledges bytes. Data leaves as the stream and connection credit allow.
     size_t write(std::span<const uint8_t> data) noexcept;
     size_t write_space() const noexcept;
+    // Zero-copy variant of write() for a producer that reads from a socket: the free part of
+    // the send ring as up to two regions (v[0] first), or 0 regions when write() would take
+    // nothing. Fill a prefix of them, then commit_write(n) with the count actually filled
+    // (0 is allowed). The regions are valid until the next call on this stream.
+    size_t write_regions(std::span<uint8_t> (&v)[2]) noexcept;
+    void commit_write(size_t n) noexcept;
+    // Asks for on_stream_writable() once a good share of the ring is free again, without
+    // writing (a producer that does not want to read a few bytes at a time).
+    void wait_writable() noexcept { want_writable_ = true; }
     // FIN after the bytes already written. Further writes are refused.
     void shutdown_write() noexcept;
     // Offers buffered received bytes to the handler again (after it returned less than given).
