@@ -194,6 +194,10 @@ void Session::recvmsg(uint8_t op, int fd, msghdr* msg, int flags) noexcept {
     submitted(op);
     worker_.loop().recvmsg(token(op), fd, msg, flags);
 }
+void Session::recvmsg_multishot(uint8_t op, int fd, const msghdr* msg, int group) noexcept {
+    submitted(op);
+    worker_.loop().recvmsg_multishot(token(op), fd, msg, group);
+}
 void Session::sendmsg(uint8_t op, int fd, const msghdr* msg, int flags) noexcept {
     submitted(op);
     worker_.loop().sendmsg(token(op), fd, msg, flags);

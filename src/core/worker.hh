@@ -155,6 +155,8 @@ public:
     void read(uint8_t op, int fd, void* buf, uint32_t len) noexcept;
     void recvmsg(uint8_t op, int fd, msghdr* msg, int flags = 0) noexcept;
     void sendmsg(uint8_t op, int fd, const msghdr* msg, int flags = 0) noexcept;
+    // Only where loop().caps().buffer_rings (see Loop::recvmsg_multishot).
+    void recvmsg_multishot(uint8_t op, int fd, const msghdr* msg, int group) noexcept;
     void splice(uint8_t op, int fd_in, int fd_out, uint32_t len) noexcept;
     void poll(uint8_t op, int fd, uint32_t events) noexcept;
     TimerHandle arm_timer(uint8_t op, int64_t deadline_ns);
