@@ -72,6 +72,7 @@ void Worker::on_signal_read(const Completion& c) noexcept {
 }
 
 Result<int> Worker::run_once(int64_t max_wait_ns) {
+    ++iteration_;
     int64_t wait = max_wait_ns;
     if (int64_t next = timers_.next_deadline(); next >= 0) {
         int64_t until = next - now_ns();

@@ -15,10 +15,11 @@ namespace {
 // Reads per readiness event before yielding to other connections; the wait completes again at
 // once when more is queued (readiness is level-triggered).
 constexpr int kReadsPerEvent = 8;
-// Stream bytes arrive one QUIC packet (about 1200 bytes) at a time. Pieces smaller than this are
-// gathered in the stream and written to the socket once per loop iteration: the writability
-// wait completes only after every datagram of the current batch was processed, so a burst
-// costs one send(2) instead of one per packet.
+// Stream bytes arrive one QUIC packet (about 1200 bytes) at a time. The first piece of a loop
+// iteration is sent at once (a lone request or response waits for nothing); further pieces
+// smaller than this are gathered in the stream and written to the socket once per iteration:
+// the writability wait completes only after every datagram of the current batch was processed,
+// so a burst costs two send(2) calls instead of one per packet.
 constexpr size_t kCoalesceBelow = 16 * 1024;
 // A nearly full send ring is not read into: fewer than this many free bytes wait for ACKs.
 constexpr size_t kMinRead = 16 * 1024;
@@ -118,14 +119,21 @@ void StreamPump::read_tcp() noexcept {
     if (!finished_ && !tcp_eof_ && !blocked_on_stream_) want_read_ = true;
 }
 
-size_t StreamPump::on_stream_data(quic::Stream&, std::span<const uint8_t> data, bool fin) noexcept {
+size_t StreamPump::on_stream_data(quic::Stream& s, std::span<const uint8_t> data,
+                                  bool fin) noexcept {
     if (finished_) return 0;
     if (!flushing_ && !fin && !data.empty() && data.size() < kCoalesceBelow) {
-        // Leave it in the stream (credit is withheld only until the flush) and flush once the
-        // loop has drained this batch of completions.
-        want_write_ = true;
-        arm();
-        return 0;
+        // The first small piece of a batch goes out at once: a request or a response that fits
+        // one packet costs one send and no wait (and no receive buffer in the stream). Later
+        // pieces of the same batch are left in the stream (credit is withheld only until the
+        // flush) and sent together once the loop has drained the batch.
+        uint64_t it = s.connection().worker().iteration();
+        if (it == direct_iteration_) {
+            want_write_ = true;
+            arm();
+            return 0;
+        }
+        direct_iteration_ = it;
     }
     size_t taken = 0;
     while (taken < data.size()) {

@@ -70,6 +70,7 @@ private:
     int fd_ = -1;
     uint64_t to_stream_ = 0;
     uint64_t to_tcp_ = 0;
+    uint64_t direct_iteration_ = 0;   // worker iteration of the last uncoalesced small send
     bool tcp_eof_ = false;            // TCP read side ended; FIN queued on the stream
     bool stream_fin_ = false;         // stream FIN delivered to TCP as shutdown(SHUT_WR)
     bool want_read_ = false;          // tcp->stream waits for POLLIN
