@@ -471,6 +471,9 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     ngtcp2_settings s;
     ngtcp2_transport_params p;
     c->settings_and_params(s, p);
+    // The Initial being processed was stamped when its batch was read; ngtcp2 must not see it
+    // as older than the connection.
+    if (ep.rx_time() > 0) s.initial_ts = static_cast<ngtcp2_tstamp>(ep.rx_time());
     p.original_dcid = hd.dcid;
     p.original_dcid_present = 1;
     ngtcp2_cid scid;
@@ -599,10 +602,14 @@ size_t Connection::buffered_bytes() const noexcept {
 void Connection::want_write() noexcept {
     if (state_ != State::open) return;
     write_pending_ = true;
+    // Already due "now": the flush after this batch re-reads the expiry anyway, so a datagram
+    // or a write does not need its own expiry query and timer-heap update.
+    if (flush_scheduled_) return;
     if (in_ngtcp2_ == 0) update_timer();
 }
 
 void Connection::update_timer() noexcept {
+    flush_scheduled_ = false;
     if (aborting() || state_ == State::done) {
         if (timer_armed_) worker().cancel_timer(timer_);
         timer_armed_ = false;
@@ -617,7 +624,10 @@ void Connection::update_timer() noexcept {
             deadline = static_cast<int64_t>(std::min<ngtcp2_tstamp>(exp, INT64_MAX));
         // Pending writes go out once the current batch of completions has been handled.
         // A blocked socket resumes through the owner's on_writable(), not by polling here.
-        if (write_pending_ && ep_ != nullptr && !ep_->blocked()) deadline = core::now_ns();
+        if (write_pending_ && ep_ != nullptr && !ep_->blocked()) {
+            deadline = core::now_ns();
+            flush_scheduled_ = true;
+        }
     }
     if (deadline < 0) {
         if (timer_armed_) worker().cancel_timer(timer_);
@@ -633,6 +643,7 @@ void Connection::update_timer() noexcept {
 void Connection::on_event(const core::Completion& c) noexcept {
     if (c.token.op != kOpTimer || aborting()) return;
     timer_armed_ = false;  // a fired handle is stale
+    flush_scheduled_ = false;
     int64_t now = core::now_ns();
     if (state_ == State::closing || state_ == State::draining) {
         if (now >= linger_deadline_) {
@@ -669,7 +680,9 @@ void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
     }
     ngtcp2_pkt_info pi{};
     ++in_ngtcp2_;
-    int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(), ts_now());
+    // One clock read per received batch (the endpoint stamps it), not one per packet.
+    int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(),
+                                  static_cast<ngtcp2_tstamp>(ep.rx_time()));
     --in_ngtcp2_;
     if (rv != 0) {
         handle_error(rv);

@@ -324,6 +324,7 @@ private:
     int in_ngtcp2_ = 0;
     core::TimerHandle timer_{};
     bool timer_armed_ = false;
+    bool flush_scheduled_ = false;  // the timer is armed "now" for a pending write
     int64_t linger_deadline_ = 0;
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
     uint64_t close_answers_ = 0;

@@ -95,6 +95,9 @@ public:
     SendStatus send(const ngtcp2_path& path, const uint8_t* data, size_t len,
                     size_t segment) noexcept;
 
+    // When the datagram being delivered was read (core::now_ns(), one clock read per read).
+    int64_t rx_time() const noexcept { return rx_time_; }
+
     // Counters.
     uint64_t datagrams_in() const noexcept { return dgrams_in_; }
     uint64_t datagrams_out() const noexcept { return dgrams_out_; }
@@ -161,6 +164,7 @@ private:
     uint64_t dgrams_out_ = 0;
     uint64_t send_errors_ = 0;
     uint64_t reads_ = 0;
+    int64_t rx_time_ = 0;
     uint64_t gro_reads_ = 0;
     uint64_t gso_sends_ = 0;
     uint64_t blocked_sends_ = 0;
