@@ -240,7 +240,6 @@ public:
     core::Worker& worker() noexcept { return *worker_; }
     // nullptr once shutdown began (the resolver session is gone).
     Resolver* resolver() noexcept { return resolver_; }
-    std::span<uint8_t> scratch() noexcept { return scratch_; }
     uint64_t random() noexcept { return rng_(); }
     bool shutting_down() const noexcept { return shutting_down_; }
 
@@ -264,7 +263,6 @@ private:
     Resolver* resolver_ = nullptr;
     std::unique_ptr<WatchdogSession> watchdog_;
     std::vector<AddressWorker*> workers_;
-    std::vector<uint8_t> scratch_ = std::vector<uint8_t>(64 * 1024);
     std::mt19937_64 rng_{std::random_device{}()};
     obs::RateLimiter saturation_limiter_;
     unsigned active_streams_ = 0;
@@ -414,7 +412,7 @@ void StreamSession::start_relay() noexcept {
     phase_ = Phase::relay;
     quic::Stream* s = stream_;
     stream_ = nullptr;  // the pump owns the stream from here on
-    pump_.start(*this, fd_.get(), *s, inst_.scratch());
+    pump_.start(*this, fd_.get(), *s);
 }
 
 void StreamSession::backend_failed(const char* reason, const std::string& detail) noexcept {

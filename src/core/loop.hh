@@ -3,6 +3,7 @@
 
 #include <sys/socket.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -24,6 +25,25 @@ struct Completion {
 
 // Set in Completion::flags when the completion is a Worker timer firing (result == -ETIME).
 inline constexpr uint32_t kCompletionTimer = 1u << 31;
+
+// The provided buffer a completion filled (IORING_CQE_F_BUFFER, id in the upper 16 bits), or -1.
+inline int completion_buffer(const Completion& c) noexcept {
+    if ((c.flags & kCompletionTimer) != 0 || (c.flags & 1u) == 0) return -1;
+    return static_cast<int>((c.flags >> 16) & 0xffffu);
+}
+
+// One datagram as a multishot recvmsg laid it out in a provided buffer.
+struct RecvmsgBuffer {
+    const sockaddr* name = nullptr;
+    socklen_t namelen = 0;
+    msghdr control{};  // msg_control / msg_controllen only, for CMSG_FIRSTHDR / CMSG_NXTHDR
+    const uint8_t* payload = nullptr;
+    size_t payload_len = 0;
+    bool truncated = false;  // MSG_TRUNC: the datagram did not fit the buffer
+};
+// Parses the `len` bytes (the completion's result) of buffer `buf`, received with the
+// msg_namelen / msg_controllen of `msg`. False when the layout is inconsistent.
+bool parse_recvmsg_buffer(uint8_t* buf, size_t len, const msghdr& msg, RecvmsgBuffer& out) noexcept;
 
 class CompletionSink {
 public:
@@ -78,6 +98,27 @@ public:
     // Closes an fd synchronously after dropping backend state for it. Only legal once no op on
     // the fd is in flight (the Worker's teardown rule); close(2) on an idle socket does not block.
     virtual void close(int fd) noexcept = 0;
+
+    // Provided-buffer rings (caps().buffer_rings; other backends refuse with -EOPNOTSUPP).
+    // Registers `count` (a power of two, <= 32768) buffers of `size` bytes laid out back to back
+    // in `storage`, which the caller owns and keeps until remove_buffer_ring(). Returns the
+    // group id (>= 0) or -errno. Registration is set-up work, never per op.
+    virtual int add_buffer_ring(uint8_t* storage, uint32_t count, uint32_t size) noexcept {
+        (void)storage, (void)count, (void)size;
+        return -EOPNOTSUPP;
+    }
+    // Unregisters a group; only once no op that selects from it is in flight.
+    virtual void remove_buffer_ring(int group) noexcept { (void)group; }
+    // Hands buffer `bid` of `group` back to the kernel after its completion was consumed.
+    virtual void recycle_buffer(int group, uint16_t bid) noexcept { (void)group, (void)bid; }
+    // Multishot recvmsg (caps().buffer_rings only): stays armed and completes once per datagram
+    // (a GRO batch counts as one) with `more == true`, each time in a buffer picked from `group`
+    // (completion_buffer() names it; parse it with parse_recvmsg_buffer()). `msg` supplies only
+    // msg_namelen and msg_controllen, and must outlive the op. It ends (more == false) on an
+    // error, on cancel, or with -ENOBUFS when the group ran dry; re-arm then.
+    virtual void recvmsg_multishot(Token t, int fd, const msghdr* msg, int group) noexcept {
+        (void)fd, (void)msg, (void)group, (void)t;
+    }
 
     // Submits queued ops, waits up to `timeout_ns` (-1 = forever, 0 = poll) for completions and
     // hands every available one to `sink`. Returns how many were delivered; an Error is fatal

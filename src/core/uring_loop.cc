@@ -1,10 +1,14 @@
 // The io_uring backend of Loop: one ring per worker, ops tagged with packed tokens, batched CQEs.
 #include <liburing.h>
 #include <poll.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <memory>
+#include <vector>
 
 #include "core/loop.hh"
 
@@ -26,6 +30,8 @@ public:
     UringLoop(const UringLoop&) = delete;
     UringLoop& operator=(const UringLoop&) = delete;
     ~UringLoop() override {
+        for (size_t g = 0; g < groups_.size(); ++g)
+            if (groups_[g].ring != nullptr) remove_buffer_ring(static_cast<int>(g));
         if (initialised_) io_uring_queue_exit(&ring_);
     }
 
@@ -140,6 +146,63 @@ public:
         if (fd >= 0) ::close(fd);
     }
 
+    int add_buffer_ring(uint8_t* storage, uint32_t count, uint32_t size) noexcept override {
+        if (!caps_.buffer_rings) return -EOPNOTSUPP;
+        if (count == 0 || count > 32768 || (count & (count - 1)) != 0) return -EINVAL;
+        size_t gid = 0;
+        while (gid < groups_.size() && groups_[gid].ring != nullptr) ++gid;
+        if (gid >= 0xffff) return -ENOSPC;
+        // liburing 2.3 has no io_uring_setup_buf_ring(): the ring itself is page-aligned memory
+        // we map and register.
+        size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+        size_t bytes = (count * sizeof(io_uring_buf) + page - 1) / page * page;
+        void* mem =
+            ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+        if (mem == MAP_FAILED) return -errno;
+        io_uring_buf_reg reg{};
+        reg.ring_addr = reinterpret_cast<uint64_t>(mem);
+        reg.ring_entries = count;
+        reg.bgid = static_cast<uint16_t>(gid);
+        int ret = io_uring_register_buf_ring(&ring_, &reg, 0);
+        if (ret < 0) {
+            ::munmap(mem, bytes);
+            return ret;
+        }
+        auto* br = static_cast<io_uring_buf_ring*>(mem);
+        io_uring_buf_ring_init(br);
+        BufGroup g{br, storage, size, io_uring_buf_ring_mask(count), bytes};
+        for (uint32_t i = 0; i < count; ++i)
+            io_uring_buf_ring_add(br, storage + static_cast<size_t>(i) * size, size,
+                                  static_cast<unsigned short>(i), g.mask, static_cast<int>(i));
+        io_uring_buf_ring_advance(br, static_cast<int>(count));
+        if (gid == groups_.size())
+            groups_.push_back(g);
+        else
+            groups_[gid] = g;
+        return static_cast<int>(gid);
+    }
+    void remove_buffer_ring(int group) noexcept override {
+        if (group < 0 || static_cast<size_t>(group) >= groups_.size()) return;
+        BufGroup& g = groups_[static_cast<size_t>(group)];
+        if (g.ring == nullptr) return;
+        (void)io_uring_unregister_buf_ring(&ring_, group);
+        ::munmap(g.ring, g.ring_bytes);
+        g = BufGroup{};
+    }
+    void recycle_buffer(int group, uint16_t bid) noexcept override {
+        BufGroup& g = groups_[static_cast<size_t>(group)];
+        io_uring_buf_ring_add(g.ring, g.storage + static_cast<size_t>(bid) * g.size, g.size, bid,
+                              g.mask, 0);
+        io_uring_buf_ring_advance(g.ring, 1);
+    }
+    void recvmsg_multishot(Token t, int fd, const msghdr* msg, int group) noexcept override {
+        io_uring_sqe* sqe = sqe_for(t);
+        if (sqe == nullptr) return;
+        io_uring_prep_recvmsg_multishot(sqe, fd, const_cast<msghdr*>(msg), 0);
+        sqe->flags |= IOSQE_BUFFER_SELECT;
+        sqe->buf_group = static_cast<uint16_t>(group);
+    }
+
     Result<int> run_once(CompletionSink& sink, int64_t timeout_ns) noexcept override {
         if (broken_ != 0) return Error::sys(broken_, "io_uring: submission queue stuck");
         int ret;
@@ -198,7 +261,16 @@ private:
         return sqe;
     }
 
+    struct BufGroup {
+        io_uring_buf_ring* ring = nullptr;
+        uint8_t* storage = nullptr;
+        uint32_t size = 0;
+        int mask = 0;
+        size_t ring_bytes = 0;
+    };
+
     io_uring ring_{};
+    std::vector<BufGroup> groups_;  // index = buffer group id
     bool initialised_ = false;
     bool defer_taskrun_ = false;
     unsigned features_ = 0;
@@ -207,6 +279,22 @@ private:
 };
 
 }  // namespace
+
+bool parse_recvmsg_buffer(uint8_t* buf, size_t len, const msghdr& msg,
+                          RecvmsgBuffer& out) noexcept {
+    msghdr m = msg;
+    io_uring_recvmsg_out* o = io_uring_recvmsg_validate(buf, static_cast<int>(len), &m);
+    if (o == nullptr) return false;
+    out.name = static_cast<const sockaddr*>(io_uring_recvmsg_name(o));
+    out.namelen = std::min<socklen_t>(o->namelen, m.msg_namelen);
+    out.control = msghdr{};
+    out.control.msg_control = reinterpret_cast<uint8_t*>(io_uring_recvmsg_name(o)) + m.msg_namelen;
+    out.control.msg_controllen = std::min<size_t>(o->controllen, m.msg_controllen);
+    out.payload = static_cast<const uint8_t*>(io_uring_recvmsg_payload(o, &m));
+    out.payload_len = io_uring_recvmsg_payload_length(o, static_cast<int>(len), &m);
+    out.truncated = (o->flags & MSG_TRUNC) != 0;
+    return true;
+}
 
 Result<std::unique_ptr<Loop>> make_uring_loop(uint32_t entries) {
     auto loop = std::make_unique<UringLoop>();

@@ -72,6 +72,7 @@ void Worker::on_signal_read(const Completion& c) noexcept {
 }
 
 Result<int> Worker::run_once(int64_t max_wait_ns) {
+    ++iteration_;
     int64_t wait = max_wait_ns;
     if (int64_t next = timers_.next_deadline(); next >= 0) {
         int64_t until = next - now_ns();
@@ -193,6 +194,10 @@ void Session::read(uint8_t op, int fd, void* buf, uint32_t len) noexcept {
 void Session::recvmsg(uint8_t op, int fd, msghdr* msg, int flags) noexcept {
     submitted(op);
     worker_.loop().recvmsg(token(op), fd, msg, flags);
+}
+void Session::recvmsg_multishot(uint8_t op, int fd, const msghdr* msg, int group) noexcept {
+    submitted(op);
+    worker_.loop().recvmsg_multishot(token(op), fd, msg, group);
 }
 void Session::sendmsg(uint8_t op, int fd, const msghdr* msg, int flags) noexcept {
     submitted(op);

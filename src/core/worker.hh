@@ -82,6 +82,8 @@ public:
     // One iteration: wait for completions (at most until the next timer, or `max_wait_ns` if
     // >= 0), deliver them, fire due timers, then finish sessions that became quiescent.
     Result<int> run_once(int64_t max_wait_ns = -1);
+    // Counts run_once() calls: equal values mean "within the same batch of completions".
+    uint64_t iteration() const noexcept { return iteration_; }
     // Runs until stop(); an Error means the loop is broken (fatal for the worker).
     Result<void> run();
     void stop() noexcept { stopping_ = true; }
@@ -119,6 +121,7 @@ private:
     std::vector<std::pair<Session*, SlotId>> quiesced_;
     uint64_t stale_ = 0;
     bool stopping_ = false;
+    uint64_t iteration_ = 0;
 };
 
 // Base for anything that owns fds and submits ops (visitor sessions, relays, listeners).
@@ -155,6 +158,8 @@ public:
     void read(uint8_t op, int fd, void* buf, uint32_t len) noexcept;
     void recvmsg(uint8_t op, int fd, msghdr* msg, int flags = 0) noexcept;
     void sendmsg(uint8_t op, int fd, const msghdr* msg, int flags = 0) noexcept;
+    // Only where loop().caps().buffer_rings (see Loop::recvmsg_multishot).
+    void recvmsg_multishot(uint8_t op, int fd, const msghdr* msg, int group) noexcept;
     void splice(uint8_t op, int fd_in, int fd_out, uint32_t len) noexcept;
     void poll(uint8_t op, int fd, uint32_t events) noexcept;
     TimerHandle arm_timer(uint8_t op, int64_t deadline_ns);

@@ -236,6 +236,9 @@ struct BufferPool {
 };
 
 thread_local BufferPool t_tx_pool{kStreamSendBuffer, 64};
+
+// A writer that found the send ring full is woken when at least 1/kWritableFraction is free.
+constexpr size_t kWritableFraction = 4;
 thread_local BufferPool t_rx_pool{ConnectionConfig{}.stream_window, 16};
 
 }  // namespace
@@ -265,6 +268,35 @@ size_t Stream::write(std::span<const uint8_t> data) noexcept {
     return n;
 }
 
+size_t Stream::write_regions(std::span<uint8_t> (&v)[2]) noexcept {
+    size_t space = conn_.closed() ? 0 : write_space();
+    if (space == 0) {
+        want_writable_ = true;
+        return 0;
+    }
+    if (!tx_) {
+        tx_ = t_tx_pool.take(tx_cap_);
+        if (!tx_) return 0;
+    }
+    size_t pos = static_cast<size_t>(end_ % tx_cap_);
+    size_t first = std::min(space, tx_cap_ - pos);
+    v[0] = std::span<uint8_t>(tx_.get() + pos, first);
+    if (space == first) return 1;
+    v[1] = std::span<uint8_t>(tx_.get(), space - first);
+    return 2;
+}
+
+void Stream::commit_write(size_t n) noexcept {
+    if (n == 0) {
+        // Nothing came: a ring that holds nothing in flight goes back to the pool.
+        if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
+        return;
+    }
+    end_ += std::min(n, write_space());
+    conn_.queue_stream(*this);
+    conn_.want_write();
+}
+
 uint64_t Stream::peer_credit() const noexcept {
     if (closed_ || reset_ || conn_.closed()) return 0;
     return ngtcp2_conn_get_max_stream_data_left(conn_.conn_, id_);
@@ -286,7 +318,9 @@ void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
     acked_ = std::max(acked_, std::min(offset + len, end_));
     // Everything written was sent and acknowledged: ngtcp2 no longer points into the ring.
     if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
-    if (want_writable_ && write_space() > 0) {
+    // Wake the writer only once a worthwhile share of the ring is free (or all of it): ACKs
+    // arrive every packet or two, and waking per ACK made the TCP side read a few KiB at a time.
+    if (want_writable_ && (write_space() >= tx_cap_ / kWritableFraction || acked_ == end_)) {
         want_writable_ = false;
         if (handler_ != nullptr) handler_->on_stream_writable(*this);
     }
@@ -457,6 +491,9 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     ngtcp2_settings s;
     ngtcp2_transport_params p;
     c->settings_and_params(s, p);
+    // The Initial being processed was stamped when its batch was read; ngtcp2 must not see it
+    // as older than the connection.
+    if (ep.rx_time() > 0) s.initial_ts = static_cast<ngtcp2_tstamp>(ep.rx_time());
     p.original_dcid = hd.dcid;
     p.original_dcid_present = 1;
     ngtcp2_cid scid;
@@ -600,10 +637,14 @@ size_t Connection::buffered_bytes() const noexcept {
 void Connection::want_write() noexcept {
     if (state_ != State::open) return;
     write_pending_ = true;
+    // Already due "now": the flush after this batch re-reads the expiry anyway, so a datagram
+    // or a write does not need its own expiry query and timer-heap update.
+    if (flush_scheduled_) return;
     if (in_ngtcp2_ == 0) update_timer();
 }
 
 void Connection::update_timer() noexcept {
+    flush_scheduled_ = false;
     if (aborting() || state_ == State::done) {
         if (timer_armed_) worker().cancel_timer(timer_);
         timer_armed_ = false;
@@ -618,7 +659,10 @@ void Connection::update_timer() noexcept {
             deadline = static_cast<int64_t>(std::min<ngtcp2_tstamp>(exp, INT64_MAX));
         // Pending writes go out once the current batch of completions has been handled.
         // A blocked socket resumes through the owner's on_writable(), not by polling here.
-        if (write_pending_ && ep_ != nullptr && !ep_->blocked()) deadline = core::now_ns();
+        if (write_pending_ && ep_ != nullptr && !ep_->blocked()) {
+            deadline = core::now_ns();
+            flush_scheduled_ = true;
+        }
     }
     if (deadline < 0) {
         if (timer_armed_) worker().cancel_timer(timer_);
@@ -634,6 +678,7 @@ void Connection::update_timer() noexcept {
 void Connection::on_event(const core::Completion& c) noexcept {
     if (c.token.op != kOpTimer || aborting()) return;
     timer_armed_ = false;  // a fired handle is stale
+    flush_scheduled_ = false;
     int64_t now = core::now_ns();
     if (state_ == State::closing || state_ == State::draining) {
         if (now >= linger_deadline_) {
@@ -670,7 +715,8 @@ void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
     }
     ngtcp2_pkt_info pi{};
     ++in_ngtcp2_;
-    const ngtcp2_tstamp ts = ts_now();
+    // One clock read per received batch (the endpoint stamps it), not one per packet.
+    const auto ts = static_cast<ngtcp2_tstamp>(ep.rx_time());
     int rv = ngtcp2_conn_read_pkt(conn_, &path, &pi, pkt.data(), pkt.size(), ts);
     --in_ngtcp2_;
     if (rv != 0) {

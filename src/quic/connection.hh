@@ -100,6 +100,15 @@ public:
     // acknowledges bytes. Data leaves as the stream and connection credit allow.
     size_t write(std::span<const uint8_t> data) noexcept;
     size_t write_space() const noexcept;
+    // Zero-copy variant of write() for a producer that reads from a socket: the free part of
+    // the send ring as up to two regions (v[0] first), or 0 regions when write() would take
+    // nothing. Fill a prefix of them, then commit_write(n) with the count actually filled
+    // (0 is allowed). The regions are valid until the next call on this stream.
+    size_t write_regions(std::span<uint8_t> (&v)[2]) noexcept;
+    void commit_write(size_t n) noexcept;
+    // Asks for on_stream_writable() once a good share of the ring is free again, without
+    // writing (a producer that does not want to read a few bytes at a time).
+    void wait_writable() noexcept { want_writable_ = true; }
     // FIN after the bytes already written. Further writes are refused.
     void shutdown_write() noexcept;
     // Offers buffered received bytes to the handler again (after it returned less than given).
@@ -325,6 +334,7 @@ private:
     int in_ngtcp2_ = 0;
     core::TimerHandle timer_{};
     bool timer_armed_ = false;
+    bool flush_scheduled_ = false;  // the timer is armed "now" for a pending write
     int64_t linger_deadline_ = 0;
     bool busy_keep_alive_ = false;
     int64_t last_rx_ns_ = 0;          // last packet the peer sent that ngtcp2 accepted

@@ -112,6 +112,7 @@ Result<UdpEndpoint*> UdpEndpoint::adopt(core::Worker& w, core::UniqueFd fd, Data
         delete ep;
         return Error::msg("worker full: no slot for a UDP endpoint");
     }
+    ep->setup_multishot();
     ep->arm_recv();
     return ep;
 }
@@ -135,9 +136,65 @@ void UdpEndpoint::prepare_rx() noexcept {
     rx_msg_.msg_controllen = sizeof rx_cmsg_;
 }
 
+void UdpEndpoint::setup_multishot() noexcept {
+    core::Loop& loop = worker().loop();
+    if (!loop.caps().buffer_rings) return;
+    rx_bufs_.reset(new (std::nothrow) uint8_t[size_t{kRxBuffers} * kRxBufferSize]);
+    if (!rx_bufs_) return;
+    int g = loop.add_buffer_ring(rx_bufs_.get(), kRxBuffers, kRxBufferSize);
+    if (g < 0) {
+        rx_bufs_.reset();
+        return;
+    }
+    buf_group_ = g;
+    ms_msg_ = msghdr{};
+    ms_msg_.msg_namelen = sizeof(sockaddr_storage);
+    ms_msg_.msg_controllen = sizeof rx_cmsg_;
+}
+
+void UdpEndpoint::drop_multishot() noexcept {
+    if (buf_group_ < 0) return;
+    worker().loop().remove_buffer_ring(buf_group_);
+    buf_group_ = -1;
+    rx_bufs_.reset();
+}
+
 void UdpEndpoint::arm_recv() noexcept {
+    if (buf_group_ >= 0) {
+        recvmsg_multishot(kOpRecvMulti, fd_.get(), &ms_msg_, buf_group_);
+        return;
+    }
     prepare_rx();
     recvmsg(kOpRecv, fd_.get(), &rx_msg_, 0);
+}
+
+void UdpEndpoint::on_multishot(const core::Completion& c) noexcept {
+    int bid = core::completion_buffer(c);
+    if (bid >= 0) {
+        multishot_ok_ = true;
+        if (c.result > 0 && !aborting()) {
+            uint8_t* buf = rx_bufs_.get() + static_cast<size_t>(bid) * kRxBufferSize;
+            core::RecvmsgBuffer rb;
+            if (core::parse_recvmsg_buffer(buf, static_cast<size_t>(c.result), ms_msg_, rb) &&
+                !rb.truncated) {
+                deliver(rb.name, rb.namelen, rb.control, rb.payload, rb.payload_len);
+                if (!aborting()) sink_->on_read_batch_done(*this);
+            }
+        }
+        // The datagram was handled synchronously: the buffer goes straight back to the kernel.
+        worker().loop().recycle_buffer(buf_group_, static_cast<uint16_t>(bid));
+    }
+    if (c.more || aborting()) return;
+    // The op ended: buffers ran dry (-ENOBUFS), a per-datagram error, or the kernel cannot do
+    // multishot recvmsg at all (-EINVAL before any datagram): then fall back to single reads.
+    if (c.result == -EINVAL && !multishot_ok_) {
+        drop_multishot();
+    } else if (c.result == -EBADF || c.result == -ENOTSOCK || c.result == -EINVAL ||
+               c.result == -EFAULT) {
+        read_error_ = -c.result;
+        return;
+    }
+    arm_recv();
 }
 
 void UdpEndpoint::on_event(const core::Completion& c) noexcept {
@@ -147,15 +204,18 @@ void UdpEndpoint::on_event(const core::Completion& c) noexcept {
         sink_->on_writable(*this);
         return;
     }
+    if (c.token.op == kOpRecvMulti) return on_multishot(c);
     if (c.token.op != kOpRecv || aborting()) return;
     if (c.result >= 0) {
-        deliver(static_cast<size_t>(c.result));
+        deliver(reinterpret_cast<sockaddr*>(&rx_peer_), rx_msg_.msg_namelen, rx_msg_, rx_,
+                static_cast<size_t>(c.result));
         // Drain what else is queued without a loop round trip per datagram, bounded for fairness.
         for (int i = 0; i < kDirectReads && !aborting(); ++i) {
             prepare_rx();
             ssize_t n = ::recvmsg(fd_.get(), &rx_msg_, MSG_DONTWAIT);
             if (n < 0) break;
-            deliver(static_cast<size_t>(n));
+            deliver(reinterpret_cast<sockaddr*>(&rx_peer_), rx_msg_.msg_namelen, rx_msg_, rx_,
+                    static_cast<size_t>(n));
         }
         if (!aborting()) sink_->on_read_batch_done(*this);
     }
@@ -168,15 +228,18 @@ void UdpEndpoint::on_event(const core::Completion& c) noexcept {
     if (!aborting()) arm_recv();
 }
 
-void UdpEndpoint::deliver(size_t n) noexcept {
+void UdpEndpoint::deliver(const sockaddr* peer, socklen_t peer_len, msghdr& control,
+                          const uint8_t* data, size_t n) noexcept {
+    ++reads_;
+    rx_time_ = core::now_ns();
     ngtcp2_path path{};
     path.local.addr = reinterpret_cast<sockaddr*>(&local_);
     path.local.addrlen = local_len_;
-    path.remote.addr = reinterpret_cast<sockaddr*>(&rx_peer_);
-    path.remote.addrlen = rx_msg_.msg_namelen;
+    path.remote.addr = const_cast<sockaddr*>(peer);
+    path.remote.addrlen = peer_len;
     sockaddr_storage dst = local_;  // the real destination when bound to a wildcard address
     size_t seg = n;
-    for (cmsghdr* cm = CMSG_FIRSTHDR(&rx_msg_); cm != nullptr; cm = CMSG_NXTHDR(&rx_msg_, cm)) {
+    for (cmsghdr* cm = CMSG_FIRSTHDR(&control); cm != nullptr; cm = CMSG_NXTHDR(&control, cm)) {
         if (cm->cmsg_level == SOL_UDP && cm->cmsg_type == UDP_GRO) {
             int g = 0;
             std::memcpy(&g, CMSG_DATA(cm), sizeof g);
@@ -197,7 +260,7 @@ void UdpEndpoint::deliver(size_t n) noexcept {
     for (size_t off = 0; off < n && !aborting(); off += seg) {
         size_t len = n - off < seg ? n - off : seg;
         ++dgrams_in_;
-        sink_->on_datagram(*this, path, std::span<const uint8_t>(rx_ + off, len));
+        sink_->on_datagram(*this, path, std::span<const uint8_t>(data + off, len));
     }
 }
 
@@ -289,6 +352,7 @@ SendStatus UdpEndpoint::send(const ngtcp2_path& path, const uint8_t* data, size_
 }
 
 void UdpEndpoint::on_quiesced() noexcept {
+    drop_multishot();  // no op selects from the ring any more
     close_fd(fd_);
     delete this;
 }

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 
 #include "core/unique_fd.hh"
@@ -81,6 +82,9 @@ public:
     const SocketBuffers& buffers() const noexcept { return buffers_; }
     bool gso() const noexcept { return gso_; }
     bool gro() const noexcept { return gro_; }
+    // Reading through a multishot recvmsg with a provided-buffer ring (io_uring), rather than
+    // one recvmsg op per completion plus a non-blocking drain (epoll, or no buffer rings).
+    bool multishot() const noexcept { return buf_group_ >= 0; }
     bool blocked() const noexcept { return blocked_; }
     // Non-zero (an errno) when reading stopped because the socket itself is broken.
     int read_failed() const noexcept { return read_error_; }
@@ -94,10 +98,15 @@ public:
     SendStatus send(const ngtcp2_path& path, const uint8_t* data, size_t len,
                     size_t segment) noexcept;
 
+    // When the datagram being delivered was read (core::now_ns(), one clock read per read).
+    int64_t rx_time() const noexcept { return rx_time_; }
+
     // Counters.
     uint64_t datagrams_in() const noexcept { return dgrams_in_; }
     uint64_t datagrams_out() const noexcept { return dgrams_out_; }
     uint64_t send_errors() const noexcept { return send_errors_; }
+    // Reads (completions or syscalls) that returned data.
+    uint64_t reads() const noexcept { return reads_; }
     // Reads that returned several datagrams coalesced by GRO, and sends that used GSO.
     uint64_t gro_reads() const noexcept { return gro_reads_; }
     uint64_t gso_sends() const noexcept { return gso_sends_; }
@@ -107,8 +116,13 @@ public:
 private:
     static constexpr uint8_t kOpRecv = 1;
     static constexpr uint8_t kOpWritable = 2;
+    static constexpr uint8_t kOpRecvMulti = 3;
     static constexpr size_t kRxCapacity = 65535;
     static constexpr int kDirectReads = 64;  // extra non-blocking reads per completion
+    // Provided buffers for the multishot receive: each holds the kernel's recvmsg header, the
+    // peer address, the control block and one GRO batch of up to kRxCapacity bytes.
+    static constexpr uint32_t kRxBuffers = 16;
+    static constexpr uint32_t kRxBufferSize = 66 * 1024;
 
     UdpEndpoint(core::Worker& w, DatagramSink& sink) noexcept : Session(w), sink_(&sink) {}
     ~UdpEndpoint() override = default;
@@ -117,7 +131,11 @@ private:
 
     void arm_recv() noexcept;
     void prepare_rx() noexcept;
-    void deliver(size_t n) noexcept;
+    void setup_multishot() noexcept;
+    void drop_multishot() noexcept;
+    void on_multishot(const core::Completion& c) noexcept;
+    void deliver(const sockaddr* peer, socklen_t peer_len, msghdr& control, const uint8_t* data,
+                 size_t n) noexcept;
     SendStatus send_one(const ngtcp2_path& path, const uint8_t* data, size_t len,
                         size_t segment) noexcept;
 
@@ -139,10 +157,17 @@ private:
     alignas(cmsghdr) uint8_t rx_cmsg_[128];
     alignas(16) uint8_t rx_[kRxCapacity];
     alignas(16) uint8_t tx_[kTxCapacity];
+    // Multishot receive: the template (name and control sizes) and the buffer ring's storage.
+    msghdr ms_msg_{};
+    int buf_group_ = -1;
+    bool multishot_ok_ = false;  // a multishot completion arrived (the kernel supports it)
+    std::unique_ptr<uint8_t[]> rx_bufs_;
 
     uint64_t dgrams_in_ = 0;
     uint64_t dgrams_out_ = 0;
     uint64_t send_errors_ = 0;
+    uint64_t reads_ = 0;
+    int64_t rx_time_ = 0;
     uint64_t gro_reads_ = 0;
     uint64_t gso_sends_ = 0;
     uint64_t blocked_sends_ = 0;

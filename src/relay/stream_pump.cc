@@ -15,11 +15,14 @@ namespace {
 // Reads per readiness event before yielding to other connections; the wait completes again at
 // once when more is queued (readiness is level-triggered).
 constexpr int kReadsPerEvent = 8;
-// Stream bytes arrive one QUIC packet (about 1200 bytes) at a time. Pieces smaller than this are
-// gathered in the stream and written to the socket once per loop iteration: the writability
-// wait completes only after every datagram of the current batch was processed, so a burst
-// costs one send(2) instead of one per packet.
+// Stream bytes arrive one QUIC packet (about 1200 bytes) at a time. The first piece of a loop
+// iteration is sent at once (a lone request or response waits for nothing); further pieces
+// smaller than this are gathered in the stream and written to the socket once per iteration:
+// the writability wait completes only after every datagram of the current batch was processed,
+// so a burst costs two send(2) calls instead of one per packet.
 constexpr size_t kCoalesceBelow = 16 * 1024;
+// A nearly full send ring is not read into: fewer than this many free bytes wait for ACKs.
+constexpr size_t kMinRead = 16 * 1024;
 
 void set_linger_reset(int fd) noexcept {
     linger l{1, 0};
@@ -28,12 +31,10 @@ void set_linger_reset(int fd) noexcept {
 
 }  // namespace
 
-void StreamPump::start(StreamPumpOwner& owner, int fd, quic::Stream& stream,
-                       std::span<uint8_t> scratch) noexcept {
+void StreamPump::start(StreamPumpOwner& owner, int fd, quic::Stream& stream) noexcept {
     owner_ = &owner;
     fd_ = fd;
     stream_ = &stream;
-    scratch_ = scratch;
     stream.set_handler(this);
     want_read_ = true;
     arm();
@@ -77,23 +78,34 @@ void StreamPump::on_tcp_ready(bool write, int revents) noexcept {
 void StreamPump::read_tcp() noexcept {
     for (int i = 0; i < kReadsPerEvent && !finished_; ++i) {
         if (stream_ == nullptr) return fail();
-        size_t space = std::min(stream_->write_space(), scratch_.size());
-        if (space == 0) {
-            // A refused write is what registers for on_stream_writable(): offer one byte the
-            // full stream cannot take, so the acknowledgement that frees room wakes us.
+        // Read straight into the stream's send ring (no copy through a scratch buffer), and
+        // only when a worthwhile part of it is free: a nearly full ring waits for ACKs to free
+        // a good share (on_stream_writable) instead of reading a few bytes per ACK.
+        std::span<uint8_t> regions[2];
+        size_t nv = stream_->write_regions(regions);
+        size_t space = 0;
+        iovec iov[2];
+        for (size_t k = 0; k < nv; ++k) {
+            iov[k] = iovec{regions[k].data(), regions[k].size()};
+            space += regions[k].size();
+        }
+        if (space == 0 || (space < kMinRead && stream_->tx_buffered() > 0)) {
             blocked_on_stream_ = true;
-            if (stream_->write(scratch_.first(1)) != 0) return fail();
+            stream_->wait_writable();
             return;
         }
-        ssize_t n = ::recv(fd_, scratch_.data(), space, MSG_DONTWAIT);
+        msghdr msg{};
+        msg.msg_iov = iov;
+        msg.msg_iovlen = nv;
+        ssize_t n = ::recvmsg(fd_, &msg, MSG_DONTWAIT);
         if (n > 0) {
             auto len = static_cast<size_t>(n);
-            // Never more than write_space(): the stream takes all of it.
-            size_t w = stream_->write(scratch_.first(len));
-            to_stream_ += w;
-            if (w != len) return fail();
+            stream_->commit_write(len);
+            to_stream_ += len;
+            if (len < space) break;  // the socket is drained for now
             continue;
         }
+        stream_->commit_write(0);
         if (n == 0) {
             // TCP FIN -> STREAM FIN in the same direction.
             tcp_eof_ = true;
@@ -107,14 +119,21 @@ void StreamPump::read_tcp() noexcept {
     if (!finished_ && !tcp_eof_ && !blocked_on_stream_) want_read_ = true;
 }
 
-size_t StreamPump::on_stream_data(quic::Stream&, std::span<const uint8_t> data, bool fin) noexcept {
+size_t StreamPump::on_stream_data(quic::Stream& s, std::span<const uint8_t> data,
+                                  bool fin) noexcept {
     if (finished_) return 0;
     if (!flushing_ && !fin && !data.empty() && data.size() < kCoalesceBelow) {
-        // Leave it in the stream (credit is withheld only until the flush) and flush once the
-        // loop has drained this batch of completions.
-        want_write_ = true;
-        arm();
-        return 0;
+        // The first small piece of a batch goes out at once: a request or a response that fits
+        // one packet costs one send and no wait (and no receive buffer in the stream). Later
+        // pieces of the same batch are left in the stream (credit is withheld only until the
+        // flush) and sent together once the loop has drained the batch.
+        uint64_t it = s.connection().worker().iteration();
+        if (it == direct_iteration_) {
+            want_write_ = true;
+            arm();
+            return 0;
+        }
+        direct_iteration_ = it;
     }
     size_t taken = 0;
     while (taken < data.size()) {

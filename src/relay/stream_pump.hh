@@ -25,9 +25,9 @@ protected:
     ~StreamPumpOwner() = default;
 };
 
-// TCP -> stream: a readable socket is read into the worker's shared scratch buffer, never more
-// than the stream's free send space, and written to the stream at once; so bytes wait only in
-// the kernel socket buffer or in the stream's bounded send buffer (kept until acknowledged).
+// TCP -> stream: a readable socket is read straight into the free part of the stream's bounded
+// send ring (Stream::write_regions), and only once a worthwhile share of it is free; so bytes
+// wait only in the kernel socket buffer or in the send ring (kept until acknowledged).
 // Stream -> TCP: received bytes are sent to the socket directly from the stream's receive
 // buffer; what the socket does not take stays there and withholds QUIC credit, which slows
 // the sender. FIN maps to FIN in the same direction; any reset or error aborts both with
@@ -38,10 +38,8 @@ public:
     StreamPump(const StreamPump&) = delete;
     StreamPump& operator=(const StreamPump&) = delete;
 
-    // `scratch` is shared by every pump of the worker (the loop is single-threaded and reads
-    // are synchronous). Starts both directions.
-    void start(StreamPumpOwner& owner, int fd, quic::Stream& stream,
-               std::span<uint8_t> scratch) noexcept;
+    // Starts both directions.
+    void start(StreamPumpOwner& owner, int fd, quic::Stream& stream) noexcept;
 
     // The TCP readiness wait asked for by pump_wait_tcp() completed with `revents` (or -errno).
     void on_tcp_ready(bool write, int revents) noexcept;
@@ -69,10 +67,10 @@ private:
 
     StreamPumpOwner* owner_ = nullptr;
     quic::Stream* stream_ = nullptr;
-    std::span<uint8_t> scratch_{};
     int fd_ = -1;
     uint64_t to_stream_ = 0;
     uint64_t to_tcp_ = 0;
+    uint64_t direct_iteration_ = 0;   // worker iteration of the last uncoalesced small send
     bool tcp_eof_ = false;            // TCP read side ended; FIN queued on the stream
     bool stream_fin_ = false;         // stream FIN delivered to TCP as shutdown(SHUT_WR)
     bool want_read_ = false;          // tcp->stream waits for POLLIN

@@ -203,7 +203,6 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
     s->pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
     s->peek_buf_ = std::make_unique<uint8_t[]>(kPeekCapacity);
     s->prefix_buf_ = std::make_unique<uint8_t[]>(kPrefixCapacity);
-    s->relay_scratch_ = std::make_unique<uint8_t[]>(kRelayScratch);
     s->visitors_ = std::make_unique<core::Slab<VisitorSession>>(lim.pre_routing_global +
                                                                 lim.active_relays + 64);
     s->live_.reserve(lim.pre_routing_global + lim.active_relays + 64);

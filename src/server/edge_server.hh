@@ -107,9 +107,6 @@ public:
     // Where a Tunnel stream prefix is assembled: PROXY v2 header + up to kPeekCapacity bytes.
     uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
     static constexpr size_t kPrefixCapacity = kPeekCapacity + 64;
-    // Scratch shared by every StreamPump (reads are synchronous on the single loop thread).
-    std::span<uint8_t> relay_scratch() noexcept { return {relay_scratch_.get(), kRelayScratch}; }
-    static constexpr size_t kRelayScratch = 64 * 1024;
 
     IntakeState* borrow_intake() noexcept;
     void return_intake(IntakeState* s) noexcept;
@@ -170,7 +167,6 @@ private:
     std::unique_ptr<core::PipePool> pipes_;
     std::unique_ptr<uint8_t[]> peek_buf_;
     std::unique_ptr<uint8_t[]> prefix_buf_;
-    std::unique_ptr<uint8_t[]> relay_scratch_;
     std::vector<std::unique_ptr<IntakeState>> intake_pool_;
     uint32_t intake_lent_ = 0;
     std::unique_ptr<core::Slab<VisitorSession>> visitors_;

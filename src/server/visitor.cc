@@ -508,7 +508,7 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     set_nodelay(visitor_.get());
     server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
     pump_started_ = true;
-    pump_.start(*this, visitor_.get(), s, server_.relay_scratch());
+    pump_.start(*this, visitor_.get(), s);
 }
 
 void VisitorSession::pump_wait_tcp(bool write) noexcept {
