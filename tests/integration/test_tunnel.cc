@@ -108,6 +108,18 @@ Test(tunnel, passthrough_end_to_end_with_256mib_each_way, .timeout = 400) {
                   std::string::npos, "%s", log.c_str());
 }
 
+// Spec 11: the same with `server-trust = system`: the Client trusts the Server through the system
+// store only (here a bundle holding the Server's CA, seen only inside the Client's namespace).
+Test(tunnel, passthrough_with_system_trust, .timeout = 120) {
+    Tunnel t({.system_trust = true});
+    cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",
+              t.client_log().c_str());
+    CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
+    cr_assert(n.ok(), "curl: %s %s", n.status.describe().c_str(), n.stderr_text.c_str());
+    cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+    t.stop_client_cleanly();
+}
+
 Test(tunnel, cli_overlay_starts_a_catch_all_service, .timeout = 120) {
     Tunnel t({.cli_backend = true});
     cr_assert(t.wait_client("client ready: server-address=" + kServerName), "%s",

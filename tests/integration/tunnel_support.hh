@@ -53,6 +53,9 @@ public:
         // The tunnel socket comes from systemd-socket-activate (name `tunnel`); the configured
         // tunnel-bind-address is another, unused port.
         bool activated_tunnel = false;
+        // server-trust = system: the Client's private mount namespace sees a system bundle
+        // (/etc/ssl/certs/ca-certificates.crt) holding only the Server's CA.
+        bool system_trust = false;
     };
 
     explicit Tunnel(Options o) : opts_(o) {
@@ -103,7 +106,12 @@ public:
         } else {
             cini += "server-address = " + hp(kServerName, port) + "\n";
         }
-        cini += "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
+        if (opts_.system_trust) {
+            cini += "server-trust = system\n";
+        } else {
+            cini +=
+                "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
+        }
         cini += "identity-dir = " + (dir_ / identity_name(i)) + "\n";
         if (!opts_.cli_backend) {
             cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
@@ -112,8 +120,12 @@ public:
         }
         std::string ini_path = dir_ / ("client-" + std::to_string(i) + ".ini");
         write_file(ini_path, cini);
-        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && exec '" +
-                          runewarp_binary() + "' client -c '" + ini_path + "'";
+        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && ";
+        if (opts_.system_trust) {
+            cmd += "mount --bind '" + (dir_ / "cert/server-ca.crt") +
+                   "' /etc/ssl/certs/ca-certificates.crt && ";
+        }
+        cmd += "exec '" + runewarp_binary() + "' client -c '" + ini_path + "'";
         if (opts_.cli_backend) {
             cmd += " --server-address " + hp(kServerName, port) + " --backend-address " + backend;
         }
