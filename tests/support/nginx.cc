@@ -28,6 +28,8 @@ std::string server_block(const NginxOptions& o, const std::string& dir, const Tl
       << "        ssl_certificate_key " << tls.leaf.key << ";\n"
       << "        root " << dir << "/www;\n"
       << "        location /files/ { }\n"
+      // The same files at 32 KiB/s per connection: transfers that stay open for a while.
+      << "        location /slow/ { alias " << dir << "/www/files/; limit_rate 32k; }\n"
       << "        location /upload/ {\n"
       << "            dav_methods PUT;\n"
       << "            create_full_put_path on;\n"

@@ -3,6 +3,7 @@
 //
 // Endpoints (every hostname, every listener):
 //   GET  /files/<name>   files added with add_random_file() / add_file()
+//   GET  /slow/<name>    the same files, sent at 32 KiB/s per connection
 //   PUT  /upload/<name>  stores the body; upload_path(name) is where it lands (hash it)
 //   GET  /small          "ok\n" (keep-alive request benchmarks)
 //   GET  /name           the fixture name and the SNI the client sent: "<name> <sni>\n"
