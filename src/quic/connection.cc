@@ -249,22 +249,16 @@ Stream::~Stream() {
 }
 
 size_t Stream::write(std::span<const uint8_t> data) noexcept {
-    size_t space = write_space();
-    if (conn_.closed()) space = 0;
-    size_t n = std::min(space, data.size());
-    if (n < data.size()) want_writable_ = true;
-    if (n == 0) return 0;
-    if (!tx_) {
-        tx_ = t_tx_pool.take(tx_cap_);
-        if (!tx_) return 0;
+    std::span<uint8_t> v[2];
+    size_t nv = write_regions(v);
+    size_t n = 0;
+    for (size_t k = 0; k < nv && n < data.size(); ++k) {
+        size_t c = std::min(v[k].size(), data.size() - n);
+        std::memcpy(v[k].data(), data.data() + n, c);
+        n += c;
     }
-    size_t pos = static_cast<size_t>(end_ % tx_cap_);
-    size_t first = std::min(n, tx_cap_ - pos);
-    std::memcpy(tx_.get() + pos, data.data(), first);
-    if (n > first) std::memcpy(tx_.get(), data.data() + first, n - first);
-    end_ += n;
-    conn_.queue_stream(*this);
-    conn_.want_write();
+    if (n < data.size()) want_writable_ = true;
+    commit_write(n);
     return n;
 }
 
@@ -724,7 +718,6 @@ void Connection::feed(UdpEndpoint& ep, const ngtcp2_path& path,
         return;
     }
     last_rx_ns_ = static_cast<int64_t>(ts);
-    if (in_flight_since_ns_ != 0 && bytes_in_flight(conn_) == 0) in_flight_since_ns_ = 0;
     after_processing();
     want_write();
 }
@@ -781,6 +774,8 @@ void Connection::write_streams() noexcept {
         write_pending_ = true;  // resumed by the owner on writable
         return;
     }
+    // Nothing in flight before this round: what it sends starts a new wait for the peer.
+    const bool idle_before = bytes_in_flight(conn_) == 0;
     uint8_t* buf = ep_->tx_buffer();
     const size_t max_pkt =
         std::min(ngtcp2_conn_get_max_tx_udp_payload_size(conn_), UdpEndpoint::kMaxPacket);
@@ -872,13 +867,11 @@ void Connection::write_streams() noexcept {
     }
     (void)send_now();
     ngtcp2_conn_update_pkt_tx_time(conn_, ts);
-    if (in_flight_since_ns_ == 0 && total > 0 && bytes_in_flight(conn_) > 0)
-        in_flight_since_ns_ = static_cast<int64_t>(ts);
+    if (idle_before && total > 0) in_flight_since_ns_ = static_cast<int64_t>(ts);
 }
 
 bool Connection::unresponsive(int64_t now_ns) const noexcept {
-    if (state_ != State::open || !established_ || in_flight_since_ns_ == 0) return false;
-    if (bytes_in_flight(conn_) == 0) return false;
+    if (state_ != State::open || !established_ || bytes_in_flight(conn_) == 0) return false;
     const int64_t since = std::max(last_rx_ns_, in_flight_since_ns_);
     const auto pto4 = static_cast<int64_t>(4 * ngtcp2_conn_get_pto(conn_));
     return now_ns - since > std::max(kUnresponsiveNs, pto4);

@@ -338,7 +338,7 @@ private:
     int64_t linger_deadline_ = 0;
     bool busy_keep_alive_ = false;
     int64_t last_rx_ns_ = 0;          // last packet the peer sent that ngtcp2 accepted
-    int64_t in_flight_since_ns_ = 0;  // first send since nothing was in flight; 0: none in flight
+    int64_t in_flight_since_ns_ = 0;  // the last write round that began with nothing in flight
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
     uint64_t close_answers_ = 0;
     ngtcp2_path_storage close_ps_{};
