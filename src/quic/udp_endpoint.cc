@@ -230,7 +230,6 @@ void UdpEndpoint::on_event(const core::Completion& c) noexcept {
 
 void UdpEndpoint::deliver(const sockaddr* peer, socklen_t peer_len, msghdr& control,
                           const uint8_t* data, size_t n) noexcept {
-    ++reads_;
     rx_time_ = core::now_ns();
     ngtcp2_path path{};
     path.local.addr = reinterpret_cast<sockaddr*>(&local_);

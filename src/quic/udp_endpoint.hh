@@ -105,8 +105,6 @@ public:
     uint64_t datagrams_in() const noexcept { return dgrams_in_; }
     uint64_t datagrams_out() const noexcept { return dgrams_out_; }
     uint64_t send_errors() const noexcept { return send_errors_; }
-    // Reads (completions or syscalls) that returned data.
-    uint64_t reads() const noexcept { return reads_; }
     // Reads that returned several datagrams coalesced by GRO, and sends that used GSO.
     uint64_t gro_reads() const noexcept { return gro_reads_; }
     uint64_t gso_sends() const noexcept { return gso_sends_; }
@@ -166,7 +164,6 @@ private:
     uint64_t dgrams_in_ = 0;
     uint64_t dgrams_out_ = 0;
     uint64_t send_errors_ = 0;
-    uint64_t reads_ = 0;
     int64_t rx_time_ = 0;
     uint64_t gro_reads_ = 0;
     uint64_t gso_sends_ = 0;

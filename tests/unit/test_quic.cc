@@ -787,6 +787,11 @@ void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
     const UdpEndpoint& lep = env.listener->endpoint();
     cr_assert_gt(lep.gso_sends(), 0u, "server sent with GSO");
     cr_assert_gt(env.client_conn->endpoint()->gso_sends(), 0u, "client sent with GSO");
+    // On io_uring with provided-buffer rings both ends read through one multishot recvmsg.
+    if (env.worker->loop().caps().buffer_rings) {
+        cr_assert(lep.multishot(), "server endpoint fell back to single reads");
+        cr_assert(env.client_conn->endpoint()->multishot(), "client endpoint: single reads");
+    }
     if (drop_every == 0) {
         cr_assert_gt(lep.gro_reads() + env.client_conn->endpoint()->gro_reads(), 0u,
                      "GRO coalesced some reads");
