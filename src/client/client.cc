@@ -884,7 +884,7 @@ int run_client(const config::ClientConfig& cfg) noexcept {
         return 1;
     }
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
-    (void)sys::raise_nofile_limit();
+    sys::raise_nofile_limit();
     // The instance (and with it every session) lives until process exit: closing connections
     // may still hold it when the flush window ends.
     static ClientInstance* instance = nullptr;

@@ -82,6 +82,19 @@ bool transient_accept_error(int err) noexcept {
     }
 }
 
+// An activated socket is used as it is; one that differs from the configured address (`key`)
+// is worth a warning. Returns the socket's address.
+std::string note_activated(obs::Logger& log, const char* event, int fd,
+                           const proto::Endpoint& configured, const char* key) {
+    std::string got = local_text(fd);
+    std::string want = proto::format_endpoint(configured);
+    if (got != want) {
+        log.warn(event, {{"bind-address", got}, {"configured", want}},
+                 std::string("the activated socket differs from server.") + key);
+    }
+    return got;
+}
+
 core::BackendChoice backend_choice(config::EventBackend b) noexcept {
     switch (b) {
         case config::EventBackend::kIoUring:
@@ -180,7 +193,7 @@ EdgeServer::~EdgeServer() {
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
                                                        obs::Logger& log) {
     if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
-    (void)sys::raise_nofile_limit();
+    sys::raise_nofile_limit();
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
 
     core::WorkerOptions wo;
@@ -222,13 +235,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         }
     }
     if (public_fd.valid()) {
-        std::string got = local_text(public_fd.get());
-        if (got != proto::format_endpoint(cfg.public_bind)) {
-            log.warn(
-                "server public listener socket-activated",
-                {{"bind-address", got}, {"configured", proto::format_endpoint(cfg.public_bind)}},
-                "the activated socket differs from server.public-bind-address");
-        }
+        note_activated(log, "server public listener socket-activated", public_fd.get(),
+                       cfg.public_bind, "public-bind-address");
     } else {
         auto fd = bind_tcp(cfg.public_bind, "public-bind-address", SOMAXCONN);
         if (!fd) return std::move(fd).error();
@@ -597,13 +605,8 @@ Result<void> EdgeServer::create_tunnel_listener() {
 
     if (tunnel_fd_.valid()) {
         // Socket activation `tunnel` replaces binding the configured address (spec 5.14).
-        std::string got = local_text(tunnel_fd_.get());
-        if (got != proto::format_endpoint(cfg_.tunnel_bind)) {
-            log_.warn(
-                "server tunnel listener socket-activated",
-                {{"bind-address", got}, {"configured", proto::format_endpoint(cfg_.tunnel_bind)}},
-                "the activated socket differs from server.tunnel-bind-address");
-        }
+        std::string got = note_activated(log_, "server tunnel listener socket-activated",
+                                         tunnel_fd_.get(), cfg_.tunnel_bind, "tunnel-bind-address");
         auto l = quic::Listener::adopt(*worker_, std::move(tunnel_fd_), *tunnel_tls_, *this, {});
         if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
         tunnel_listener_ = std::move(*l);

@@ -5,7 +5,6 @@ namespace runewarp::sys {
 
 // Raises the soft fd limit to the hard one: every relay holds two sockets and, while bytes flow,
 // pipes. A daemon started from a shell, or by systemd (soft 1024), would otherwise stop at 1024.
-// Returns the soft limit in effect afterwards.
-unsigned long raise_nofile_limit() noexcept;
+void raise_nofile_limit() noexcept;
 
 }  // namespace runewarp::sys
