@@ -275,10 +275,7 @@ Test(tunnel, socket_activated_tunnel_listener_serves, .timeout = 120) {
 // two pool members, so each Client serves exactly half.
 Test(tunnel, two_clients_share_the_pool_least_active_first, .timeout = 120) {
     Tunnel t({.clients = 2});
-    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 0), "%s", t.client_log(0).c_str());
-    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 1), "%s", t.client_log(1).c_str());
-    cr_assert(t.wait_server("server tunnel connection accepted", 2), "%s",
-              t.server().log().c_str());
+    t.wait_pool_ready();
 
     std::vector<std::unique_ptr<TlsClient>> open;
     for (int i = 0; i < 8; ++i) {
@@ -300,10 +297,7 @@ Test(tunnel, two_clients_share_the_pool_least_active_first, .timeout = 120) {
 // traffic continues on the other; when the last one leaves, Visitors fail.
 Test(tunnel, failover_when_a_client_is_killed, .timeout = 180) {
     Tunnel t({.clients = 2});
-    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 0), "%s", t.client_log(0).c_str());
-    cr_assert(t.wait_client("client ready", 1, Millis{30000}, 1), "%s", t.client_log(1).c_str());
-    cr_assert(t.wait_server("server tunnel connection accepted", 2), "%s",
-              t.server().log().c_str());
+    t.wait_pool_ready();
     for (int i = 0; i < 4; ++i) {
         CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"));
         cr_assert(n.ok(), "curl: %s %s", n.status.describe().c_str(), n.stderr_text.c_str());

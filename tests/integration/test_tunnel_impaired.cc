@@ -81,28 +81,42 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
     return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
+// A 64 MiB download by curl in the background (into t.out("mig.bin")), started once 8 MiB of it
+// arrived.
+struct BackgroundDownload {
+    static constexpr std::uint64_t kSize = 64u << 20;
+    CachedFile file;
+    std::string out;
+    Process curl;
+
+    BackgroundDownload(RelayedTunnel& rt, std::vector<std::string> extra_args)
+        : file(cached_random_file(kSize, 11)), out(rt.t().out("mig.bin")) {
+        Tunnel& t = rt.t();
+        t.backend().add_file("mig.bin", file.path);
+        std::vector<std::string> argv = curl_base_args(t.target());
+        argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+        argv.insert(argv.end(), {"--output", out, "--write-out", "%{http_code} %{size_download}",
+                                 https_url(t.target(), "/files/mig.bin")});
+        curl = Process::spawn({.argv = argv, .out = Output::pipe(), .err = Output::pipe()});
+        cr_assert(wait_until([&] { return file_exists(out) && file_size(out) > (8u << 20); },
+                             Millis{120000}),
+                  "the download did not start\n%s\nrelay: %s", t.client_log().c_str(),
+                  rt.relay().describe().c_str());
+    }
+};
+
 // Runs a 64 MiB download in the background, rebinds the relay's outbound socket once 8 MiB
 // arrived, and checks the download completes byte-identical over the migrated path.
 void download_across_a_rebind(RelayedTunnel& rt) {
     Tunnel& t = rt.t();
     UdpRelay& relay = rt.relay();
-    constexpr std::uint64_t kSize = 64u << 20;
-    const CachedFile file = cached_random_file(kSize, 11);
-    t.backend().add_file("mig.bin", file.path);
-    const std::string out = t.out("mig.bin");
-
-    std::vector<std::string> argv = curl_base_args(t.target());
+    constexpr std::uint64_t kSize = BackgroundDownload::kSize;
+    const auto start = std::chrono::steady_clock::now();
     // Rate-limited, so the rebind at 8 MiB surely lands mid-transfer (56 MiB at 16 MiB/s is
     // 3.5 s later); the limit is only a floor on the duration, nothing waits on time.
-    argv.insert(argv.end(),
-                {"--limit-rate", "16M", "--output", out, "--write-out",
-                 "%{http_code} %{size_download}", https_url(t.target(), "/files/mig.bin")});
-    const auto start = std::chrono::steady_clock::now();
-    Process curl = Process::spawn({.argv = argv, .out = Output::pipe(), .err = Output::pipe()});
-    cr_assert(
-        wait_until([&] { return file_exists(out) && file_size(out) > (8u << 20); }, Millis{120000}),
-        "the download did not start\n%s\nrelay: %s", t.client_log().c_str(),
-        relay.describe().c_str());
+    BackgroundDownload dl(rt, {"--limit-rate", "16M"});
+    const std::string& out = dl.out;
+    Process& curl = dl.curl;
 
     const std::uint16_t old_port = relay.outbound_port();
     const std::uint16_t new_port = relay.rebind();
@@ -120,7 +134,7 @@ void download_across_a_rebind(RelayedTunnel& rt) {
     cr_assert(st->success(), "curl: %s %s %s\nrelay: %s", st->describe().c_str(), result.c_str(),
               curl.read_stderr(Millis{1000}).c_str(), relay.describe().c_str());
     cr_assert_eq(result, "200 " + std::to_string(kSize));
-    cr_assert_eq(sha256_file(out), file.sha256);
+    cr_assert_eq(sha256_file(out), dl.file.sha256);
     cr_log_info("64 MiB download across a rebind at %llu bytes: %.1f s; %s",
                 static_cast<unsigned long long>(at_rebind), secs, relay.describe().c_str());
 
@@ -235,23 +249,15 @@ Test(tunnel_impaired, download_resumes_promptly_after_a_rebind_while_the_client_
     RelayedTunnel rt({}, 5);
     Tunnel& t = rt.t();
     UdpRelay& relay = rt.relay();
-    constexpr std::uint64_t kSize = 64u << 20;
-    const CachedFile file = cached_random_file(kSize, 11);
-    t.backend().add_file("mig.bin", file.path);
-    const std::string out = t.out("mig.bin");
-    std::vector<std::string> argv = curl_base_args(t.target());
-    argv.insert(argv.end(), {"--output", out, "--write-out", "%{http_code} %{size_download}",
-                             https_url(t.target(), "/files/mig.bin")});
-    Process curl = Process::spawn({.argv = argv, .out = Output::pipe(), .err = Output::pipe()});
-    cr_assert(
-        wait_until([&] { return file_exists(out) && file_size(out) > (8u << 20); }, Millis{120000}),
-        "the download did not start\n%s", relay.describe().c_str());
+    BackgroundDownload dl(rt, {});
+    const std::string& out = dl.out;
+    Process& curl = dl.curl;
     cr_assert(curl.signal(SIGSTOP));
     // Quiet: the stream stopped (a Client that probes its path now and then still leaves gaps).
     cr_assert(wait_quiet(relay, Millis{300}, Millis{30000}), "the path never went quiet: %s",
               relay.describe().c_str());
     const std::uint64_t at_rebind = file_size(out);
-    cr_assert_lt(at_rebind, kSize, "the download finished before the rebind");
+    cr_assert_lt(at_rebind, BackgroundDownload::kSize, "the download finished before the rebind");
     relay.rebind();
     cr_assert(curl.signal(SIGCONT));
 
@@ -269,7 +275,7 @@ Test(tunnel_impaired, download_resumes_promptly_after_a_rebind_while_the_client_
         static_cast<unsigned long long>(at_rebind), first_reply, total, relay.describe().c_str());
     cr_assert(st.has_value() && st->success(), "curl: %s\n%s",
               st ? st->describe().c_str() : "still running", relay.describe().c_str());
-    cr_assert_eq(sha256_file(out), file.sha256);
+    cr_assert_eq(sha256_file(out), dl.file.sha256);
     rt.assert_one_connection();
     cr_assert(moved,
               "no datagram reached the new port within 10 s of the rebind: the Client stayed "

@@ -194,6 +194,15 @@ public:
     bool wait_server(const std::string& needle, std::size_t n = 1, Millis d = Millis{30000}) {
         return wait_until([&] { return count_of(server_->log(), needle) >= n; }, d);
     }
+    // Every Client is ready and the Server counted each connection into the pool.
+    void wait_pool_ready() {
+        for (int i = 0; i < opts_.clients; ++i)
+            cr_assert(wait_client("client ready", 1, Millis{30000}, i), "%s",
+                      client_log(i).c_str());
+        cr_assert(wait_server("server tunnel connection accepted",
+                              static_cast<std::size_t>(opts_.clients)),
+                  "%s", server_->log().c_str());
+    }
     std::string client_log(int i = 0) { return client(i).log(); }
     // Stops Client i (SIGTERM): it must exit 0 without a sanitizer report.
     void stop_client_cleanly(int i = 0) {

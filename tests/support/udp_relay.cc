@@ -16,6 +16,8 @@
 #include <random>
 #include <stdexcept>
 
+#include "tests/support/net.hh"
+
 namespace runewarp::test {
 namespace {
 
@@ -51,20 +53,16 @@ std::uint16_t local_port(int fd) {
     return ntohs(a.sin_port);
 }
 
-int bound_socket() {
-    int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) fail("socket");
-    size_buffers(fd);
+// On failure the socket closes after fail() has read errno (while the exception unwinds).
+Fd bound_socket() {
+    Fd fd(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) fail("socket");
+    size_buffers(fd.get());
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     a.sin_port = 0;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
-        int e = errno;
-        ::close(fd);
-        errno = e;
-        fail("bind");
-    }
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) fail("bind");
     return fd;
 }
 
@@ -101,7 +99,7 @@ UdpRelay::UdpRelay(UdpRelayOptions opts)
     wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (wake_fd_ < 0) fail("eventfd");
     try {
-        listen_fd_ = bound_socket();
+        listen_fd_ = bound_socket().release();
         listen_port_ = local_port(listen_fd_);
         out_fd_ = open_outbound_();
         outbound_port_.store(local_port(out_fd_));
@@ -138,23 +136,18 @@ void UdpRelay::trace_(RelayDir d, std::size_t n, const char* what) {
 }
 
 int UdpRelay::open_outbound_() {
-    int fd = bound_socket();
+    Fd fd = bound_socket();
     sockaddr_in up{};
     up.sin_family = AF_INET;
     up.sin_port = htons(opts_.upstream_port);
     if (::inet_pton(AF_INET, opts_.upstream_address.c_str(), &up.sin_addr) != 1) {
-        ::close(fd);
         errno = EINVAL;
         fail("upstream address " + opts_.upstream_address);
     }
     // Connected: only the upstream's datagrams arrive on it.
-    if (::connect(fd, reinterpret_cast<sockaddr*>(&up), sizeof up) != 0) {
-        int e = errno;
-        ::close(fd);
-        errno = e;
+    if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&up), sizeof up) != 0)
         fail("connect upstream");
-    }
-    return fd;
+    return fd.release();
 }
 
 std::uint16_t UdpRelay::rebind() {
