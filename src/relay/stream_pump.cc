@@ -10,6 +10,15 @@
 
 namespace runewarp::relay {
 
+void wait_tcp(core::Session& owner, int fd, bool write, uint8_t read_op, uint8_t write_op) noexcept {
+    if (owner.aborting()) return;
+    if (write) {
+        owner.poll(write_op, fd, POLLOUT);
+    } else {
+        owner.poll(read_op, fd, POLLIN | POLLRDHUP);
+    }
+}
+
 namespace {
 
 // Reads per readiness event before yielding to other connections; the wait completes again at

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <span>
 
+#include "core/worker.hh"
 #include "quic/connection.hh"
 
 namespace runewarp::relay {
@@ -24,6 +25,10 @@ public:
 protected:
     ~StreamPumpOwner() = default;
 };
+
+// What most owners do for pump_wait_tcp(): a one-shot poll on `fd` through their own Session,
+// `read_op` for POLLIN|POLLRDHUP and `write_op` for POLLOUT (nothing once the owner aborts).
+void wait_tcp(core::Session& owner, int fd, bool write, uint8_t read_op, uint8_t write_op) noexcept;
 
 // TCP -> stream: a readable socket is read straight into the free part of the stream's bounded
 // send ring (Stream::write_regions), and only once a worthwhile share of it is free; so bytes

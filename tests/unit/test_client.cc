@@ -1,5 +1,5 @@
 // Client role pieces that need no network: retry windows and jitter, Service selection, the
-// configuration this build refuses, and the off-loop resolver.
+// configuration this build refuses.
 #include <criterion/criterion.h>
 #include <netinet/in.h>
 
@@ -9,7 +9,6 @@
 #include <vector>
 
 #include "client/client.hh"
-#include "client/resolver.hh"
 #include "client/retry.hh"
 #include "core/clock.hh"
 #include "core/worker.hh"
@@ -111,58 +110,4 @@ Test(client, terminate_services_are_refused) {
     cr_assert_not(r.ok());
     cr_assert(r.error().message.find("terminate") != std::string::npos);
     cr_assert(r.error().message.find("web") != std::string::npos);
-}
-
-Test(client, literal_addresses_and_their_text) {
-    client::ResolvedAddress a;
-    cr_assert(client::literal_address("192.0.2.7", 443, a));
-    cr_assert_eq(a.addr.ss_family, AF_INET);
-    cr_assert_eq(client::format_sockaddr(reinterpret_cast<sockaddr*>(&a.addr), a.len),
-                 "192.0.2.7:443");
-    cr_assert(client::literal_address("2001:db8::1", 8443, a));
-    cr_assert_eq(a.addr.ss_family, AF_INET6);
-    cr_assert_eq(client::format_sockaddr(reinterpret_cast<sockaddr*>(&a.addr), a.len),
-                 "[2001:db8::1]:8443");
-    cr_assert_not(client::literal_address("localhost", 1, a));
-}
-
-namespace {
-
-struct Collector final : client::ResolveListener {
-    int calls = 0;
-    std::string error;
-    std::vector<client::ResolvedAddress> addrs;
-    void on_resolved(uint64_t, const std::string& e,
-                     std::vector<client::ResolvedAddress>& a) noexcept override {
-        ++calls;
-        error = e;
-        addrs = a;
-    }
-};
-
-}  // namespace
-
-Test(client, resolver_answers_on_the_loop_and_cancel_drops_the_answer) {
-    auto w = core::Worker::create();
-    cr_assert(w.ok());
-    auto r = client::Resolver::create(**w, 2);
-    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
-    Collector ok, cancelled, bad;
-    (*r)->resolve("localhost", 4433, SOCK_DGRAM, ok);
-    uint64_t id = (*r)->resolve("localhost", 4434, SOCK_DGRAM, cancelled);
-    (*r)->cancel(id);
-    (*r)->resolve("name.invalid", 1, SOCK_STREAM, bad);
-    auto done = (*w)->run_until([&] { return ok.calls == 1 && bad.calls == 1; },
-                                core::now_ns() + 20 * kSec);
-    cr_assert(done.ok() && *done);
-    cr_assert(ok.error.empty(), "%s", ok.error.c_str());
-    cr_assert_geq(ok.addrs.size(), 1u);
-    std::string text =
-        client::format_sockaddr(reinterpret_cast<sockaddr*>(&ok.addrs[0].addr), ok.addrs[0].len);
-    cr_assert(text.ends_with(":4433"), "%s", text.c_str());
-    cr_assert_not(bad.error.empty());
-    cr_assert_eq(cancelled.calls, 0);
-    (*r)->shutdown();
-    auto q = (*w)->run_until([&] { return (*w)->attached_count() == 0; }, core::now_ns() + kSec);
-    cr_assert(q.ok() && *q);
 }

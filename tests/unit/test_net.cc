@@ -195,6 +195,19 @@ Test(net, resolver_answers_from_the_hosts_file_and_literals_off_the_call) {
     }
 }
 
+Test(net, resolver_reports_a_name_that_does_not_resolve) {
+    auto w = make_worker(core::BackendChoice::automatic);
+    auto r = net::Resolver::create(*w);
+    cr_assert(r.ok());
+    Catcher bad;
+    (*r)->resolve("name.invalid", 1, SOCK_STREAM, bad);
+    run_until(*w, [&] { return bad.calls == 1; }, 20000, "an answer for name.invalid");
+    cr_assert_not(bad.last.error.empty());
+    cr_assert(bad.last.addrs.empty());
+    (*r)->shutdown();
+    run_until(*w, [&] { return (*r)->quiesced(); }, 2000, "resolver quiesced");
+}
+
 Test(net, resolver_cancel_and_shutdown_call_nobody_and_close_every_socket) {
     for (auto b : kBackends) {
         size_t before = open_fds();

@@ -1,0 +1,98 @@
+// StreamSession: one Server-opened stream, from the stream prefix (PROXY v2 header + ClientHello)
+// through Service selection and the backend connect to the relay.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "config/config.hh"
+#include "core/slab.hh"
+#include "core/unique_fd.hh"
+#include "core/worker.hh"
+#include "net/connector.hh"
+#include "net/resolver.hh"
+#include "proto/endpoint.hh"
+#include "proto/stream_prefix.hh"
+#include "quic/connection.hh"
+#include "relay/stream_pump.hh"
+
+namespace runewarp::client {
+
+class ClientInstance;
+
+// Phases: intake (the prefix decoder is fed as bytes arrive, 5 s) -> resolve + connect (every
+// address of the backend host, Happy Eyeballs, 5 s together) -> write (optional PROXY v2 header
+// + the buffered Visitor bytes as one send, 5 s) -> relay (a StreamPump owns the stream).
+// Any failure resets only this stream (code 1).
+class StreamSession final : public core::Session,
+                            public quic::StreamHandler,
+                            public relay::StreamPumpOwner,
+                            public net::ResolveListener {
+public:
+    StreamSession(core::Worker& w, ClientInstance& inst) noexcept;
+    ~StreamSession() override;
+    void start(quic::Stream& s, core::SlotId slot) noexcept;
+
+    // quic::StreamHandler (before the relay starts)
+    size_t on_stream_data(quic::Stream& s, std::span<const uint8_t> data,
+                          bool fin) noexcept override;
+    void on_stream_writable(quic::Stream&) noexcept override {}
+    void on_stream_reset(quic::Stream& s, uint64_t code) noexcept override;
+    void on_stream_closed(quic::Stream& s, uint64_t code) noexcept override;
+
+    // relay::StreamPumpOwner
+    void pump_wait_tcp(bool write) noexcept override;
+    void pump_finished(bool reset) noexcept override;
+
+    // net::ResolveListener
+    void on_resolved(uint64_t id, net::Resolution& r) noexcept override;
+
+private:
+    enum class Phase : uint8_t { intake, resolve, connect, write, relay, done };
+    static constexpr uint8_t kOpTimer = 1;
+    static constexpr uint8_t kOpSend = 3;
+    static constexpr uint8_t kOpPollRead = 4;
+    static constexpr uint8_t kOpPollWrite = 5;
+    static constexpr uint8_t kOpRaceTimer = 15;
+    static constexpr uint8_t kOpConnectBase = 16;  // the connector's attempts
+
+    void on_event(const core::Completion& c) noexcept override;
+    void on_quiesced() noexcept override;
+
+    void reject(const std::string& reason) noexcept;
+    void route() noexcept;
+    void connect_backend(std::vector<net::ResolvedAddress> addrs) noexcept;
+    void send_initial() noexcept;
+    void start_relay() noexcept;
+    void backend_failed(const char* reason, const std::string& detail) noexcept;
+    // Ends the session; `reset` aborts the stream (code 1) if it is still ours.
+    void finish(bool reset) noexcept;
+    void arm_step_timer() noexcept;
+
+    ClientInstance& inst_;
+    core::SlotId slot_{};
+    quic::Stream* stream_ = nullptr;
+    Phase phase_ = Phase::intake;
+    // Needed only until the ClientHello is complete (it carries a 16 KiB reassembly buffer).
+    std::unique_ptr<proto::StreamPrefixDecoder> decoder_;
+    std::vector<uint8_t> prefix_;  // stream bytes taken so far (PROXY header + Visitor bytes)
+    size_t visitor_offset_ = 0;    // where the Visitor bytes start in prefix_
+    proto::Tuple tuple_{};
+    std::string sni_;
+    const config::Service* service_ = nullptr;
+    std::string backend_text_;
+    uint64_t resolve_id_ = 0;
+    net::Connector connector_{kOpConnectBase, kOpRaceTimer};
+    core::UniqueFd fd_;
+    std::vector<uint8_t> out_;
+    size_t out_off_ = 0;
+    relay::StreamPump pump_;
+    core::TimerHandle timer_{};
+    bool timer_armed_ = false;
+    bool linger_reset_ = false;
+};
+
+}  // namespace runewarp::client
