@@ -9,14 +9,13 @@
 
 namespace runewarp::net {
 
-void Connector::start(core::Session& owner, std::vector<ResolvedAddress> addrs,
-                      bool nodelay) noexcept {
+void Connector::start(core::Session& owner, Addresses addrs, bool nodelay) noexcept {
     addrs_ = std::move(addrs);
     nodelay_ = nodelay;
     next_ = 0;
     first_error_ = 0;
     status_ = Status::kPending;
-    if (addrs_.empty()) {
+    if (addrs_ == nullptr || addrs_->empty()) {
         first_error_ = EADDRNOTAVAIL;
         status_ = Status::kFailed;
         return;
@@ -32,7 +31,7 @@ bool Connector::any_in_flight() const noexcept {
 }
 
 void Connector::start_next(core::Session& owner) noexcept {
-    while (next_ < addrs_.size()) {
+    while (next_ < addrs_->size()) {
         Attempt* slot = nullptr;
         for (Attempt& a : attempts_) {
             if (!a.in_flight && !a.fd.valid()) {
@@ -42,7 +41,7 @@ void Connector::start_next(core::Session& owner) noexcept {
         }
         if (slot == nullptr) return;  // kMaxParallel attempts already racing
         size_t index = next_++;
-        const ResolvedAddress& ra = addrs_[index];
+        const ResolvedAddress& ra = (*addrs_)[index];
         int fd = ::socket(ra.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
             if (first_error_ == 0) first_error_ = errno;
@@ -57,7 +56,7 @@ void Connector::start_next(core::Session& owner) noexcept {
         slot->in_flight = true;
         auto op = static_cast<uint8_t>(op_base_ + (slot - attempts_.data()));
         owner.connect(op, fd, ra.sa(), ra.len);
-        if (next_ < addrs_.size()) arm_stagger(owner);
+        if (next_ < addrs_->size()) arm_stagger(owner);
         return;
     }
     if (!any_in_flight()) finish_failed(owner);
@@ -123,7 +122,8 @@ void Connector::cancel(core::Session& owner) noexcept {
 
 void Connector::release(core::Session& owner) noexcept {
     for (Attempt& a : attempts_) {
-        if (!a.in_flight && a.fd.valid()) owner.close_fd(a.fd);
+        a.in_flight = false;
+        if (a.fd.valid()) owner.close_fd(a.fd);
     }
     if (winner_.valid()) owner.close_fd(winner_);
 }

@@ -7,6 +7,7 @@
 
 #include <array>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "core/unique_fd.hh"
@@ -25,15 +26,17 @@ public:
 
     enum class Status { kPending, kConnected, kFailed };
 
-    // Starts the race over `addrs` (already in race order). TCP_NODELAY is set when `nodelay`.
-    void start(core::Session& owner, std::vector<ResolvedAddress> addrs, bool nodelay) noexcept;
+    // Starts the race over `addrs` (already in race order, see interleave_families; shared so
+    // that a route's address set is not copied per connection). TCP_NODELAY when `nodelay`.
+    using Addresses = std::shared_ptr<const std::vector<ResolvedAddress>>;
+    void start(core::Session& owner, Addresses addrs, bool nodelay) noexcept;
     // Feeds a completion; true when it belonged to the Connector. After it returned true,
     // status() tells whether the race ended.
     bool on_completion(core::Session& owner, const core::Completion& c) noexcept;
     Status status() const noexcept { return status_; }
     // The winning socket (status() == kConnected) and its address.
     core::UniqueFd take_socket() noexcept { return std::move(winner_); }
-    const ResolvedAddress& winner_address() const noexcept { return addrs_[winner_index_]; }
+    const ResolvedAddress& winner_address() const noexcept { return (*addrs_)[winner_index_]; }
     // errno of the first failed attempt (ECONNREFUSED, ...) when every attempt failed.
     int first_error() const noexcept { return first_error_; }
     size_t attempts_started() const noexcept { return next_; }
@@ -42,8 +45,8 @@ public:
     }
     // Stops the race: cancels attempts in flight (their sockets close in release()).
     void cancel(core::Session& owner) noexcept;
-    // Closes every loser socket whose connect is no longer in flight. Call from on_quiesced(),
-    // where nothing is in flight any more.
+    // Closes every socket the Connector still holds. Only from on_quiesced(), where nothing is
+    // in flight any more (the owner must have fed every completion of the Connector's ops).
     void release(core::Session& owner) noexcept;
 
 private:
@@ -59,7 +62,7 @@ private:
 
     uint8_t op_base_;
     uint8_t timer_op_;
-    std::vector<ResolvedAddress> addrs_;
+    Addresses addrs_;
     std::array<Attempt, kMaxParallel> attempts_{};
     size_t next_ = 0;
     size_t winner_index_ = 0;

@@ -208,9 +208,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
     }
     log.info("server event backend", {{"backend", core::backend_name(s->worker_->backend())}});
 
-    auto routes = RouteTable::build(cfg);
-    if (!routes) return std::move(routes).error();
-    s->routes_ = std::move(*routes);
+    s->routes_ = RouteTable::build(cfg);
+    if (auto r = s->resolve_upstreams(); !r) return std::move(r).error();
 
     const AdmissionLimits& lim = s->admission_.limits();
     s->pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
@@ -498,6 +497,8 @@ void EdgeServer::begin_shutdown(ShutdownMode mode) noexcept {
               {{"mode", mode == ShutdownMode::kGraceful ? "graceful" : "fast"},
                {"effective-graceful-duration", grace}});
     sys::notify_stopping();
+    if (upstreams_ != nullptr) upstreams_->stop();
+    if (resolver_ != nullptr) resolver_->shutdown();
     // No Tunnel registration after this: new connections and new streams are refused.
     if (tunnels_ != nullptr) tunnels_->seal();
     // Readiness goes first, so load balancers stop sending before the listener closes.
@@ -570,6 +571,21 @@ void EdgeServer::close_tunnels() noexcept {
 void EdgeServer::on_close_flushed() noexcept {
     close_flushed_ = true;
     maybe_finish();
+}
+
+Result<void> EdgeServer::resolve_upstreams() {
+    auto r = net::Resolver::create(*worker_);
+    if (!r) return Error::msg("resolver: " + r.error().message);
+    resolver_ = std::move(*r);
+    upstreams_ = std::make_unique<UpstreamResolver>(*worker_, *resolver_, log_, routes_);
+    if (!upstreams_->start()) return Error::msg("event loop: no slot for the upstream resolver");
+    constexpr int64_t kStartupResolveNs = 10'000'000'000;
+    auto done = worker_->run_until([&] { return upstreams_->initial_done(); },
+                                   core::now_ns() + kStartupResolveNs);
+    if (!done) return Error::msg("event loop: " + done.error().message);
+    if (!*done) return Error::msg("upstream addresses did not resolve within 10 s");
+    if (!upstreams_->initial_error().empty()) return Error::msg(upstreams_->initial_error());
+    return {};
 }
 
 // ---- Tunnel side -----------------------------------------------------------------------------

@@ -15,12 +15,14 @@
 #include "core/pipe_pool.hh"
 #include "core/slab.hh"
 #include "core/worker.hh"
+#include "net/resolver.hh"
 #include "obs/log.hh"
 #include "quic/listener.hh"
 #include "quic/tls.hh"
 #include "server/admission.hh"
 #include "server/route_table.hh"
 #include "server/tunnel_registry.hh"
+#include "server/upstream_resolver.hh"
 #include "server/visitor.hh"
 #include "sys/systemd.hh"
 
@@ -147,6 +149,10 @@ private:
     void maybe_finish() noexcept;
     Scope scope_of(const char* scope) const noexcept;
 
+    // Resolves every upstream name of the route table before serving (startup fails when one
+    // does not resolve) and keeps them current afterwards.
+    Result<void> resolve_upstreams();
+
     // Tunnel side.
     Result<void> create_tunnel_listener();
     bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
@@ -162,7 +168,9 @@ private:
     const config::ServerConfig& cfg_;
     obs::Logger& log_;
     std::unique_ptr<core::Worker> worker_;
+    std::unique_ptr<net::Resolver> resolver_;
     std::shared_ptr<const RouteTable> routes_;
+    std::unique_ptr<UpstreamResolver> upstreams_;
     Admission admission_;
     std::unique_ptr<core::PipePool> pipes_;
     std::unique_ptr<uint8_t[]> peek_buf_;

@@ -1,8 +1,6 @@
 // RouteTable: the immutable snapshot that maps a canonical SNI to a direct route or a Tunnel.
 #pragma once
 
-#include <sys/socket.h>
-
 #include <memory>
 #include <string>
 #include <string_view>
@@ -10,23 +8,22 @@
 #include <vector>
 
 #include "config/config.hh"
+#include "net/address.hh"
 #include "runewarp/result.hh"
 
 namespace runewarp::server {
 
-// A resolved upstream socket address (spec 12.1: resolved at startup and on reload, never per
-// connection).
-struct UpstreamAddress {
-    sockaddr_storage addr{};
-    socklen_t len = 0;
-    std::string text;  // "1.2.3.4:443" / "[::1]:443", for logs
-};
+using AddressSet = std::shared_ptr<const std::vector<net::ResolvedAddress>>;
 
 struct DirectRoute {
     std::string label;
-    std::string upstream_text;               // as configured (host:port)
-    std::vector<UpstreamAddress> addresses;  // resolver order; the first is used
+    config::HostPort upstream;
+    std::string upstream_text;  // as configured (host:port), for logs
     bool proxy_v2 = false;
+    // Every address of the upstream in Happy Eyeballs order. Resolved when the table is built
+    // and again whenever the answer's TTL runs out (UpstreamResolver); a new answer replaces the
+    // set, so a connection racing an older set keeps it. Null until a name is first resolved.
+    mutable AddressSet addresses;
 };
 
 struct RouteTarget {
@@ -37,8 +34,9 @@ struct RouteTarget {
 
 class RouteTable {
 public:
-    // Builds the snapshot from a validated config, resolving every upstream address.
-    static Result<std::shared_ptr<const RouteTable>> build(const config::ServerConfig& cfg);
+    // Builds the snapshot from a validated config. IP-literal upstreams get their address now;
+    // names are resolved on the loop (UpstreamResolver).
+    static std::shared_ptr<const RouteTable> build(const config::ServerConfig& cfg);
 
     // Exact match on the canonical hostname; nullptr when no route or Tunnel owns it.
     const RouteTarget* find(std::string_view canonical_host) const;
@@ -51,9 +49,5 @@ private:
     std::vector<std::string> tunnel_labels_;
     std::unordered_map<std::string, RouteTarget> by_host_;
 };
-
-// Resolves "host:port" (or a literal) with the system resolver; used at startup and on reload,
-// never on the event loop per connection.
-Result<std::vector<UpstreamAddress>> resolve_upstream(const config::HostPort& hp);
 
 }  // namespace runewarp::server

@@ -333,19 +333,31 @@ void VisitorSession::route() noexcept {
 }
 
 void VisitorSession::connect_upstream() noexcept {
-    const UpstreamAddress& a = route_->addresses.front();
-    int fd = ::socket(a.addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
-    if (fd < 0) return fail(CloseReason::kUpstreamConnectFailed);
-    upstream_.reset(fd);
-    set_nodelay(fd);
     state_ = VisitorState::kConnect;
     if (!worker().rearm_timer(deadline_, core::now_ns() + kConnectDeadlineNs))
         deadline_ = arm_timer(kOpDeadline, core::now_ns() + kConnectDeadlineNs);
-    connect(kOpConnect, fd, reinterpret_cast<const sockaddr*>(&a.addr), a.len);
+    connector_.start(*this, route_->addresses, true);
+    if (connector_.status() == net::Connector::Status::kFailed)
+        fail(CloseReason::kUpstreamConnectFailed);
 }
 
-void VisitorSession::on_connected(int result) noexcept {
-    if (result < 0) return fail(CloseReason::kUpstreamConnectFailed);
+void VisitorSession::on_connector_event(const core::Completion& c) noexcept {
+    // Every completion of the connector's ops is fed to it, also after abort(), so that it
+    // knows which sockets are no longer in flight.
+    if (!connector_.on_completion(*this, c) || aborting() || state_ != VisitorState::kConnect)
+        return;
+    switch (connector_.status()) {
+        case net::Connector::Status::kPending:
+            return;
+        case net::Connector::Status::kConnected:
+            upstream_ = connector_.take_socket();
+            return on_connected();
+        case net::Connector::Status::kFailed:
+            return fail(CloseReason::kUpstreamConnectFailed);
+    }
+}
+
+void VisitorSession::on_connected() noexcept {
     worker().cancel_timer(deadline_);
     if (route_->proxy_v2) {
         std::array<uint8_t, 64> hdr{};
@@ -526,6 +538,7 @@ void VisitorSession::pump_finished(bool reset) noexcept {
 }
 
 void VisitorSession::on_event(const core::Completion& c) noexcept {
+    if (connector_.owns_op(c.token.op)) return on_connector_event(c);
     if (aborting()) return;  // late completions of a session being torn down
     switch (c.token.op) {
         case kOpDeadline:
@@ -535,8 +548,6 @@ void VisitorSession::on_event(const core::Completion& c) noexcept {
         case kOpPollVisitorOut:
             if (pump_started_) pump_.on_tcp_ready(true, c.result);
             return;
-        case kOpConnect:
-            return on_connected(c.result);
         case kOpPollVisitor:
             if (pump_started_) return pump_.on_tcp_ready(false, c.result);
             visitor_poll_armed_ = false;
@@ -611,6 +622,7 @@ void VisitorSession::on_quiesced() noexcept {
     if (counted_ && server_.tunnels() != nullptr) server_.tunnels()->stream_ended(*member_);
     counted_ = false;
     member_.reset();
+    connector_.release(*this);
     close_fd(upstream_);
     close_fd(visitor_);
 

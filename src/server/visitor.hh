@@ -12,6 +12,7 @@
 #include "core/timer_heap.hh"
 #include "core/unique_fd.hh"
 #include "core/worker.hh"
+#include "net/connector.hh"
 #include "proto/clienthello.hh"
 #include "proto/endpoint.hh"
 #include "proto/proxy_v2.hh"
@@ -91,9 +92,10 @@ private:
     enum Op : uint8_t {
         kOpPollVisitor = 1,
         kOpPollUpstream = 2,
-        kOpConnect = 3,
         kOpDeadline = 4,
         kOpPollVisitorOut = 5,  // tunnel relay: the Visitor socket takes bytes again
+        kOpRaceTimer = 15,      // the upstream connector's stagger timer
+        kOpConnectBase = 16,    // the upstream connector's attempts (16..19)
     };
 
     void fail(CloseReason r) noexcept;
@@ -106,7 +108,8 @@ private:
     void step_hello(const uint8_t* data, size_t len, bool eof) noexcept;
     void route() noexcept;
     void connect_upstream() noexcept;
-    void on_connected(int result) noexcept;
+    void on_connector_event(const core::Completion& c) noexcept;
+    void on_connected() noexcept;
     void start_relay() noexcept;
     void drive_relay(bool from_visitor_poll, bool from_upstream_poll) noexcept;
 
@@ -132,6 +135,8 @@ private:
     std::string sni_;
     const DirectRoute* route_ = nullptr;
     std::shared_ptr<const RouteTable> routes_;  // keeps route_ alive across a reload
+    // Every upstream address, Happy Eyeballs style, within the 5 s connect deadline.
+    net::Connector connector_{kOpConnectBase, kOpRaceTimer};
     relay::SplicePump to_upstream_;
     relay::SplicePump to_visitor_;
     // Tunnel route: the label (owned by routes_), the member and the pump.

@@ -117,7 +117,7 @@ struct Racer final : core::Session {
     explicit Racer(core::Worker& w) : core::Session(w) { cr_assert(open()); }
     void start(std::vector<ResolvedAddress> addrs) {
         started = core::now_ns();
-        connector.start(*this, std::move(addrs), true);
+        connector.start(*this, std::make_shared<const std::vector<ResolvedAddress>>(addrs), true);
         check();
     }
     void check() {
