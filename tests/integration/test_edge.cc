@@ -23,6 +23,7 @@
 #include "tests/support/curl.hh"
 #include "tests/support/daemon.hh"
 #include "tests/support/files.hh"
+#include "tests/support/hosts.hh"
 #include "tests/support/net.hh"
 #include "tests/support/nginx.hh"
 #include "tests/support/process.hh"
@@ -575,6 +576,60 @@ Test(edge, unreachable_upstream_closes_the_visitor_only) {
     cr_assert(busy->send(get_request(kApp, "/name")));
     const std::string reply = busy->recv_until_close(Millis{10000});
     cr_assert_neq(reply.find("alpha app.example.test\n"), std::string::npos, "%s", reply.c_str());
+}
+
+// On a stock host `localhost` resolves to ::1 first; an upstream listening on 127.0.0.1 only is
+// still reached: every resolved address is tried (a refusal hands over at once).
+Test(edge, an_upstream_whose_first_address_refuses_is_reached_on_the_next) {
+    NginxFixture alpha{{.name = "alpha", .hostnames = {kApp}}};
+    TempDir d;
+    write_file(d / "hosts", kStockHosts);
+    const std::string upstream = host_port("localhost", alpha.port());
+    Edge e({.routes = {{.label = "app", .hostnames = {kApp}, .upstream = upstream}},
+            .launcher = with_hosts_file(d / "hosts", {})});
+    const std::string port = std::to_string(alpha.port());
+    cr_assert(e.wait_log("server route upstream resolved: route=app upstream-address=" + upstream +
+                         " addresses=[::1]:" + port + ",127.0.0.1:" + port),
+              "%s", e.log().c_str());
+    for (int i = 0; i < 3; ++i) {
+        HttpResponse a = get_via(e, kApp, alpha.ca_file(), "/name");
+        cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
+        cr_assert_eq(a.body, "alpha app.example.test\n");
+    }
+    cr_assert_eq(e.log().find("reason=upstream-connect-failed"), std::string::npos, "%s",
+                 e.log().c_str());
+}
+
+// An upstream name is resolved again once its answer's TTL has run out (/etc/hosts answers have
+// none, so the floor of 5 s applies): new Visitors follow the new address, the running relay
+// keeps its upstream.
+Test(edge, an_upstream_name_is_resolved_again_when_its_ttl_runs_out, .timeout = 120) {
+    std::uint16_t port = free_port();
+    NginxFixture two{{.name = "two", .address = "127.0.0.2", .port = port, .hostnames = {kApp}}};
+    NginxFixture three{
+        {.name = "three", .address = "127.0.0.3", .port = port, .hostnames = {kApp}}};
+    TempDir d;
+    write_file(d / "hosts", "127.0.0.2 upstream.example.test\n");
+    const std::string upstream = host_port("upstream.example.test", port);
+    Edge e({.routes = {{.label = "app", .hostnames = {kApp}, .upstream = upstream}},
+            .launcher = with_hosts_file(d / "hosts", {})});
+    HttpResponse a = get_via(e, kApp, two.ca_file(), "/name");
+    cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
+    cr_assert_eq(a.body, "two app.example.test\n");
+    auto busy = open_idle_relay(e, two, kApp);
+
+    write_file(d / "hosts", "127.0.0.3 upstream.example.test\n");  // in place: same inode
+    cr_assert(e.wait_log("server route upstream addresses changed: route=app upstream-address=" +
+                             upstream + " addresses=127.0.0.3:" + std::to_string(port),
+                         Millis{20000}),
+              "%s", e.log().c_str());
+    HttpResponse b = get_via(e, kApp, three.ca_file(), "/name");
+    cr_assert(b.ok, "%s\n%s", b.error.c_str(), e.log().c_str());
+    cr_assert_eq(b.body, "three app.example.test\n");
+
+    cr_assert(busy->send(get_request(kApp, "/name")));
+    const std::string reply = busy->recv_until_close(Millis{10000});
+    cr_assert_neq(reply.find("two app.example.test\n"), std::string::npos, "%s", reply.c_str());
 }
 
 Test(edge, two_thousand_concurrent_visitors_complete, .timeout = 180) {

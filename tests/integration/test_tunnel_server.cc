@@ -26,6 +26,7 @@
 #include "tests/integration/edge_support.hh"
 #include "tests/support/daemon.hh"
 #include "tests/support/files.hh"
+#include "tests/support/hosts.hh"
 #include "tests/support/net.hh"
 #include "tests/support/nginx.hh"
 #include "tests/support/process.hh"
@@ -37,7 +38,9 @@ using namespace runewarp::test::edge;
 
 namespace {
 
-// Single-label and resolvable on every test host, so a real `runewarp client` can dial it.
+// Single-label and resolvable on every test host, so a real `runewarp client` can dial it. The
+// Client runs with a stock host's /etc/hosts (kStockHosts), where it resolves to ::1 first while
+// the Server listens on 127.0.0.1 only.
 const std::string kServerName = "localhost";
 const std::string kApp = "app.example.test";
 
@@ -515,7 +518,9 @@ Test(tunnel_server, bulk_both_ways_survives_full_buffers) {
 
 // The real Client role: `runewarp client` with the pinned identity, exclusive CA trust and a
 // passthrough Service with Backend PROXY emission; the Visitor's HTTPS reaches nginx, which sees
-// the Visitor's own tuple.
+// the Visitor's own tuple. The Client dials `localhost` on a stock host's /etc/hosts: ::1 comes
+// first and nothing answers there, so it must race on to 127.0.0.1 (every address is tried), for
+// the QUIC dial and for the backend connect.
 Test(tunnel_server, runewarp_client_serves_visitors_end_to_end) {
     NginxFixture backend({.name = "backend", .hostnames = {kApp}, .proxy_protocol = true});
     Harness h;
@@ -524,16 +529,27 @@ Test(tunnel_server, runewarp_client_serves_visitors_end_to_end) {
     ini += "server-trust = ca-file\nserver-ca-file = " + (h.dir() / "cert/server-ca.crt") + "\n";
     ini += "identity-dir = " + (h.dir() / "identity-0") + "\n";
     ini += "\n[service \"app\"]\npublic-hostnames = " + kApp + "\n";
-    ini += "backend-address = " + host_port("127.0.0.1", backend.proxy_port()) + "\n";
+    // `localhost` too: nginx listens on 127.0.0.1 only, so the backend connect races on as well.
+    ini += "backend-address = " + host_port("localhost", backend.proxy_port()) + "\n";
     ini += "proxy-protocol = v2\n";
     write_file(h.dir() / "client.ini", ini);
+    write_file(h.dir() / "hosts", kStockHosts);
     Daemon client(DaemonOptions{
-        .argv = {runewarp_binary(), "client", "-c", h.dir() / "client.ini"},
+        .argv = with_hosts_file(h.dir() / "hosts",
+                                {runewarp_binary(), "client", "-c", h.dir() / "client.ini"}),
         .env = material_env(h.dir()),
         .log_path = h.dir() / "client.log",
         .ready_log_line = "client tunnel connection connected",
     });
     cr_assert(h.daemon().wait_log("tunnel=app members=1", Millis{10000}), "%s", h.log().c_str());
+    const std::string port = std::to_string(h.tunnel_port());
+    std::string clog = client.log();
+    size_t v6 = clog.find("connecting: server-address=localhost:" + port +
+                          " resolved-address=[::1]:" + port);
+    size_t won = clog.find("connected: server-address=localhost:" + port +
+                           " resolved-address=127.0.0.1:" + port);
+    cr_assert(v6 != std::string::npos && won != std::string::npos && v6 < won,
+              "::1 is dialled first and 127.0.0.1 wins:\n%s", clog.c_str());
 
     Fd fd = tcp_connect("127.0.0.1", h.public_port());
     sockaddr_in local{};
