@@ -524,12 +524,7 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
 }
 
 void VisitorSession::pump_wait_tcp(bool write) noexcept {
-    if (aborting()) return;
-    if (write) {
-        poll(kOpPollVisitorOut, visitor_.get(), POLLOUT);
-    } else {
-        poll(kOpPollVisitor, visitor_.get(), POLLIN | POLLRDHUP);
-    }
+    relay::wait_tcp(*this, visitor_.get(), write, kOpPollVisitor, kOpPollVisitorOut);
 }
 
 void VisitorSession::pump_finished(bool reset) noexcept {
