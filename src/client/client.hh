@@ -1,4 +1,4 @@
-// Client role (spec 5.8, 5.13, 5.14): one tunnel worker per Server address on one core::Worker,
+// Client role: one tunnel worker per Server address on one core::Worker,
 // Server-opened streams routed to Services and relayed to backends.
 #pragma once
 
@@ -10,7 +10,7 @@
 
 namespace runewarp::client {
 
-// Limits of spec 5.11.
+// Fixed limits: stream handlers per process, the 5 s step deadlines, the 100 ms close flush.
 inline constexpr unsigned kMaxStreamHandlers = 1024;
 inline constexpr int64_t kStreamStepTimeoutNs = 5'000'000'000;  // intake / connect / write
 inline constexpr int64_t kCloseFlushNs = 100'000'000;

@@ -1,4 +1,4 @@
-// Client reconnect policy (spec 5.13).
+// Client reconnect policy: full-jitter delays over a fixed window sequence.
 #include "client/retry.hh"
 
 #include "core/clock.hh"

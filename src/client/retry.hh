@@ -1,4 +1,4 @@
-// Client reconnect policy (spec 5.13): full-jitter delays over a fixed window sequence.
+// Client reconnect policy: full-jitter delays over a fixed window sequence.
 #pragma once
 
 #include <array>

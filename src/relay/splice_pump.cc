@@ -41,7 +41,7 @@ PumpWait SplicePump::pump(core::PipePool& pool, uint64_t budget) noexcept {
         // The pipe is empty.
         if (src_eof_) {
             release(pool);
-            // FIN maps to FIN in the same direction (spec 5.9, 12.1).
+            // FIN maps to FIN in the same direction.
             if (::shutdown(dst_, SHUT_WR) != 0 && errno != ENOTCONN) {
                 error_ = errno;
                 return PumpWait::kError;

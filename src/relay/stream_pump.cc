@@ -1,5 +1,5 @@
 // StreamPump: relays one TCP socket and one QUIC stream both ways with flow control in both
-// directions and no per-connection byte buffer of its own (spec 5.9).
+// directions and no per-connection byte buffer of its own.
 #include "relay/stream_pump.hh"
 
 #include <poll.h>
@@ -185,7 +185,7 @@ void StreamPump::on_stream_writable(quic::Stream&) noexcept {
 }
 
 void StreamPump::on_stream_reset(quic::Stream&, uint64_t) noexcept {
-    // The peer aborted (RESET_STREAM or STOP_SENDING): abort the pair (spec 5.9).
+    // The peer aborted (RESET_STREAM or STOP_SENDING): abort the pair.
     fail();
 }
 

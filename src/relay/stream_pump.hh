@@ -1,5 +1,5 @@
 // StreamPump: relays one TCP socket and one QUIC stream both ways with flow control in both
-// directions and no per-connection byte buffer of its own (spec 5.9).
+// directions and no per-connection byte buffer of its own.
 #pragma once
 
 #include <cstdint>
