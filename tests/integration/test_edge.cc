@@ -600,6 +600,26 @@ Test(edge, an_upstream_whose_first_address_refuses_is_reached_on_the_next) {
                  e.log().c_str());
 }
 
+// A name that does not resolve at startup is a startup error naming the route: the Server never
+// serves a route it cannot reach.
+Test(edge, an_upstream_name_that_does_not_resolve_fails_startup) {
+    TempDir d;
+    write_file(d / "hosts", kStockHosts);
+    write_file(d / "resolv.conf", "");
+    ServerSpec spec{.public_bind = host_port("127.0.0.1", free_port()),
+                    .routes = {{.label = "app",
+                                .hostnames = {kApp},
+                                .upstream = "nothing.example.invalid:443"}}};
+    write_file(d / "server.ini", server_ini(spec));
+    RunResult r = run(with_hosts_file(d / "hosts", {runewarp_binary(), "server", "-c", d / "server.ini"},
+                                      d / "resolv.conf"),
+                      Millis{30000});
+    cr_assert_eq(r.status.code, 1, "%s", r.status.describe().c_str());
+    cr_assert_neq(r.err.find("route \"app\": upstream-address nothing.example.invalid:443: "
+                             "cannot resolve nothing.example.invalid: "),
+                  std::string::npos, "%s", r.err.c_str());
+}
+
 // An upstream name is resolved again once its answer's TTL has run out (/etc/hosts answers have
 // none, so the floor of 5 s applies): new Visitors follow the new address, the running relay
 // keeps its upstream.

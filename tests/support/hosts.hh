@@ -18,11 +18,14 @@ inline const std::string kStockHosts =
 
 // argv that runs `argv` with `hosts_file` mounted over /etc/hosts. The file is bind-mounted, so
 // rewriting it in place (same inode, e.g. write_file) changes what the process resolves.
+// With `resolv_conf`, /etc/resolv.conf is replaced too (e.g. by an empty file: no name server
+// but the default 127.0.0.1, where nothing answers, so lookups fail at once and offline).
 inline std::vector<std::string> with_hosts_file(const std::string& hosts_file,
-                                                std::vector<std::string> argv) {
-    std::vector<std::string> out = {"unshare", "-m", "sh", "-c",
-                                    "mount --bind '" + hosts_file + "' /etc/hosts && exec \"$@\"",
-                                    "sh"};
+                                                std::vector<std::string> argv,
+                                                const std::string& resolv_conf = {}) {
+    std::string mounts = "mount --bind '" + hosts_file + "' /etc/hosts && ";
+    if (!resolv_conf.empty()) mounts += "mount --bind '" + resolv_conf + "' /etc/resolv.conf && ";
+    std::vector<std::string> out = {"unshare", "-m", "sh", "-c", mounts + "exec \"$@\"", "sh"};
     for (std::string& a : argv) out.push_back(std::move(a));
     return out;
 }
