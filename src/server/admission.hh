@@ -1,13 +1,16 @@
-// Admission: the fixed Visitor limits of spec 5.11 (pre-routing global and per source, active
-// relays, pending Tunnel stream opens) as counters whose slots are released exactly once by their
-// owners.
+// Admission: the fixed Visitor limits (pre-routing global and per source, active relays, pending
+// Tunnel stream opens) as counters whose slots are released exactly once by their owners, and
+// the rate-limited saturation, recovery and rejection lines beside them.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <string_view>
 #include <unordered_map>
 
+#include "obs/log.hh"
 #include "proto/endpoint.hh"
+#include "server/close_reason.hh"
 
 namespace runewarp::server {
 
@@ -59,6 +62,39 @@ private:
     uint32_t active_ = 0;
     uint32_t pending_ = 0;
     std::unordered_map<SourceKey, uint32_t, SourceKeyHash> per_source_;
+};
+
+// What saturated: the `scope=` of `server admission saturated` / `recovered`.
+enum class AdmissionScope : uint8_t {
+    kVisitorGlobal,
+    kVisitorSource,
+    kActiveRelay,
+    kPendingOpen,
+    kTunnelGlobal,
+    kTunnelPerTunnel,
+    kTunnelPerIdentity,
+    kCount
+};
+const char* scope_name(AdmissionScope s) noexcept;
+
+// Saturation logs at most one line per 10 s per scope, then one recovery line on the next
+// success; rejected Visitors are summarised per reason at the same rate with their count.
+class AdmissionLog {
+public:
+    explicit AdmissionLog(obs::Logger& log) noexcept : log_(log) {}
+
+    // WARN `server admission saturated: scope=... active-work=... limit=...` (rate-limited).
+    void saturated(AdmissionScope scope, uint64_t active, uint64_t limit) noexcept;
+    // INFO `server admission recovered: scope=...` once after a logged saturation.
+    void admitted(AdmissionScope scope) noexcept;
+    // The rate-limited summary of a dropped Visitor (`server visitor intake rejected`, `server
+    // route unavailable`, `server route rejected`); reasons covered elsewhere are ignored.
+    void rejected(CloseReason r, std::string_view hostname = {}) noexcept;
+
+private:
+    obs::Logger& log_;
+    std::array<obs::RateLimiter, static_cast<size_t>(AdmissionScope::kCount)> saturation_;
+    std::array<obs::RateLimiter, 32> rejection_;
 };
 
 }  // namespace runewarp::server

@@ -30,16 +30,16 @@ int AuthTable::tunnel_index(std::string_view label) const noexcept {
     return -1;
 }
 
-const char* join_scope(JoinStatus s) noexcept {
+std::optional<AdmissionScope> join_scope(JoinStatus s) noexcept {
     switch (s) {
         case JoinStatus::kGlobalSaturated:
-            return "tunnel-connection-global";
+            return AdmissionScope::kTunnelGlobal;
         case JoinStatus::kPoolSaturated:
-            return "tunnel-connection-per-tunnel";
+            return AdmissionScope::kTunnelPerTunnel;
         case JoinStatus::kIdentitySaturated:
-            return "tunnel-connection-per-client-identity";
+            return AdmissionScope::kTunnelPerIdentity;
         default:
-            return nullptr;
+            return std::nullopt;
     }
 }
 

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -12,6 +13,7 @@
 
 #include "config/config.hh"
 #include "obs/log.hh"
+#include "server/admission.hh"
 
 namespace runewarp::server {
 
@@ -70,8 +72,8 @@ enum class JoinStatus : uint8_t {
     kIdentitySaturated,
 };
 
-// The saturation scope of a join status (spec 7), or nullptr.
-const char* join_scope(JoinStatus s) noexcept;
+// The saturation scope of a refused join, none for kJoined, kUnmapped and kShuttingDown.
+std::optional<AdmissionScope> join_scope(JoinStatus s) noexcept;
 // The application close reason for a refused join (spec 5.9).
 const char* join_close_reason(JoinStatus s) noexcept;
 

@@ -92,62 +92,6 @@ const char* visitor_state_name(VisitorState s) noexcept {
     return "unknown";
 }
 
-const char* reason_text(CloseReason r) noexcept {
-    switch (r) {
-        case CloseReason::kNone:
-            return "none";
-        case CloseReason::kDone:
-            return "done";
-        case CloseReason::kReset:
-            return "reset";
-        case CloseReason::kUntrustedProxyPeer:
-            return "untrusted-proxy-peer";
-        case CloseReason::kInvalidProxyHeader:
-            return "invalid-proxy-header";
-        case CloseReason::kNotTls:
-            return "non-tls-client-hello";
-        case CloseReason::kInvalidTls:
-            return "invalid-tls-client-hello";
-        case CloseReason::kMissingSni:
-            return "missing-sni-client-hello";
-        case CloseReason::kInvalidSni:
-            return "invalid-sni-client-hello";
-        case CloseReason::kOversized:
-            return "oversized-client-hello";
-        case CloseReason::kIncomplete:
-            return "incomplete-client-hello";
-        case CloseReason::kHelloTimeout:
-            return "client-hello-timeout";
-        case CloseReason::kHelloIoError:
-            return "client-hello-io-error";
-        case CloseReason::kNonAcmeServerHostname:
-            return "non-acme-server-hostname";
-        case CloseReason::kAcmeConfigMissing:
-            return "acme-tls-config-missing";
-        case CloseReason::kUnauthorizedHostname:
-            return "unauthorized-public-hostname";
-        case CloseReason::kNoActiveTunnel:
-            return "no-active-tunnel-connection";
-        case CloseReason::kSourceSaturated:
-            return "visitor-source-saturated";
-        case CloseReason::kRelaySaturated:
-            return "active-relay-saturated";
-        case CloseReason::kUpstreamConnectFailed:
-            return "upstream-connect-failed";
-        case CloseReason::kUpstreamTimeout:
-            return "upstream-connect-timeout";
-        case CloseReason::kUpstreamWriteFailed:
-            return "upstream-write-failed";
-        case CloseReason::kPendingOpenSaturated:
-            return "pending-stream-open-saturated";
-        case CloseReason::kShutdown:
-            return "shutdown";
-        case CloseReason::kInternal:
-            return "internal-error";
-    }
-    return "unknown";
-}
-
 VisitorSession::VisitorSession(core::Worker& w, EdgeServer& server, int fd,
                                uint64_t conn_id) noexcept
     : core::Session(w), server_(server), visitor_(fd), conn_id_(conn_id) {}
@@ -179,13 +123,13 @@ void VisitorSession::start() noexcept {
         state_ = VisitorState::kHello;
         source_key_ = SourceKey::of(tuple_.source);
         if (!server_.admission().try_pre_routing_source(source_key_)) {
-            server_.note_saturated("visitor-source",
-                                   server_.admission().limits().pre_routing_per_source,
-                                   server_.admission().limits().pre_routing_per_source);
+            server_.admission_log().saturated(AdmissionScope::kVisitorSource,
+                                              server_.admission().limits().pre_routing_per_source,
+                                              server_.admission().limits().pre_routing_per_source);
             return fail(CloseReason::kSourceSaturated);
         }
         holds_source_ = true;
-        server_.note_admitted("visitor-source");
+        server_.admission_log().admitted(AdmissionScope::kVisitorSource);
     }
     intake_ = server_.borrow_intake();
     if (intake_ == nullptr) return fail(CloseReason::kInternal);
@@ -264,14 +208,14 @@ bool VisitorSession::step_proxy_header(const uint8_t* data, size_t len, bool eof
     intake_->peeked = 0;
     source_key_ = SourceKey::of(tuple_.source);
     if (!server_.admission().try_pre_routing_source(source_key_)) {
-        server_.note_saturated("visitor-source",
-                               server_.admission().limits().pre_routing_per_source,
-                               server_.admission().limits().pre_routing_per_source);
+        server_.admission_log().saturated(AdmissionScope::kVisitorSource,
+                                          server_.admission().limits().pre_routing_per_source,
+                                          server_.admission().limits().pre_routing_per_source);
         fail(CloseReason::kSourceSaturated);
         return false;
     }
     holds_source_ = true;
-    server_.note_admitted("visitor-source");
+    server_.admission_log().admitted(AdmissionScope::kVisitorSource);
     state_ = VisitorState::kHello;
     return true;
 }
@@ -323,12 +267,13 @@ void VisitorSession::route() noexcept {
     if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
     route_ = target->direct;
     if (!server_.admission().try_active_relay()) {
-        server_.note_saturated("active-routed-stream", server_.admission().active_relays(),
-                               server_.admission().limits().active_relays);
+        server_.admission_log().saturated(AdmissionScope::kActiveRelay,
+                                          server_.admission().active_relays(),
+                                          server_.admission().limits().active_relays);
         return fail(CloseReason::kRelaySaturated);
     }
     holds_relay_ = true;
-    server_.note_admitted("active-routed-stream");
+    server_.admission_log().admitted(AdmissionScope::kActiveRelay);
     connect_upstream();
 }
 
@@ -409,12 +354,12 @@ void VisitorSession::route_tunnel(std::string_view label) noexcept {
     if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
     Admission& adm = server_.admission();
     if (!adm.try_pending_open()) {
-        server_.note_saturated("pending-stream-open", adm.pending_opens(),
-                               adm.limits().pending_opens);
+        server_.admission_log().saturated(AdmissionScope::kPendingOpen, adm.pending_opens(),
+                                          adm.limits().pending_opens);
         return fail(CloseReason::kPendingOpenSaturated);
     }
     holds_pending_ = true;
-    server_.note_admitted("pending-stream-open");
+    server_.admission_log().admitted(AdmissionScope::kPendingOpen);
     member_ = reg->pick(label);
     if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
     state_ = VisitorState::kOpen;
@@ -469,12 +414,12 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     }
     // Spec 5.4 step 9: the active-routed-stream slot.
     if (!adm.try_active_relay()) {
-        server_.note_saturated("active-routed-stream", adm.active_relays(),
-                               adm.limits().active_relays);
+        server_.admission_log().saturated(AdmissionScope::kActiveRelay, adm.active_relays(),
+                                          adm.limits().active_relays);
         return refuse_stream(s, CloseReason::kRelaySaturated);
     }
     holds_relay_ = true;
-    server_.note_admitted("active-routed-stream");
+    server_.admission_log().admitted(AdmissionScope::kActiveRelay);
     // Step 10: registration still open and the member still mapped (the table is one snapshot
     // for the process lifetime, so the member's liveness is what can change).
     TunnelRegistry* reg = server_.tunnels();
@@ -645,7 +590,7 @@ void VisitorSession::on_quiesced() noexcept {
         if (reason_ == CloseReason::kUpstreamConnectFailed ||
             reason_ == CloseReason::kUpstreamTimeout ||
             reason_ == CloseReason::kUpstreamWriteFailed)
-            server_.note_rejected(reason_, sni_);
+            server_.admission_log().rejected(reason_, sni_);
     } else if (reason_ != CloseReason::kShutdown) {
         if (log.enabled(obs::Level::kDebug)) {
             if (sni_.empty()) {
@@ -655,7 +600,7 @@ void VisitorSession::on_quiesced() noexcept {
                           {{"public-hostname", sni_}, {"reason", reason_text(reason_)}});
             }
         }
-        server_.note_rejected(reason_, sni_);
+        server_.admission_log().rejected(reason_, sni_);
     }
     server_.counters().closed_by_reason[static_cast<size_t>(reason_) % 32]++;
     routes_.reset();

@@ -18,6 +18,7 @@
 #include "relay/splice_pump.hh"
 #include "relay/stream_pump.hh"
 #include "server/admission.hh"
+#include "server/close_reason.hh"
 #include "server/route_table.hh"
 #include "server/tunnel_registry.hh"
 
@@ -27,36 +28,6 @@ class EdgeServer;
 
 enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kClosed };
 const char* visitor_state_name(VisitorState s) noexcept;
-
-// Why a Visitor connection ended; the access line and counters use reason_text().
-enum class CloseReason : uint8_t {
-    kNone,
-    kDone,   // both directions finished with FIN
-    kReset,  // reset or error on either side during relay
-    kUntrustedProxyPeer,
-    kInvalidProxyHeader,
-    kNotTls,
-    kInvalidTls,
-    kMissingSni,
-    kInvalidSni,
-    kOversized,
-    kIncomplete,
-    kHelloTimeout,
-    kHelloIoError,
-    kNonAcmeServerHostname,
-    kAcmeConfigMissing,
-    kUnauthorizedHostname,
-    kNoActiveTunnel,
-    kSourceSaturated,
-    kRelaySaturated,
-    kUpstreamConnectFailed,
-    kUpstreamTimeout,
-    kUpstreamWriteFailed,
-    kPendingOpenSaturated,
-    kShutdown,
-    kInternal,
-};
-const char* reason_text(CloseReason r) noexcept;
 
 // Parser state needed only before routing; borrowed from a pool so a relayed (or idle)
 // connection does not carry 16 KiB of ClientHello reassembly buffer.

@@ -199,7 +199,7 @@ Test(server, per_identity_limit_closes_the_newest_and_keeps_existing) {
     auto over = reg.join(ident('a'), conn(9));
     cr_assert_eq(over.status, JoinStatus::kIdentitySaturated);
     cr_assert_str_eq(join_close_reason(over.status), "server tunnel admission saturated");
-    cr_assert_str_eq(join_scope(over.status), "tunnel-connection-per-client-identity");
+    cr_assert_str_eq(scope_name(*join_scope(over.status)), "tunnel-connection-per-client-identity");
     cr_assert_eq(reg.members(0), 3u);
     for (auto& m : kept) cr_assert(m->alive);
     // Another identity of the same pool is not limited by a's count.
@@ -216,13 +216,13 @@ Test(server, per_pool_and_global_limits) {
         cr_assert_eq(reg.join(ident(i % 2 ? 'a' : 'b'), conn(i + 1)).status, JoinStatus::kJoined);
     auto pool = reg.join(ident('a'), conn(7));
     cr_assert_eq(pool.status, JoinStatus::kPoolSaturated);
-    cr_assert_str_eq(join_scope(pool.status), "tunnel-connection-per-tunnel");
+    cr_assert_str_eq(scope_name(*join_scope(pool.status)), "tunnel-connection-per-tunnel");
     // The other pool still has room until the global limit.
     cr_assert_eq(reg.join(ident('c'), conn(8)).status, JoinStatus::kJoined);
     cr_assert_eq(reg.join(ident('c'), conn(9)).status, JoinStatus::kJoined);
     auto global = reg.join(ident('c'), conn(10));
     cr_assert_eq(global.status, JoinStatus::kGlobalSaturated);
-    cr_assert_str_eq(join_scope(global.status), "tunnel-connection-global");
+    cr_assert_str_eq(scope_name(*join_scope(global.status)), "tunnel-connection-global");
     cr_assert_eq(reg.total(), 5u);
     cr_assert_eq(reg.all().size(), 5u);
 }
