@@ -22,16 +22,6 @@ size_t SourceKeyHash::operator()(const SourceKey& k) const noexcept {
     return static_cast<size_t>(h);
 }
 
-bool Admission::try_pre_routing_global() noexcept {
-    if (pre_routing_ >= limits_.pre_routing_global) return false;
-    ++pre_routing_;
-    return true;
-}
-
-void Admission::release_pre_routing_global() noexcept {
-    if (pre_routing_ > 0) --pre_routing_;
-}
-
 bool Admission::try_pre_routing_source(const SourceKey& key) {
     auto [it, inserted] = per_source_.try_emplace(key, 0);
     if (it->second >= limits_.pre_routing_per_source) return false;
@@ -43,26 +33,6 @@ void Admission::release_pre_routing_source(const SourceKey& key) noexcept {
     auto it = per_source_.find(key);
     if (it == per_source_.end()) return;
     if (--it->second == 0) per_source_.erase(it);
-}
-
-bool Admission::try_active_relay() noexcept {
-    if (active_ >= limits_.active_relays) return false;
-    ++active_;
-    return true;
-}
-
-void Admission::release_active_relay() noexcept {
-    if (active_ > 0) --active_;
-}
-
-bool Admission::try_pending_open() noexcept {
-    if (pending_ >= limits_.pending_opens) return false;
-    ++pending_;
-    return true;
-}
-
-void Admission::release_pending_open() noexcept {
-    if (pending_ > 0) --pending_;
 }
 
 const char* scope_name(AdmissionScope s) noexcept {

@@ -32,6 +32,23 @@ struct SourceKeyHash {
     size_t operator()(const SourceKey& k) const noexcept;
 };
 
+// One bounded count: take() succeeds below the limit, release() never goes below zero.
+class SlotCounter {
+public:
+    bool take(uint32_t limit) noexcept {
+        if (used_ >= limit) return false;
+        ++used_;
+        return true;
+    }
+    void release() noexcept {
+        if (used_ > 0) --used_;
+    }
+    uint32_t used() const noexcept { return used_; }
+
+private:
+    uint32_t used_ = 0;
+};
+
 class Admission {
 public:
     explicit Admission(AdmissionLimits limits = {}) : limits_(limits) {}
@@ -39,28 +56,28 @@ public:
     const AdmissionLimits& limits() const noexcept { return limits_; }
 
     // Each try_* either takes a slot (true) or leaves every counter unchanged (false).
-    bool try_pre_routing_global() noexcept;
-    void release_pre_routing_global() noexcept;
+    bool try_pre_routing_global() noexcept { return pre_routing_.take(limits_.pre_routing_global); }
+    void release_pre_routing_global() noexcept { pre_routing_.release(); }
 
     bool try_pre_routing_source(const SourceKey& key);
     void release_pre_routing_source(const SourceKey& key) noexcept;
 
-    bool try_active_relay() noexcept;
-    void release_active_relay() noexcept;
+    bool try_active_relay() noexcept { return active_.take(limits_.active_relays); }
+    void release_active_relay() noexcept { active_.release(); }
 
-    bool try_pending_open() noexcept;
-    void release_pending_open() noexcept;
+    bool try_pending_open() noexcept { return pending_.take(limits_.pending_opens); }
+    void release_pending_open() noexcept { pending_.release(); }
 
-    uint32_t pre_routing() const noexcept { return pre_routing_; }
-    uint32_t active_relays() const noexcept { return active_; }
-    uint32_t pending_opens() const noexcept { return pending_; }
+    uint32_t pre_routing() const noexcept { return pre_routing_.used(); }
+    uint32_t active_relays() const noexcept { return active_.used(); }
+    uint32_t pending_opens() const noexcept { return pending_.used(); }
     size_t tracked_sources() const noexcept { return per_source_.size(); }
 
 private:
     AdmissionLimits limits_;
-    uint32_t pre_routing_ = 0;
-    uint32_t active_ = 0;
-    uint32_t pending_ = 0;
+    SlotCounter pre_routing_;
+    SlotCounter active_;
+    SlotCounter pending_;
     std::unordered_map<SourceKey, uint32_t, SourceKeyHash> per_source_;
 };
 

@@ -42,7 +42,7 @@ void ControlSession::on_event(const core::Completion& c) noexcept {
 }
 
 EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log)
-    : cfg_(cfg), log_(log), admission_log_(log) {}
+    : cfg_(cfg), log_(log), admission_log_(log), intake_pool_(kMaxIdleIntake) {}
 
 EdgeServer::~EdgeServer() {
     // Connections still attached are dropped without a closing period before anything they
@@ -178,29 +178,6 @@ int EdgeServer::run() noexcept {
                                  core::now_ns() + kCloseFlushNs);
     }
     return exit_code_;
-}
-
-IntakeState* EdgeServer::borrow_intake() noexcept {
-    ++intake_lent_;
-    if (!intake_pool_.empty()) {
-        IntakeState* s = intake_pool_.back().release();
-        intake_pool_.pop_back();
-        return s;
-    }
-    return new (std::nothrow) IntakeState();
-}
-
-void EdgeServer::return_intake(IntakeState* s) noexcept {
-    if (intake_lent_ > 0) --intake_lent_;
-    if (intake_pool_.size() >= kMaxIdleIntake) {
-        delete s;
-        return;
-    }
-    // Reset in place: the parsers start over for the next Visitor.
-    s->proxy = proto::ProxyV2Decoder{};
-    s->hello.reset();
-    s->peeked = 0;
-    intake_pool_.emplace_back(s);
 }
 
 void EdgeServer::on_accept(Listener& l, int fd) noexcept {

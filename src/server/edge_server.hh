@@ -14,6 +14,7 @@
 #include "core/worker.hh"
 #include "obs/log.hh"
 #include "server/admission.hh"
+#include "server/intake_pool.hh"
 #include "server/route_table.hh"
 #include "server/shutdown.hh"
 #include "server/tcp_listener.hh"
@@ -76,8 +77,7 @@ public:
     uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
     static constexpr size_t kPrefixCapacity = kPeekCapacity + 64;
 
-    IntakeState* borrow_intake() noexcept;
-    void return_intake(IntakeState* s) noexcept;
+    IntakePool& intake_pool() noexcept { return intake_pool_; }
 
     void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
     EdgeCounters& counters() noexcept { return counters_; }
@@ -111,8 +111,7 @@ private:
     std::unique_ptr<core::PipePool> pipes_;
     std::unique_ptr<uint8_t[]> peek_buf_;
     std::unique_ptr<uint8_t[]> prefix_buf_;
-    std::vector<std::unique_ptr<IntakeState>> intake_pool_;
-    uint32_t intake_lent_ = 0;
+    IntakePool intake_pool_;
     std::unique_ptr<core::Slab<VisitorSession>> visitors_;
     std::vector<VisitorSession*> live_;  // index kept in VisitorSession::live_index_
     Listener* public_ = nullptr;

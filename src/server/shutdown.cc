@@ -24,15 +24,9 @@ void OrderlyShutdown::on_signal(int signo) noexcept {
             // A repeated SIGTERM is ignored.
             break;
         case SIGINT:
-            if (mode_ == Mode::kNone) {
-                begin(Mode::kGraceful);
-            } else {
-                escalate_fast();
-            }
-            break;
         case SIGQUIT:
             if (mode_ == Mode::kNone) {
-                begin(Mode::kFast);
+                begin(signo == SIGQUIT ? Mode::kFast : Mode::kGraceful);
             } else {
                 escalate_fast();
             }

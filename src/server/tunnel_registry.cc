@@ -1,5 +1,5 @@
 // TunnelRegistry: the authorization table (identity -> Tunnel, immutable snapshot) and the
-// Tunnel pools with their members, admission limits and placement (spec 5.3, 5.11, 5.12, 6.2).
+// Tunnel pools with their members, admission limits and placement.
 #include "server/tunnel_registry.hh"
 
 #include <algorithm>

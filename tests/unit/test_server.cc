@@ -1,5 +1,5 @@
-// server: the Tunnel authorization table, pool membership, admission limits and placement
-// (spec 5.3, 5.11, 5.12, 6.2); the pending-open counter of Admission.
+// server: the Tunnel authorization table, pool membership, admission limits and placement; the
+// pending-open counter of Admission; the intake parser pool.
 #include <criterion/criterion.h>
 
 #include <map>
@@ -10,6 +10,7 @@
 #include "config/config.hh"
 #include "obs/log.hh"
 #include "server/admission.hh"
+#include "server/intake_pool.hh"
 #include "server/tunnel_registry.hh"
 
 using namespace runewarp;
@@ -252,4 +253,30 @@ Test(server, pending_open_slots_are_bounded_and_released_once) {
     adm.release_pending_open();
     adm.release_pending_open();  // never below zero
     cr_assert_eq(adm.pending_opens(), 0u);
+}
+
+Test(server, intake_state_is_lent_reset_and_kept_up_to_the_idle_bound) {
+    IntakePool pool(1);
+    std::unique_ptr<IntakeState> a = pool.borrow();
+    std::unique_ptr<IntakeState> b = pool.borrow();
+    cr_assert(a != nullptr && b != nullptr);
+    cr_assert_eq(pool.lent(), 2u);
+    // A half-parsed ClientHello and a peek offset: the next borrower must not see them.
+    const uint8_t record_header[] = {0x16, 0x03, 0x01, 0x00, 0x40};
+    cr_assert_eq(a->hello.feed(record_header), proto::HelloStatus::kIncomplete);
+    a->peeked = 5;
+    IntakeState* reused = a.get();
+    pool.give_back(std::move(a));
+    pool.give_back(std::move(b));  // over the idle bound: freed, not kept
+    cr_assert_eq(pool.lent(), 0u);
+    cr_assert_eq(pool.idle(), 1u);
+
+    std::unique_ptr<IntakeState> c = pool.borrow();
+    cr_assert_eq(c.get(), reused);
+    cr_assert_eq(c->peeked, 0u);
+    cr_assert_eq(c->hello.bytes_seen(), 0u);
+    cr_assert_eq(c->hello.status(), proto::HelloStatus::kIncomplete);
+    cr_assert_eq(pool.idle(), 0u);
+    pool.give_back(nullptr);  // nothing to take back
+    cr_assert_eq(pool.lent(), 1u);
 }
