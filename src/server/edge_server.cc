@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <ctime>
 
 #include "core/clock.hh"
 #include "sys/limits.hh"
@@ -39,10 +40,11 @@ core::BackendChoice backend_choice(config::EventBackend b) noexcept {
 
 void ControlSession::on_event(const core::Completion& c) noexcept {
     if (c.token.op == kOpWatchdog) server_.on_watchdog();
+    if (c.token.op == kOpCertCheck) server_.on_cert_check();
 }
 
 EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log)
-    : cfg_(cfg), log_(log), admission_log_(log), intake_pool_(kMaxIdleIntake) {}
+    : cfg_(cfg), log_(log), admission_log_(log), intake_pool_(kMaxIdleIntake), cert_watch_(log) {}
 
 EdgeServer::~EdgeServer() {
     // Connections still attached are dropped without a closing period before anything they
@@ -134,6 +136,7 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
             TunnelFront::create(*s->worker_, cfg, log, s->admission_log_, std::move(s->tunnel_fd_));
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
+        s->cert_watch_.add(s->tunnel_->cert_path(), s->tunnel_->cert_not_after());
     } else if (s->tunnel_fd_.valid()) {
         log.warn("server tunnel listener socket-activated",
                  {{"bind-address", local_text(s->tunnel_fd_.get())}},
@@ -161,6 +164,9 @@ int EdgeServer::run() noexcept {
         watchdog_interval_ns_ = static_cast<int64_t>(wd.count()) * 1000;
         control_->arm_timer(ControlSession::kOpWatchdog, core::now_ns() + watchdog_interval_ns_);
     }
+    // An expired certificate does not stop the Server (Clients pin the CA and keep retrying);
+    // the operator must see it, now and every day until it is renewed.
+    if (!cert_watch_.empty()) on_cert_check();
     sys::notify_ready("serving: public " + public_->bind_text());
 
     while (!shutdown_->finished()) {
@@ -286,6 +292,12 @@ void EdgeServer::on_watchdog() noexcept {
     sys::notify_watchdog();
     if (watchdog_interval_ns_ > 0)
         control_->arm_timer(ControlSession::kOpWatchdog, core::now_ns() + watchdog_interval_ns_);
+}
+
+void EdgeServer::on_cert_check() noexcept {
+    (void)cert_watch_.check(std::time(nullptr));
+    control_->arm_timer(ControlSession::kOpCertCheck,
+                        core::now_ns() + CertExpiryWatch::kCheckIntervalNs);
 }
 
 int run_server(const config::ServerConfig& cfg) noexcept {

@@ -1,5 +1,6 @@
 // EdgeServer: the Server as a composition — event loop, listeners, Visitor sessions and their
-// shared resources, the Tunnel front, orderly shutdown, signals and systemd notification.
+// shared resources, the Tunnel front, orderly shutdown, signals, systemd notification and the
+// certificate expiry check.
 #pragma once
 
 #include <array>
@@ -14,6 +15,7 @@
 #include "core/worker.hh"
 #include "obs/log.hh"
 #include "server/admission.hh"
+#include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
 #include "server/route_table.hh"
 #include "server/shutdown.hh"
@@ -26,12 +28,13 @@ namespace runewarp::server {
 
 class EdgeServer;
 
-// Server-wide housekeeping timers (the systemd watchdog) ride on their own session slot.
+// Server-wide housekeeping timers (the systemd watchdog, the daily certificate check) ride on
+// their own session slot.
 class ControlSession final : public core::Session {
 public:
     ControlSession(core::Worker& w, EdgeServer& server) noexcept
         : core::Session(w), server_(server) {}
-    enum Op : uint8_t { kOpWatchdog = 1 };
+    enum Op : uint8_t { kOpWatchdog = 1, kOpCertCheck = 2 };
 
 protected:
     void on_event(const core::Completion& c) noexcept override;
@@ -83,6 +86,8 @@ public:
     EdgeCounters& counters() noexcept { return counters_; }
 
     void on_watchdog() noexcept;
+    // Expiry warnings for the served certificates; re-armed daily.
+    void on_cert_check() noexcept;
 
 private:
     EdgeServer(const config::ServerConfig& cfg, obs::Logger& log);
@@ -126,6 +131,7 @@ private:
     uint64_t next_conn_id_ = 0;
     int exit_code_ = 0;
     EdgeCounters counters_;
+    CertExpiryWatch cert_watch_;
 
     friend class VisitorSession;
 };

@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "server/tcp_listener.hh"
+#include "trust/cert_expiry.hh"
 #include "trust/identity.hh"
 #include "trust/server_cert.hh"
 
@@ -44,6 +45,10 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
     auto key = quic::read_small_file(key_path);
     if (!key)
         return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
+    auto not_after = trust::certificate_not_after(*crt, crt_path);
+    if (!not_after) return Error::msg("server certificate " + not_after.error().message);
+    f->cert_path_ = crt_path;
+    f->cert_not_after_ = *not_after;
 
     f->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
     f->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <ctime>
 #include <memory>
 #include <span>
 #include <string>
@@ -35,6 +36,9 @@ public:
     TunnelRegistry& registry() noexcept { return *registry_; }
     const TunnelRegistry& registry() const noexcept { return *registry_; }
     const std::string& bind_text() const noexcept { return bind_text_; }
+    // The certificate the Tunnel handshakes present: its file and the loaded notAfter.
+    const std::string& cert_path() const noexcept { return cert_path_; }
+    std::time_t cert_not_after() const noexcept { return cert_not_after_; }
 
     // Every connection closes with application 0 `graceful shutdown` (orderly shutdown).
     void close_all() noexcept;
@@ -62,6 +66,8 @@ private:
     std::unique_ptr<quic::ServerTls> tls_;
     std::unique_ptr<quic::Listener> listener_;
     std::string bind_text_;
+    std::string cert_path_;
+    std::time_t cert_not_after_ = 0;
     obs::RateLimiter unauthorized_limit_;
     obs::RateLimiter handshake_failure_limit_;
 };

@@ -10,6 +10,7 @@
 #include "config/config.hh"
 #include "obs/log.hh"
 #include "server/admission.hh"
+#include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
 #include "server/tunnel_registry.hh"
 
@@ -279,4 +280,34 @@ Test(server, intake_state_is_lent_reset_and_kept_up_to_the_idle_bound) {
     cr_assert_eq(pool.idle(), 0u);
     pool.give_back(nullptr);  // nothing to take back
     cr_assert_eq(pool.lent(), 1u);
+}
+
+Test(server, certificate_expiry_watch_warns_errs_and_stays_quiet_when_valid) {
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    CertExpiryWatch watch(log);
+    cr_assert(watch.empty());
+    const std::time_t now = 1'777'629'600;  // 2026-05-01T10:00:00Z
+    const std::time_t day = 86'400;
+    watch.add("/etc/runewarp/server.crt", now + 60 * day);
+    cr_assert_eq(watch.check(now), trust::ExpiryLevel::kValid);
+    cr_assert(sink.text.empty(), "%s", sink.text.c_str());
+
+    watch.add("/srv/b.crt", now + 12 * day + 7200);
+    cr_assert_eq(watch.check(now), trust::ExpiryLevel::kExpiring);
+    cr_assert(sink.text.find("WARN server certificate expiring: path=/srv/b.crt "
+                             "expires-at=2026-05-13T12:00:00Z days-left=12: renew it with "
+                             "`runewarp server cert renew`, then restart the server") !=
+                  std::string::npos,
+              "%s", sink.text.c_str());
+    cr_assert_eq(sink.text.find("/etc/runewarp/server.crt"), std::string::npos, "%s",
+                 sink.text.c_str());
+
+    sink.text.clear();
+    // The next day's check, after the notAfter of the second certificate.
+    cr_assert_eq(watch.check(now + 13 * day), trust::ExpiryLevel::kExpired);
+    cr_assert(sink.text.find("ERROR server certificate expired: path=/srv/b.crt "
+                             "expires-at=2026-05-13T12:00:00Z: Clients refuse it; renew it") !=
+                  std::string::npos,
+              "%s", sink.text.c_str());
 }
