@@ -80,6 +80,12 @@ int run(const Invocation& inv, Console& console, Action action) {
     }
     if (!r) return material_failure(console, r.error().message);
     console.out(trust::format_server_cert_summary(*r));
+    if (action == Action::kRenew) {
+        // A running Server loads its certificate at startup and serves that one until it exits.
+        console.out(
+            "A running server keeps serving the previous certificate: restart it to load the "
+            "renewed one.\n");
+    }
     return kExitOk;
 }
 

@@ -1,4 +1,4 @@
-// Admission: the fixed Visitor limits of spec 5.11 as counters released exactly once.
+// Admission: the fixed Visitor limits as counters released exactly once; their log lines.
 #include "server/admission.hh"
 
 #include <cstring>
@@ -22,16 +22,6 @@ size_t SourceKeyHash::operator()(const SourceKey& k) const noexcept {
     return static_cast<size_t>(h);
 }
 
-bool Admission::try_pre_routing_global() noexcept {
-    if (pre_routing_ >= limits_.pre_routing_global) return false;
-    ++pre_routing_;
-    return true;
-}
-
-void Admission::release_pre_routing_global() noexcept {
-    if (pre_routing_ > 0) --pre_routing_;
-}
-
 bool Admission::try_pre_routing_source(const SourceKey& key) {
     auto [it, inserted] = per_source_.try_emplace(key, 0);
     if (it->second >= limits_.pre_routing_per_source) return false;
@@ -45,24 +35,71 @@ void Admission::release_pre_routing_source(const SourceKey& key) noexcept {
     if (--it->second == 0) per_source_.erase(it);
 }
 
-bool Admission::try_active_relay() noexcept {
-    if (active_ >= limits_.active_relays) return false;
-    ++active_;
-    return true;
+const char* scope_name(AdmissionScope s) noexcept {
+    switch (s) {
+        case AdmissionScope::kVisitorGlobal:
+            return "visitor-global";
+        case AdmissionScope::kVisitorSource:
+            return "visitor-source";
+        case AdmissionScope::kActiveRelay:
+            return "active-routed-stream";
+        case AdmissionScope::kPendingOpen:
+            return "pending-stream-open";
+        case AdmissionScope::kTunnelGlobal:
+            return "tunnel-connection-global";
+        case AdmissionScope::kTunnelPerTunnel:
+            return "tunnel-connection-per-tunnel";
+        case AdmissionScope::kTunnelPerIdentity:
+            return "tunnel-connection-per-client-identity";
+        case AdmissionScope::kCount:
+            break;
+    }
+    return "unknown";
 }
 
-void Admission::release_active_relay() noexcept {
-    if (active_ > 0) --active_;
+void AdmissionLog::saturated(AdmissionScope scope, uint64_t active, uint64_t limit) noexcept {
+    if (saturation_[static_cast<size_t>(scope)].on_saturated().log) {
+        log_.warn("server admission saturated",
+                  {{"scope", scope_name(scope)}, {"active-work", active}, {"limit", limit}});
+    }
 }
 
-bool Admission::try_pending_open() noexcept {
-    if (pending_ >= limits_.pending_opens) return false;
-    ++pending_;
-    return true;
+void AdmissionLog::admitted(AdmissionScope scope) noexcept {
+    if (saturation_[static_cast<size_t>(scope)].on_success())
+        log_.info("server admission recovered", {{"scope", scope_name(scope)}});
 }
 
-void Admission::release_pending_open() noexcept {
-    if (pending_ > 0) --pending_;
+void AdmissionLog::rejected(CloseReason r, std::string_view hostname) noexcept {
+    switch (r) {
+        case CloseReason::kNone:
+        case CloseReason::kDone:
+        case CloseReason::kReset:
+        case CloseReason::kShutdown:
+        case CloseReason::kSourceSaturated:
+        case CloseReason::kRelaySaturated:
+        case CloseReason::kPendingOpenSaturated:
+            return;  // not intake rejections, or already covered by saturation lines
+        default:
+            break;
+    }
+    auto d = rejection_[static_cast<size_t>(r) % rejection_.size()].on_saturated();
+    if (!d.log) return;
+    if (r == CloseReason::kNoActiveTunnel || r == CloseReason::kUpstreamConnectFailed ||
+        r == CloseReason::kUpstreamTimeout || r == CloseReason::kUpstreamWriteFailed) {
+        if (hostname.empty()) {
+            log_.warn("server route unavailable", {{"reason", reason_text(r)}, {"count", d.count}});
+        } else {
+            log_.warn(
+                "server route unavailable",
+                {{"public-hostname", hostname}, {"reason", reason_text(r)}, {"count", d.count}});
+        }
+    } else if (r == CloseReason::kAcmeConfigMissing) {
+        log_.warn("server route rejected", {{"reason", reason_text(r)}, {"count", d.count}},
+                  "TLS-ALPN-01 for the Server hostname needs [server.acme]");
+    } else {
+        log_.warn("server visitor intake rejected",
+                  {{"reason", reason_text(r)}, {"count", d.count}});
+    }
 }
 
 }  // namespace runewarp::server

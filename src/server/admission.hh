@@ -1,13 +1,16 @@
-// Admission: the fixed Visitor limits of spec 5.11 (pre-routing global and per source, active
-// relays, pending Tunnel stream opens) as counters whose slots are released exactly once by their
-// owners.
+// Admission: the fixed Visitor limits (pre-routing global and per source, active relays, pending
+// Tunnel stream opens) as counters whose slots are released exactly once by their owners, and
+// the rate-limited saturation, recovery and rejection lines beside them.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <string_view>
 #include <unordered_map>
 
+#include "obs/log.hh"
 #include "proto/endpoint.hh"
+#include "server/close_reason.hh"
 
 namespace runewarp::server {
 
@@ -29,6 +32,23 @@ struct SourceKeyHash {
     size_t operator()(const SourceKey& k) const noexcept;
 };
 
+// One bounded count: take() succeeds below the limit, release() never goes below zero.
+class SlotCounter {
+public:
+    bool take(uint32_t limit) noexcept {
+        if (used_ >= limit) return false;
+        ++used_;
+        return true;
+    }
+    void release() noexcept {
+        if (used_ > 0) --used_;
+    }
+    uint32_t used() const noexcept { return used_; }
+
+private:
+    uint32_t used_ = 0;
+};
+
 class Admission {
 public:
     explicit Admission(AdmissionLimits limits = {}) : limits_(limits) {}
@@ -36,29 +56,62 @@ public:
     const AdmissionLimits& limits() const noexcept { return limits_; }
 
     // Each try_* either takes a slot (true) or leaves every counter unchanged (false).
-    bool try_pre_routing_global() noexcept;
-    void release_pre_routing_global() noexcept;
+    bool try_pre_routing_global() noexcept { return pre_routing_.take(limits_.pre_routing_global); }
+    void release_pre_routing_global() noexcept { pre_routing_.release(); }
 
     bool try_pre_routing_source(const SourceKey& key);
     void release_pre_routing_source(const SourceKey& key) noexcept;
 
-    bool try_active_relay() noexcept;
-    void release_active_relay() noexcept;
+    bool try_active_relay() noexcept { return active_.take(limits_.active_relays); }
+    void release_active_relay() noexcept { active_.release(); }
 
-    bool try_pending_open() noexcept;
-    void release_pending_open() noexcept;
+    bool try_pending_open() noexcept { return pending_.take(limits_.pending_opens); }
+    void release_pending_open() noexcept { pending_.release(); }
 
-    uint32_t pre_routing() const noexcept { return pre_routing_; }
-    uint32_t active_relays() const noexcept { return active_; }
-    uint32_t pending_opens() const noexcept { return pending_; }
+    uint32_t pre_routing() const noexcept { return pre_routing_.used(); }
+    uint32_t active_relays() const noexcept { return active_.used(); }
+    uint32_t pending_opens() const noexcept { return pending_.used(); }
     size_t tracked_sources() const noexcept { return per_source_.size(); }
 
 private:
     AdmissionLimits limits_;
-    uint32_t pre_routing_ = 0;
-    uint32_t active_ = 0;
-    uint32_t pending_ = 0;
+    SlotCounter pre_routing_;
+    SlotCounter active_;
+    SlotCounter pending_;
     std::unordered_map<SourceKey, uint32_t, SourceKeyHash> per_source_;
+};
+
+// What saturated: the `scope=` of `server admission saturated` / `recovered`.
+enum class AdmissionScope : uint8_t {
+    kVisitorGlobal,
+    kVisitorSource,
+    kActiveRelay,
+    kPendingOpen,
+    kTunnelGlobal,
+    kTunnelPerTunnel,
+    kTunnelPerIdentity,
+    kCount
+};
+const char* scope_name(AdmissionScope s) noexcept;
+
+// Saturation logs at most one line per 10 s per scope, then one recovery line on the next
+// success; rejected Visitors are summarised per reason at the same rate with their count.
+class AdmissionLog {
+public:
+    explicit AdmissionLog(obs::Logger& log) noexcept : log_(log) {}
+
+    // WARN `server admission saturated: scope=... active-work=... limit=...` (rate-limited).
+    void saturated(AdmissionScope scope, uint64_t active, uint64_t limit) noexcept;
+    // INFO `server admission recovered: scope=...` once after a logged saturation.
+    void admitted(AdmissionScope scope) noexcept;
+    // The rate-limited summary of a dropped Visitor (`server visitor intake rejected`, `server
+    // route unavailable`, `server route rejected`); reasons covered elsewhere are ignored.
+    void rejected(CloseReason r, std::string_view hostname = {}) noexcept;
+
+private:
+    obs::Logger& log_;
+    std::array<obs::RateLimiter, static_cast<size_t>(AdmissionScope::kCount)> saturation_;
+    std::array<obs::RateLimiter, 32> rejection_;
 };
 
 }  // namespace runewarp::server

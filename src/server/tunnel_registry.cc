@@ -1,5 +1,5 @@
 // TunnelRegistry: the authorization table (identity -> Tunnel, immutable snapshot) and the
-// Tunnel pools with their members, admission limits and placement (spec 5.3, 5.11, 5.12, 6.2).
+// Tunnel pools with their members, admission limits and placement.
 #include "server/tunnel_registry.hh"
 
 #include <algorithm>
@@ -30,16 +30,16 @@ int AuthTable::tunnel_index(std::string_view label) const noexcept {
     return -1;
 }
 
-const char* join_scope(JoinStatus s) noexcept {
+std::optional<AdmissionScope> join_scope(JoinStatus s) noexcept {
     switch (s) {
         case JoinStatus::kGlobalSaturated:
-            return "tunnel-connection-global";
+            return AdmissionScope::kTunnelGlobal;
         case JoinStatus::kPoolSaturated:
-            return "tunnel-connection-per-tunnel";
+            return AdmissionScope::kTunnelPerTunnel;
         case JoinStatus::kIdentitySaturated:
-            return "tunnel-connection-per-client-identity";
+            return AdmissionScope::kTunnelPerIdentity;
         default:
-            return nullptr;
+            return std::nullopt;
     }
 }
 

@@ -1,10 +1,11 @@
 // TunnelRegistry: the authorization table (identity -> Tunnel, immutable snapshot) and the
-// Tunnel pools with their members, admission limits and placement (spec 5.3, 5.11, 5.12, 6.2).
+// Tunnel pools with their members, admission limits and placement.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -12,6 +13,7 @@
 
 #include "config/config.hh"
 #include "obs/log.hh"
+#include "server/admission.hh"
 
 namespace runewarp::server {
 
@@ -56,7 +58,7 @@ struct TunnelMember {
 };
 
 struct TunnelLimits {
-    uint32_t global = 4096;  // spec 5.11
+    uint32_t global = 4096;  // Tunnel connections: in all, per pool, per Client identity
     uint32_t per_pool = 256;
     uint32_t per_identity = 64;
 };
@@ -70,9 +72,9 @@ enum class JoinStatus : uint8_t {
     kIdentitySaturated,
 };
 
-// The saturation scope of a join status (spec 7), or nullptr.
-const char* join_scope(JoinStatus s) noexcept;
-// The application close reason for a refused join (spec 5.9).
+// The saturation scope of a refused join, none for kJoined, kUnmapped and kShuttingDown.
+std::optional<AdmissionScope> join_scope(JoinStatus s) noexcept;
+// The application close reason (code 0) for a refused join.
 const char* join_close_reason(JoinStatus s) noexcept;
 
 class TunnelRegistry {
@@ -107,7 +109,7 @@ public:
     using LivenessFn = bool (*)(const TunnelMember& m, int64_t now_ns) noexcept;
     void set_liveness(LivenessFn f) noexcept { liveness_ = f; }
 
-    // Placement (spec 5.12): minimum active count, pool counter k, scan from k mod n, first
+    // Placement: minimum active count, pool counter k, scan from k mod n, first
     // with the minimum. Members found unresponsive are skipped until they answer again (they
     // leave when their connection closes). nullptr when no responsive member is left.
     std::shared_ptr<TunnelMember> pick(int tunnel);

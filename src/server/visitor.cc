@@ -1,5 +1,5 @@
 // VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
-// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed (spec 5.4, 5.10, 12.1).
+// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed.
 #include "server/visitor.hh"
 
 #include <netinet/in.h>
@@ -19,9 +19,9 @@ namespace runewarp::server {
 
 namespace {
 
-constexpr int64_t kIntakeDeadlineNs = 5'000'000'000;   // spec 5.4 step 2, 5.11
-constexpr int64_t kConnectDeadlineNs = 5'000'000'000;  // spec 12.1
-constexpr int64_t kOpenDeadlineNs = 5'000'000'000;     // spec 5.4 step 8, 5.11
+constexpr int64_t kIntakeDeadlineNs = 5'000'000'000;   // PROXY header + ClientHello
+constexpr int64_t kConnectDeadlineNs = 5'000'000'000;  // direct route upstream connect
+constexpr int64_t kOpenDeadlineNs = 5'000'000'000;     // Tunnel stream open, credit included
 // Bytes one pump call may move before yielding to other connections.
 constexpr uint64_t kPumpBudget = 1u << 20;
 
@@ -66,7 +66,7 @@ void set_nodelay(int fd) noexcept {
     (void)::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
-// An abortive close: the peer sees RST instead of FIN (spec 5.9).
+// An abortive close: the peer sees RST instead of FIN.
 void set_linger_reset(int fd) noexcept {
     linger l{1, 0};
     (void)::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
@@ -88,62 +88,6 @@ const char* visitor_state_name(VisitorState s) noexcept {
             return "relay";
         case VisitorState::kClosed:
             return "closed";
-    }
-    return "unknown";
-}
-
-const char* reason_text(CloseReason r) noexcept {
-    switch (r) {
-        case CloseReason::kNone:
-            return "none";
-        case CloseReason::kDone:
-            return "done";
-        case CloseReason::kReset:
-            return "reset";
-        case CloseReason::kUntrustedProxyPeer:
-            return "untrusted-proxy-peer";
-        case CloseReason::kInvalidProxyHeader:
-            return "invalid-proxy-header";
-        case CloseReason::kNotTls:
-            return "non-tls-client-hello";
-        case CloseReason::kInvalidTls:
-            return "invalid-tls-client-hello";
-        case CloseReason::kMissingSni:
-            return "missing-sni-client-hello";
-        case CloseReason::kInvalidSni:
-            return "invalid-sni-client-hello";
-        case CloseReason::kOversized:
-            return "oversized-client-hello";
-        case CloseReason::kIncomplete:
-            return "incomplete-client-hello";
-        case CloseReason::kHelloTimeout:
-            return "client-hello-timeout";
-        case CloseReason::kHelloIoError:
-            return "client-hello-io-error";
-        case CloseReason::kNonAcmeServerHostname:
-            return "non-acme-server-hostname";
-        case CloseReason::kAcmeConfigMissing:
-            return "acme-tls-config-missing";
-        case CloseReason::kUnauthorizedHostname:
-            return "unauthorized-public-hostname";
-        case CloseReason::kNoActiveTunnel:
-            return "no-active-tunnel-connection";
-        case CloseReason::kSourceSaturated:
-            return "visitor-source-saturated";
-        case CloseReason::kRelaySaturated:
-            return "active-relay-saturated";
-        case CloseReason::kUpstreamConnectFailed:
-            return "upstream-connect-failed";
-        case CloseReason::kUpstreamTimeout:
-            return "upstream-connect-timeout";
-        case CloseReason::kUpstreamWriteFailed:
-            return "upstream-write-failed";
-        case CloseReason::kPendingOpenSaturated:
-            return "pending-stream-open-saturated";
-        case CloseReason::kShutdown:
-            return "shutdown";
-        case CloseReason::kInternal:
-            return "internal-error";
     }
     return "unknown";
 }
@@ -177,17 +121,9 @@ void VisitorSession::start() noexcept {
         state_ = VisitorState::kProxyHeader;
     } else {
         state_ = VisitorState::kHello;
-        source_key_ = SourceKey::of(tuple_.source);
-        if (!server_.admission().try_pre_routing_source(source_key_)) {
-            server_.note_saturated("visitor-source",
-                                   server_.admission().limits().pre_routing_per_source,
-                                   server_.admission().limits().pre_routing_per_source);
-            return fail(CloseReason::kSourceSaturated);
-        }
-        holds_source_ = true;
-        server_.note_admitted("visitor-source");
+        if (!take_source_slot()) return;
     }
-    intake_ = server_.borrow_intake();
+    intake_ = server_.intake_pool().borrow();
     if (intake_ == nullptr) return fail(CloseReason::kInternal);
     deadline_ = arm_timer(kOpDeadline, started_ns_ + kIntakeDeadlineNs);
     arm_intake_poll();
@@ -262,17 +198,23 @@ bool VisitorSession::step_proxy_header(const uint8_t* data, size_t len, bool eof
     }
     tuple_ = intake_->proxy.tuple();
     intake_->peeked = 0;
+    if (!take_source_slot()) return false;
+    state_ = VisitorState::kHello;
+    return true;
+}
+
+bool VisitorSession::take_source_slot() noexcept {
+    // Keyed by the canonical source IP: the peer, or the PROXY v2 source when trusted.
     source_key_ = SourceKey::of(tuple_.source);
-    if (!server_.admission().try_pre_routing_source(source_key_)) {
-        server_.note_saturated("visitor-source",
-                               server_.admission().limits().pre_routing_per_source,
-                               server_.admission().limits().pre_routing_per_source);
+    Admission& adm = server_.admission();
+    if (!adm.try_pre_routing_source(source_key_)) {
+        const uint32_t limit = adm.limits().pre_routing_per_source;
+        server_.admission_log().saturated(AdmissionScope::kVisitorSource, limit, limit);
         fail(CloseReason::kSourceSaturated);
         return false;
     }
     holds_source_ = true;
-    server_.note_admitted("visitor-source");
-    state_ = VisitorState::kHello;
+    server_.admission_log().admitted(AdmissionScope::kVisitorSource);
     return true;
 }
 
@@ -295,10 +237,7 @@ void VisitorSession::release_pre_routing() noexcept {
         server_.admission().release_pre_routing_global();
         holds_global_ = false;
     }
-    if (intake_ != nullptr) {
-        server_.return_intake(intake_);
-        intake_ = nullptr;
-    }
+    if (intake_ != nullptr) server_.intake_pool().give_back(std::move(intake_));
 }
 
 void VisitorSession::route() noexcept {
@@ -307,14 +246,14 @@ void VisitorSession::route() noexcept {
     // Everything intake saw (the ClientHello and whatever followed) is still queued in the
     // socket; a Tunnel route consumes exactly this much into the stream prefix.
     buffered_ = intake_->peeked;
-    // Routed work never holds pre-routing slots (spec 5.4 step 6).
+    // Routed work never holds pre-routing slots, whatever routing decides.
     release_pre_routing();
     int one = 1;
     (void)::setsockopt(visitor_.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 
     const auto& cfg = server_.config();
     if (sni_ == cfg.hostname) {
-        // No ACME responder in this build: the challenge cannot be answered (spec 5.4 step 7).
+        // No ACME responder in this build: a TLS-ALPN-01 challenge cannot be answered.
         return fail(acme ? CloseReason::kAcmeConfigMissing : CloseReason::kNonAcmeServerHostname);
     }
     routes_ = server_.routes();
@@ -322,14 +261,20 @@ void VisitorSession::route() noexcept {
     if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
     if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
     route_ = target->direct;
-    if (!server_.admission().try_active_relay()) {
-        server_.note_saturated("active-routed-stream", server_.admission().active_relays(),
-                               server_.admission().limits().active_relays);
-        return fail(CloseReason::kRelaySaturated);
+    if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
+    connect_upstream();
+}
+
+bool VisitorSession::take_relay_slot() noexcept {
+    Admission& adm = server_.admission();
+    if (!adm.try_active_relay()) {
+        server_.admission_log().saturated(AdmissionScope::kActiveRelay, adm.active_relays(),
+                                          adm.limits().active_relays);
+        return false;
     }
     holds_relay_ = true;
-    server_.note_admitted("active-routed-stream");
-    connect_upstream();
+    server_.admission_log().admitted(AdmissionScope::kActiveRelay);
+    return true;
 }
 
 void VisitorSession::connect_upstream() noexcept {
@@ -421,12 +366,12 @@ void VisitorSession::route_tunnel(std::string_view label) noexcept {
     if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
     Admission& adm = server_.admission();
     if (!adm.try_pending_open()) {
-        server_.note_saturated("pending-stream-open", adm.pending_opens(),
-                               adm.limits().pending_opens);
+        server_.admission_log().saturated(AdmissionScope::kPendingOpen, adm.pending_opens(),
+                                          adm.limits().pending_opens);
         return fail(CloseReason::kPendingOpenSaturated);
     }
     holds_pending_ = true;
-    server_.note_admitted("pending-stream-open");
+    server_.admission_log().admitted(AdmissionScope::kPendingOpen);
     member_ = reg->pick(label);
     if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
     state_ = VisitorState::kOpen;
@@ -436,7 +381,7 @@ void VisitorSession::route_tunnel(std::string_view label) noexcept {
 }
 
 void VisitorSession::try_open_stream() noexcept {
-    // The chosen member failing before the stream exists fails the Visitor (spec 5.12).
+    // The chosen member failing before the stream exists fails the Visitor: no second try.
     if (!member_->alive || member_->connection == nullptr)
         return fail(CloseReason::kNoActiveTunnel);
     auto* conn = static_cast<quic::Connection*>(member_->connection);
@@ -479,21 +424,15 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
         adm.release_pending_open();
         holds_pending_ = false;
     }
-    // Spec 5.4 step 9: the active-routed-stream slot.
-    if (!adm.try_active_relay()) {
-        server_.note_saturated("active-routed-stream", adm.active_relays(),
-                               adm.limits().active_relays);
-        return refuse_stream(s, CloseReason::kRelaySaturated);
-    }
-    holds_relay_ = true;
-    server_.note_admitted("active-routed-stream");
-    // Step 10: registration still open and the member still mapped (the table is one snapshot
+    // The stream exists: trade the pending-open slot for an active-routed-stream slot.
+    if (!take_relay_slot()) return refuse_stream(s, CloseReason::kRelaySaturated);
+    // Registration still open and the member still mapped (the table is one snapshot
     // for the process lifetime, so the member's liveness is what can change).
     TunnelRegistry* reg = server_.tunnels();
     if (reg == nullptr || reg->sealed()) return refuse_stream(s, CloseReason::kShutdown);
     if (!member_->alive) return refuse_stream(s, CloseReason::kNoActiveTunnel);
 
-    // Step 11: consume what intake peeked and send it behind the PROXY v2 header, one write.
+    // Consume what intake peeked and send it behind the PROXY v2 header, one write.
     uint8_t* buf = server_.prefix_buffer();
     size_t hdr = proto::encode_stream_prefix(tuple_, std::span<uint8_t>(buf, 64));
     if (hdr == 0 || buffered_ > EdgeServer::kPeekCapacity)
@@ -579,7 +518,7 @@ void VisitorSession::cut() noexcept {
 
 void VisitorSession::fail(CloseReason r) noexcept {
     if (r == CloseReason::kReset) {
-        // A reset or error on either side aborts both with RST (spec 5.9, 12.1).
+        // A reset or error on either side aborts both with RST.
         set_linger_reset(visitor_.get());
         if (upstream_.valid()) set_linger_reset(upstream_.get());
     }
@@ -652,7 +591,7 @@ void VisitorSession::on_quiesced() noexcept {
         if (reason_ == CloseReason::kUpstreamConnectFailed ||
             reason_ == CloseReason::kUpstreamTimeout ||
             reason_ == CloseReason::kUpstreamWriteFailed)
-            server_.note_rejected(reason_, sni_);
+            server_.admission_log().rejected(reason_, sni_);
     } else if (reason_ != CloseReason::kShutdown) {
         if (log.enabled(obs::Level::kDebug)) {
             if (sni_.empty()) {
@@ -662,7 +601,7 @@ void VisitorSession::on_quiesced() noexcept {
                           {{"public-hostname", sni_}, {"reason", reason_text(reason_)}});
             }
         }
-        server_.note_rejected(reason_, sni_);
+        server_.admission_log().rejected(reason_, sni_);
     }
     server_.counters().closed_by_reason[static_cast<size_t>(reason_) % 32]++;
     routes_.reset();

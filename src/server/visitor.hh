@@ -1,5 +1,5 @@
 // VisitorSession: one Visitor TCP connection on the public listener, as an explicit state
-// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed (spec 5.4, 5.10, 12.1):
+// machine: ProxyHeader -> Hello -> (Connect | Open) -> Relay -> Closed:
 // a direct route connects an upstream and splices, a Tunnel route opens a QUIC stream on a pool
 // member and relays through a StreamPump.
 #pragma once
@@ -19,6 +19,8 @@
 #include "relay/splice_pump.hh"
 #include "relay/stream_pump.hh"
 #include "server/admission.hh"
+#include "server/close_reason.hh"
+#include "server/intake_pool.hh"
 #include "server/route_table.hh"
 #include "server/tunnel_registry.hh"
 
@@ -28,44 +30,6 @@ class EdgeServer;
 
 enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kClosed };
 const char* visitor_state_name(VisitorState s) noexcept;
-
-// Why a Visitor connection ended; the access line and counters use reason_text().
-enum class CloseReason : uint8_t {
-    kNone,
-    kDone,   // both directions finished with FIN
-    kReset,  // reset or error on either side during relay
-    kUntrustedProxyPeer,
-    kInvalidProxyHeader,
-    kNotTls,
-    kInvalidTls,
-    kMissingSni,
-    kInvalidSni,
-    kOversized,
-    kIncomplete,
-    kHelloTimeout,
-    kHelloIoError,
-    kNonAcmeServerHostname,
-    kAcmeConfigMissing,
-    kUnauthorizedHostname,
-    kNoActiveTunnel,
-    kSourceSaturated,
-    kRelaySaturated,
-    kUpstreamConnectFailed,
-    kUpstreamTimeout,
-    kUpstreamWriteFailed,
-    kPendingOpenSaturated,
-    kShutdown,
-    kInternal,
-};
-const char* reason_text(CloseReason r) noexcept;
-
-// Parser state needed only before routing; borrowed from a pool so a relayed (or idle)
-// connection does not carry 16 KiB of ClientHello reassembly buffer.
-struct IntakeState {
-    proto::ProxyV2Decoder proxy;
-    proto::ClientHelloParser hello;
-    size_t peeked = 0;  // bytes of the socket queue already fed to the parser
-};
 
 class VisitorSession final : public core::Session,
                              private relay::StreamPumpOwner,
@@ -101,6 +65,8 @@ private:
     void fail(CloseReason r) noexcept;
     void finish(CloseReason r) noexcept;
     void release_pre_routing() noexcept;
+    bool take_source_slot() noexcept;
+    bool take_relay_slot() noexcept;
 
     void arm_intake_poll() noexcept;
     void on_intake_readable(int revents) noexcept;
@@ -113,7 +79,7 @@ private:
     void start_relay() noexcept;
     void drive_relay(bool from_visitor_poll, bool from_upstream_poll) noexcept;
 
-    // Tunnel route (spec 5.4 steps 8-11).
+    // Tunnel route: pending-open slot, member, stream (5 s), active slot, prefix, relay.
     void route_tunnel(std::string_view label) noexcept;
     void try_open_stream() noexcept;
     void on_stream_opened(quic::Stream& s) noexcept;
@@ -129,7 +95,7 @@ private:
     uint64_t conn_id_;
     int64_t started_ns_ = 0;
     core::TimerHandle deadline_{};
-    IntakeState* intake_ = nullptr;
+    std::unique_ptr<IntakeState> intake_;
     proto::Tuple tuple_{};
     SourceKey source_key_{};
     std::string sni_;

@@ -53,16 +53,21 @@ gnutls_x509_privkey_t new_p256_key() {
     return key;
 }
 
+Validity default_validity() {
+    const std::time_t now = std::time(nullptr);
+    return {now - 3600, now + 30L * 24 * 3600};
+}
+
 // Common fields: v3, random positive serial, validity, subject CN, key, subject key id.
-void fill_common(gnutls_x509_crt_t crt, gnutls_x509_privkey_t key, const std::string& cn) {
+void fill_common(gnutls_x509_crt_t crt, gnutls_x509_privkey_t key, const std::string& cn,
+                 const Validity& v) {
     check(gnutls_x509_crt_set_version(crt, 3), "set_version");
     unsigned char serial[16];
     check(gnutls_rnd(GNUTLS_RND_NONCE, serial, sizeof serial), "gnutls_rnd");
     serial[0] &= 0x7F;
     check(gnutls_x509_crt_set_serial(crt, serial, sizeof serial), "set_serial");
-    const std::time_t now = std::time(nullptr);
-    check(gnutls_x509_crt_set_activation_time(crt, now - 3600), "set_activation_time");
-    check(gnutls_x509_crt_set_expiration_time(crt, now + 30L * 24 * 3600), "set_expiration_time");
+    check(gnutls_x509_crt_set_activation_time(crt, v.not_before), "set_activation_time");
+    check(gnutls_x509_crt_set_expiration_time(crt, v.not_after), "set_expiration_time");
     check(gnutls_x509_crt_set_dn_by_oid(crt, GNUTLS_OID_X520_COMMON_NAME, 0, cn.data(),
                                         static_cast<unsigned>(cn.size())),
           "set_dn CN");
@@ -115,10 +120,10 @@ void set_alpn(gnutls_session_t s, const std::vector<std::string>& alpn) {
 
 }  // namespace
 
-TestCa::TestCa(const std::string& common_name) {
+TestCa::TestCa(const std::string& common_name, std::optional<Validity> validity) {
     key_ = new_p256_key();
     check(gnutls_x509_crt_init(&crt_), "gnutls_x509_crt_init");
-    fill_common(crt_, key_, common_name);
+    fill_common(crt_, key_, common_name, validity.value_or(default_validity()));
     check(gnutls_x509_crt_set_basic_constraints(crt_, 1, -1), "set_basic_constraints");
     check(gnutls_x509_crt_set_key_usage(
               crt_, GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN | GNUTLS_KEY_DIGITAL_SIGNATURE),
@@ -140,14 +145,18 @@ void TestCa::write_cert(const std::string& path) const {
 }
 
 CertFiles TestCa::issue(const std::vector<std::string>& hostnames, const std::string& dir,
-                        const std::string& name) const {
+                        const std::string& name, std::optional<Validity> validity) const {
     if (hostnames.empty()) throw std::runtime_error("TestCa::issue: no hostnames");
     gnutls_x509_privkey_t key = new_p256_key();
     gnutls_x509_crt_t crt = nullptr;
     CertFiles files{dir + "/" + name + ".crt", dir + "/" + name + ".key"};
     try {
         check(gnutls_x509_crt_init(&crt), "gnutls_x509_crt_init");
-        fill_common(crt, key, hostnames.front());
+        if (!validity) {
+            validity = Validity{gnutls_x509_crt_get_activation_time(crt_),
+                                gnutls_x509_crt_get_expiration_time(crt_)};
+        }
+        fill_common(crt, key, hostnames.front(), *validity);
         check(gnutls_x509_crt_set_basic_constraints(crt, 0, -1), "set_basic_constraints");
         check(gnutls_x509_crt_set_key_usage(crt, GNUTLS_KEY_DIGITAL_SIGNATURE), "set_key_usage");
         check(gnutls_x509_crt_set_key_purpose_oid(crt, GNUTLS_KP_TLS_WWW_SERVER, 0),
@@ -180,6 +189,15 @@ CertFiles TestCa::issue(const std::vector<std::string>& hostnames, const std::st
     gnutls_x509_crt_deinit(crt);
     gnutls_x509_privkey_deinit(key);
     return files;
+}
+
+void write_server_cert_dir(const std::string& dir, const std::string& hostname, Validity leaf) {
+    const std::time_t now = std::time(nullptr);
+    const std::time_t year = 365L * 24 * 3600;
+    TestCa ca("Runewarp Server CA", Validity{now - year, now + year});
+    make_dirs(dir);
+    ca.write_cert(dir + "/server-ca.crt");
+    ca.issue({hostname}, dir, "server", leaf);
 }
 
 TlsMaterial make_tls_material(const std::string& dir, const std::vector<std::string>& hostnames,

@@ -6,6 +6,8 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 
+#include <ctime>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -19,11 +21,19 @@ struct CertFiles {
     std::string key;   // PEM private key (PKCS#8, 0600)
 };
 
-// A throwaway CA (ECDSA P-256, valid from one hour ago for 30 days). Leaf certificates carry the
-// hostnames as DNS SANs (IP literals become IP SANs) and the first one as CN.
+// A certificate's validity window (Unix seconds).
+struct Validity {
+    std::time_t not_before = 0;
+    std::time_t not_after = 0;
+};
+
+// A throwaway CA (ECDSA P-256, valid from one hour ago for 30 days unless told otherwise). Leaf
+// certificates carry the hostnames as DNS SANs (IP literals become IP SANs) and the first one as
+// CN, serverAuth, and the CA's validity window unless given their own.
 class TestCa {
 public:
-    explicit TestCa(const std::string& common_name = "runewarp test CA");
+    explicit TestCa(const std::string& common_name = "runewarp test CA",
+                    std::optional<Validity> validity = std::nullopt);
     TestCa(const TestCa&) = delete;
     TestCa& operator=(const TestCa&) = delete;
     ~TestCa();
@@ -32,7 +42,7 @@ public:
     void write_cert(const std::string& path) const;
     // Writes <dir>/<name>.crt and <dir>/<name>.key.
     CertFiles issue(const std::vector<std::string>& hostnames, const std::string& dir,
-                    const std::string& name) const;
+                    const std::string& name, std::optional<Validity> validity = std::nullopt) const;
 
 private:
     gnutls_x509_crt_t crt_ = nullptr;
@@ -44,6 +54,11 @@ struct TlsMaterial {
     std::string ca_file;
     CertFiles leaf;
 };
+// A runewarp Server `cert-dir` made by hand: server-ca.crt, and server.crt/server.key for
+// `hostname` with the given validity (an expired or soon-expiring one, which `server cert init`
+// never writes). The CA is valid from a year before to a year after now.
+void write_server_cert_dir(const std::string& dir, const std::string& hostname, Validity leaf);
+
 TlsMaterial make_tls_material(const std::string& dir, const std::vector<std::string>& hostnames,
                               const std::string& name = "server");
 

@@ -750,6 +750,10 @@ Test(cli, server_cert_init_renew_and_rotate_ca) {
     cr_assert(renew.out.starts_with("Server certificate renewed\nServer hostname: "
                                     "tunnel.example.test\n"),
               "got: %s", renew.out.c_str());
+    cr_assert(contains(renew.out,
+                       "\nA running server keeps serving the previous certificate: "
+                       "restart it to load the renewed one.\n"),
+              "got: %s", renew.out.c_str());
     cr_assert(read_all(dir + "/server-ca.crt") == ca, "renew keeps the CA byte-identical");
     cr_assert(read_all(dir + "/server.crt") != leaf);
 

@@ -1,5 +1,5 @@
-// server: the Tunnel authorization table, pool membership, admission limits and placement
-// (spec 5.3, 5.11, 5.12, 6.2); the pending-open counter of Admission.
+// server: the Tunnel authorization table, pool membership, admission limits and placement; the
+// pending-open counter of Admission; the intake parser pool.
 #include <criterion/criterion.h>
 
 #include <map>
@@ -10,6 +10,8 @@
 #include "config/config.hh"
 #include "obs/log.hh"
 #include "server/admission.hh"
+#include "server/cert_watch.hh"
+#include "server/intake_pool.hh"
 #include "server/tunnel_registry.hh"
 
 using namespace runewarp;
@@ -199,7 +201,7 @@ Test(server, per_identity_limit_closes_the_newest_and_keeps_existing) {
     auto over = reg.join(ident('a'), conn(9));
     cr_assert_eq(over.status, JoinStatus::kIdentitySaturated);
     cr_assert_str_eq(join_close_reason(over.status), "server tunnel admission saturated");
-    cr_assert_str_eq(join_scope(over.status), "tunnel-connection-per-client-identity");
+    cr_assert_str_eq(scope_name(*join_scope(over.status)), "tunnel-connection-per-client-identity");
     cr_assert_eq(reg.members(0), 3u);
     for (auto& m : kept) cr_assert(m->alive);
     // Another identity of the same pool is not limited by a's count.
@@ -216,13 +218,13 @@ Test(server, per_pool_and_global_limits) {
         cr_assert_eq(reg.join(ident(i % 2 ? 'a' : 'b'), conn(i + 1)).status, JoinStatus::kJoined);
     auto pool = reg.join(ident('a'), conn(7));
     cr_assert_eq(pool.status, JoinStatus::kPoolSaturated);
-    cr_assert_str_eq(join_scope(pool.status), "tunnel-connection-per-tunnel");
+    cr_assert_str_eq(scope_name(*join_scope(pool.status)), "tunnel-connection-per-tunnel");
     // The other pool still has room until the global limit.
     cr_assert_eq(reg.join(ident('c'), conn(8)).status, JoinStatus::kJoined);
     cr_assert_eq(reg.join(ident('c'), conn(9)).status, JoinStatus::kJoined);
     auto global = reg.join(ident('c'), conn(10));
     cr_assert_eq(global.status, JoinStatus::kGlobalSaturated);
-    cr_assert_str_eq(join_scope(global.status), "tunnel-connection-global");
+    cr_assert_str_eq(scope_name(*join_scope(global.status)), "tunnel-connection-global");
     cr_assert_eq(reg.total(), 5u);
     cr_assert_eq(reg.all().size(), 5u);
 }
@@ -252,4 +254,60 @@ Test(server, pending_open_slots_are_bounded_and_released_once) {
     adm.release_pending_open();
     adm.release_pending_open();  // never below zero
     cr_assert_eq(adm.pending_opens(), 0u);
+}
+
+Test(server, intake_state_is_lent_reset_and_kept_up_to_the_idle_bound) {
+    IntakePool pool(1);
+    std::unique_ptr<IntakeState> a = pool.borrow();
+    std::unique_ptr<IntakeState> b = pool.borrow();
+    cr_assert(a != nullptr && b != nullptr);
+    cr_assert_eq(pool.lent(), 2u);
+    // A half-parsed ClientHello and a peek offset: the next borrower must not see them.
+    const uint8_t record_header[] = {0x16, 0x03, 0x01, 0x00, 0x40};
+    cr_assert_eq(a->hello.feed(record_header), proto::HelloStatus::kIncomplete);
+    a->peeked = 5;
+    IntakeState* reused = a.get();
+    pool.give_back(std::move(a));
+    pool.give_back(std::move(b));  // over the idle bound: freed, not kept
+    cr_assert_eq(pool.lent(), 0u);
+    cr_assert_eq(pool.idle(), 1u);
+
+    std::unique_ptr<IntakeState> c = pool.borrow();
+    cr_assert_eq(c.get(), reused);
+    cr_assert_eq(c->peeked, 0u);
+    cr_assert_eq(c->hello.bytes_seen(), 0u);
+    cr_assert_eq(c->hello.status(), proto::HelloStatus::kIncomplete);
+    cr_assert_eq(pool.idle(), 0u);
+    pool.give_back(nullptr);  // nothing to take back
+    cr_assert_eq(pool.lent(), 1u);
+}
+
+Test(server, certificate_expiry_watch_warns_errs_and_stays_quiet_when_valid) {
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    CertExpiryWatch watch(log);
+    cr_assert(watch.empty());
+    const std::time_t now = 1'777'629'600;  // 2026-05-01T10:00:00Z
+    const std::time_t day = 86'400;
+    watch.add("/etc/runewarp/server.crt", now + 60 * day);
+    cr_assert_eq(watch.check(now), trust::ExpiryLevel::kValid);
+    cr_assert(sink.text.empty(), "%s", sink.text.c_str());
+
+    watch.add("/srv/b.crt", now + 12 * day + 7200);
+    cr_assert_eq(watch.check(now), trust::ExpiryLevel::kExpiring);
+    cr_assert(sink.text.find("WARN server certificate expiring: path=/srv/b.crt "
+                             "expires-at=2026-05-13T12:00:00Z days-left=12: renew it with "
+                             "`runewarp server cert renew`, then restart the server") !=
+                  std::string::npos,
+              "%s", sink.text.c_str());
+    cr_assert_eq(sink.text.find("/etc/runewarp/server.crt"), std::string::npos, "%s",
+                 sink.text.c_str());
+
+    sink.text.clear();
+    // The next day's check, after the notAfter of the second certificate.
+    cr_assert_eq(watch.check(now + 13 * day), trust::ExpiryLevel::kExpired);
+    cr_assert(sink.text.find("ERROR server certificate expired: path=/srv/b.crt "
+                             "expires-at=2026-05-13T12:00:00Z: Clients refuse it; renew it") !=
+                  std::string::npos,
+              "%s", sink.text.c_str());
 }

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "trust/cert_expiry.hh"
 #include "trust/client_identity.hh"
 #include "trust/gnutls_util.hh"
 #include "trust/identity.hh"
@@ -598,4 +599,54 @@ Test(trust, server_cert_renew_keeps_the_ca_and_rotate_replaces_it) {
     auto wrong_key = verify_server_cert_dir(dir, next);
     cr_assert(!wrong_key.ok());
     cr_assert(wrong_key.error().message.find("is not the key of") != std::string::npos);
+}
+
+// ---- certificate expiry ---------------------------------------------------------------------
+
+Test(trust, expiry_level_warns_within_21_days_and_errs_once_expired) {
+    const std::time_t now = 1'777'600'000;  // any instant
+    const std::time_t day = kDaySeconds;
+    auto at = [&](std::time_t not_after) { return expiry_level(now, not_after); };
+    cr_assert_eq(at(now + 90 * day).level, ExpiryLevel::kValid);
+    cr_assert_eq(at(now + 90 * day).days_left, 90);
+    cr_assert_eq(at(now + 21 * day + 1).level, ExpiryLevel::kValid);
+    cr_assert_eq(at(now + 21 * day).level, ExpiryLevel::kExpiring);
+    cr_assert_eq(at(now + 21 * day).days_left, 21);
+    cr_assert_eq(at(now + 12 * day + day / 2).days_left, 12, "whole days, rounded down");
+    cr_assert_eq(at(now + 1).level, ExpiryLevel::kExpiring);
+    cr_assert_eq(at(now + 1).days_left, 0);
+    cr_assert_eq(at(now).level, ExpiryLevel::kExpired);
+    cr_assert_eq(at(now - 3 * day).level, ExpiryLevel::kExpired);
+    cr_assert_eq(at(now - 3 * day).days_left, 0);
+    // The window is a parameter.
+    cr_assert_eq(expiry_level(now, now + 5 * day, 3).level, ExpiryLevel::kValid);
+    cr_assert_eq(expiry_level(now, now + 3 * day, 3).level, ExpiryLevel::kExpiring);
+}
+
+Test(trust, certificate_not_after_reads_the_first_certificate_of_a_pem) {
+    auto key = generate_p256_key();
+    cr_assert(key.ok());
+    const std::time_t not_before = 1'700'000'000;
+    const std::time_t not_after = not_before + 12 * kDaySeconds + 3600;
+    auto crt = new_crt(key->get(), not_before, not_after);
+    cr_assert(crt.ok());
+    cr_assert_eq(gnutls_x509_crt_set_dn(crt->get(), "CN=expiry.example.test", nullptr), 0);
+    cr_assert_eq(gnutls_x509_crt_sign2(crt->get(), crt->get(), key->get(), GNUTLS_DIG_SHA256, 0),
+                 0);
+    auto pem = export_crt_pem(crt->get());
+    cr_assert(pem.ok());
+
+    auto t = certificate_not_after(*pem, "inline");
+    cr_assert(t.ok(), "%s", t.ok() ? "" : t.error().message.c_str());
+    cr_assert_eq(*t, not_after);
+    spit(g_dir + "/leaf.crt", *pem + *pem);
+    auto f = certificate_file_not_after(g_dir + "/leaf.crt");
+    cr_assert(f.ok(), "%s", f.ok() ? "" : f.error().message.c_str());
+    cr_assert_eq(*f, not_after);
+
+    cr_assert_not(certificate_not_after("not a certificate", "junk").ok());
+    auto missing = certificate_file_not_after(g_dir + "/missing.crt");
+    cr_assert_not(missing.ok());
+    cr_assert(missing.error().message.find("missing.crt") != std::string::npos, "%s",
+              missing.error().message.c_str());
 }

@@ -1,0 +1,38 @@
+// CloseReason: why a Visitor connection ended, and its stable text for logs and counters.
+#pragma once
+
+#include <cstdint>
+
+namespace runewarp::server {
+
+// Why a Visitor connection ended; the access line and counters use reason_text().
+enum class CloseReason : uint8_t {
+    kNone,
+    kDone,   // both directions finished with FIN
+    kReset,  // reset or error on either side during relay
+    kUntrustedProxyPeer,
+    kInvalidProxyHeader,
+    kNotTls,
+    kInvalidTls,
+    kMissingSni,
+    kInvalidSni,
+    kOversized,
+    kIncomplete,
+    kHelloTimeout,
+    kHelloIoError,
+    kNonAcmeServerHostname,
+    kAcmeConfigMissing,
+    kUnauthorizedHostname,
+    kNoActiveTunnel,
+    kSourceSaturated,
+    kRelaySaturated,
+    kUpstreamConnectFailed,
+    kUpstreamTimeout,
+    kUpstreamWriteFailed,
+    kPendingOpenSaturated,
+    kShutdown,
+    kInternal,
+};
+const char* reason_text(CloseReason r) noexcept;
+
+}  // namespace runewarp::server

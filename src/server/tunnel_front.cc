@@ -1,0 +1,183 @@
+// TunnelFront: Server certificate, QUIC listener, identity admission and pool membership.
+#include "server/tunnel_front.hh"
+
+#include <sys/socket.h>
+
+#include <vector>
+
+#include "server/tcp_listener.hh"
+#include "trust/cert_expiry.hh"
+#include "trust/identity.hh"
+#include "trust/server_cert.hh"
+
+namespace runewarp::server {
+
+namespace {
+
+// One short cause for a dropped Tunnel connection; empty for a clean close (application 0 or
+// transport NO_ERROR either way).
+std::string drop_cause(const quic::CloseInfo& i) {
+    using Kind = quic::CloseInfo::Kind;
+    if ((i.kind == Kind::local || i.kind == Kind::remote) && i.code == 0) return {};
+    return quic::describe_close(i, "the client");
+}
+
+}  // namespace
+
+Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
+                                                         const config::ServerConfig& cfg,
+                                                         obs::Logger& log, AdmissionLog& admission,
+                                                         core::UniqueFd activated) {
+    std::unique_ptr<TunnelFront> f(new TunnelFront(log, admission));
+    // The Server certificate: checked as a whole before binding.
+    std::string hint = "Hint: runewarp server cert init";
+    if (!cfg.config_path.empty()) hint += " --config " + cfg.config_path;
+    auto checked = trust::verify_server_cert_dir(cfg.cert_dir, cfg.hostname);
+    if (!checked) {
+        return Error::msg("server certificate material in " + cfg.cert_dir +
+                          " is not usable: " + checked.error().message + ". " + hint);
+    }
+    std::string crt_path = cfg.cert_dir + "/" + std::string(trust::kServerCertFile);
+    std::string key_path = cfg.cert_dir + "/" + std::string(trust::kServerKeyFile);
+    auto crt = quic::read_small_file(crt_path);
+    if (!crt)
+        return Error::msg("cannot read " + crt_path + ": " + crt.error().message + ". " + hint);
+    auto key = quic::read_small_file(key_path);
+    if (!key)
+        return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
+    auto not_after = trust::certificate_not_after(*crt, crt_path);
+    if (!not_after) return Error::msg("server certificate " + not_after.error().message);
+    f->cert_path_ = crt_path;
+    f->cert_not_after_ = *not_after;
+
+    f->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
+    f->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
+        auto* c = static_cast<const quic::Connection*>(m.connection);
+        return c == nullptr || !c->unresponsive(now);
+    });
+    TunnelFront* self = f.get();
+    auto tls = quic::ServerTls::create(
+        {std::move(*crt), std::move(*key),
+         [self](std::span<const uint8_t> der) { return self->admit_peer(der); }});
+    if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
+    f->tls_ = std::move(*tls);
+
+    if (activated.valid()) {
+        // The socket-activated `tunnel` replaces binding the configured address.
+        std::string got = note_activated(log, "server tunnel listener socket-activated",
+                                         activated.get(), cfg.tunnel_bind, "tunnel-bind-address");
+        auto l = quic::Listener::adopt(w, std::move(activated), *f->tls_, *f, {});
+        if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
+        f->listener_ = std::move(*l);
+    } else {
+        sockaddr_storage ss{};
+        socklen_t len = proto::to_sockaddr(cfg.tunnel_bind, ss);
+        auto l = quic::Listener::create(w, reinterpret_cast<const sockaddr*>(&ss), len, *f->tls_,
+                                        *f, {});
+        if (!l) {
+            return Error::msg("failed to bind server.tunnel-bind-address " +
+                              proto::format_endpoint(cfg.tunnel_bind) + ": " + l.error().message);
+        }
+        f->listener_ = std::move(*l);
+    }
+    f->bind_text_ = local_text(f->listener_->endpoint().fd());
+    // One WARN when the kernel grants less socket buffer than asked for.
+    const quic::SocketBuffers& b = f->listener_->endpoint().buffers();
+    if (b.capped) {
+        log.warn("server tunnel socket buffers capped",
+                 {{"requested", static_cast<uint64_t>(b.requested)},
+                  {"rcvbuf", static_cast<uint64_t>(b.rcvbuf)},
+                  {"sndbuf", static_cast<uint64_t>(b.sndbuf)}},
+                 "raise net.core.rmem_max and net.core.wmem_max for tunnel throughput");
+    }
+    return f;
+}
+
+TunnelFront::~TunnelFront() {
+    listener_.reset();
+}
+
+void TunnelFront::close_all() noexcept {
+    if (listener_ != nullptr) listener_->close_all(quic::kAppCloseCode, "graceful shutdown");
+}
+
+bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
+    // Decided inside the handshake: a refusal reaches the Client as CRYPTO_ERROR 0x0131.
+    auto id = trust::identity_of_certificate_der(leaf_der);
+    if (id && registry_->admits(*id)) return true;
+    if (unauthorized_limit_.on_saturated().log) {
+        if (id) {
+            log_.warn("server tunnel connection unauthorized", {{"client-identity", *id}});
+        } else {
+            log_.warn("server tunnel connection unauthorized", {}, id.error().message);
+        }
+    }
+    return false;
+}
+
+void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
+    const quic::CloseInfo& info = c.close_info();
+    // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
+    if (!info.application && info.code == quic::kCryptoErrorAccessDenied) return;
+    if (registry_->sealed()) return;
+    if (handshake_failure_limit_.on_saturated().log)
+        log_.warn("server tunnel connection failed", {}, quic::describe_close(info, "the client"));
+}
+
+void TunnelFront::on_connection(quic::Connection& c) noexcept {
+    if (handshake_failure_limit_.on_success())
+        log_.info("server admission recovered", {{"scope", "quic-handshake-failure"}});
+    auto id = trust::identity_of_certificate_der(c.peer_certificate());
+    if (!id) {
+        c.close(quic::kAppCloseCode, join_close_reason(JoinStatus::kUnmapped));
+        return;
+    }
+    auto j = registry_->join(*id, &c);
+    if (j.status != JoinStatus::kJoined) {
+        if (auto scope = join_scope(j.status)) {
+            const TunnelLimits& lim = registry_->limits();
+            uint64_t limit = j.status == JoinStatus::kGlobalSaturated ? lim.global
+                             : j.status == JoinStatus::kPoolSaturated ? lim.per_pool
+                                                                      : lim.per_identity;
+            admission_.saturated(*scope, limit, limit);
+        }
+        c.close(quic::kAppCloseCode, join_close_reason(j.status));
+        return;
+    }
+    for (JoinStatus st :
+         {JoinStatus::kGlobalSaturated, JoinStatus::kPoolSaturated, JoinStatus::kIdentitySaturated})
+        admission_.admitted(*join_scope(st));
+    // The pool keeps the member alive as long as the connection is; the connection points back.
+    c.set_user_data(j.member.get());
+    c.set_handler(this);
+}
+
+void TunnelFront::on_stream_opened(quic::Connection&, quic::Stream& s) noexcept {
+    // Clients may not open streams (initial_max_streams_bidi = 0); refuse anything that does.
+    s.reset(quic::kStreamErrorCode);
+}
+
+void TunnelFront::wake_waiters(TunnelMember& m) noexcept {
+    std::vector<StreamWaiter*> waiting;
+    waiting.swap(m.waiters);
+    for (StreamWaiter* w : waiting) w->on_stream_credit();
+}
+
+void TunnelFront::on_streams_available(quic::Connection& c) noexcept {
+    auto* m = static_cast<TunnelMember*>(c.user_data());
+    if (m != nullptr) wake_waiters(*m);
+}
+
+void TunnelFront::on_closed(quic::Connection& c, const quic::CloseInfo& info) noexcept {
+    auto* m = static_cast<TunnelMember*>(c.user_data());
+    c.set_user_data(nullptr);
+    if (m == nullptr) return;
+    // Keep the member alive through the wake-ups even if no Visitor holds it.
+    std::shared_ptr<TunnelMember> hold;
+    for (auto& p : registry_->all())
+        if (p.get() == m) hold = p;
+    registry_->leave(*m, drop_cause(info));
+    wake_waiters(*m);  // each sees a dead member and drops its Visitor
+}
+
+}  // namespace runewarp::server

@@ -1,0 +1,75 @@
+// TunnelFront: the Server's side of the Tunnel connections — the Server certificate and its
+// TLS credentials, the QUIC listener, peer admission by pinned identity, and pool membership
+// (join on establishment, leave on close, waking Visitors that wait for stream credit).
+#pragma once
+
+#include <cstdint>
+#include <ctime>
+#include <memory>
+#include <span>
+#include <string>
+
+#include "config/config.hh"
+#include "core/unique_fd.hh"
+#include "core/worker.hh"
+#include "obs/log.hh"
+#include "quic/listener.hh"
+#include "quic/tls.hh"
+#include "server/admission.hh"
+#include "server/tunnel_registry.hh"
+
+namespace runewarp::server {
+
+class TunnelFront final : private quic::AcceptHandler, private quic::ConnectionHandler {
+public:
+    // Checks cert-dir as a whole, loads server.crt and server.key, then binds
+    // tunnel-bind-address or adopts `activated` (the socket-activated `tunnel` socket).
+    static Result<std::unique_ptr<TunnelFront>> create(core::Worker& w,
+                                                       const config::ServerConfig& cfg,
+                                                       obs::Logger& log, AdmissionLog& admission,
+                                                       core::UniqueFd activated);
+    // Connections still attached are dropped without a closing period.
+    ~TunnelFront();
+    TunnelFront(const TunnelFront&) = delete;
+    TunnelFront& operator=(const TunnelFront&) = delete;
+
+    TunnelRegistry& registry() noexcept { return *registry_; }
+    const TunnelRegistry& registry() const noexcept { return *registry_; }
+    const std::string& bind_text() const noexcept { return bind_text_; }
+    // The certificate the Tunnel handshakes present: its file and the loaded notAfter.
+    const std::string& cert_path() const noexcept { return cert_path_; }
+    std::time_t cert_not_after() const noexcept { return cert_not_after_; }
+
+    // Every connection closes with application 0 `graceful shutdown` (orderly shutdown).
+    void close_all() noexcept;
+    // Drops the listener and whatever lingers in a closing period (after the close flush).
+    void drop_listener() noexcept { listener_.reset(); }
+
+private:
+    TunnelFront(obs::Logger& log, AdmissionLog& admission) noexcept
+        : log_(log), admission_(admission) {}
+
+    bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
+    void on_connection(quic::Connection& c) noexcept override;
+    void on_handshake_failed(const quic::Connection& c) noexcept override;
+    void on_established(quic::Connection&) noexcept override {}
+    void on_stream_opened(quic::Connection& c, quic::Stream& s) noexcept override;
+    void on_streams_available(quic::Connection& c) noexcept override;
+    void on_closed(quic::Connection& c, const quic::CloseInfo& info) noexcept override;
+    static void wake_waiters(TunnelMember& m) noexcept;
+
+    obs::Logger& log_;
+    AdmissionLog& admission_;
+    // Declared in this order so the listener (and its connections) go before the registry and
+    // the credentials it uses.
+    std::unique_ptr<TunnelRegistry> registry_;
+    std::unique_ptr<quic::ServerTls> tls_;
+    std::unique_ptr<quic::Listener> listener_;
+    std::string bind_text_;
+    std::string cert_path_;
+    std::time_t cert_not_after_ = 0;
+    obs::RateLimiter unauthorized_limit_;
+    obs::RateLimiter handshake_failure_limit_;
+};
+
+}  // namespace runewarp::server
