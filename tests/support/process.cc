@@ -2,6 +2,8 @@
 // child, PR_SET_PDEATHSIG, and an at-exit sweep so a failed assertion never leaks a daemon.
 #include "tests/support/process.hh"
 
+#include "tests/support/files.hh"
+
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -158,20 +160,13 @@ std::string ExitStatus::describe() const {
 
 namespace {
 
-// A /proc file read whole (they report size 0, so read until EOF); empty when unreadable.
+// A /proc file read whole; empty when the process is gone.
 std::string read_proc(const std::string& path) {
-    std::string text;
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return text;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0 && errno == EINTR) continue;
-        if (n <= 0) break;
-        text.append(buf, static_cast<std::size_t>(n));
+    try {
+        return read_file(path);
+    } catch (const std::runtime_error&) {
+        return {};
     }
-    ::close(fd);
-    return text;
 }
 
 }  // namespace
