@@ -142,7 +142,8 @@ Test(floods, a_frozen_client_is_passed_over_and_serves_again_after_the_thaw) {
     while (since(frozen) < Millis{29000}) {
         const std::string out = t.out("v" + std::to_string(n++) + ".bin");
         auto v = std::make_unique<CurlDownload>(t.target(), "/slow/f.bin", out, Millis{90000});
-        if (auto r = v->finish(Millis{5000})) {
+        // Served in a second or two; one that takes 8 s waits for the frozen Client.
+        if (auto r = v->finish(Millis{8000})) {
             cr_assert(r->ok(), "visitor %d: %s http %d %s\n%s", n, r->status.describe().c_str(),
                       r->http_code, r->stderr_text.c_str(), t.server().log().c_str());
             cr_assert_eq(r->sha256, sha, "visitor %d", n);
