@@ -141,7 +141,6 @@ private:
     EdgeCounters counters_;
     CertExpiryWatch cert_watch_;
 
-    friend class VisitorSession;
 };
 
 // `runewarp server`: loads nothing itself; runs the edge for an already validated config.

@@ -69,10 +69,8 @@ void Listener::on_event(const core::Completion& c) noexcept {
             ::close(c.result);  // a connection that raced the stop: refuse it
             return;
         }
-        if (backoff_ns_ != 0) {
-            backoff_ns_ = 0;
-            log_.info("server public listener accept recovered");
-        }
+        backoff_ns_ = 0;
+        if (retry_limit_.on_success()) log_.info("server public listener accept recovered");
         owner_.on_accept(*this, c.result);
     } else if (!aborting() && c.result != -ECANCELED) {
         int err = -c.result;
@@ -84,9 +82,14 @@ void Listener::on_event(const core::Completion& c) noexcept {
             if (accept_armed_) {
                 worker().loop().cancel(token(kOpAccept));
             }
-            log_.warn("server public listener accept retrying",
-                      {{"next-retry-delay", std::chrono::milliseconds(backoff_ns_ / 1'000'000)}},
-                      std::strerror(err));
+            // While exhaustion lasts this repeats every second: one line per 10 s, with the
+            // number of retries since the last one.
+            if (auto d = retry_limit_.on_saturated(); d.log) {
+                log_.warn("server public listener accept retrying",
+                          {{"next-retry-delay", std::chrono::milliseconds(backoff_ns_ / 1'000'000)},
+                           {"count", d.count}},
+                          std::strerror(err));
+            }
             arm_timer(kOpBackoff, core::now_ns() + backoff_ns_);
             return;
         }

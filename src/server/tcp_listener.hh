@@ -29,7 +29,8 @@ protected:
 };
 
 // Transient accept errors (fd exhaustion and friends) stop accepting and re-arm after a backoff
-// of 10 ms doubling to 1 s, reset on the next success, so exhaustion never spins the loop.
+// of 10 ms doubling to 1 s, reset on the next success, so exhaustion never spins the loop. The
+// `accept retrying` warning is written at most once per 10 s, then `accept recovered` once.
 class Listener final : public core::Session {
 public:
     enum class Kind : uint8_t { kPublic, kReadiness };
@@ -55,6 +56,7 @@ private:
     core::UniqueFd fd_;
     std::string bind_text_;
     int64_t backoff_ns_ = 0;
+    obs::RateLimiter retry_limit_;
     bool accept_armed_ = false;
     bool closed_ = false;
 };

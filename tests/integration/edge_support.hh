@@ -1,10 +1,13 @@
-// Shared helpers of the Server edge end-to-end suites (test_edge.cc, test_systemd.cc): a
-// runewarp Server with routes written to a temp INI and started as a Daemon.
+// Shared helpers of the Server edge end-to-end suites (test_edge.cc, test_systemd.cc,
+// test_floods.cc): a runewarp Server with routes written to a temp INI and started as a Daemon.
 #pragma once
 
+#include <criterion/criterion.h>
 #include <sys/resource.h>
 
 #include <cstdint>
+#include <cstdlib>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -68,5 +71,46 @@ inline std::size_t count_of(const std::string& text, const std::string& needle) 
         ++n;
     return n;
 }
+
+// A runewarp Server with its config in a private temp dir.
+class Edge {
+public:
+    explicit Edge(ServerSpec spec, Family family = Family::kV4) : spec_(std::move(spec)) {
+        if (spec_.public_bind.empty()) {
+            port_ = free_port(family);
+            spec_.public_bind = host_port(loopback(family), port_);
+        } else {
+            port_ = static_cast<std::uint16_t>(
+                std::stoi(spec_.public_bind.substr(spec_.public_bind.rfind(':') + 1)));
+        }
+        write_file(dir_ / "server.ini", server_ini(spec_));
+        std::vector<std::string> argv = spec_.launcher;
+        for (std::string a :
+             {runewarp_binary(), std::string("server"), std::string("-c"), dir_ / "server.ini"})
+            argv.push_back(std::move(a));
+        daemon_.emplace(DaemonOptions{.argv = argv,
+                                      .log_path = dir_ / "runewarp.log",
+                                      .ready_log_line = spec_.readiness_bind.empty()
+                                                            ? "server public listener ready"
+                                                            : "server readiness gained"});
+        // The backend matrix is only meaningful when the requested backend is the one running.
+        if (const char* want = std::getenv("RUNEWARP_EVENT_BACKEND"))
+            cr_assert(daemon_->wait_log(std::string("backend=") + want, Millis{5000}), "%s",
+                      log().c_str());
+    }
+    std::uint16_t port() const { return port_; }
+    Daemon& daemon() { return *daemon_; }
+    std::string log() const { return daemon_->log(); }
+    bool wait_log(const std::string& needle, Millis d = Millis{5000}) const {
+        return daemon_->wait_log(needle, d);
+    }
+    const std::string& dir() const { return dir_.path(); }
+
+private:
+    ServerSpec spec_;
+    TempDir dir_{"runewarp-edge"};
+    std::uint16_t port_ = 0;
+    std::optional<Daemon> daemon_;
+};
 
 }  // namespace runewarp::test::edge

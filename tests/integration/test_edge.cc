@@ -42,47 +42,6 @@ Millis since(Clock::time_point t) {
     return std::chrono::duration_cast<Millis>(Clock::now() - t);
 }
 
-// A runewarp Server with its config in a private temp dir.
-class Edge {
-public:
-    explicit Edge(ServerSpec spec, Family family = Family::kV4) : spec_(std::move(spec)) {
-        if (spec_.public_bind.empty()) {
-            port_ = free_port(family);
-            spec_.public_bind = host_port(loopback(family), port_);
-        } else {
-            port_ = static_cast<std::uint16_t>(
-                std::stoi(spec_.public_bind.substr(spec_.public_bind.rfind(':') + 1)));
-        }
-        write_file(dir_ / "server.ini", server_ini(spec_));
-        std::vector<std::string> argv = spec_.launcher;
-        for (std::string a :
-             {runewarp_binary(), std::string("server"), std::string("-c"), dir_ / "server.ini"})
-            argv.push_back(std::move(a));
-        daemon_.emplace(DaemonOptions{.argv = argv,
-                                      .log_path = dir_ / "runewarp.log",
-                                      .ready_log_line = spec_.readiness_bind.empty()
-                                                            ? "server public listener ready"
-                                                            : "server readiness gained"});
-        // The backend matrix is only meaningful when the requested backend is the one running.
-        if (const char* want = std::getenv("RUNEWARP_EVENT_BACKEND"))
-            cr_assert(daemon_->wait_log(std::string("backend=") + want, Millis{5000}), "%s",
-                      log().c_str());
-    }
-    std::uint16_t port() const { return port_; }
-    Daemon& daemon() { return *daemon_; }
-    std::string log() const { return daemon_->log(); }
-    bool wait_log(const std::string& needle, Millis d = Millis{5000}) const {
-        return daemon_->wait_log(needle, d);
-    }
-    const std::string& dir() const { return dir_.path(); }
-
-private:
-    ServerSpec spec_;
-    TempDir dir_{"runewarp-edge"};
-    std::uint16_t port_ = 0;
-    std::optional<Daemon> daemon_;
-};
-
 std::string upstream_of(const NginxFixture& n, bool proxy = false) {
     return host_port(n.address(), proxy ? n.proxy_port() : n.port());
 }
@@ -445,29 +404,6 @@ Test(edge, per_source_intake_limit_closes_the_newest_and_recovers) {
     cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
     cr_assert_eq(a.body, "alpha app.example.test\n");
     cr_assert(e.wait_log("server admission recovered"), "%s", e.log().c_str());
-}
-
-Test(edge, fd_exhaustion_backs_off_instead_of_spinning_and_recovers) {
-    Upstreams up;
-    // A hard fd limit the Server cannot raise: once intake Visitors hold every fd, accept fails
-    // with EMFILE and must back off (10 ms doubling to 1 s), never spin.
-    Edge e({.routes = up.routes(), .launcher = {"prlimit", "--nofile=64:64", "--"}});
-    std::vector<RawConnection> idle;
-    for (int i = 0; i < 80; ++i) idle.emplace_back("127.0.0.1", e.port());
-    cr_assert(e.wait_log("server public listener accept retrying"), "%s", e.log().c_str());
-    // The delay doubles up to its 1 s cap: a spinning accept loop would have logged a retry
-    // per attempt by then, a backing-off one about eight.
-    cr_assert(e.wait_log("next-retry-delay=1s", Millis{6000}), "%s", e.log().c_str());
-    const std::size_t retries = count_of(e.log(), "server public listener accept retrying");
-    cr_assert_leq(retries, 10u, "%zu retry lines:\n%s", retries, e.log().c_str());
-    cr_assert(e.log().find("Too many open files") != std::string::npos, "%s", e.log().c_str());
-
-    // When the Visitors leave, accepting resumes and new Visitors are served.
-    idle.clear();
-    HttpResponse a = get_via(e, kApp, up.alpha.ca_file(), "/name");
-    cr_assert(a.ok, "%s\n%s", a.error.c_str(), e.log().c_str());
-    cr_assert_eq(a.body, "alpha app.example.test\n");
-    cr_assert(e.wait_log("server public listener accept recovered"), "%s", e.log().c_str());
 }
 
 Test(edge, client_hello_delivered_byte_by_byte_still_routes) {

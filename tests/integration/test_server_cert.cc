@@ -30,15 +30,34 @@ std::string rfc3339(std::time_t t) {
     return buf;
 }
 
-// A Server with one Tunnel (so it loads cert-dir) on free loopback ports.
+// The line the Server writes about the certificate in `cert_dir`: a warning with the days left,
+// or (no days) the error of an expired one.
+std::string expiry_line(const std::string& cert_dir, std::time_t not_after,
+                        std::optional<int> days_left) {
+    std::string l =
+        days_left ? " WARN server certificate expiring: " : "ERROR server certificate expired: ";
+    l += "path=" + cert_dir + "/server.crt expires-at=" + rfc3339(not_after);
+    l += days_left ? " days-left=" + std::to_string(*days_left) + ": " : ": Clients refuse it; ";
+    return l + "renew it with `runewarp server cert renew`, then restart the server to load it\n";
+}
+
+// A Server with one Tunnel (so it loads cert-dir) on free loopback ports. Its certificate comes
+// from `server cert init`, or is made by hand with the given validity.
 class CertServer {
 public:
-    // `cert_dir` must hold the material already.
-    explicit CertServer(const TempDir& dir, const std::string& cert_dir) {
+    CertServer(const TempDir& dir, std::optional<Validity> leaf) : cert_dir_(dir / "cert") {
+        if (leaf) {
+            write_server_cert_dir(cert_dir_, kServerName, *leaf);
+        } else {
+            auto r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName,
+                          "--dir", cert_dir_},
+                         Millis{30000});
+            cr_assert(r.status.success(), "cert init: %s %s", r.out.c_str(), r.err.c_str());
+        }
         public_port_ = free_port();
         const std::uint16_t tunnel_port = free_port();
         std::string ini = "log-level = debug\n\n[server]\nhostname = " + kServerName + "\n";
-        ini += "cert-dir = " + cert_dir + "\n";
+        ini += "cert-dir = " + cert_dir_ + "\n";
         ini += "public-bind-address = 127.0.0.1:" + std::to_string(public_port_) + "\n";
         ini += "tunnel-bind-address = 127.0.0.1:" + std::to_string(tunnel_port) + "\n";
         ini += "\n[tunnel \"app\"]\npublic-hostnames = app.example.test\nclient-identities = " +
@@ -51,6 +70,7 @@ public:
         });
     }
 
+    const std::string& cert_dir() const { return cert_dir_; }
     Daemon& daemon() { return *daemon_; }
     std::string log() const { return daemon_->log(); }
 
@@ -66,6 +86,7 @@ public:
     }
 
 private:
+    std::string cert_dir_;
     std::uint16_t public_port_ = 0;
     std::optional<Daemon> daemon_;
 };
@@ -79,12 +100,8 @@ Test(server_cert, a_certificate_within_21_days_of_expiry_is_a_startup_warning) {
     const std::time_t now = std::time(nullptr);
     // 9 days and 23 hours left: 9 whole days.
     const Validity v{now - 80 * kDay, now + 10 * kDay - 3600};
-    write_server_cert_dir(dir / "cert", kServerName, v);
-    CertServer s(dir, dir / "cert");
-    const std::string line = " WARN server certificate expiring: path=" + (dir / "cert") +
-                             "/server.crt expires-at=" + rfc3339(v.not_after) +
-                             " days-left=9: renew it with `runewarp server cert renew`, then "
-                             "restart the server to load it\n";
+    CertServer s(dir, v);
+    const std::string line = expiry_line(s.cert_dir(), v.not_after, 9);
     cr_assert(s.daemon().wait_log(line, Millis{5000}), "%s", s.log().c_str());
     s.assert_serving();
     // One line per check: the next is due in a day.
@@ -97,13 +114,10 @@ Test(server_cert, an_expired_certificate_is_an_error_and_the_server_still_serves
     TempDir dir;
     const std::time_t now = std::time(nullptr);
     const Validity v{now - 91 * kDay, now - kDay};
-    write_server_cert_dir(dir / "cert", kServerName, v);
-    CertServer s(dir, dir / "cert");
-    const std::string line = "ERROR server certificate expired: path=" + (dir / "cert") +
-                             "/server.crt expires-at=" + rfc3339(v.not_after) +
-                             ": Clients refuse it; renew it with `runewarp server cert renew`, "
-                             "then restart the server to load it\n";
-    cr_assert(s.daemon().wait_log(line, Millis{5000}), "%s", s.log().c_str());
+    CertServer s(dir, v);
+    cr_assert(
+        s.daemon().wait_log(expiry_line(s.cert_dir(), v.not_after, std::nullopt), Millis{5000}),
+        "%s", s.log().c_str());
     s.assert_serving();
     cr_assert_eq(s.log().find("server certificate expiring"), std::string::npos, "%s",
                  s.log().c_str());
@@ -111,11 +125,7 @@ Test(server_cert, an_expired_certificate_is_an_error_and_the_server_still_serves
 
 Test(server_cert, a_fresh_certificate_logs_no_expiry_line) {
     TempDir dir;
-    auto r = run({runewarp_binary(), "server", "cert", "init", "--hostname", kServerName, "--dir",
-                  dir / "cert"},
-                 Millis{30000});
-    cr_assert(r.status.success(), "cert init: %s %s", r.out.c_str(), r.err.c_str());
-    CertServer s(dir, dir / "cert");
+    CertServer s(dir, std::nullopt);
     s.assert_serving();
     cr_assert_eq(s.log().find("server certificate"), std::string::npos, "%s", s.log().c_str());
 }

@@ -9,7 +9,7 @@
 namespace runewarp::test {
 namespace {
 
-CurlResult finish(const RunResult& r) {
+CurlResult result_of(const RunResult& r) {
     CurlResult c;
     c.status = r.status;
     c.timed_out = r.timed_out;
@@ -49,7 +49,7 @@ CurlResult curl_download(const HttpsTarget& t, const std::string& path, const st
     auto args = curl_base_args(t);
     args.insert(args.end(), {"--output", out_file, "--write-out", "%{http_code} %{size_download}",
                              https_url(t, path)});
-    CurlResult c = finish(run(args, deadline));
+    CurlResult c = result_of(run(args, deadline));
     if (file_exists(out_file)) c.sha256 = sha256_file(out_file);
     return c;
 }
@@ -59,8 +59,30 @@ CurlResult curl_upload(const HttpsTarget& t, const std::string& path, const std:
     auto args = curl_base_args(t);
     args.insert(args.end(), {"--upload-file", in_file, "--output", "/dev/null", "--write-out",
                              "%{http_code} %{size_upload}", https_url(t, path)});
-    CurlResult c = finish(run(args, deadline));
+    CurlResult c = result_of(run(args, deadline));
     c.sha256 = sha256_file(in_file);
+    return c;
+}
+
+CurlDownload::CurlDownload(const HttpsTarget& t, const std::string& path,
+                           const std::string& out_file, Millis max_time)
+    : out_file_(out_file) {
+    auto args = curl_base_args(t);
+    args.insert(args.end(),
+                {"--max-time", std::to_string((max_time.count() + 999) / 1000), "--output",
+                 out_file, "--write-out", "%{http_code} %{size_download}", https_url(t, path)});
+    proc_ = Process::spawn({.argv = args, .out = Output::pipe(), .err = Output::pipe()});
+}
+
+std::optional<CurlResult> CurlDownload::finish(Millis deadline) {
+    auto st = proc_.wait_exit(deadline);
+    if (!st) return std::nullopt;
+    RunResult r;
+    r.status = *st;
+    r.out = proc_.read_stdout(Millis{1000});
+    r.err = proc_.read_stderr(Millis{1000});
+    CurlResult c = result_of(r);
+    if (file_exists(out_file_)) c.sha256 = sha256_file(out_file_);
     return c;
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -38,5 +39,19 @@ CurlResult curl_download(const HttpsTarget& t, const std::string& path, const st
 // PUT in_file to path; the result's sha256 is the hash of in_file (what the server must store).
 CurlResult curl_upload(const HttpsTarget& t, const std::string& path, const std::string& in_file,
                        Millis deadline = Millis{120000});
+
+// A download in the background: started at once, finished (waited for and hashed) later, so a
+// test can keep other Visitors going while this one is stuck. curl gives up after max_time.
+class CurlDownload {
+public:
+    CurlDownload(const HttpsTarget& t, const std::string& path, const std::string& out_file,
+                 Millis max_time = Millis{60000});
+    // Waits up to `deadline` for curl to exit; nullopt while it still runs.
+    std::optional<CurlResult> finish(Millis deadline);
+
+private:
+    std::string out_file_;
+    Process proc_;
+};
 
 }  // namespace runewarp::test

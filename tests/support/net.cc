@@ -111,6 +111,11 @@ void Fd::reset() {
 }
 
 Fd tcp_connect(const std::string& addr, std::uint16_t port, Millis deadline, int* err) {
+    return tcp_connect_from({}, addr, port, deadline, err);
+}
+
+Fd tcp_connect_from(const std::string& source, const std::string& addr, std::uint16_t port,
+                    Millis deadline, int* err) {
     Addr a = make_addr(addr, port);
     Fd fd(::socket(a.ss.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
     auto fail = [&](int e) {
@@ -118,6 +123,13 @@ Fd tcp_connect(const std::string& addr, std::uint16_t port, Millis deadline, int
         return Fd{};
     };
     if (!fd.valid()) return fail(errno);
+    if (!source.empty()) {
+        // The port is chosen at connect time, per destination: many sockets fit one source.
+        int one = 1;
+        ::setsockopt(fd.get(), IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &one, sizeof one);
+        Addr s = make_addr(source, 0);
+        if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&s.ss), s.len) != 0) return fail(errno);
+    }
     if (::connect(fd.get(), reinterpret_cast<sockaddr*>(&a.ss), a.len) != 0) {
         if (errno != EINPROGRESS) return fail(errno);
         pollfd p{fd.get(), POLLOUT, 0};

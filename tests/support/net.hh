@@ -46,6 +46,9 @@ private:
 // Blocking TCP connect with a deadline; invalid Fd on failure (errno-like code in *err).
 Fd tcp_connect(const std::string& addr, std::uint16_t port, Millis deadline = Millis{5000},
                int* err = nullptr);
+// The same from a chosen local address (e.g. "127.0.0.7": a Visitor from another source).
+Fd tcp_connect_from(const std::string& source, const std::string& addr, std::uint16_t port,
+                    Millis deadline = Millis{5000}, int* err = nullptr);
 // True when a connect to addr:port succeeds right now (the connection is closed at once).
 bool tcp_accepting(const std::string& addr, std::uint16_t port);
 bool wait_tcp_accepting(const std::string& addr, std::uint16_t port, Millis deadline);

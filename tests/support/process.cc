@@ -2,6 +2,9 @@
 // child, PR_SET_PDEATHSIG, and an at-exit sweep so a failed assertion never leaks a daemon.
 #include "tests/support/process.hh"
 
+#include "tests/support/files.hh"
+
+#include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -153,6 +156,53 @@ std::string ExitStatus::describe() const {
     if (exited) return "exit code " + std::to_string(code);
     if (signal != 0) return std::string("killed by signal ") + ::strsignal(signal);
     return "unknown status";
+}
+
+namespace {
+
+// A /proc file read whole; empty when the process is gone.
+std::string read_proc(const std::string& path) {
+    try {
+        return read_file(path);
+    } catch (const std::runtime_error&) {
+        return {};
+    }
+}
+
+}  // namespace
+
+std::uint64_t proc_rss_kib(pid_t pid) {
+    const std::string status = read_proc("/proc/" + std::to_string(pid) + "/status");
+    const std::size_t at = status.find("\nVmRSS:");
+    if (at == std::string::npos) return 0;
+    return std::strtoull(status.c_str() + at + 7, nullptr, 10);
+}
+
+Millis proc_cpu_time(pid_t pid) {
+    const std::string stat = read_proc("/proc/" + std::to_string(pid) + "/stat");
+    // The command name may hold spaces and parentheses: fields count from the last ')'.
+    const std::size_t close = stat.rfind(')');
+    if (close == std::string::npos) return Millis{0};
+    // After ") " come field 3 (state) onwards; utime and stime are fields 14 and 15.
+    const char* p = stat.c_str() + close + 1;
+    unsigned long long field[16] = {};
+    for (int i = 3; i <= 15 && *p != '\0'; ++i) {
+        while (*p == ' ') ++p;
+        field[i] = std::strtoull(p, nullptr, 10);
+        while (*p != ' ' && *p != '\0') ++p;  // the state is a letter, not a number
+    }
+    const long hz = ::sysconf(_SC_CLK_TCK);
+    return Millis{static_cast<long long>((field[14] + field[15]) * 1000 / (hz > 0 ? hz : 100))};
+}
+
+std::size_t proc_open_fds(pid_t pid) {
+    DIR* d = ::opendir(("/proc/" + std::to_string(pid) + "/fd").c_str());
+    if (d == nullptr) return 0;
+    std::size_t n = 0;
+    while (const dirent* e = ::readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    ::closedir(d);
+    return n;
 }
 
 std::string find_program(const std::string& name) {

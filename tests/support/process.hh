@@ -5,6 +5,8 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -109,6 +111,14 @@ struct RunResult {
 };
 RunResult run(const std::vector<std::string>& argv, Millis deadline = Millis{60000},
               const std::vector<std::string>& env = {});
+
+// What /proc says about a running process, for resource bounds in tests (0 when unknown).
+// VmRSS from /proc/<pid>/status, in KiB.
+std::uint64_t proc_rss_kib(pid_t pid);
+// utime + stime from /proc/<pid>/stat: CPU time used so far.
+Millis proc_cpu_time(pid_t pid);
+// Entries of /proc/<pid>/fd: open file descriptors.
+std::size_t proc_open_fds(pid_t pid);
 
 // Full path of a program found in PATH (or the argument if it contains '/'); empty if none.
 std::string find_program(const std::string& name);
