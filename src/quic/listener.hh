@@ -35,7 +35,7 @@ struct CidHash {
 struct ListenerConfig {
     ConnectionConfig conn;
     EndpointOptions endpoint;
-    size_t max_handshakes = 256;  // spec 5.11: refuse the newest Initial beyond this
+    size_t max_handshakes = 256;  // handshakes in flight; the newest Initial beyond is refused
 };
 
 class AcceptHandler {
@@ -127,7 +127,7 @@ Result<Connection*> dial(core::Worker& w, const sockaddr* remote, socklen_t remo
                          const DialOptions& opts = {});
 
 // Client: moves an established client connection (from dial()) to a fresh UDP socket with a new
-// ephemeral port (connection migration, spec 12.3); the old socket is closed once the new path
+// ephemeral port (connection migration); the old socket is closed once the new path
 // is validated.
 Result<void> rebind(Connection& c) noexcept;
 
