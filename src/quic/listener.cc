@@ -4,6 +4,7 @@
 #include <gnutls/crypto.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -64,6 +65,11 @@ Listener::~Listener() {
         c->terminate();
     }
     if (ep_ != nullptr) ep_->close();
+}
+
+size_t Listener::cid_count(const Connection& c) const noexcept {
+    auto it = conns_.find(const_cast<Connection*>(&c));
+    return it == conns_.end() ? 0 : it->second.size();
 }
 
 void Listener::close_all(uint64_t app_code, std::string_view reason) noexcept {
@@ -174,13 +180,25 @@ void Listener::on_writable(UdpEndpoint&) noexcept {
 void Listener::on_cid_added(Connection& c, const ngtcp2_cid& cid) noexcept {
     CidKey k = CidKey::of(cid.data, cid.datalen);
     by_cid_[k] = &c;
-    conns_[&c].push_back(k);
+    std::vector<CidKey>& ids = conns_[&c];
+    // Room for the active IDs, a retiring one and the client's first DCID: no regrowth later.
+    if (ids.capacity() == 0) ids.reserve(8);
+    ids.push_back(k);
 }
 
 void Listener::on_cid_removed(Connection& c, const ngtcp2_cid& cid) noexcept {
     CidKey k = CidKey::of(cid.data, cid.datalen);
     auto it = by_cid_.find(k);
     if (it != by_cid_.end() && it->second == &c) by_cid_.erase(it);
+    // The connection's own list forgets it too (swap with the last: order does not matter), so
+    // a connection that migrates for days keeps as many IDs as it has active.
+    auto owned = conns_.find(&c);
+    if (owned == conns_.end()) return;
+    std::vector<CidKey>& ids = owned->second;
+    auto pos = std::find(ids.begin(), ids.end(), k);
+    if (pos == ids.end()) return;
+    *pos = ids.back();
+    ids.pop_back();
 }
 
 void Listener::on_handshake_finished(Connection& c, bool ok) noexcept {

@@ -71,6 +71,10 @@ public:
     size_t handshakes() const noexcept { return handshaking_; }
     uint64_t refused() const noexcept { return refused_; }
     uint64_t stateless_resets() const noexcept { return resets_sent_; }
+    // Connection IDs the listener routes to `c` (its own, plus the client's first DCID while in
+    // use), and to all connections: bounded by the active connection ID limit, not by history.
+    size_t cid_count(const Connection& c) const noexcept;
+    size_t routed_cids() const noexcept { return by_cid_.size(); }
     // Application close of every connection (e.g. code 0, "graceful shutdown").
     void close_all(uint64_t app_code, std::string_view reason) noexcept;
 

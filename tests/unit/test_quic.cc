@@ -859,6 +859,30 @@ Test(quic, handshake_limit_refuses_newest) {
     cr_assert_eq(env.server.accepted.size(), 1u);
 }
 
+// Every migration retires a connection ID and issues a new one: the listener forgets retired IDs,
+// so a long-lived connection that keeps moving holds a bounded routing list.
+Test(quic, migrating_connection_keeps_a_bounded_cid_list) {
+    Env env;
+    env.handshake();
+    Connection* sc = env.server.accepted.front();
+    const size_t initial = env.listener->cid_count(*sc);
+    cr_assert_gt(initial, 0u);
+    constexpr int kMigrations = 16;
+    for (int i = 0; i < kMigrations; ++i) {
+        auto r = rebind(*env.client_conn);
+        cr_assert(r.ok(), "rebind %d: %s", i, r.ok() ? "" : r.error().message.c_str());
+        // Path validated and the old socket released: listener + both connections + one socket.
+        cr_assert(env.run_until([&] { return env.worker->attached_count() == 4; }),
+                  "migration %d did not finish", i);
+    }
+    // Retired IDs are removed a few PTO after retirement; then the list is back to its size.
+    cr_assert(env.run_until([&] { return env.listener->cid_count(*sc) <= initial + 2; }, 5000),
+              "%zu connection IDs kept after %d migrations (%zu at the start)",
+              env.listener->cid_count(*sc), kMigrations, initial);
+    cr_assert_eq(env.listener->routed_cids(), env.listener->cid_count(*sc));
+    cr_assert(!env.client.closed);
+}
+
 Test(quic, unknown_connection_gets_stateless_reset) {
     Env env;
     env.handshake();
