@@ -768,6 +768,8 @@ Result<void> Connection::migrate(UdpEndpoint& ep) noexcept {
     path.local.addrlen = ep.local_addrlen();
     path.remote = cur->remote;
     int rv = ngtcp2_conn_initiate_migration(conn_, &path, ts_now());
+    // The server replaces the connection ID the last migration retired a round trip later.
+    if (rv == NGTCP2_ERR_CONN_ID_BLOCKED) return Error{EAGAIN, "migration: no spare connection ID"};
     if (rv != 0) return Error{EIO, std::string("migration: ") + ngtcp2_strerror(rv)};
     if (old_ep_ != nullptr && old_ep_ != ep_) {
         UdpEndpoint* stale = old_ep_;

@@ -132,7 +132,8 @@ Result<Connection*> dial(core::Worker& w, const sockaddr* remote, socklen_t remo
 
 // Client: moves an established client connection (from dial()) to a fresh UDP socket with a new
 // ephemeral port (connection migration); the old socket is closed once the new path
-// is validated.
+// is validated. Error code EAGAIN: the server has not yet issued a spare connection ID (it does a
+// round trip after the previous migration); EBUSY: the previous migration is still validating.
 Result<void> rebind(Connection& c) noexcept;
 
 }  // namespace runewarp::quic
