@@ -241,6 +241,7 @@ void Connection::settings_and_params(ngtcp2_settings& s,
 Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& owner,
                                               UdpEndpoint& ep, const ServerTls& tls,
                                               const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                                              const ValidatedInitial* validated,
                                               const ConnectionConfig& cfg) {
     std::unique_ptr<Connection> c(new Connection(w, owner, ep, Role::server, cfg));
     ngtcp2_settings s;
@@ -249,7 +250,18 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     // The Initial being processed was stamped when its batch was read; ngtcp2 must not see it
     // as older than the connection.
     if (ep.rx_time() > 0) s.initial_ts = static_cast<ngtcp2_tstamp>(ep.rx_time());
-    p.original_dcid = hd.dcid;
+    if (validated != nullptr) {
+        // After a Retry: the original DCID comes from the token, this Initial's DCID is the
+        // Retry's source CID, and the address counts as validated (no amplification limit).
+        p.original_dcid = validated->original_dcid;
+        p.retry_scid = hd.dcid;
+        p.retry_scid_present = 1;
+        s.token = validated->token.data();
+        s.tokenlen = validated->token.size();
+        s.token_type = NGTCP2_TOKEN_TYPE_RETRY;
+    } else {
+        p.original_dcid = hd.dcid;
+    }
     p.original_dcid_present = 1;
     ngtcp2_cid scid;
     random_cid(scid, kCidLen);

@@ -33,6 +33,14 @@ struct ConnectionConfig {
     size_t send_buffer = kStreamSendBuffer;
 };
 
+// A client Initial that carried a valid Retry token: its DCID is the Retry's source CID, and the
+// token names the DCID of the client's first Initial. ngtcp2 repeats both in the transport
+// parameters, so the client knows no one else answered for the server.
+struct ValidatedInitial {
+    ngtcp2_cid original_dcid;
+    std::span<const uint8_t> token;
+};
+
 // What the role sees of a connection.
 class ConnectionHandler {
 public:
@@ -73,9 +81,11 @@ public:
     static constexpr size_t kCidLen = 16;
 
     // Server side: from an accepted Initial. `scid` is ours, `hd` the client's Initial header.
+    // `validated` when the Initial carried a valid Retry token (else nullptr).
     static Result<Connection*> create_server(core::Worker& w, ConnectionOwner& owner,
                                              UdpEndpoint& ep, const ServerTls& tls,
                                              const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                                             const ValidatedInitial* validated,
                                              const ConnectionConfig& cfg);
     // Client side: starts the handshake towards `remote` from ep.
     static Result<Connection*> create_client(core::Worker& w, ConnectionOwner& owner,

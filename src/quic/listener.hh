@@ -13,6 +13,7 @@
 
 #include "core/worker.hh"
 #include "quic/connection.hh"
+#include "quic/retry.hh"
 #include "quic/tls.hh"
 #include "quic/udp_endpoint.hh"
 #include "runewarp/result.hh"
@@ -36,6 +37,9 @@ struct ListenerConfig {
     ConnectionConfig conn;
     EndpointOptions endpoint;
     size_t max_handshakes = 256;  // handshakes in flight; the newest Initial beyond is refused
+    RetryPolicy retry = RetryPolicy::automatic;
+    int64_t retry_token_lifetime_ns = 10 * core::kNsPerSec;
+    int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;
 };
 
 class AcceptHandler {
@@ -70,6 +74,10 @@ public:
     size_t connection_count() const noexcept { return conns_.size(); }
     size_t handshakes() const noexcept { return handshaking_; }
     uint64_t refused() const noexcept { return refused_; }
+    // Retry packets sent, and Initials dropped for an invalid or expired Retry token.
+    uint64_t retries() const noexcept { return retries_sent_; }
+    uint64_t tokens_rejected() const noexcept { return tokens_rejected_; }
+    uint64_t retry_key_rotations() const noexcept { return tokens_.rotations(); }
     uint64_t stateless_resets() const noexcept { return resets_sent_; }
     // Connection IDs the listener routes to `c` (its own, plus the client's first DCID while in
     // use), and to all connections: bounded by the active connection ID limit, not by history.
@@ -96,6 +104,11 @@ private:
 
     void accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
                         std::span<const uint8_t> data) noexcept;
+    bool wants_retry() const noexcept;
+    void send_retry(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                    size_t initial_len, int64_t now) noexcept;
+    void send_initial_close(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                            uint64_t code, size_t initial_len) noexcept;
     void send_version_negotiation(UdpEndpoint& ep, const ngtcp2_path& path,
                                   const ngtcp2_version_cid& vc) noexcept;
     void send_stateless_reset(UdpEndpoint& ep, const ngtcp2_path& path,
@@ -113,6 +126,9 @@ private:
     size_t handshaking_ = 0;
     uint64_t refused_ = 0;
     uint64_t resets_sent_ = 0;
+    RetryTokens tokens_;
+    uint64_t retries_sent_ = 0;
+    uint64_t tokens_rejected_ = 0;
     static constexpr uint32_t kMaxResetsPerSecond = 256;
     int64_t reset_window_start_ = 0;
     uint32_t resets_in_window_ = 0;
