@@ -436,6 +436,11 @@ void Loader::server() {
     auto any = *proto::parse_endpoint("0.0.0.0:443");
     cfg.public_bind = endpoint("public-bind-address", any);
     cfg.tunnel_bind = endpoint("tunnel-bind-address", any);
+    if (auto* v = srv->good("tunnel-retry")) {
+        cfg.tunnel_retry = v->one() == "always"  ? TunnelRetry::kAlways
+                           : v->one() == "never" ? TunnelRetry::kNever
+                                                 : TunnelRetry::kAuto;
+    }
     if (auto* v = srv->good("readiness-bind-address")) {
         cfg.readiness_bind = std::get<proto::Endpoint>(parse_socket_address(v->one()));
     }

@@ -20,6 +20,8 @@ enum class LogFormat { kText, kJson };
 enum class EventBackend { kAuto, kIoUring, kEpoll };
 enum class Trust { kSystem, kCaFile };
 enum class TlsMode { kPassthrough, kTerminate };
+// When the Server answers a QUIC Initial with a Retry (address validation) instead of a handshake.
+enum class TunnelRetry { kAuto, kAlways, kNever };
 
 // One validation problem. line 0 means the problem is not tied to a line.
 struct Problem {
@@ -100,6 +102,7 @@ struct ServerConfig {
     std::string cert_dir;  // empty when ACME is used or no Tunnel exists
     proto::Endpoint public_bind;
     proto::Endpoint tunnel_bind;
+    TunnelRetry tunnel_retry = TunnelRetry::kAuto;
     std::optional<proto::Endpoint> readiness_bind;
     std::uint64_t graceful_shutdown_ms = 60'000;
     bool visitor_proxy_v2 = false;

@@ -603,18 +603,22 @@ Result<void> EdgeServer::create_tunnel_listener() {
     if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
     tunnel_tls_ = std::move(*tls);
 
+    quic::ListenerConfig lc;  // [server] tunnel-retry: when an Initial must prove its address
+    lc.retry = cfg_.tunnel_retry == config::TunnelRetry::kAlways  ? quic::RetryPolicy::always
+               : cfg_.tunnel_retry == config::TunnelRetry::kNever ? quic::RetryPolicy::never
+                                                                  : quic::RetryPolicy::automatic;
     if (tunnel_fd_.valid()) {
         // Socket activation `tunnel` replaces binding the configured address (spec 5.14).
         std::string got = note_activated(log_, "server tunnel listener socket-activated",
                                          tunnel_fd_.get(), cfg_.tunnel_bind, "tunnel-bind-address");
-        auto l = quic::Listener::adopt(*worker_, std::move(tunnel_fd_), *tunnel_tls_, *this, {});
+        auto l = quic::Listener::adopt(*worker_, std::move(tunnel_fd_), *tunnel_tls_, *this, lc);
         if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
         tunnel_listener_ = std::move(*l);
     } else {
         sockaddr_storage ss{};
         socklen_t len = proto::to_sockaddr(cfg_.tunnel_bind, ss);
         auto l = quic::Listener::create(*worker_, reinterpret_cast<const sockaddr*>(&ss), len,
-                                        *tunnel_tls_, *this, {});
+                                        *tunnel_tls_, *this, lc);
         if (!l) {
             return Error::msg("failed to bind server.tunnel-bind-address " +
                               proto::format_endpoint(cfg_.tunnel_bind) + ": " + l.error().message);

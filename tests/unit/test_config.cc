@@ -195,6 +195,13 @@ const Case kCases[] = {
     {Role::kServer, S_HEAD "event-backend = kqueue\n" TUN, 4,
      "server.event-backend: invalid value \"kqueue\": must be one of auto, io_uring, epoll",
      nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry = sometimes\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"sometimes\": must be one of auto, always, never",
+     nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry = Always\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"Always\": must be one of auto, always, never", nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry =\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"\": must be one of auto, always, never", nullptr},
     // material and ACME
     {Role::kServer, "[server]\nhostname = tunnel.example.com\ncert-dir = empty\n" TUN, 3,
      "server.cert-dir: @DIR@/empty is missing server.crt, server.key, server-ca.crt",
@@ -570,6 +577,22 @@ Test(config, durations_units) {
                       std::string(S_HEAD) + "graceful-shutdown-duration = " + text + "\n" + TUN);
         cr_assert(out.ok(), "%s: %s", text, dump(out).c_str());
         cr_expect_eq(out.server->graceful_shutdown_ms, ms, "%s", text);
+    }
+}
+
+Test(config, tunnel_retry_values) {
+    Scratch s;
+    auto def = load_text(s, Role::kServer, S_HEAD TUN);
+    cr_assert(def.ok(), "%s", dump(def).c_str());
+    cr_expect(def.server->tunnel_retry == TunnelRetry::kAuto, "auto by default");
+    const std::pair<const char*, TunnelRetry> cases[] = {{"auto", TunnelRetry::kAuto},
+                                                         {"always", TunnelRetry::kAlways},
+                                                         {"never", TunnelRetry::kNever}};
+    for (auto [text, want] : cases) {
+        auto out = load_text(s, Role::kServer,
+                             std::string(S_HEAD) + "tunnel-retry = " + text + "\n" + TUN);
+        cr_assert(out.ok(), "%s: %s", text, dump(out).c_str());
+        cr_expect(out.server->tunnel_retry == want, "%s", text);
     }
 }
 
