@@ -84,6 +84,7 @@ std::unique_ptr<RawQuicClient> RawQuicClient::create(const quic::ClientTls& tls,
     ngtcp2_cid dcid, scid;
     random_cid(dcid, 18);
     random_cid(scid, 16);
+    c->scid_ = scid;
     ngtcp2_path path{};
     path.local.addr = reinterpret_cast<sockaddr*>(&c->local_);
     path.local.addrlen = c->local_len_;
@@ -126,6 +127,14 @@ int RawQuicClient::read(std::span<const uint8_t> datagram) {
 uint64_t RawQuicClient::peer_close_code() const {
     const ngtcp2_ccerr* e = ngtcp2_conn_get_ccerr(conn_);
     return e != nullptr ? e->error_code : 0;
+}
+
+bool RawQuicClient::addressed_to(std::span<const uint8_t> d) const {
+    // Long header: flags, version (4), DCID length, DCID.
+    if (d.size() < 6 || (d[0] & 0x80) == 0) return false;
+    const size_t len = d[5];
+    return len == scid_.datalen && d.size() >= 6 + len &&
+           std::memcmp(d.data() + 6, scid_.data, len) == 0;
 }
 
 int bind_udp(const char* addr) {

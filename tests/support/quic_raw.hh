@@ -36,6 +36,9 @@ public:
     int read(std::span<const uint8_t> datagram);
     // The peer's CONNECTION_CLOSE error code once read() returned NGTCP2_ERR_DRAINING.
     uint64_t peer_close_code() const;
+    // Whether a long-header datagram is addressed to this client (its DCID is our SCID): tells
+    // the answers to this connection from late ones to an earlier connection on the same socket.
+    bool addressed_to(std::span<const uint8_t> datagram) const;
     ngtcp2_conn* raw() { return conn_; }
 
 private:
@@ -43,6 +46,7 @@ private:
     static ngtcp2_conn* get_conn(ngtcp2_crypto_conn_ref* ref) noexcept;
 
     ngtcp2_conn* conn_ = nullptr;
+    ngtcp2_cid scid_{};
     quic::TlsConnState state_{};
     quic::TlsSession tls_;
     sockaddr_storage local_{};
