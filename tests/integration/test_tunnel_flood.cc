@@ -311,6 +311,29 @@ void download_checked(Tunnel& t, const std::string& name, const std::string& sha
     cr_assert_eq(d.sha256, sha, "%s: body differs", tag.c_str());
 }
 
+// What the Server answers one genuine token-less Initial with (its long-header packet type).
+int answer_to_one_initial(std::uint16_t port, const std::string& ca_pem) {
+    auto tls = quic::ClientTls::create({kServerName, quic::ServerTrust::ca_file, ca_pem, "", ""});
+    cr_assert(tls.ok());
+    int fd = bind_udp("127.0.5.1");
+    cr_assert_geq(fd, 0);
+    sockaddr_in local = local_of(fd), server = loopback_port(port);
+    auto c = RawQuicClient::create(**tls, reinterpret_cast<sockaddr*>(&local), sizeof local,
+                                   reinterpret_cast<sockaddr*>(&server), sizeof server);
+    cr_assert(c != nullptr);
+    std::vector<std::uint8_t> pkt = c->next_datagram();
+    cr_assert_eq(::sendto(fd, pkt.data(), pkt.size(), 0, reinterpret_cast<sockaddr*>(&server),
+                          sizeof server),
+                 static_cast<ssize_t>(pkt.size()));
+    std::uint8_t reply[2048];
+    ssize_t n = -1;
+    bool got = wait_until([&] { return (n = ::recv(fd, reply, sizeof reply, MSG_DONTWAIT)) > 0; },
+                          Millis{5000});
+    ::close(fd);
+    cr_assert(got, "no answer to an Initial");
+    return long_header_type({reply, static_cast<std::size_t>(n)});
+}
+
 }  // namespace
 
 TestSuite(tunnel_flood, .timeout = 180);
@@ -378,6 +401,20 @@ Test(tunnel_flood, without_retry_the_same_flood_locks_the_client_out) {
     // The Client is fine: with the flood over, a later attempt gets a slot.
     cr_assert(t.wait_client("client ready", 1, Millis{60000}), "%s", t.client_log().c_str());
     download_checked(t, "flood.bin", sha, "after-flood");
+    assert_server_undisturbed(t, 1);
+    t.stop_client_cleanly();
+}
+
+// tunnel-retry = always: the real Client follows the Retry on its own, with nothing in flight.
+Test(tunnel_flood, client_follows_a_retry_with_retry_always) {
+    Tunnel t({.server_extra = "tunnel-retry = always\n"});
+    t.wait_pool_ready();
+    // Nothing else is in flight, and still a new connection is asked to validate its address.
+    cr_assert_eq(answer_to_one_initial(t.tunnel_port(), server_ca(t)), NGTCP2_PKT_RETRY);
+    const std::string sha = t.backend().add_random_file("always.bin", 1u << 20, 3);
+    download_checked(t, "always.bin", sha, "always");
+    cr_assert_eq(t.client_log().find("client tunnel connection failed"), std::string::npos, "%s",
+                 t.client_log().c_str());
     assert_server_undisturbed(t, 1);
     t.stop_client_cleanly();
 }
