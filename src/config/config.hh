@@ -30,7 +30,7 @@ struct Problem {
     std::string message;
 };
 
-// Runtime flags that replace or complete file values (spec 3.3, 3.5).
+// Runtime flags that replace or complete file values (server --hostname, client flags).
 struct Overrides {
     std::optional<std::string> hostname;         // server --hostname
     std::vector<std::string> server_addresses;   // client --server-address (repeatable)
@@ -111,7 +111,7 @@ struct ServerConfig {
     std::vector<Tunnel> tunnels;
     std::vector<Route> routes;
 
-    // Managed mode (spec 9): validated, then refused by the runtime.
+    // Managed mode ([control]): validated, then refused by the runtime.
     bool managed_requested = false;
     std::optional<Control> control;
     std::string identity_dir;  // Managed only

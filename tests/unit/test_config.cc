@@ -106,7 +106,7 @@ struct Case {
 const std::string kLong = "# " + std::string(200, 'x') + "\n";
 
 const Case kCases[] = {
-    // pre-scan and syntax (spec 4.5)
+    // pre-scan and syntax of the INI file
     {Role::kServer, S_HEAD TUN "[server]\n", 7, "duplicate section [server] (first at line 1)",
      nullptr},
     {Role::kServer, S_HEAD TUN "[tunnel \"apps\"]\n", 7,
@@ -217,7 +217,7 @@ const Case kCases[] = {
      "[server]\nhostname = tunnel.example.com\n[server.acme]\nemail = a@example.com\nstate-dir = "
      "nope\n" TUN,
      5, "server.acme.state-dir: directory @DIR@/nope does not exist", nullptr},
-    // tunnels and routes (4.3, 12.1)
+    // tunnels and routes, and the rules across them
     {Role::kServer, TUN, 0, "missing [server] section", nullptr},
     {Role::kServer, S_HEAD, 0,
      "at least one [tunnel \"LABEL\"] or [route \"LABEL\"] section is required", nullptr},
@@ -289,7 +289,7 @@ const Case kCases[] = {
      "[server]\nhostname = tunnel.example.com\n[route \"local\"]\npublic-hostnames = "
      "web.example.com\nupstream-address = [::1]:8443\nproxy-protocol = v1\n",
      6, "route \"local\": proxy-protocol: invalid value \"v1\": must be one of v2", nullptr},
-    // [client] (4.2, 4.3)
+    // [client] keys and the rules across them
     {Role::kClient, SVC, 0,
      "`--server-address` is required when the selected config has no [client] section", nullptr},
     {Role::kClient, C_HEAD "server-addresses = tunnel-b.example.com\n" SVC, 4,

@@ -545,8 +545,8 @@ struct Counter final : StreamHandler {
 
 }  // namespace
 
-// [compat] spec 5.2: the Client grants 1024 concurrent streams and returns one credit per
-// server-opened stream that fully closes.
+// The Client grants 1024 concurrent streams and returns one credit per server-opened stream that
+// fully closes (ngtcp2 does not replenish remote stream credit by itself).
 Test(quic, client_replenishes_stream_credit) {
     Counter on_server, on_client;
     Env env;
