@@ -302,6 +302,16 @@ void assert_server_undisturbed(Tunnel& t, std::size_t accepted) {
     cr_assert_eq(count_of(log, "server tunnel connection accepted"), accepted, "%s", log.c_str());
 }
 
+// SIGTERM: the Server exits 0 (handshakes of the attack still in flight) without a sanitizer
+// report.
+void stop_server_cleanly(Tunnel& t) {
+    ExitStatus st = t.server().stop();
+    std::string log = t.server().log();
+    cr_assert(st.success(), "server exit: %s\n%s", st.describe().c_str(), log.c_str());
+    cr_assert_eq(log.find("Sanitizer"), std::string::npos, "%s", log.c_str());
+    cr_assert_eq(log.find("runtime error"), std::string::npos, "%s", log.c_str());
+}
+
 void download_checked(Tunnel& t, const std::string& name, const std::string& sha,
                       const std::string& tag) {
     CurlResult d = curl_download(t.target(), "/files/" + name, t.out(tag + ".bin"), Millis{30000});
@@ -368,6 +378,7 @@ Test(tunnel_flood, retry_keeps_the_client_in_during_an_initial_flood) {
     assert_server_undisturbed(t, 1);
     download_checked(t, "flood.bin", sha, "after-flood");
     t.stop_client_cleanly();
+    stop_server_cleanly(t);
 }
 
 // The same flood with tunnel-retry = never: every slot holds a flood handshake, the Client's
@@ -403,6 +414,7 @@ Test(tunnel_flood, without_retry_the_same_flood_locks_the_client_out) {
     download_checked(t, "flood.bin", sha, "after-flood");
     assert_server_undisturbed(t, 1);
     t.stop_client_cleanly();
+    stop_server_cleanly(t);
 }
 
 // tunnel-retry = always: the real Client follows the Retry on its own, with nothing in flight.
@@ -417,6 +429,7 @@ Test(tunnel_flood, client_follows_a_retry_with_retry_always) {
                  t.client_log().c_str());
     assert_server_undisturbed(t, 1);
     t.stop_client_cleanly();
+    stop_server_cleanly(t);
 }
 
 // Garbage at the tunnel port: the established tunnel connection keeps serving Visitors during
@@ -458,4 +471,5 @@ Test(tunnel_flood, udp_garbage_leaves_the_tunnel_serving) {
     cr_assert_eq(clog.find("client tunnel connection dropped"), std::string::npos, "%s",
                  clog.c_str());
     t.stop_client_cleanly();
+    stop_server_cleanly(t);
 }
