@@ -37,9 +37,9 @@ struct ListenerConfig {
     ConnectionConfig conn;
     EndpointOptions endpoint;
     size_t max_handshakes = 256;  // handshakes in flight; the newest Initial beyond is refused
-    RetryPolicy retry = RetryPolicy::automatic;
+    RetryPolicy retry = RetryPolicy::automatic;  // when an Initial must prove its address
     int64_t retry_token_lifetime_ns = 10 * core::kNsPerSec;
-    int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;
+    int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;  // the previous key stays valid
 };
 
 class AcceptHandler {
@@ -74,7 +74,8 @@ public:
     size_t connection_count() const noexcept { return conns_.size(); }
     size_t handshakes() const noexcept { return handshaking_; }
     uint64_t refused() const noexcept { return refused_; }
-    // Retry packets sent, and Initials dropped for an invalid or expired Retry token.
+    // Retry packets sent, and Initials answered with INVALID_TOKEN (forged, foreign or expired
+    // Retry token).
     uint64_t retries() const noexcept { return retries_sent_; }
     uint64_t tokens_rejected() const noexcept { return tokens_rejected_; }
     uint64_t retry_key_rotations() const noexcept { return tokens_.rotations(); }
