@@ -85,41 +85,82 @@ double cpu_seconds(pid_t pid) {
     return ticks / static_cast<double>(::sysconf(_SC_CLK_TCK));
 }
 
-// Genuine client Initials (a real ClientHello, a fresh connection ID each) at a fixed rate, each
-// from the next of many source addresses; nothing ever answers what the Server sends back. Each
-// source keeps its last client, which reads the replies: a Retry, a stateless CONNECTION_CLOSE
-// with CONNECTION_REFUSED (every slot taken), or the Server's first flight (a handshake began).
-class InitialFlood {
+// Sends from many loopback source addresses at a fixed rate on its own thread; a subclass makes
+// each datagram. The pacing belongs to the attack: the tests wait on conditions.
+class PacedSender {
 public:
-    InitialFlood(std::uint16_t port, const std::string& ca_pem) : server_(loopback_port(port)) {
-        auto tls =
-            quic::ClientTls::create({kServerName, quic::ServerTrust::ca_file, ca_pem, "", ""});
-        cr_assert(tls.ok(), "client tls: %s", tls.ok() ? "" : tls.error().message.c_str());
-        tls_ = std::move(*tls);
-        fds_ = source_sockets(kFloodSources, 1);
-        clients_.resize(fds_.size());
-        counted_.resize(fds_.size());
-        thread_ = std::thread([this] { run(); });
-    }
-    ~InitialFlood() {
+    PacedSender(std::uint16_t port, int sources, int first_net, int rate)
+        : server_(loopback_port(port)), fds_(source_sockets(sources, first_net)), rate_(rate) {}
+    virtual ~PacedSender() {
         stop();
-        clients_.clear();
         for (int fd : fds_) ::close(fd);
     }
-    InitialFlood(const InitialFlood&) = delete;
-    InitialFlood& operator=(const InitialFlood&) = delete;
+    PacedSender(const PacedSender&) = delete;
+    PacedSender& operator=(const PacedSender&) = delete;
 
+    // Subclasses call this in their destructor too: the thread calls into them.
     void stop() {
         stop_ = true;
         if (thread_.joinable()) thread_.join();
     }
     std::uint64_t sent() const { return sent_; }
+
+protected:
+    void start() {
+        thread_ = std::thread([this] { run(); });
+    }
+    // The k-th datagram, from source socket i; false ends the thread.
+    virtual bool send_one(std::size_t k, std::size_t i) = 0;
+    void send(std::size_t i, std::span<const std::uint8_t> d) {
+        if (::sendto(fds_[i], d.data(), d.size(), 0, reinterpret_cast<sockaddr*>(&server_),
+                     sizeof server_) == static_cast<ssize_t>(d.size()))
+            ++sent_;
+    }
+
+    sockaddr_in server_;
+    std::vector<int> fds_;
+
+private:
+    void run() {
+        const auto period = std::chrono::nanoseconds(1'000'000'000 / rate_);
+        auto next = Clock::now();
+        for (std::size_t k = 0; !stop_; ++k) {
+            if (!send_one(k, k % fds_.size())) return;
+            next += period;
+            std::this_thread::sleep_until(next);
+        }
+    }
+
+    int rate_;
+    std::atomic<bool> stop_{false};
+    std::atomic<std::uint64_t> sent_{0};
+    std::thread thread_;
+};
+
+// Genuine client Initials (a real ClientHello, a fresh connection ID each), each from the next
+// of many source addresses; nothing ever answers what the Server sends back. Each source keeps
+// its last client, which reads the replies: a Retry, a stateless CONNECTION_CLOSE with
+// CONNECTION_REFUSED (every slot taken), or the Server's first flight (a handshake began).
+class InitialFlood final : public PacedSender {
+public:
+    InitialFlood(std::uint16_t port, const std::string& ca_pem)
+        : PacedSender(port, kFloodSources, 1, kFloodRate) {
+        auto tls =
+            quic::ClientTls::create({kServerName, quic::ServerTrust::ca_file, ca_pem, "", ""});
+        cr_assert(tls.ok(), "client tls: %s", tls.ok() ? "" : tls.error().message.c_str());
+        tls_ = std::move(*tls);
+        clients_.resize(fds_.size());
+        counted_.resize(fds_.size());
+        start();
+    }
+    ~InitialFlood() override { stop(); }
+
     std::uint64_t retries() const { return retries_; }
     std::uint64_t refusals() const { return refusals_; }
     std::uint64_t handshakes() const { return handshakes_; }
     bool failed() const { return failed_; }
     std::string describe() const {
-        return "sent " + std::to_string(sent_) + ", retries " + std::to_string(retries_) +
+        return "sent " + std::to_string(sent()) + ", retries " + std::to_string(retries_) +
                ", refusals " + std::to_string(refusals_) + ", handshakes " +
                std::to_string(handshakes_);
     }
@@ -150,55 +191,41 @@ private:
         }
     }
 
-    void run() {
-        const auto period = std::chrono::nanoseconds(1'000'000'000 / kFloodRate);
-        auto next = Clock::now();
-        for (std::size_t k = 0; !stop_; ++k) {
-            std::size_t i = k % fds_.size();
-            drain(i);
-            sockaddr_in local = local_of(fds_[i]);
-            clients_[i] =
-                RawQuicClient::create(*tls_, reinterpret_cast<sockaddr*>(&local), sizeof local,
-                                      reinterpret_cast<sockaddr*>(&server_), sizeof server_);
-            counted_[i] = false;
-            std::vector<std::uint8_t> pkt;
-            if (clients_[i] != nullptr) pkt = clients_[i]->next_datagram();
-            if (pkt.size() < 1200) {
-                failed_ = true;
-                return;
-            }
-            if (::sendto(fds_[i], pkt.data(), pkt.size(), 0, reinterpret_cast<sockaddr*>(&server_),
-                         sizeof server_) == static_cast<ssize_t>(pkt.size()))
-                ++sent_;
-            // Pacing of the attack, not synchronisation: the test waits on conditions.
-            next += period;
-            std::this_thread::sleep_until(next);
+    bool send_one(std::size_t, std::size_t i) override {
+        drain(i);
+        sockaddr_in local = local_of(fds_[i]);
+        clients_[i] =
+            RawQuicClient::create(*tls_, reinterpret_cast<sockaddr*>(&local), sizeof local,
+                                  reinterpret_cast<sockaddr*>(&server_), sizeof server_);
+        counted_[i] = false;
+        std::vector<std::uint8_t> pkt;
+        if (clients_[i] != nullptr) pkt = clients_[i]->next_datagram();
+        if (pkt.size() < 1200) {
+            failed_ = true;
+            return false;
         }
+        send(i, pkt);
+        return true;
     }
 
-    sockaddr_in server_;
     std::unique_ptr<quic::ClientTls> tls_;
-    std::vector<int> fds_;
     std::vector<std::unique_ptr<RawQuicClient>> clients_;  // the flood thread's only
     std::vector<bool> counted_;
-    std::atomic<bool> stop_{false};
     std::atomic<bool> failed_{false};
-    std::atomic<std::uint64_t> sent_{0}, retries_{0}, refusals_{0}, handshakes_{0};
-    std::thread thread_;
+    std::atomic<std::uint64_t> retries_{0}, refusals_{0}, handshakes_{0};
 };
 
 // UDP garbage at the tunnel port from many sources: random bytes, short-header packets for
 // connection IDs nobody issued, genuine Initials cut short, long headers of an unknown version,
-// and oversized datagrams.
-class GarbageSpray {
+// stray Handshake packets and oversized datagrams.
+class GarbageSpray final : public PacedSender {
 public:
     static constexpr int kRate = 4000;  // datagrams per second
 
-    GarbageSpray(std::uint16_t port, const std::string& ca_pem) : server_(loopback_port(port)) {
+    GarbageSpray(std::uint16_t port, const std::string& ca_pem) : PacedSender(port, 32, 3, kRate) {
         auto tls =
             quic::ClientTls::create({kServerName, quic::ServerTrust::ca_file, ca_pem, "", ""});
         cr_assert(tls.ok());
-        fds_ = source_sockets(32, 3);
         for (int i = 0; i < 16; ++i) {
             sockaddr_in local = local_of(fds_[0]);
             auto c = RawQuicClient::create(**tls, reinterpret_cast<sockaddr*>(&local), sizeof local,
@@ -207,86 +234,64 @@ public:
             initials_.push_back(c->next_datagram());
             cr_assert_geq(initials_.back().size(), 1200u);
         }
-        thread_ = std::thread([this] { run(); });
+        for (auto& b : buf_) b = static_cast<std::uint8_t>(rng_());
+        start();
     }
-    ~GarbageSpray() {
-        stop();
-        for (int fd : fds_) ::close(fd);
-    }
-    GarbageSpray(const GarbageSpray&) = delete;
-    GarbageSpray& operator=(const GarbageSpray&) = delete;
+    ~GarbageSpray() override { stop(); }
 
-    void stop() {
-        stop_ = true;
-        if (thread_.joinable()) thread_.join();
-    }
-    std::uint64_t sent() const { return sent_; }
     std::uint64_t answers() const { return answers_; }
 
 private:
-    void run() {
-        std::mt19937_64 rng(42);
-        std::vector<std::uint8_t> buf(65000);
-        for (auto& b : buf) b = static_cast<std::uint8_t>(rng());
-        const auto period = std::chrono::nanoseconds(1'000'000'000 / kRate);
-        auto next = Clock::now();
-        for (std::size_t i = 0; !stop_; ++i) {
-            // Fresh random bytes where packets are built; the tail of the big ones stays as is.
-            for (std::size_t k = 0; k < 1408; k += 8) {
-                std::uint64_t r = rng();
-                std::memcpy(buf.data() + k, &r, 8);
-            }
-            std::size_t len = 0;
-            switch (i % 6) {
-                case 0:  // random bytes, any first byte
-                    len = 1 + rng() % 1400;
-                    break;
-                case 1:  // short header for a 16-byte connection ID nobody issued
-                    buf[0] = static_cast<std::uint8_t>(0x40 | (buf[0] & 0x3f));
-                    len = 17 + rng() % 1200;
-                    break;
-                case 2: {  // a genuine Initial, truncated
-                    const auto& ini = initials_[rng() % initials_.size()];
-                    len = 1 + rng() % (ini.size() - 1);
-                    std::copy(ini.begin(), ini.begin() + static_cast<std::ptrdiff_t>(len),
-                              buf.begin());
-                    break;
-                }
-                case 3:  // long header of an unknown version, full size
-                    buf[0] = static_cast<std::uint8_t>(0xc0 | (buf[0] & 0x3f));
-                    buf[1] = 0x5a, buf[2] = 0x5a, buf[3] = 0x5a, buf[4] = 0x5a;
-                    buf[5] = 8;
-                    buf[14] = 8;
-                    len = 1200;
-                    break;
-                case 4:  // QUIC v1 Handshake packet for an unknown connection
-                    buf[0] = static_cast<std::uint8_t>(0xe0 | (buf[0] & 0x0f));
-                    buf[1] = 0, buf[2] = 0, buf[3] = 0, buf[4] = 1;
-                    buf[5] = 16;
-                    buf[22] = 8;
-                    len = 100 + rng() % 1100;
-                    break;
-                default:  // oversized (every 30th: 9000 bytes or a whole 65000)
-                    len = i % 30 == 5 ? 65000 : (i % 30 == 11 ? 9000 : 1 + rng() % 64);
-                    break;
-            }
-            int fd = fds_[i % fds_.size()];
-            if (::sendto(fd, buf.data(), len, 0, reinterpret_cast<sockaddr*>(&server_),
-                         sizeof server_) == static_cast<ssize_t>(len))
-                ++sent_;
-            std::uint8_t reply[2048];
-            while (::recv(fd, reply, sizeof reply, MSG_DONTWAIT) > 0) ++answers_;
-            next += period;
-            std::this_thread::sleep_until(next);
+    bool send_one(std::size_t k, std::size_t i) override {
+        // Fresh random bytes where packets are built; the tail of the big ones stays as is.
+        for (std::size_t j = 0; j < 1408; j += 8) {
+            std::uint64_t r = rng_();
+            std::memcpy(buf_.data() + j, &r, 8);
         }
+        std::size_t len = 0;
+        switch (k % 6) {
+            case 0:  // random bytes, any first byte
+                len = 1 + rng_() % 1400;
+                break;
+            case 1:  // short header for a 16-byte connection ID nobody issued
+                buf_[0] = static_cast<std::uint8_t>(0x40 | (buf_[0] & 0x3f));
+                len = 17 + rng_() % 1200;
+                break;
+            case 2: {  // a genuine Initial, truncated
+                const auto& ini = initials_[rng_() % initials_.size()];
+                len = 1 + rng_() % (ini.size() - 1);
+                std::copy(ini.begin(), ini.begin() + static_cast<std::ptrdiff_t>(len),
+                          buf_.begin());
+                break;
+            }
+            case 3:  // long header of an unknown version, full size
+                buf_[0] = static_cast<std::uint8_t>(0xc0 | (buf_[0] & 0x3f));
+                buf_[1] = 0x5a, buf_[2] = 0x5a, buf_[3] = 0x5a, buf_[4] = 0x5a;
+                buf_[5] = 8;
+                buf_[14] = 8;
+                len = 1200;
+                break;
+            case 4:  // QUIC v1 Handshake packet for an unknown connection
+                buf_[0] = static_cast<std::uint8_t>(0xe0 | (buf_[0] & 0x0f));
+                buf_[1] = 0, buf_[2] = 0, buf_[3] = 0, buf_[4] = 1;
+                buf_[5] = 16;
+                buf_[22] = 8;
+                len = 100 + rng_() % 1100;
+                break;
+            default:  // oversized (every 30th: 9000 bytes or a whole 65000), else tiny
+                len = k % 30 == 5 ? 65000 : (k % 30 == 11 ? 9000 : 1 + rng_() % 64);
+                break;
+        }
+        send(i, {buf_.data(), len});
+        std::uint8_t reply[2048];
+        while (::recv(fds_[i], reply, sizeof reply, MSG_DONTWAIT) > 0) ++answers_;
+        return true;
     }
 
-    sockaddr_in server_;
-    std::vector<int> fds_;
     std::vector<std::vector<std::uint8_t>> initials_;
-    std::atomic<bool> stop_{false};
-    std::atomic<std::uint64_t> sent_{0}, answers_{0};
-    std::thread thread_;
+    std::mt19937_64 rng_{42};
+    std::vector<std::uint8_t> buf_ = std::vector<std::uint8_t>(65000);
+    std::atomic<std::uint64_t> answers_{0};
 };
 
 std::string server_ca(Tunnel& t) {
