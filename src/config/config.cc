@@ -436,6 +436,11 @@ void Loader::server() {
     auto any = *proto::parse_endpoint("0.0.0.0:443");
     cfg.public_bind = endpoint("public-bind-address", any);
     cfg.tunnel_bind = endpoint("tunnel-bind-address", any);
+    if (auto* v = srv->good("tunnel-retry")) {
+        cfg.tunnel_retry = v->one() == "always"  ? TunnelRetry::kAlways
+                           : v->one() == "never" ? TunnelRetry::kNever
+                                                 : TunnelRetry::kAuto;
+    }
     if (auto* v = srv->good("readiness-bind-address")) {
         cfg.readiness_bind = std::get<proto::Endpoint>(parse_socket_address(v->one()));
     }
@@ -483,7 +488,7 @@ void Loader::server() {
         cfg.cert_dir = file_path(cert_dir->one());  // recorded, not checked: no Tunnel uses it
     }
 
-    // Managed mode (spec 9): identity-dir only there, Tunnel sections forbidden there.
+    // Managed mode ([control]): identity-dir only there, Tunnel sections forbidden there.
     const Value* idd = srv->get("identity-dir");
     if (!cfg.managed_requested) {
         if (idd)

@@ -20,6 +20,8 @@ enum class LogFormat { kText, kJson };
 enum class EventBackend { kAuto, kIoUring, kEpoll };
 enum class Trust { kSystem, kCaFile };
 enum class TlsMode { kPassthrough, kTerminate };
+// When the Server answers a QUIC Initial with a Retry (address validation) instead of a handshake.
+enum class TunnelRetry { kAuto, kAlways, kNever };
 
 // One validation problem. line 0 means the problem is not tied to a line.
 struct Problem {
@@ -28,7 +30,7 @@ struct Problem {
     std::string message;
 };
 
-// Runtime flags that replace or complete file values (spec 3.3, 3.5).
+// Runtime flags that replace or complete file values (server --hostname, client flags).
 struct Overrides {
     std::optional<std::string> hostname;         // server --hostname
     std::vector<std::string> server_addresses;   // client --server-address (repeatable)
@@ -100,6 +102,7 @@ struct ServerConfig {
     std::string cert_dir;  // empty when ACME is used or no Tunnel exists
     proto::Endpoint public_bind;
     proto::Endpoint tunnel_bind;
+    TunnelRetry tunnel_retry = TunnelRetry::kAuto;
     std::optional<proto::Endpoint> readiness_bind;
     std::uint64_t graceful_shutdown_ms = 60'000;
     bool visitor_proxy_v2 = false;
@@ -108,7 +111,7 @@ struct ServerConfig {
     std::vector<Tunnel> tunnels;
     std::vector<Route> routes;
 
-    // Managed mode (spec 9): validated, then refused by the runtime.
+    // Managed mode ([control]): validated, then refused by the runtime.
     bool managed_requested = false;
     std::optional<Control> control;
     std::string identity_dir;  // Managed only

@@ -18,6 +18,7 @@ constexpr std::array<std::string_view, 3> kBackends = {"auto", "io_uring", "epol
 constexpr std::array<std::string_view, 1> kProxy = {"v2"};
 constexpr std::array<std::string_view, 2> kTrust = {"system", "ca-file"};
 constexpr std::array<std::string_view, 2> kTlsModes = {"passthrough", "terminate"};
+constexpr std::array<std::string_view, 3> kRetry = {"auto", "always", "never"};
 
 using K = SectionKind;
 using T = ValueType;
@@ -52,6 +53,10 @@ const std::array kKeys = {
             "0.0.0.0:443",
             "UDP listener for QUIC Tunnel connections",
             {}},
+    KeySpec{K::kServer, "tunnel-retry", T::kEnum, "auto",
+            "QUIC address validation: Retry once half the 256 handshake slots are taken (auto), "
+            "for every new Tunnel connection (always), or never",
+            kRetry},
     KeySpec{K::kServer,
             "readiness-bind-address",
             T::kSocketAddress,

@@ -1,4 +1,4 @@
-// Connection: ngtcp2_conn feed/drain/expiry, stream buffers with real flow control, close states.
+// Connection: ngtcp2 trampolines and the connection lifecycle (feed, writes, expiry, closing).
 #include "quic/connection.hh"
 
 #include <gnutls/crypto.h>
@@ -7,7 +7,6 @@
 
 #include <algorithm>
 #include <cerrno>
-#include <cstdio>
 #include <cstring>
 
 namespace runewarp::quic {
@@ -122,7 +121,7 @@ struct Connection::Callbacks {
                             void*) noexcept {
         Connection& c = self(ud);
         if (!(flags & NGTCP2_STREAM_CLOSE_FLAG_APP_ERROR_CODE_SET)) code = 0;
-        // [compat] ngtcp2 does not replenish remote stream credit itself (spec 5.2).
+        // ngtcp2 does not replenish remote stream credit itself: one stream back per closed one.
         if (c.role_ == Role::client && server_initiated_bidi(id))
             ngtcp2_conn_extend_max_streams_bidi(conn, 1);
         c.remove_stream(id, code);
@@ -204,244 +203,6 @@ void fill_callbacks(ngtcp2_callbacks& cb, Role role) noexcept {
 
 }  // namespace
 
-// ---- Stream -------------------------------------------------------------------------------------
-
-size_t Stream::write_space() const noexcept {
-    if (reset_ || fin_queued_ || closed_) return 0;
-    return tx_cap_ - static_cast<size_t>(end_ - acked_);
-}
-
-namespace {
-
-// Per-worker pools of stream buffers (a Worker runs on one thread, hence thread_local): a stream
-// holds its send ring (256 KiB) or receive buffer (one window) only while it has bytes in it, so
-// an idle stream costs no buffer (spec 12.4 idle memory), and a busy worker reuses buffers
-// instead of allocating one per burst. Only buffers of the pool's size are kept.
-struct BufferPool {
-    size_t size;
-    size_t max_kept;
-    std::vector<std::unique_ptr<uint8_t[]>> kept{};
-
-    std::unique_ptr<uint8_t[]> take(size_t cap) noexcept {
-        if (cap == size && !kept.empty()) {
-            auto r = std::move(kept.back());
-            kept.pop_back();
-            return r;
-        }
-        return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
-    }
-    void give(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
-        if (r && cap == size && kept.size() < max_kept) kept.push_back(std::move(r));
-    }
-};
-
-thread_local BufferPool t_tx_pool{kStreamSendBuffer, 64};
-
-// A writer that found the send ring full is woken when at least 1/kWritableFraction is free.
-constexpr size_t kWritableFraction = 4;
-thread_local BufferPool t_rx_pool{ConnectionConfig{}.stream_window, 16};
-
-}  // namespace
-
-Stream::~Stream() {
-    t_tx_pool.give(std::move(tx_), tx_cap_);
-    t_rx_pool.give(std::move(rx_), rx_cap_);
-}
-
-size_t Stream::write(std::span<const uint8_t> data) noexcept {
-    std::span<uint8_t> v[2];
-    size_t nv = write_regions(v);
-    size_t n = 0;
-    for (size_t k = 0; k < nv && n < data.size(); ++k) {
-        size_t c = std::min(v[k].size(), data.size() - n);
-        std::memcpy(v[k].data(), data.data() + n, c);
-        n += c;
-    }
-    if (n < data.size()) want_writable_ = true;
-    commit_write(n);
-    return n;
-}
-
-size_t Stream::write_regions(std::span<uint8_t> (&v)[2]) noexcept {
-    size_t space = conn_.closed() ? 0 : write_space();
-    if (space == 0) {
-        want_writable_ = true;
-        return 0;
-    }
-    if (!tx_) {
-        tx_ = t_tx_pool.take(tx_cap_);
-        if (!tx_) return 0;
-    }
-    size_t pos = static_cast<size_t>(end_ % tx_cap_);
-    size_t first = std::min(space, tx_cap_ - pos);
-    v[0] = std::span<uint8_t>(tx_.get() + pos, first);
-    if (space == first) return 1;
-    v[1] = std::span<uint8_t>(tx_.get(), space - first);
-    return 2;
-}
-
-void Stream::commit_write(size_t n) noexcept {
-    if (n == 0) {
-        // Nothing came: a ring that holds nothing in flight goes back to the pool.
-        if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
-        return;
-    }
-    end_ += std::min(n, write_space());
-    conn_.queue_stream(*this);
-    conn_.want_write();
-}
-
-uint64_t Stream::peer_credit() const noexcept {
-    if (closed_ || reset_ || conn_.closed()) return 0;
-    return ngtcp2_conn_get_max_stream_data_left(conn_.conn_, id_);
-}
-
-size_t Stream::unsent(ngtcp2_vec* v) const noexcept {
-    size_t len = static_cast<size_t>(end_ - sent_);
-    if (len == 0) return 0;
-    size_t pos = static_cast<size_t>(sent_ % tx_cap_);
-    size_t first = std::min(len, tx_cap_ - pos);
-    v[0] = ngtcp2_vec{tx_.get() + pos, first};
-    if (len == first) return 1;
-    v[1] = ngtcp2_vec{tx_.get(), len - first};
-    return 2;
-}
-
-void Stream::on_acked(uint64_t offset, uint64_t len) noexcept {
-    // ngtcp2 reports acknowledged data in order; the ring slots before `acked_` are free again.
-    acked_ = std::max(acked_, std::min(offset + len, end_));
-    // Everything written was sent and acknowledged: ngtcp2 no longer points into the ring.
-    if (acked_ == end_ && sent_ == end_ && tx_) t_tx_pool.give(std::move(tx_), tx_cap_);
-    // Wake the writer only once a worthwhile share of the ring is free (or all of it): ACKs
-    // arrive every packet or two, and waking per ACK made the TCP side read a few KiB at a time.
-    if (want_writable_ && (write_space() >= tx_cap_ / kWritableFraction || acked_ == end_)) {
-        want_writable_ = false;
-        if (handler_ != nullptr) handler_->on_stream_writable(*this);
-    }
-}
-
-void Stream::shutdown_write() noexcept {
-    if (fin_queued_ || reset_ || closed_) return;
-    fin_queued_ = true;
-    conn_.queue_stream(*this);
-    conn_.want_write();
-}
-
-void Stream::reset(uint64_t code) noexcept {
-    if (reset_ || closed_) return;
-    reset_ = true;
-    want_writable_ = false;
-    if (!conn_.closed()) ngtcp2_conn_shutdown_stream(conn_.conn_, 0, id_, code);
-    conn_.want_write();
-}
-
-void Stream::consume(size_t n) noexcept {
-    if (n == 0 || conn_.closed()) return;
-    // Credit goes back to the peer only for bytes the consumer took: a slow consumer slows the
-    // sender instead of growing a buffer here.
-    ngtcp2_conn_extend_max_stream_offset(conn_.conn_, id_, n);
-    ngtcp2_conn_extend_max_offset(conn_.conn_, n);
-    conn_.want_write();
-}
-
-bool Stream::rx_push(std::span<const uint8_t> data) noexcept {
-    if (data.empty()) return true;
-    if (!rx_) {
-        // The window bounds what the peer may send beyond what we consumed.
-        rx_cap_ = static_cast<size_t>(conn_.cfg_.stream_window);
-        rx_ = t_rx_pool.take(rx_cap_);
-        if (!rx_) return false;
-    }
-    if (rx_len_ + data.size() > rx_cap_) return false;
-    size_t tail = (rx_head_ + rx_len_) % rx_cap_;
-    size_t first = std::min(data.size(), rx_cap_ - tail);
-    std::memcpy(rx_.get() + tail, data.data(), first);
-    if (data.size() > first) std::memcpy(rx_.get(), data.data() + first, data.size() - first);
-    rx_len_ += data.size();
-    return true;
-}
-
-void Stream::on_data(std::span<const uint8_t> data, bool fin) noexcept {
-    recv_off_ += data.size();
-    if (fin) fin_recv_ = true;
-    if (reset_ || closed_) return;
-    if (rx_len_ > 0 || handler_ == nullptr || delivering_) {
-        if (!rx_push(data)) reset();
-        return;
-    }
-    delivering_ = true;
-    size_t taken = std::min(handler_->on_stream_data(*this, data, fin), data.size());
-    delivering_ = false;
-    consume(taken);
-    if (taken < data.size()) {
-        if (!rx_push(data.subspan(taken))) reset();
-    } else if (fin) {
-        fin_delivered_ = true;
-    }
-}
-
-void Stream::resume_read() noexcept {
-    if (delivering_ || handler_ == nullptr || reset_ || closed_) return;
-    delivering_ = true;
-    while (rx_len_ > 0 || (fin_recv_ && !fin_delivered_)) {
-        size_t first = std::min(rx_len_, rx_cap_ - rx_head_);
-        bool fin = fin_recv_ && first == rx_len_;
-        std::span<const uint8_t> chunk(rx_ ? rx_.get() + rx_head_ : nullptr, first);
-        size_t taken = std::min(handler_->on_stream_data(*this, chunk, fin), first);
-        if (first > 0) {
-            rx_head_ = (rx_head_ + taken) % rx_cap_;
-            rx_len_ -= taken;
-        }
-        consume(taken);
-        if (taken == first && fin) fin_delivered_ = true;
-        if (taken < first || handler_ == nullptr || reset_ || closed_) break;
-        if (first == 0) break;
-    }
-    if (rx_len_ == 0) {
-        rx_head_ = 0;
-        t_rx_pool.give(std::move(rx_), rx_cap_);  // drained: an idle stream holds no receive buffer
-    }
-    delivering_ = false;
-}
-
-std::string describe_close(const CloseInfo& info, std::string_view peer) {
-    using K = CloseInfo::Kind;
-    switch (info.kind) {
-        case K::idle_timeout:
-            return "idle timeout";
-        case K::handshake_timeout:
-            return "handshake timeout";
-        case K::stateless_reset:
-            return "stateless reset";
-        case K::dropped:
-            return "connection dropped";
-        case K::local:
-        case K::remote:
-            break;
-    }
-    char code[32];
-    std::snprintf(code, sizeof(code), "0x%llx", static_cast<unsigned long long>(info.code));
-    std::string s = info.kind == K::remote ? "closed by " + std::string(peer) : "closed locally";
-    s += info.application ? " (application error " : " (transport error ";
-    s += code;
-    if (!info.application && (info.code & ~uint64_t{0xff}) == NGTCP2_CRYPTO_ERROR) {
-        // CRYPTO_ERROR carries the TLS alert in its low byte (RFC 9001 4.8).
-        const char* alert =
-            gnutls_alert_get_strname(static_cast<gnutls_alert_description_t>(info.code & 0xff));
-        if (alert != nullptr) {
-            // "GNUTLS_A_ACCESS_DENIED" -> "access_denied", the RFC 8446 name.
-            std::string_view name(alert);
-            if (name.starts_with("GNUTLS_A_")) name.remove_prefix(9);
-            s += ", TLS alert ";
-            for (char ch : name)
-                s += static_cast<char>(ch >= 'A' && ch <= 'Z' ? ch - 'A' + 'a' : ch);
-        }
-    }
-    s += ")";
-    if (!info.reason.empty()) s += ": " + info.reason;
-    return s;
-}
-
 // ---- Connection ---------------------------------------------------------------------------------
 
 Connection::Connection(core::Worker& w, ConnectionOwner& owner, UdpEndpoint& ep, Role role,
@@ -470,7 +231,7 @@ void Connection::settings_and_params(ngtcp2_settings& s,
     p.initial_max_stream_data_bidi_remote = cfg_.stream_window;
     p.initial_max_stream_data_uni = 0;
     p.initial_max_data = cfg_.conn_window;
-    // Only the Server opens streams (spec 5.2): it grants none, the Client grants 1024.
+    // Only the Server opens streams: it grants none, the Client grants 1024.
     p.initial_max_streams_bidi = role_ == Role::server ? 0 : 1024;
     p.initial_max_streams_uni = 0;
     p.max_idle_timeout = static_cast<ngtcp2_duration>(cfg_.idle_timeout_ns);
@@ -480,6 +241,7 @@ void Connection::settings_and_params(ngtcp2_settings& s,
 Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& owner,
                                               UdpEndpoint& ep, const ServerTls& tls,
                                               const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                                              const ValidatedInitial* validated,
                                               const ConnectionConfig& cfg) {
     std::unique_ptr<Connection> c(new Connection(w, owner, ep, Role::server, cfg));
     ngtcp2_settings s;
@@ -488,7 +250,18 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     // The Initial being processed was stamped when its batch was read; ngtcp2 must not see it
     // as older than the connection.
     if (ep.rx_time() > 0) s.initial_ts = static_cast<ngtcp2_tstamp>(ep.rx_time());
-    p.original_dcid = hd.dcid;
+    if (validated != nullptr) {
+        // After a Retry: the original DCID comes from the token, this Initial's DCID is the
+        // Retry's source CID, and the address counts as validated (no amplification limit).
+        p.original_dcid = validated->original_dcid;
+        p.retry_scid = hd.dcid;
+        p.retry_scid_present = 1;
+        s.token = validated->token.data();
+        s.tokenlen = validated->token.size();
+        s.token_type = NGTCP2_TOKEN_TYPE_RETRY;
+    } else {
+        p.original_dcid = hd.dcid;
+    }
     p.original_dcid_present = 1;
     ngtcp2_cid scid;
     random_cid(scid, kCidLen);
@@ -502,14 +275,18 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     int rv = ngtcp2_conn_server_new(&c->conn_, &hd.scid, &scid, &path, hd.version, &cb, &s, &p,
                                     nullptr, c.get());
     if (rv != 0) return Error::msg(std::string("ngtcp2_conn_server_new: ") + ngtcp2_strerror(rv));
-    auto t = tls.new_session(c->tls_state_);
-    if (!t) return std::move(t).error();
-    c->tls_ = std::move(*t);
-    ngtcp2_conn_set_tls_native_handle(c->conn_, c->tls_.get());
-    ngtcp2_conn_set_keep_alive_timeout(c->conn_, static_cast<ngtcp2_duration>(cfg.keep_alive_ns));
-    if (!c->open()) return Error::msg("worker full: no slot for a connection");
-    owner.on_cid_added(*c, scid);
+    if (auto r = c->start(tls.new_session(c->tls_state_), scid); !r) return std::move(r).error();
     return c.release();
+}
+
+Result<void> Connection::start(Result<TlsSession> t, const ngtcp2_cid& scid) noexcept {
+    if (!t) return std::move(t).error();
+    tls_ = std::move(*t);
+    ngtcp2_conn_set_tls_native_handle(conn_, tls_.get());
+    ngtcp2_conn_set_keep_alive_timeout(conn_, static_cast<ngtcp2_duration>(cfg_.keep_alive_ns));
+    if (!open()) return Error::msg("worker full: no slot for a connection");
+    owner_->on_cid_added(*this, scid);
+    return {};
 }
 
 Result<Connection*> Connection::create_client(core::Worker& w, ConnectionOwner& owner,
@@ -533,13 +310,7 @@ Result<Connection*> Connection::create_client(core::Worker& w, ConnectionOwner& 
     int rv = ngtcp2_conn_client_new(&c->conn_, &dcid, &scid, &path, NGTCP2_PROTO_VER_V1, &cb, &s,
                                     &p, nullptr, c.get());
     if (rv != 0) return Error::msg(std::string("ngtcp2_conn_client_new: ") + ngtcp2_strerror(rv));
-    auto t = tls.new_session(c->tls_state_);
-    if (!t) return std::move(t).error();
-    c->tls_ = std::move(*t);
-    ngtcp2_conn_set_tls_native_handle(c->conn_, c->tls_.get());
-    ngtcp2_conn_set_keep_alive_timeout(c->conn_, static_cast<ngtcp2_duration>(cfg.keep_alive_ns));
-    if (!c->open()) return Error::msg("worker full: no slot for a connection");
-    owner.on_cid_added(*c, scid);
+    if (auto r = c->start(tls.new_session(c->tls_state_), scid); !r) return std::move(r).error();
     Connection* raw = c.release();
     raw->want_write();  // the first Initial leaves with the next timer pass
     return raw;
@@ -994,7 +765,7 @@ void Connection::notify_closed() noexcept {
 }
 
 void Connection::close_all_streams() noexcept {
-    // Losing the connection aborts its streams (spec 5.9).
+    // Losing the connection aborts its streams (each reset with code 1).
     while (!streams_.empty()) remove_stream(streams_.begin()->first, kStreamErrorCode);
     for (Stream* s : send_queue_) s->queued_ = false;
     send_queue_.clear();
@@ -1009,6 +780,8 @@ Result<void> Connection::migrate(UdpEndpoint& ep) noexcept {
     path.local.addrlen = ep.local_addrlen();
     path.remote = cur->remote;
     int rv = ngtcp2_conn_initiate_migration(conn_, &path, ts_now());
+    // The server replaces the connection ID the last migration retired a round trip later.
+    if (rv == NGTCP2_ERR_CONN_ID_BLOCKED) return Error{EAGAIN, "migration: no spare connection ID"};
     if (rv != 0) return Error{EIO, std::string("migration: ") + ngtcp2_strerror(rv)};
     if (old_ep_ != nullptr && old_ep_ != ep_) {
         UdpEndpoint* stale = old_ep_;

@@ -4,6 +4,7 @@
 #include <gnutls/crypto.h>
 #include <ngtcp2/ngtcp2_crypto.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -27,7 +28,11 @@ size_t CidHash::operator()(const CidKey& k) const noexcept {
 
 Listener::Listener(core::Worker& w, const ServerTls& tls, AcceptHandler& accept,
                    const ListenerConfig& cfg) noexcept
-    : worker_(w), tls_(tls), accept_(accept), cfg_(cfg) {
+    : worker_(w),
+      tls_(tls),
+      accept_(accept),
+      cfg_(cfg),
+      tokens_(cfg.retry_token_lifetime_ns, cfg.retry_key_rotation_ns, core::now_ns()) {
     (void)gnutls_rnd(GNUTLS_RND_KEY, secret_, sizeof secret_);
 }
 
@@ -66,6 +71,11 @@ Listener::~Listener() {
     if (ep_ != nullptr) ep_->close();
 }
 
+size_t Listener::cid_count(const Connection& c) const noexcept {
+    auto it = conns_.find(const_cast<Connection*>(&c));
+    return it == conns_.end() ? 0 : it->second.size();
+}
+
 void Listener::close_all(uint64_t app_code, std::string_view reason) noexcept {
     std::vector<Connection*> all;
     all.reserve(conns_.size());
@@ -100,17 +110,34 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
     ngtcp2_pkt_hd hd;
     if (ngtcp2_accept(&hd, data.data(), data.size()) != 0) return;  // not an acceptable Initial
     if (hd.type != NGTCP2_PKT_INITIAL) return;
+    const int64_t now = ep.rx_time() > 0 ? ep.rx_time() : core::now_ns();
+    ValidatedInitial validated{};
+    // We never send NEW_TOKEN, so the only token we can check is our own Retry token; any other
+    // (a stale token from some other server) counts as none.
+    const bool retry_token = hd.tokenlen > 0 && hd.token[0] == NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY;
+    if (retry_token) {
+        if (!tokens_.verify(validated.original_dcid, {hd.token, hd.tokenlen}, hd.version,
+                            path.remote, hd.dcid, now)) {
+            // Forged, for another address, or too old. The client cannot take a second Retry,
+            // so tell it at once (INVALID_TOKEN) rather than let it time out.
+            ++tokens_rejected_;
+            send_initial_close(ep, path, hd, NGTCP2_INVALID_TOKEN, data.size());
+            return;
+        }
+        validated.token = {hd.token, hd.tokenlen};
+    }
     if (handshaking_ >= cfg_.max_handshakes) {
-        // Spec 5.11: refuse the newest with CONNECTION_REFUSED, committing no state.
-        uint8_t* buf = ep.tx_buffer();
-        ngtcp2_ssize n =
-            ngtcp2_crypto_write_connection_close(buf, UdpEndpoint::kMaxPacket, hd.version, &hd.scid,
-                                                 &hd.dcid, NGTCP2_CONNECTION_REFUSED, nullptr, 0);
-        if (n > 0) (void)ep.send(path, buf, static_cast<size_t>(n), static_cast<size_t>(n));
+        // Every handshake slot is taken: refuse the newest with CONNECTION_REFUSED.
+        send_initial_close(ep, path, hd, NGTCP2_CONNECTION_REFUSED, data.size());
         ++refused_;
         return;
     }
-    auto c = Connection::create_server(worker_, *this, ep, tls_, path, hd, cfg_.conn);
+    if (!retry_token && wants_retry()) {
+        send_retry(ep, path, hd, data.size(), now);
+        return;
+    }
+    auto c = Connection::create_server(worker_, *this, ep, tls_, path, hd,
+                                       retry_token ? &validated : nullptr, cfg_.conn);
     if (!c) return;
     Connection* conn = *c;
     ++handshaking_;
@@ -119,6 +146,49 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
     by_cid_[CidKey::of(hd.dcid.data, hd.dcid.datalen)] = conn;
     conns_[conn].push_back(CidKey::of(hd.dcid.data, hd.dcid.datalen));
     conn->feed(ep, path, data);
+}
+
+bool Listener::wants_retry() const noexcept {
+    switch (cfg_.retry) {
+        case RetryPolicy::always:
+            return true;
+        case RetryPolicy::never:
+            return false;
+        case RetryPolicy::automatic:
+            break;
+    }
+    // Half the slots at most go to unvalidated addresses: spoofed Initials cannot take the rest.
+    return handshaking_ >= std::max<size_t>(cfg_.max_handshakes / 2, 1);
+}
+
+void Listener::send_retry(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                          size_t initial_len, int64_t now) noexcept {
+    ngtcp2_cid scid;
+    uint8_t id[Connection::kCidLen];
+    (void)gnutls_rnd(GNUTLS_RND_NONCE, id, sizeof id);
+    ngtcp2_cid_init(&scid, id, sizeof id);
+    uint8_t token[RetryTokens::kMaxLen];
+    size_t tokenlen = tokens_.make(token, hd.version, path.remote, scid, hd.dcid, now);
+    if (tokenlen == 0) return;
+    // One Retry per Initial and never larger than it (about 130 bytes against at least 1200):
+    // answering a spoofed address gives an attacker no amplification.
+    uint8_t* buf = ep.tx_buffer();
+    ngtcp2_ssize n =
+        ngtcp2_crypto_write_retry(buf, std::min(initial_len, UdpEndpoint::kMaxPacket), hd.version,
+                                  &hd.scid, &scid, &hd.dcid, token, tokenlen);
+    if (n <= 0) return;
+    (void)ep.send(path, buf, static_cast<size_t>(n), static_cast<size_t>(n));
+    ++retries_sent_;
+}
+
+void Listener::send_initial_close(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                                  uint64_t code, size_t initial_len) noexcept {
+    // Stateless: sealed with the Initial keys derived from the client's DCID.
+    uint8_t* buf = ep.tx_buffer();
+    ngtcp2_ssize n =
+        ngtcp2_crypto_write_connection_close(buf, std::min(initial_len, UdpEndpoint::kMaxPacket),
+                                             hd.version, &hd.scid, &hd.dcid, code, nullptr, 0);
+    if (n > 0) (void)ep.send(path, buf, static_cast<size_t>(n), static_cast<size_t>(n));
 }
 
 void Listener::send_version_negotiation(UdpEndpoint& ep, const ngtcp2_path& path,
@@ -174,13 +244,25 @@ void Listener::on_writable(UdpEndpoint&) noexcept {
 void Listener::on_cid_added(Connection& c, const ngtcp2_cid& cid) noexcept {
     CidKey k = CidKey::of(cid.data, cid.datalen);
     by_cid_[k] = &c;
-    conns_[&c].push_back(k);
+    std::vector<CidKey>& ids = conns_[&c];
+    // Room for the active IDs, a retiring one and the client's first DCID: no regrowth later.
+    if (ids.capacity() == 0) ids.reserve(8);
+    ids.push_back(k);
 }
 
 void Listener::on_cid_removed(Connection& c, const ngtcp2_cid& cid) noexcept {
     CidKey k = CidKey::of(cid.data, cid.datalen);
     auto it = by_cid_.find(k);
     if (it != by_cid_.end() && it->second == &c) by_cid_.erase(it);
+    // The connection's own list forgets it too (swap with the last: order does not matter), so
+    // a connection that migrates for days keeps as many IDs as it has active.
+    auto owned = conns_.find(&c);
+    if (owned == conns_.end()) return;
+    std::vector<CidKey>& ids = owned->second;
+    auto pos = std::find(ids.begin(), ids.end(), k);
+    if (pos == ids.end()) return;
+    *pos = ids.back();
+    ids.pop_back();
 }
 
 void Listener::on_handshake_finished(Connection& c, bool ok) noexcept {

@@ -13,6 +13,7 @@
 
 #include "core/worker.hh"
 #include "quic/connection.hh"
+#include "quic/retry.hh"
 #include "quic/tls.hh"
 #include "quic/udp_endpoint.hh"
 #include "runewarp/result.hh"
@@ -35,7 +36,10 @@ struct CidHash {
 struct ListenerConfig {
     ConnectionConfig conn;
     EndpointOptions endpoint;
-    size_t max_handshakes = 256;  // spec 5.11: refuse the newest Initial beyond this
+    size_t max_handshakes = 256;  // handshakes in flight; the newest Initial beyond is refused
+    RetryPolicy retry = RetryPolicy::automatic;  // when an Initial must prove its address
+    int64_t retry_token_lifetime_ns = 10 * core::kNsPerSec;
+    int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;  // the previous key stays valid
 };
 
 class AcceptHandler {
@@ -70,7 +74,16 @@ public:
     size_t connection_count() const noexcept { return conns_.size(); }
     size_t handshakes() const noexcept { return handshaking_; }
     uint64_t refused() const noexcept { return refused_; }
+    // Retry packets sent, and Initials answered with INVALID_TOKEN (forged, foreign or expired
+    // Retry token).
+    uint64_t retries() const noexcept { return retries_sent_; }
+    uint64_t tokens_rejected() const noexcept { return tokens_rejected_; }
+    uint64_t retry_key_rotations() const noexcept { return tokens_.rotations(); }
     uint64_t stateless_resets() const noexcept { return resets_sent_; }
+    // Connection IDs the listener routes to `c` (its own, plus the client's first DCID while in
+    // use), and to all connections: bounded by the active connection ID limit, not by history.
+    size_t cid_count(const Connection& c) const noexcept;
+    size_t routed_cids() const noexcept { return by_cid_.size(); }
     // Application close of every connection (e.g. code 0, "graceful shutdown").
     void close_all(uint64_t app_code, std::string_view reason) noexcept;
 
@@ -92,6 +105,11 @@ private:
 
     void accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
                         std::span<const uint8_t> data) noexcept;
+    bool wants_retry() const noexcept;
+    void send_retry(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                    size_t initial_len, int64_t now) noexcept;
+    void send_initial_close(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
+                            uint64_t code, size_t initial_len) noexcept;
     void send_version_negotiation(UdpEndpoint& ep, const ngtcp2_path& path,
                                   const ngtcp2_version_cid& vc) noexcept;
     void send_stateless_reset(UdpEndpoint& ep, const ngtcp2_path& path,
@@ -109,6 +127,9 @@ private:
     size_t handshaking_ = 0;
     uint64_t refused_ = 0;
     uint64_t resets_sent_ = 0;
+    RetryTokens tokens_;
+    uint64_t retries_sent_ = 0;
+    uint64_t tokens_rejected_ = 0;
     static constexpr uint32_t kMaxResetsPerSecond = 256;
     int64_t reset_window_start_ = 0;
     uint32_t resets_in_window_ = 0;
@@ -127,8 +148,9 @@ Result<Connection*> dial(core::Worker& w, const sockaddr* remote, socklen_t remo
                          const DialOptions& opts = {});
 
 // Client: moves an established client connection (from dial()) to a fresh UDP socket with a new
-// ephemeral port (connection migration, spec 12.3); the old socket is closed once the new path
-// is validated.
+// ephemeral port (connection migration); the old socket is closed once the new path
+// is validated. Error code EAGAIN: the server has not yet issued a spare connection ID (it does a
+// round trip after the previous migration); EBUSY: the previous migration is still validating.
 Result<void> rebind(Connection& c) noexcept;
 
 }  // namespace runewarp::quic

@@ -15,7 +15,8 @@ namespace runewarp::quic {
 
 namespace {
 
-// TLS 1.3 only, AEADs and groups of spec 5.2; no middlebox compatibility mode (QUIC forbids it).
+// TLS 1.3 only; AES-GCM and ChaCha20-Poly1305; X25519, P-256 and P-384; no middlebox
+// compatibility mode (QUIC forbids it).
 constexpr const char* kPriority =
     "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+AES-128-GCM:+AES-256-GCM:+CHACHA20-POLY1305:"
     "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:%DISABLE_TLS13_COMPAT_MODE";
@@ -33,7 +34,8 @@ TlsConnState* state_of(gnutls_session_t s) noexcept {
     return static_cast<TlsConnState*>(gnutls_session_get_ptr(s));
 }
 
-// Server verify hook: no chain, name or expiry checks (spec 5.3); the leaf goes to the callback.
+// Server verify hook: no chain, name or expiry checks (Clients are pinned by identity); the leaf
+// goes to the callback.
 // GnuTLS still checks CertificateVerify, i.e. that the Client holds the key.
 int verify_client(gnutls_session_t s) noexcept {
     TlsConnState* st = state_of(s);
@@ -130,7 +132,7 @@ ServerTls::~ServerTls() {
 
 Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
     gnutls_session_t raw = nullptr;
-    // No tickets: every handshake carries and re-verifies the Client certificate (spec 5.2).
+    // No tickets: every handshake carries and re-verifies the Client certificate.
     // No GNUTLS_ENABLE_EARLY_DATA: 0-RTT is never accepted.
     int rv = gnutls_init(&raw, GNUTLS_SERVER | GNUTLS_NO_TICKETS | GNUTLS_NO_AUTO_SEND_TICKET |
                                    GNUTLS_NO_END_OF_EARLY_DATA);

@@ -1,5 +1,4 @@
-// GnuTLS glue for tunnel connections (spec 5.2, 5.3): credentials, priorities, ALPN, mTLS
-// admission.
+// GnuTLS glue for tunnel connections: credentials, priorities, ALPN, mTLS admission.
 #pragma once
 
 #include <gnutls/gnutls.h>

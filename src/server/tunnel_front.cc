@@ -62,18 +62,22 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
     if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
     f->tls_ = std::move(*tls);
 
+    quic::ListenerConfig lc;  // [server] tunnel-retry: when an Initial must prove its address
+    lc.retry = cfg.tunnel_retry == config::TunnelRetry::kAlways  ? quic::RetryPolicy::always
+               : cfg.tunnel_retry == config::TunnelRetry::kNever ? quic::RetryPolicy::never
+                                                                 : quic::RetryPolicy::automatic;
     if (activated.valid()) {
         // The socket-activated `tunnel` replaces binding the configured address.
         std::string got = note_activated(log, "server tunnel listener socket-activated",
                                          activated.get(), cfg.tunnel_bind, "tunnel-bind-address");
-        auto l = quic::Listener::adopt(w, std::move(activated), *f->tls_, *f, {});
+        auto l = quic::Listener::adopt(w, std::move(activated), *f->tls_, *f, lc);
         if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
         f->listener_ = std::move(*l);
     } else {
         sockaddr_storage ss{};
         socklen_t len = proto::to_sockaddr(cfg.tunnel_bind, ss);
         auto l = quic::Listener::create(w, reinterpret_cast<const sockaddr*>(&ss), len, *f->tls_,
-                                        *f, {});
+                                        *f, lc);
         if (!l) {
             return Error::msg("failed to bind server.tunnel-bind-address " +
                               proto::format_endpoint(cfg.tunnel_bind) + ": " + l.error().message);

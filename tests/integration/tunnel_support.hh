@@ -56,6 +56,7 @@ public:
         // server-trust = system: the Client's private mount namespace sees a system bundle
         // (/etc/ssl/certs/ca-certificates.crt) holding only the Server's CA.
         bool system_trust = false;
+        std::string server_extra = {};  // more [server] lines, e.g. "tunnel-retry = never\n"
     };
 
     explicit Tunnel(Options o) : opts_(o) {
@@ -78,6 +79,7 @@ public:
         configured_tunnel_port_ = opts_.activated_tunnel ? free_port() : tunnel_port_;
         ini += "tunnel-bind-address = " + hp("127.0.0.1", configured_tunnel_port_) + "\n";
         ini += "graceful-shutdown-duration = " + opts_.graceful_shutdown + "\n";
+        ini += opts_.server_extra;
         ini += "\n[tunnel \"app\"]\npublic-hostnames = " + kApp + ", " + kOther +
                "\nclient-identities = " + pinned + "\n";
         write_file(dir_ / "server.ini", ini);

@@ -106,7 +106,7 @@ struct Case {
 const std::string kLong = "# " + std::string(200, 'x') + "\n";
 
 const Case kCases[] = {
-    // pre-scan and syntax (spec 4.5)
+    // pre-scan and syntax of the INI file
     {Role::kServer, S_HEAD TUN "[server]\n", 7, "duplicate section [server] (first at line 1)",
      nullptr},
     {Role::kServer, S_HEAD TUN "[tunnel \"apps\"]\n", 7,
@@ -195,6 +195,13 @@ const Case kCases[] = {
     {Role::kServer, S_HEAD "event-backend = kqueue\n" TUN, 4,
      "server.event-backend: invalid value \"kqueue\": must be one of auto, io_uring, epoll",
      nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry = sometimes\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"sometimes\": must be one of auto, always, never",
+     nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry = Always\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"Always\": must be one of auto, always, never", nullptr},
+    {Role::kServer, S_HEAD "tunnel-retry =\n" TUN, 4,
+     "server.tunnel-retry: invalid value \"\": must be one of auto, always, never", nullptr},
     // material and ACME
     {Role::kServer, "[server]\nhostname = tunnel.example.com\ncert-dir = empty\n" TUN, 3,
      "server.cert-dir: @DIR@/empty is missing server.crt, server.key, server-ca.crt",
@@ -210,7 +217,7 @@ const Case kCases[] = {
      "[server]\nhostname = tunnel.example.com\n[server.acme]\nemail = a@example.com\nstate-dir = "
      "nope\n" TUN,
      5, "server.acme.state-dir: directory @DIR@/nope does not exist", nullptr},
-    // tunnels and routes (4.3, 12.1)
+    // tunnels and routes, and the rules across them
     {Role::kServer, TUN, 0, "missing [server] section", nullptr},
     {Role::kServer, S_HEAD, 0,
      "at least one [tunnel \"LABEL\"] or [route \"LABEL\"] section is required", nullptr},
@@ -282,7 +289,7 @@ const Case kCases[] = {
      "[server]\nhostname = tunnel.example.com\n[route \"local\"]\npublic-hostnames = "
      "web.example.com\nupstream-address = [::1]:8443\nproxy-protocol = v1\n",
      6, "route \"local\": proxy-protocol: invalid value \"v1\": must be one of v2", nullptr},
-    // [client] (4.2, 4.3)
+    // [client] keys and the rules across them
     {Role::kClient, SVC, 0,
      "`--server-address` is required when the selected config has no [client] section", nullptr},
     {Role::kClient, C_HEAD "server-addresses = tunnel-b.example.com\n" SVC, 4,
@@ -570,6 +577,22 @@ Test(config, durations_units) {
                       std::string(S_HEAD) + "graceful-shutdown-duration = " + text + "\n" + TUN);
         cr_assert(out.ok(), "%s: %s", text, dump(out).c_str());
         cr_expect_eq(out.server->graceful_shutdown_ms, ms, "%s", text);
+    }
+}
+
+Test(config, tunnel_retry_values) {
+    Scratch s;
+    auto def = load_text(s, Role::kServer, S_HEAD TUN);
+    cr_assert(def.ok(), "%s", dump(def).c_str());
+    cr_expect(def.server->tunnel_retry == TunnelRetry::kAuto, "auto by default");
+    const std::pair<const char*, TunnelRetry> cases[] = {{"auto", TunnelRetry::kAuto},
+                                                         {"always", TunnelRetry::kAlways},
+                                                         {"never", TunnelRetry::kNever}};
+    for (auto [text, want] : cases) {
+        auto out = load_text(s, Role::kServer,
+                             std::string(S_HEAD) + "tunnel-retry = " + text + "\n" + TUN);
+        cr_assert(out.ok(), "%s: %s", text, dump(out).c_str());
+        cr_expect(out.server->tunnel_retry == want, "%s", text);
     }
 }
 

@@ -20,7 +20,9 @@
 #include "core/worker.hh"
 #include "quic/connection.hh"
 #include "quic/listener.hh"
+#include "quic/retry.hh"
 #include "quic/tls.hh"
+#include "tests/support/quic_raw.hh"
 
 using namespace runewarp;
 using namespace runewarp::quic;
@@ -543,8 +545,8 @@ struct Counter final : StreamHandler {
 
 }  // namespace
 
-// [compat] spec 5.2: the Client grants 1024 concurrent streams and returns one credit per
-// server-opened stream that fully closes.
+// The Client grants 1024 concurrent streams and returns one credit per server-opened stream that
+// fully closes (ngtcp2 does not replenish remote stream credit by itself).
 Test(quic, client_replenishes_stream_credit) {
     Counter on_server, on_client;
     Env env;
@@ -859,6 +861,36 @@ Test(quic, handshake_limit_refuses_newest) {
     cr_assert_eq(env.server.accepted.size(), 1u);
 }
 
+// Every migration retires a connection ID and issues a new one: the listener forgets retired IDs,
+// so a long-lived connection that keeps moving holds a bounded routing list.
+Test(quic, migrating_connection_keeps_a_bounded_cid_list) {
+    Env env;
+    env.handshake();
+    Connection* sc = env.server.accepted.front();
+    const size_t initial = env.listener->cid_count(*sc);
+    cr_assert_gt(initial, 0u);
+    constexpr int kMigrations = 16;
+    for (int i = 0; i < kMigrations; ++i) {
+        // A spare connection ID for the new path arrives a round trip after the last move.
+        cr_assert(env.run_until([&] {
+            auto r = rebind(*env.client_conn);
+            cr_assert(r.ok() || r.error().code == EAGAIN, "rebind %d: %s", i,
+                      r.ok() ? "" : r.error().message.c_str());
+            return r.ok();
+        }),
+                  "no spare connection ID for migration %d", i);
+        // Path validated and the old socket released: listener + both connections + one socket.
+        cr_assert(env.run_until([&] { return env.worker->attached_count() == 4; }),
+                  "migration %d did not finish", i);
+    }
+    // Retired IDs are removed a few PTO after retirement; then the list is back to its size.
+    cr_assert(env.run_until([&] { return env.listener->cid_count(*sc) <= initial + 2; }, 5000),
+              "%zu connection IDs kept after %d migrations (%zu at the start)",
+              env.listener->cid_count(*sc), kMigrations, initial);
+    cr_assert_eq(env.listener->routed_cids(), env.listener->cid_count(*sc));
+    cr_assert(!env.client.closed);
+}
+
 Test(quic, unknown_connection_gets_stateless_reset) {
     Env env;
     env.handshake();
@@ -1075,4 +1107,250 @@ Test(quic, close_descriptions_name_the_tls_alert) {
                  std::string("closed by server (application error 0x0): graceful shutdown"));
     i.kind = quic::CloseInfo::Kind::idle_timeout;
     cr_assert_eq(quic::describe_close(i, "server"), std::string("idle timeout"));
+}
+
+// ---- address validation (Retry) ----------------------------------------------------------------
+
+namespace {
+
+ngtcp2_addr addr_of(sockaddr_in& a) {
+    return ngtcp2_addr{reinterpret_cast<sockaddr*>(&a), sizeof a};
+}
+
+ngtcp2_cid cid_of(uint8_t fill, size_t len) {
+    uint8_t b[NGTCP2_MAX_CIDLEN];
+    std::memset(b, fill, len);
+    ngtcp2_cid c;
+    ngtcp2_cid_init(&c, b, len);
+    return c;
+}
+
+// A UDP socket on a loopback address of its own, closed with the test.
+struct RawSocket {
+    int fd;
+    sockaddr_in local{};
+    explicit RawSocket(const char* addr) : fd(test::bind_udp(addr)) {
+        cr_assert_geq(fd, 0, "bind %s", addr);
+        socklen_t len = sizeof local;
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len);
+    }
+    ~RawSocket() { ::close(fd); }
+    RawSocket(const RawSocket&) = delete;
+    RawSocket& operator=(const RawSocket&) = delete;
+};
+
+// A hand-driven client on `sock` towards the listener (with `token` in its first Initial).
+std::unique_ptr<test::RawQuicClient> raw_client(Env& env, RawSocket& sock,
+                                                std::span<const uint8_t> token = {}) {
+    auto c = test::RawQuicClient::create(*env.client_tls, reinterpret_cast<sockaddr*>(&sock.local),
+                                         sizeof sock.local, reinterpret_cast<sockaddr*>(&env.addr),
+                                         sizeof env.addr, token);
+    cr_assert(c != nullptr, "raw client");
+    return c;
+}
+
+// Sends `pkt` from `from` to the listener and returns the first datagram `from` gets back.
+std::vector<uint8_t> exchange(Env& env, RawSocket& from, std::span<const uint8_t> pkt) {
+    cr_assert_gt(pkt.size(), 0u);
+    cr_assert_eq(::sendto(from.fd, pkt.data(), pkt.size(), 0,
+                          reinterpret_cast<sockaddr*>(&env.addr), sizeof env.addr),
+                 static_cast<ssize_t>(pkt.size()));
+    std::vector<uint8_t> reply(65536);
+    ssize_t n = -1;
+    cr_assert(env.run_until([&] {
+        n = ::recv(from.fd, reply.data(), reply.size(), 0);
+        return n > 0;
+    }),
+              "no reply from the listener");
+    reply.resize(static_cast<size_t>(n));
+    return reply;
+}
+
+void check_retry_always(core::BackendChoice b) {
+    ListenerConfig lc;
+    lc.retry = RetryPolicy::always;
+    Env env(b, true, nullptr, lc);
+    // quic::dial follows the Retry without being told: same handshake, one more round trip.
+    handshake_and_echo(env);
+    cr_assert_eq(env.listener->retries(), 1u);
+    cr_assert_eq(env.listener->tokens_rejected(), 0u);
+    cr_assert_eq(env.listener->connection_count(), 1u);
+    cr_assert_eq(env.verify_calls, 1);
+}
+
+}  // namespace
+
+Test(quic, retry_always_client_connects_through_a_retry) {
+    check_retry_always(core::BackendChoice::automatic);
+}
+
+Test(quic, retry_always_client_connects_through_a_retry_epoll) {
+    check_retry_always(core::BackendChoice::epoll);
+}
+
+Test(quic, retry_auto_sends_none_below_half_the_handshake_limit) {
+    Env env;
+    handshake_and_echo(env);
+    cr_assert_eq(env.listener->retries(), 0u);
+    cr_assert_eq(env.listener->connection_count(), 1u);
+}
+
+// Half the slots held by handshakes that never finish (spoofed sources): the next client is
+// asked to prove its address, and gets in on a slot the unvalidated ones cannot take.
+Test(quic, retry_auto_validates_addresses_once_half_the_slots_are_taken) {
+    ListenerConfig lc;
+    lc.max_handshakes = 4;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    RawSocket s1("127.0.0.2"), s2("127.0.0.3"), s3("127.0.0.4");
+    auto a = raw_client(env, s1);
+    auto b = raw_client(env, s2);
+    // Below half: a plain Initial starts a handshake (the reply is the server's Initial).
+    cr_assert_eq(test::long_header_type(exchange(env, s1, a->next_datagram())), NGTCP2_PKT_INITIAL);
+    cr_assert_eq(test::long_header_type(exchange(env, s2, b->next_datagram())), NGTCP2_PKT_INITIAL);
+    cr_assert_eq(env.listener->handshakes(), 2u);
+    // At half: no more state for unvalidated addresses.
+    auto c = raw_client(env, s3);
+    std::vector<uint8_t> initial = c->next_datagram();
+    std::vector<uint8_t> retry = exchange(env, s3, initial);
+    cr_assert_eq(test::long_header_type(retry), NGTCP2_PKT_RETRY);
+    cr_assert_leq(retry.size(), initial.size(), "a Retry is never larger than its Initial");
+    cr_assert_eq(env.listener->handshakes(), 2u);
+    cr_assert_eq(env.listener->retries(), 1u);
+    // A real client answers the Retry and connects.
+    handshake_and_echo(env);
+    cr_assert_eq(env.listener->retries(), 2u);
+    cr_assert_eq(env.listener->tokens_rejected(), 0u);
+}
+
+Test(quic, retry_never_commits_a_slot_for_every_initial) {
+    ListenerConfig lc;
+    lc.retry = RetryPolicy::never;
+    lc.max_handshakes = 2;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    RawSocket s1("127.0.0.2"), s2("127.0.0.3"), s3("127.0.0.4");
+    auto a = raw_client(env, s1);
+    auto b = raw_client(env, s2);
+    auto c = raw_client(env, s3);
+    cr_assert_eq(test::long_header_type(exchange(env, s1, a->next_datagram())), NGTCP2_PKT_INITIAL);
+    cr_assert_eq(test::long_header_type(exchange(env, s2, b->next_datagram())), NGTCP2_PKT_INITIAL);
+    // Full: the third is refused (a stateless CONNECTION_CLOSE), never asked for a token.
+    std::vector<uint8_t> reply = exchange(env, s3, c->next_datagram());
+    cr_assert_eq(c->read(reply), NGTCP2_ERR_DRAINING);
+    cr_assert_eq(c->peer_close_code(), NGTCP2_CONNECTION_REFUSED);
+    cr_assert_eq(env.listener->retries(), 0u);
+    cr_assert_eq(env.listener->refused(), 1u);
+}
+
+// A token the listener did not make: the Initial commits nothing and the client learns at once
+// (INVALID_TOKEN) instead of waiting for its handshake timeout. A token of some other kind is
+// ignored, so that Initial is asked for a Retry like a token-less one.
+Test(quic, retry_forged_token_is_rejected) {
+    ListenerConfig lc;
+    lc.retry = RetryPolicy::always;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    RawSocket s("127.0.0.2");
+    std::vector<uint8_t> forged(RetryTokens::kMaxLen, 0x5a);
+    forged[0] = NGTCP2_CRYPTO_TOKEN_MAGIC_RETRY;
+    auto c = raw_client(env, s, forged);
+    std::vector<uint8_t> reply = exchange(env, s, c->next_datagram());
+    cr_assert_eq(test::long_header_type(reply), NGTCP2_PKT_INITIAL);
+    cr_assert_eq(c->read(reply), NGTCP2_ERR_DRAINING);
+    cr_assert_eq(c->peer_close_code(), NGTCP2_INVALID_TOKEN);
+    cr_assert_eq(env.listener->tokens_rejected(), 1u);
+    cr_assert_eq(env.listener->handshakes(), 0u);
+    cr_assert_eq(env.listener->connection_count(), 0u);
+
+    std::vector<uint8_t> other(40, 0x11);  // e.g. a NEW_TOKEN token from another server
+    auto d = raw_client(env, s, other);
+    cr_assert_eq(test::long_header_type(exchange(env, s, d->next_datagram())), NGTCP2_PKT_RETRY);
+    cr_assert_eq(env.listener->tokens_rejected(), 1u);
+    cr_assert_eq(env.listener->connection_count(), 0u);
+}
+
+// A genuine token works only from the address it was sent to, and only while it is young.
+Test(quic, retry_token_from_another_address_or_too_old_is_rejected) {
+    ListenerConfig lc;
+    lc.retry = RetryPolicy::always;
+    lc.retry_token_lifetime_ns = 300 * core::kNsPerMs;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    RawSocket home("127.0.0.2"), elsewhere("127.0.0.3");
+
+    auto c = raw_client(env, home);
+    std::vector<uint8_t> retry = exchange(env, home, c->next_datagram());
+    cr_assert_eq(test::long_header_type(retry), NGTCP2_PKT_RETRY);
+    cr_assert_eq(c->read(retry), 0);
+    std::vector<uint8_t> with_token = c->next_datagram();  // the Initial again, with the token
+    std::vector<uint8_t> reply = exchange(env, elsewhere, with_token);
+    cr_assert_eq(c->read(reply), NGTCP2_ERR_DRAINING);
+    cr_assert_eq(c->peer_close_code(), NGTCP2_INVALID_TOKEN);
+    cr_assert_eq(env.listener->tokens_rejected(), 1u);
+    cr_assert_eq(env.listener->connection_count(), 0u);
+    // From its own address the same datagram is accepted: the handshake starts.
+    reply = exchange(env, home, with_token);
+    cr_assert_eq(test::long_header_type(reply), NGTCP2_PKT_INITIAL);
+    cr_assert_eq(env.listener->handshakes(), 1u);
+    cr_assert_eq(env.listener->tokens_rejected(), 1u);
+
+    auto late = raw_client(env, elsewhere);
+    retry = exchange(env, elsewhere, late->next_datagram());
+    cr_assert_eq(late->read(retry), 0);
+    with_token = late->next_datagram();
+    // Let the token age past its lifetime (the listener keeps serving meanwhile).
+    int64_t until = core::now_ns() + 2 * lc.retry_token_lifetime_ns;
+    (void)env.run_until([&] { return core::now_ns() >= until; }, 5000);
+    reply = exchange(env, elsewhere, with_token);
+    cr_assert_eq(late->read(reply), NGTCP2_ERR_DRAINING);
+    cr_assert_eq(late->peer_close_code(), NGTCP2_INVALID_TOKEN);
+    cr_assert_eq(env.listener->tokens_rejected(), 2u);
+    cr_assert_eq(env.listener->handshakes(), 1u);
+}
+
+// The token key itself: bound to address, DCID and version; expires; after a key rotation the
+// previous key still opens its young tokens, after a second one it does not.
+Test(quic, retry_tokens_seal_address_cid_version_and_age) {
+    constexpr int64_t kSec = core::kNsPerSec;
+    RetryTokens t(10 * kSec, 100 * kSec, 0);
+    sockaddr_in a{}, b{};
+    a.sin_family = b.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(0x7f000002);
+    b.sin_addr.s_addr = htonl(0x7f000003);
+    a.sin_port = b.sin_port = htons(4433);
+    const ngtcp2_cid retry_scid = cid_of(0xaa, 16), odcid = cid_of(0x0d, 18);
+    uint8_t tok[RetryTokens::kMaxLen];
+    size_t n = t.make(tok, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, odcid, 1 * kSec);
+    cr_assert_eq(n, RetryTokens::kMaxLen);
+    std::span<const uint8_t> token(tok, n);
+    ngtcp2_cid got{};
+    cr_assert(t.verify(got, token, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 2 * kSec));
+    cr_assert(ngtcp2_cid_eq(&got, &odcid), "the original DCID comes back");
+    cr_assert_not(t.verify(got, token, NGTCP2_PROTO_VER_V1, addr_of(b), retry_scid, 2 * kSec));
+    cr_assert_not(
+        t.verify(got, token, NGTCP2_PROTO_VER_V1, addr_of(a), cid_of(0xab, 16), 2 * kSec));
+    cr_assert_not(t.verify(got, token, 0x6b3343cf, addr_of(a), retry_scid, 2 * kSec));
+    cr_assert_not(t.verify(got, token, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 11 * kSec));
+    uint8_t bad[RetryTokens::kMaxLen];
+    std::memcpy(bad, tok, n);
+    bad[20] ^= 1;
+    cr_assert_not(t.verify(got, {bad, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 2 * kSec));
+    cr_assert_not(
+        t.verify(got, token.first(n - 1), NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 2 * kSec));
+
+    // Rotation: a token made 3 s before the key changes is still good 2 s after.
+    RetryTokens r(30 * kSec, 4 * kSec, 0);  // tokens outlive keys here: only keys decide
+    uint8_t old_tok[RetryTokens::kMaxLen];
+    n = r.make(old_tok, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, odcid, 1 * kSec);
+    cr_assert(r.verify(got, {old_tok, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 5 * kSec));
+    cr_assert_eq(r.rotations(), 1u);
+    uint8_t new_tok[RetryTokens::kMaxLen];
+    n = r.make(new_tok, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, odcid, 6 * kSec);
+    // Next rotation (at 9 s): the key of 5 s is the previous one now; the first key is gone,
+    // although its token would still be within its lifetime.
+    cr_assert(r.verify(got, {new_tok, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 9 * kSec));
+    cr_assert_eq(r.rotations(), 2u);
+    cr_assert_not(
+        r.verify(got, {old_tok, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 9 * kSec));
+    // Idle for two periods: no previous key survives.
+    cr_assert_not(
+        r.verify(got, {new_tok, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 17 * kSec));
+    cr_assert_eq(r.rotations(), 3u);
 }
