@@ -2,6 +2,7 @@
 #include "cli/identity_cmd.hh"
 
 #include "config/ini_document.hh"
+#include "core/file.hh"
 #include "trust/client_identity.hh"
 #include "trust/material.hh"
 
@@ -64,15 +65,15 @@ Result<MaterialConfig> select_material_config(const Invocation& inv) {
     cfg.env = config::Env::from_process();
     if (auto c = inv.value("config")) {
         cfg.path = config::resolve_cli_path(cfg.env, *c);
-        auto text = trust::read_file(cfg.path);
-        if (!text) return Error::msg("cannot read config file: " + text.error().message);
+        auto text = core::read_file(cfg.path);
+        if (!text) return std::move(text).error();
         cfg.text = std::move(*text);
     } else if (auto sel = config::resolve_config_path(std::nullopt, cfg.env);
                sel && !sel->path.empty()) {
         // The default config counts only when it exists; an unreadable one is still an error.
         cfg.path = sel->path;
-        auto text = trust::read_file(cfg.path);
-        if (!text) return Error::msg("cannot read config file: " + text.error().message);
+        auto text = core::read_file(cfg.path);
+        if (!text) return std::move(text).error();
         cfg.text = std::move(*text);
     }
     cfg.roots = config::resolve_roots(cfg.path, cfg.env);

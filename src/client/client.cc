@@ -17,6 +17,7 @@
 #include "client/resolver.hh"
 #include "client/retry.hh"
 #include "core/clock.hh"
+#include "core/file.hh"
 #include "core/worker.hh"
 #include "obs/log.hh"
 #include "proto/proxy_v2.hh"
@@ -721,16 +722,16 @@ Result<std::unique_ptr<quic::ClientTls>> ClientInstance::load_tls(const std::str
     auto id = trust::load_client_identity(cfg_.identity_dir);
     if (!id)
         return Error::msg("client identity in " + cfg_.identity_dir + ": " + id.error().message);
-    auto crt = trust::read_file(trust::join_path(cfg_.identity_dir, "client.crt"));
+    auto crt = core::read_file(trust::join_path(cfg_.identity_dir, "client.crt"));
     if (!crt) return std::move(crt).error();
-    auto key = trust::read_file(trust::join_path(cfg_.identity_dir, "client.key"));
+    auto key = core::read_file(trust::join_path(cfg_.identity_dir, "client.key"));
     if (!key) return std::move(key).error();
     quic::ClientTlsConfig tc;
     tc.server_name = server_name;
     tc.cert_pem = std::move(*crt);
     tc.key_pem = std::move(*key);
     if (cfg_.server_trust == config::Trust::kCaFile) {
-        auto ca = trust::read_file(cfg_.server_ca_file);
+        auto ca = core::read_file(cfg_.server_ca_file);
         if (!ca) return Error::msg("server CA file: " + ca.error().message);
         tc.trust = quic::ServerTrust::ca_file;
         tc.ca_pem = std::move(*ca);

@@ -4,16 +4,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
 #include "config/ini_document.hh"
 #include "config/registry.hh"
 #include "config/values.hh"
+#include "core/file.hh"
 #include "proto/hostname.hh"
 
 namespace runewarp::config {
@@ -797,17 +794,13 @@ LoadOutcome load_from_string(std::string_view text, const LoadOptions& options) 
 
 LoadOutcome load(const LoadOptions& options) {
     if (options.path.empty()) return load_from_string({}, options);
-    std::ifstream in(options.path, std::ios::binary);
-    if (!in) {
-        int err = errno;
+    auto text = core::read_file(options.path);
+    if (!text) {
         LoadOutcome out;
-        out.problems.push_back(
-            Problem{options.path, 0, "cannot read " + options.path + ": " + std::strerror(err)});
+        out.problems.push_back(Problem{options.path, 0, text.error().message});
         return out;
     }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return load_from_string(ss.str(), options);
+    return load_from_string(*text, options);
 }
 
 std::string format_report(Role role, const std::string& path, const LoadOutcome& outcome) {
@@ -836,11 +829,9 @@ SectionsPresent sections_present_in(std::string_view text) {
 }
 
 Result<SectionsPresent> sections_present(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return Error::sys(errno, "cannot read " + path);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return sections_present_in(ss.str());
+    auto text = core::read_file(path);
+    if (!text) return std::move(text).error();
+    return sections_present_in(*text);
 }
 
 const char* log_level_name(LogLevel l) noexcept {

@@ -14,6 +14,7 @@
 #include <cstring>
 
 #include "core/clock.hh"
+#include "core/file.hh"
 #include "sys/limits.hh"
 #include "trust/identity.hh"
 #include "trust/server_cert.hh"
@@ -585,10 +586,10 @@ Result<void> EdgeServer::create_tunnel_listener() {
     }
     std::string crt_path = cfg_.cert_dir + "/" + std::string(trust::kServerCertFile);
     std::string key_path = cfg_.cert_dir + "/" + std::string(trust::kServerKeyFile);
-    auto crt = quic::read_small_file(crt_path);
+    auto crt = core::read_file(crt_path);
     if (!crt)
         return Error::msg("cannot read " + crt_path + ": " + crt.error().message + ". " + hint);
-    auto key = quic::read_small_file(key_path);
+    auto key = core::read_file(key_path);
     if (!key)
         return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
 

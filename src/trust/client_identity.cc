@@ -4,6 +4,7 @@
 #include <array>
 #include <optional>
 
+#include "core/file.hh"
 #include "trust/identity.hh"
 #include "trust/material.hh"
 #include "trust/x509_util.hh"
@@ -106,7 +107,7 @@ Result<std::string> load_client_identity(const std::string& dir) {
     std::array<std::optional<std::string>, 3> contents;
     std::vector<std::string_view> present, missing;
     for (std::size_t i = 0; i < kFiles.size(); ++i) {
-        auto r = read_file_if_exists(join_path(dir, kFiles[i]));
+        auto r = core::read_file_if_exists(join_path(dir, kFiles[i]));
         if (!r) return std::move(r).error();
         contents[i] = std::move(*r);
         (contents[i] ? present : missing).push_back(kFiles[i]);

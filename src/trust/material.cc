@@ -8,31 +8,19 @@
 #include <atomic>
 #include <cerrno>
 
+#include "core/unique_fd.hh"
+
 namespace runewarp::trust {
 
 namespace {
 
 std::atomic<unsigned> g_tmp_counter{0};
 
-class Fd {
-public:
-    explicit Fd(int fd) noexcept : fd_(fd) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int get() const noexcept { return fd_; }
-    // close(2) reports deferred write errors on some filesystems: surface them.
-    int close() noexcept {
-        int rc = ::close(fd_);
-        fd_ = -1;
-        return rc;
-    }
-
-private:
-    int fd_;
-};
+// close(2) reports deferred write errors on some filesystems (NFS): a file that was written must
+// be closed explicitly and the result checked, not left to the destructor.
+int close_reporting(core::UniqueFd& fd) noexcept {
+    return ::close(fd.release());
+}
 
 std::string dir_of(const std::string& path) {
     auto slash = path.rfind('/');
@@ -61,10 +49,9 @@ Result<void> write_all_and_sync(int fd, std::string_view content, const std::str
 
 // Makes a rename or creation durable.
 Result<void> sync_dir(const std::string& dir) {
-    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return Error::sys(errno, "cannot open directory " + dir);
-    Fd owner(fd);
-    if (::fsync(fd) != 0 && errno != EINVAL) return Error::sys(errno, "cannot fsync " + dir);
+    core::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) return Error::sys(errno, "cannot open directory " + dir);
+    if (::fsync(fd.get()) != 0 && errno != EINVAL) return Error::sys(errno, "cannot fsync " + dir);
     return {};
 }
 
@@ -118,19 +105,19 @@ Result<void> ensure_dir(const std::string& dir, mode_t mode) {
 }
 
 Result<void> write_new_file(const std::string& path, std::string_view content, mode_t mode) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0) return Error::sys(errno, "cannot create " + path);
-    Fd owner(fd);
-    if (::fchmod(fd, mode) != 0) {
+    core::UniqueFd fd(
+        ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd) return Error::sys(errno, "cannot create " + path);
+    if (::fchmod(fd.get(), mode) != 0) {
         int err = errno;
         ::unlink(path.c_str());
         return Error::sys(err, "cannot chmod " + path);
     }
-    if (auto w = write_all_and_sync(fd, content, path); !w) {
+    if (auto w = write_all_and_sync(fd.get(), content, path); !w) {
         ::unlink(path.c_str());
         return w;
     }
-    if (owner.close() != 0) {
+    if (close_reporting(fd) != 0) {
         int err = errno;
         ::unlink(path.c_str());
         return Error::sys(err, "cannot close " + path);
@@ -143,53 +130,20 @@ Result<void> replace_file(const std::string& path, std::string_view content, mod
     std::string tmp =
         join_path(dir, "." + base_of(path) + ".runewarp-tmp-" + std::to_string(::getpid()) + "-" +
                            std::to_string(g_tmp_counter.fetch_add(1)));
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0) return Error::sys(errno, "cannot create " + tmp);
-    Fd owner(fd);
+    core::UniqueFd fd(
+        ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd) return Error::sys(errno, "cannot create " + tmp);
     auto fail = [&](Error e) -> Result<void> {
         ::unlink(tmp.c_str());
         return e;
     };
-    if (::fchmod(fd, mode) != 0) return fail(Error::sys(errno, "cannot chmod " + tmp));
-    if (auto w = write_all_and_sync(fd, content, tmp); !w) return fail(std::move(w).error());
-    if (owner.close() != 0) return fail(Error::sys(errno, "cannot close " + tmp));
+    if (::fchmod(fd.get(), mode) != 0) return fail(Error::sys(errno, "cannot chmod " + tmp));
+    if (auto w = write_all_and_sync(fd.get(), content, tmp); !w) return fail(std::move(w).error());
+    if (close_reporting(fd) != 0) return fail(Error::sys(errno, "cannot close " + tmp));
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         return fail(Error::sys(errno, "cannot rename " + tmp + " to " + path));
     }
     return sync_dir(dir);
-}
-
-Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
-                                                       std::size_t max_bytes) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return std::optional<std::string>{};
-        return Error::sys(errno, "cannot open " + path);
-    }
-    Fd owner(fd);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return Error::sys(errno, "cannot stat " + path);
-    if (!S_ISREG(st.st_mode)) return Error::msg(path + " is not a regular file");
-    std::string out;
-    char buf[8192];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Error::sys(errno, "cannot read " + path);
-        }
-        if (n == 0) break;
-        out.append(buf, static_cast<std::size_t>(n));
-        if (out.size() > max_bytes) return Error::msg(path + " is too large");
-    }
-    return std::optional<std::string>(std::move(out));
-}
-
-Result<std::string> read_file(const std::string& path, std::size_t max_bytes) {
-    auto r = read_file_if_exists(path, max_bytes);
-    if (!r) return std::move(r).error();
-    if (!r->has_value()) return Error::sys(ENOENT, "cannot open " + path);
-    return std::move(**r);
 }
 
 }  // namespace runewarp::trust

@@ -3,8 +3,6 @@
 
 #include <sys/types.h>
 
-#include <cstddef>
-#include <optional>
 #include <string>
 #include <string_view>
 
@@ -27,13 +25,6 @@ Result<void> write_new_file(const std::string& path, std::string_view content, m
 // with the final mode, fsyncs, rename(2)s it over `path` and fsyncs the directory. The temporary
 // file is removed on failure.
 Result<void> replace_file(const std::string& path, std::string_view content, mode_t mode);
-
-// Reads a whole regular file of at most `max_bytes`. nullopt when it does not exist.
-Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
-                                                       std::size_t max_bytes = 1 << 20);
-
-// Reads a whole regular file; a missing file is an error naming the path.
-Result<std::string> read_file(const std::string& path, std::size_t max_bytes = 1 << 20);
 
 // True when something exists at `path` (lstat).
 bool path_exists(const std::string& path) noexcept;

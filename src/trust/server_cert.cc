@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/file.hh"
 #include "proto/hostname.hh"
 #include "trust/material.hh"
 #include "trust/x509_util.hh"
@@ -199,7 +200,7 @@ Error incomplete(const std::string& dir, const Present& p, const std::string& de
 // The stored hostname, canonical.
 Result<std::string> stored_hostname(const std::string& dir) {
     std::string path = join_path(dir, kServerHostnameFile);
-    auto text = read_file(path);
+    auto text = core::read_file(path);
     if (!text) return std::move(text).error();
     auto h = proto::normalize_hostname(trim(*text));
     if (!h.ok()) {
@@ -215,9 +216,9 @@ Result<ServerCertCheck> check_complete(const std::string& dir, const std::string
     if (!v) return v;
     std::string key_path = join_path(dir, kServerCaKeyFile);
     std::string crt_path = join_path(dir, kServerCaFile);
-    auto key_pem = read_file(key_path);
+    auto key_pem = core::read_file(key_path);
     if (!key_pem) return std::move(key_pem).error();
-    auto crt_pem = read_file(crt_path);
+    auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
     auto key = import_key_pem(*key_pem, key_path);
     if (!key) return std::move(key).error();
@@ -285,9 +286,9 @@ Result<ServerCertSummary> renew_server_cert(const std::string& dir) {
     if (!hostname) return std::move(hostname).error();
     if (auto v = check_complete(dir, *hostname); !v) return incomplete(dir, p, v.error().message);
     Pem ca;
-    auto ca_key = read_file(join_path(dir, kServerCaKeyFile));
+    auto ca_key = core::read_file(join_path(dir, kServerCaKeyFile));
     if (!ca_key) return std::move(ca_key).error();
-    auto ca_crt = read_file(join_path(dir, kServerCaFile));
+    auto ca_crt = core::read_file(join_path(dir, kServerCaFile));
     if (!ca_crt) return std::move(ca_crt).error();
     ca.key = std::move(*ca_key);
     ca.crt = std::move(*ca_crt);
@@ -316,11 +317,11 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
     const std::string crt_path = join_path(dir, kServerCertFile);
     const std::string key_path = join_path(dir, kServerKeyFile);
     const std::string ca_path = join_path(dir, kServerCaFile);
-    auto crt_pem = read_file(crt_path);
+    auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
-    auto key_pem = read_file(key_path);
+    auto key_pem = core::read_file(key_path);
     if (!key_pem) return std::move(key_pem).error();
-    auto ca_pem = read_file(ca_path);
+    auto ca_pem = core::read_file(ca_path);
     if (!ca_pem) return std::move(ca_pem).error();
 
     auto chain = import_crt_list_pem(*crt_pem, crt_path, true);

@@ -7,13 +7,13 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "config/config.hh"
 #include "config/paths.hh"
 #include "config/registry.hh"
+#include "core/file.hh"
 
 using namespace runewarp::config;
 namespace proto = runewarp::proto;
@@ -83,10 +83,9 @@ std::string dump(const LoadOutcome& out) {
 }
 
 std::string read_file(const std::string& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    auto text = runewarp::core::read_file(p);
+    cr_assert(text.ok(), "%s", text.ok() ? "" : text.error().message.c_str());
+    return *text;
 }
 
 #define S_HEAD "[server]\nhostname = tunnel.example.com\ncert-dir = cert\n"
