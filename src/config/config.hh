@@ -79,21 +79,23 @@ struct Acme {
 
 struct Control {
     HostPort address;
-    Trust trust = Trust::kSystem;
+    Trust trust{};
     std::string ca_file;  // set when trust == kCaFile
 };
 
 // Where a value came from, for `config show`.
 enum class Source { kDefault, kFile, kEnv, kFlag };
 
+// The loader sets every field, from the file or from the key registry's default (the one table
+// of defaults); the initializers below are placeholders, not defaults.
 struct ServerConfig {
     std::string config_path;
     Layout layout = Layout::kUser;
     std::string data_root;
     std::string state_root;
-    LogLevel log_level = LogLevel::kInfo;
-    LogFormat log_format = LogFormat::kText;
-    EventBackend event_backend = EventBackend::kAuto;
+    LogLevel log_level{};
+    LogFormat log_format{};
+    EventBackend event_backend{};
 
     std::string hostname;  // canonical
     Source hostname_source = Source::kFile;
@@ -101,7 +103,7 @@ struct ServerConfig {
     proto::Endpoint public_bind;
     proto::Endpoint tunnel_bind;
     std::optional<proto::Endpoint> readiness_bind;
-    std::uint64_t graceful_shutdown_ms = 60'000;
+    std::uint64_t graceful_shutdown_ms = 0;
     bool visitor_proxy_v2 = false;
     std::vector<Cidr> visitor_proxy_trusted_networks;
     std::optional<Acme> acme;
@@ -118,23 +120,24 @@ struct Service {
     std::string label;
     std::vector<std::string> public_hostnames;  // empty = Catch-all
     HostPort backend;
-    TlsMode tls_mode = TlsMode::kPassthrough;
+    TlsMode tls_mode{};
     bool proxy_v2 = false;
     bool catch_all() const noexcept { return public_hostnames.empty(); }
 };
 
+// Set by the loader like ServerConfig.
 struct ClientConfig {
     std::string config_path;  // empty for a CLI-only start
     Layout layout = Layout::kUser;
     std::string data_root;
     std::string state_root;
-    LogLevel log_level = LogLevel::kInfo;
-    LogFormat log_format = LogFormat::kText;
-    EventBackend event_backend = EventBackend::kAuto;
+    LogLevel log_level{};
+    LogFormat log_format{};
+    EventBackend event_backend{};
 
     std::vector<HostPort> server_addresses;  // canonical host, in order
     Source server_addresses_source = Source::kFile;
-    Trust server_trust = Trust::kSystem;
+    Trust server_trust{};
     std::string server_ca_file;  // set when server_trust == kCaFile
     std::string identity_dir;
     std::string public_cert_dir;  // set when a terminate Service exists and no ACME

@@ -198,6 +198,9 @@ const std::array kKeys = {
             {}},
 };
 
+constexpr std::string_view kDataRoot = "<data>/";
+constexpr std::string_view kStateRoot = "<state>/";
+
 std::string join_choices(std::span<const std::string_view> choices) {
     std::string out;
     for (auto c : choices) {
@@ -305,6 +308,34 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
         }
     }
     return std::nullopt;
+}
+
+std::optional<std::string_view> default_value(const KeySpec& spec) noexcept {
+    std::string_view d = spec.default_text;
+    if (d.empty() || d.front() == '(' || d.front() == '<') return std::nullopt;
+    return d;
+}
+
+bool default_path_is_state(const KeySpec& spec) noexcept {
+    return spec.default_text.starts_with(kStateRoot);
+}
+
+std::string default_path(const KeySpec& spec, const Roots& roots) {
+    std::string_view d = spec.default_text;
+    const bool state = d.starts_with(kStateRoot);
+    if (!state && !d.starts_with(kDataRoot)) return {};
+    const std::string& root = state ? roots.state : roots.data;
+    if (root.empty()) return {};
+    d.remove_prefix(state ? kStateRoot.size() : kDataRoot.size());
+    std::string out = root;
+    if (out.back() != '/') out.push_back('/');
+    out.append(d);
+    return out;
+}
+
+std::string default_path(SectionKind section, std::string_view name, const Roots& roots) {
+    const KeySpec* spec = find_key(section, name);
+    return spec == nullptr ? std::string() : default_path(*spec, roots);
 }
 
 }  // namespace runewarp::config
