@@ -103,11 +103,13 @@ Result<ClientIdentityMaterial> generate_client_identity(std::time_t now) {
     return m;
 }
 
-Result<std::string> load_client_identity(const std::string& dir) {
+Result<ClientIdentityFiles> load_client_identity_files(const std::string& dir) {
     std::array<std::optional<std::string>, 3> contents;
     std::vector<std::string_view> present, missing;
     for (std::size_t i = 0; i < kFiles.size(); ++i) {
-        auto r = core::read_file_if_exists(join_path(dir, kFiles[i]));
+        const std::string path = join_path(dir, kFiles[i]);
+        auto r = kFiles[i] == kClientKeyFile ? read_private_key_if_exists(path)
+                                             : core::read_file_if_exists(path);
         if (!r) return std::move(r).error();
         contents[i] = std::move(*r);
         (contents[i] ? present : missing).push_back(kFiles[i]);
@@ -140,7 +142,14 @@ Result<std::string> load_client_identity(const std::string& dir) {
                               *derived);
         }
     }
-    return std::string(stored);
+    return ClientIdentityFiles{std::string(stored), std::move(*contents[1]),
+                               std::move(*contents[0])};
+}
+
+Result<std::string> load_client_identity(const std::string& dir) {
+    auto files = load_client_identity_files(dir);
+    if (!files) return std::move(files).error();
+    return std::move(files->identity);
 }
 
 Result<ClientIdentityInit> init_client_identity(const std::string& dir) {

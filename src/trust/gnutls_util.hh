@@ -26,7 +26,15 @@ struct PubkeyDeleter {
     void operator()(gnutls_pubkey_st* p) const noexcept { gnutls_pubkey_deinit(p); }
 };
 
+struct TrustListDeleter {
+    // 1: the list owns the certificates added to it.
+    void operator()(gnutls_x509_trust_list_st* p) const noexcept {
+        gnutls_x509_trust_list_deinit(p, 1);
+    }
+};
+
 using Crt = std::unique_ptr<gnutls_x509_crt_int, CrtDeleter>;
+using TrustList = std::unique_ptr<gnutls_x509_trust_list_st, TrustListDeleter>;
 using X509Key = std::unique_ptr<gnutls_x509_privkey_int, X509KeyDeleter>;
 using Privkey = std::unique_ptr<gnutls_privkey_st, PrivkeyDeleter>;
 using Pubkey = std::unique_ptr<gnutls_pubkey_st, PubkeyDeleter>;

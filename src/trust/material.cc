@@ -7,7 +7,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 
+#include "core/file.hh"
 #include "core/unique_fd.hh"
 
 namespace runewarp::trust {
@@ -144,6 +146,28 @@ Result<void> replace_file(const std::string& path, std::string_view content, mod
         return fail(Error::sys(errno, "cannot rename " + tmp + " to " + path));
     }
     return sync_dir(dir);
+}
+
+Result<std::optional<std::string>> read_private_key_if_exists(const std::string& path) {
+    struct stat st {};
+    auto r = core::read_file_if_exists(path, core::kMaxSmallFile, &st);
+    if (!r || !r->has_value()) return r;
+    // Whoever else can read the key can impersonate this Server or Client; whoever can write it
+    // can swap it. Only the owner may have access (0600 or 0400).
+    if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        return Error::msg("private key " + path + " has mode " + mode +
+                          ", which lets group or others access it; run `chmod 600 " + path + "`");
+    }
+    return r;
+}
+
+Result<std::string> read_private_key(const std::string& path) {
+    auto r = read_private_key_if_exists(path);
+    if (!r) return std::move(r).error();
+    if (!r->has_value()) return Error::sys(ENOENT, "cannot read " + path);
+    return std::move(**r);
 }
 
 }  // namespace runewarp::trust

@@ -3,6 +3,7 @@
 
 #include <sys/types.h>
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,6 +26,14 @@ Result<void> write_new_file(const std::string& path, std::string_view content, m
 // with the final mode, fsyncs, rename(2)s it over `path` and fsyncs the directory. The temporary
 // file is removed on failure.
 Result<void> replace_file(const std::string& path, std::string_view content, mode_t mode);
+
+// Reads a private key file (server.key, client.key, a CA key). A key that group or others may
+// read or write is refused, naming the file and the fix: "... run `chmod 600 <path>`". The mode
+// is checked on the very file that was read. nullopt when the file does not exist.
+Result<std::optional<std::string>> read_private_key_if_exists(const std::string& path);
+
+// Like read_private_key_if_exists; a missing file is an error naming the path.
+Result<std::string> read_private_key(const std::string& path);
 
 // True when something exists at `path` (lstat).
 bool path_exists(const std::string& path) noexcept;

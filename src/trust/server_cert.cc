@@ -216,7 +216,7 @@ Result<ServerCertCheck> check_complete(const std::string& dir, const std::string
     if (!v) return v;
     std::string key_path = join_path(dir, kServerCaKeyFile);
     std::string crt_path = join_path(dir, kServerCaFile);
-    auto key_pem = core::read_file(key_path);
+    auto key_pem = read_private_key(key_path);
     if (!key_pem) return std::move(key_pem).error();
     auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
@@ -286,7 +286,7 @@ Result<ServerCertSummary> renew_server_cert(const std::string& dir) {
     if (!hostname) return std::move(hostname).error();
     if (auto v = check_complete(dir, *hostname); !v) return incomplete(dir, p, v.error().message);
     Pem ca;
-    auto ca_key = core::read_file(join_path(dir, kServerCaKeyFile));
+    auto ca_key = read_private_key(join_path(dir, kServerCaKeyFile));
     if (!ca_key) return std::move(ca_key).error();
     auto ca_crt = core::read_file(join_path(dir, kServerCaFile));
     if (!ca_crt) return std::move(ca_crt).error();
@@ -312,14 +312,14 @@ Result<ServerCertSummary> rotate_server_ca(const std::string& dir, const std::st
                    m->not_after);
 }
 
-Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
-                                               bool check_time) {
+Result<ServerCertMaterial> load_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                                bool check_time) {
     const std::string crt_path = join_path(dir, kServerCertFile);
     const std::string key_path = join_path(dir, kServerKeyFile);
     const std::string ca_path = join_path(dir, kServerCaFile);
     auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
-    auto key_pem = core::read_file(key_path);
+    auto key_pem = read_private_key(key_path);
     if (!key_pem) return std::move(key_pem).error();
     auto ca_pem = core::read_file(ca_path);
     if (!ca_pem) return std::move(ca_pem).error();
@@ -345,12 +345,7 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
     if (int rc = gnutls_x509_trust_list_init(&tl, 0); rc < 0) {
         return gnutls_error("cannot allocate trust list", rc);
     }
-    struct TrustListDeleter {
-        void operator()(gnutls_x509_trust_list_st* p) const noexcept {
-            gnutls_x509_trust_list_deinit(p, 1);
-        }
-    };
-    std::unique_ptr<gnutls_x509_trust_list_st, TrustListDeleter> tl_owner(tl);
+    TrustList tl_owner(tl);
     gnutls_datum_t ca_datum = datum_of(*ca_pem);
     if (int rc =
             gnutls_x509_trust_list_add_trust_mem(tl, &ca_datum, nullptr, GNUTLS_X509_FMT_PEM, 0, 0);
@@ -382,10 +377,20 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
         return Error::msg(crt_path + " does not verify against " + ca_path + " for " + hostname +
                           ": " + why);
     }
-    ServerCertCheck out;
-    out.not_before = gnutls_x509_crt_get_activation_time(leaf);
-    out.not_after = gnutls_x509_crt_get_expiration_time(leaf);
+    ServerCertMaterial out;
+    out.validity.not_before = gnutls_x509_crt_get_activation_time(leaf);
+    out.validity.not_after = gnutls_x509_crt_get_expiration_time(leaf);
+    out.cert_path = crt_path;
+    out.cert_pem = std::move(*crt_pem);
+    out.key_pem = std::move(*key_pem);
     return out;
+}
+
+Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                               bool check_time) {
+    auto m = load_server_cert_dir(dir, hostname, check_time);
+    if (!m) return std::move(m).error();
+    return m->validity;
 }
 
 }  // namespace runewarp::trust

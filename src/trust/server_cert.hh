@@ -50,9 +50,22 @@ struct ServerCertCheck {
     std::time_t not_after = 0;
 };
 
-// What the Server checks at startup: server.crt (leaf first, optional intermediates) verifies
-// against server-ca.crt for `hostname` (serverAuth), server-ca.crt holds a CA certificate and
-// server.key is the leaf's key. Time is checked only when `check_time` is set.
+// The Server certificate as the Server serves it, once checked.
+struct ServerCertMaterial {
+    std::string cert_pem;   // server.crt: the leaf, then any intermediates
+    std::string key_pem;    // server.key
+    std::string cert_path;  // <dir>/server.crt, for messages
+    ServerCertCheck validity;
+};
+
+// What the Server checks and loads at startup: server.crt (leaf first, optional intermediates)
+// verifies against server-ca.crt for `hostname` (serverAuth), server-ca.crt holds only CA
+// certificates, server.key is the leaf's key and is accessible by its owner only. Time is
+// checked only when `check_time` is set.
+Result<ServerCertMaterial> load_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                                bool check_time = false);
+
+// The same checks as load_server_cert_dir, keeping only the validity window.
 Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
                                                bool check_time = false);
 
