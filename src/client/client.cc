@@ -17,9 +17,9 @@
 #include "client/resolver.hh"
 #include "client/retry.hh"
 #include "core/clock.hh"
-#include "core/file.hh"
 #include "core/worker.hh"
 #include "obs/log.hh"
+#include "preflight/preflight.hh"
 #include "proto/proxy_v2.hh"
 #include "proto/stream_prefix.hh"
 #include "quic/connection.hh"
@@ -28,8 +28,6 @@
 #include "relay/stream_pump.hh"
 #include "sys/limits.hh"
 #include "sys/systemd.hh"
-#include "trust/client_identity.hh"
-#include "trust/material.hh"
 
 namespace runewarp::client {
 
@@ -42,19 +40,6 @@ const config::Service* select_service(const std::vector<config::Service>& servic
         }
     }
     return nullptr;
-}
-
-Result<void> check_supported(const config::ClientConfig& cfg) {
-    for (const config::Service& s : cfg.services) {
-        if (s.tls_mode == config::TlsMode::kTerminate) {
-            return Error::msg("service \"" + s.label +
-                              "\" uses tls-mode = terminate, which this build does not support "
-                              "yet; use tls-mode = passthrough");
-        }
-    }
-    if (cfg.services.empty()) return Error::msg("no [service] is configured");
-    if (cfg.server_addresses.empty()) return Error::msg("no server address is configured");
-    return {};
 }
 
 namespace {
@@ -719,22 +704,16 @@ void AddressWorker::on_quiesced() noexcept {
 // ---- ClientInstance ---------------------------------------------------------------------------
 
 Result<std::unique_ptr<quic::ClientTls>> ClientInstance::load_tls(const std::string& server_name) {
-    auto id = trust::load_client_identity(cfg_.identity_dir);
-    if (!id)
-        return Error::msg("client identity in " + cfg_.identity_dir + ": " + id.error().message);
-    auto crt = core::read_file(trust::join_path(cfg_.identity_dir, "client.crt"));
-    if (!crt) return std::move(crt).error();
-    auto key = core::read_file(trust::join_path(cfg_.identity_dir, "client.key"));
-    if (!key) return std::move(key).error();
+    // Reloaded on every attempt by the rules `config check` and startup apply.
+    auto m = preflight::load_client_material(cfg_);
+    if (!m) return std::move(m).error();
     quic::ClientTlsConfig tc;
     tc.server_name = server_name;
-    tc.cert_pem = std::move(*crt);
-    tc.key_pem = std::move(*key);
-    if (cfg_.server_trust == config::Trust::kCaFile) {
-        auto ca = core::read_file(cfg_.server_ca_file);
-        if (!ca) return Error::msg("server CA file: " + ca.error().message);
+    tc.cert_pem = std::move(m->identity.cert_pem);
+    tc.key_pem = std::move(m->identity.key_pem);
+    if (m->server_trust == config::Trust::kCaFile) {
         tc.trust = quic::ServerTrust::ca_file;
-        tc.ca_pem = std::move(*ca);
+        tc.ca_pem = std::move(m->server_ca_pem);
     } else {
         tc.trust = quic::ServerTrust::system;
     }
@@ -836,11 +815,6 @@ int ClientInstance::run() noexcept {
         log_.error("client startup failed", {}, r.error().message);
         return 1;
     }
-    // Local material is checked once before anything starts: a missing identity is fatal.
-    if (auto t = load_tls(cfg_.server_addresses.front().host); !t) {
-        log_.error("client startup failed", {}, t.error().message);
-        return 1;
-    }
     auto r = Resolver::create(*worker_, 4);
     if (!r) {
         log_.error("client startup failed", {}, r.error().message);
@@ -880,10 +854,6 @@ int ClientInstance::run() noexcept {
 
 int run_client(const config::ClientConfig& cfg) noexcept {
     obs::Logger& log = obs::process_logger();
-    if (auto s = check_supported(cfg); !s) {
-        log.error("client startup failed", {}, s.error().message);
-        return 1;
-    }
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
     sys::raise_nofile_limit();
     // The instance (and with it every session) lives until process exit: closing connections

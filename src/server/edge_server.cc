@@ -14,10 +14,8 @@
 #include <cstring>
 
 #include "core/clock.hh"
-#include "core/file.hh"
 #include "sys/limits.hh"
 #include "trust/identity.hh"
-#include "trust/server_cert.hh"
 
 namespace runewarp::server {
 
@@ -192,8 +190,8 @@ EdgeServer::~EdgeServer() {
 }
 
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
+                                                       const trust::ServerCertMaterial* tunnel_cert,
                                                        obs::Logger& log) {
-    if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
     sys::raise_nofile_limit();
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
 
@@ -267,7 +265,9 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
     }
     if (!cfg.tunnels.empty()) {
-        auto t = s->create_tunnel_listener();
+        if (tunnel_cert == nullptr)
+            return Error::msg("no checked Server certificate for the tunnel");
+        auto t = s->create_tunnel_listener(*tunnel_cert);
         if (!t) return std::move(t).error();
     } else if (s->tunnel_fd_.valid()) {
         log.warn("server tunnel listener socket-activated",
@@ -575,33 +575,18 @@ void EdgeServer::on_close_flushed() noexcept {
 
 // ---- Tunnel side -----------------------------------------------------------------------------
 
-Result<void> EdgeServer::create_tunnel_listener() {
-    // The Server certificate (spec 4.2 cert-dir, 6.3): checked as a whole before binding.
-    std::string hint = "Hint: runewarp server cert init";
-    if (!cfg_.config_path.empty()) hint += " --config " + cfg_.config_path;
-    auto checked = trust::verify_server_cert_dir(cfg_.cert_dir, cfg_.hostname);
-    if (!checked) {
-        return Error::msg("server certificate material in " + cfg_.cert_dir +
-                          " is not usable: " + checked.error().message + ". " + hint);
-    }
-    std::string crt_path = cfg_.cert_dir + "/" + std::string(trust::kServerCertFile);
-    std::string key_path = cfg_.cert_dir + "/" + std::string(trust::kServerKeyFile);
-    auto crt = core::read_file(crt_path);
-    if (!crt)
-        return Error::msg("cannot read " + crt_path + ": " + crt.error().message + ". " + hint);
-    auto key = core::read_file(key_path);
-    if (!key)
-        return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
-
+Result<void> EdgeServer::create_tunnel_listener(const trust::ServerCertMaterial& cert) {
+    // The certificate was verified as a whole before startup (preflight::check_server).
     tunnels_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg_), &log_);
     tunnels_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
         auto* c = static_cast<const quic::Connection*>(m.connection);
         return c == nullptr || !c->unresponsive(now);
     });
     auto tls =
-        quic::ServerTls::create({std::move(*crt), std::move(*key),
+        quic::ServerTls::create({cert.cert_pem, cert.key_pem,
                                  [this](std::span<const uint8_t> der) { return admit_peer(der); }});
-    if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
+    if (!tls)
+        return Error::msg("server certificate " + cert.cert_path + ": " + tls.error().message);
     tunnel_tls_ = std::move(*tls);
 
     if (tunnel_fd_.valid()) {
@@ -720,9 +705,10 @@ void EdgeServer::on_watchdog() noexcept {
         control_->arm_timer(ControlSession::kOpWatchdog, core::now_ns() + watchdog_interval_ns_);
 }
 
-int run_server(const config::ServerConfig& cfg) noexcept {
+int run_server(const config::ServerConfig& cfg,
+               const trust::ServerCertMaterial* tunnel_cert) noexcept {
     obs::Logger& log = obs::process_logger();
-    auto s = EdgeServer::create(cfg, log);
+    auto s = EdgeServer::create(cfg, tunnel_cert, log);
     if (!s) {
         log.error("server startup failed", {}, s.error().message);
         return 1;

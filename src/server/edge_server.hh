@@ -23,6 +23,7 @@
 #include "server/tunnel_registry.hh"
 #include "server/visitor.hh"
 #include "sys/systemd.hh"
+#include "trust/server_cert.hh"
 
 namespace runewarp::server {
 
@@ -82,7 +83,9 @@ class EdgeServer final : public core::SignalListener,
                          private quic::ConnectionHandler {
 public:
     // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
+    // `tunnel_cert`: the checked Server certificate, required when a Tunnel is configured.
     static Result<std::unique_ptr<EdgeServer>> create(const config::ServerConfig& cfg,
+                                                      const trust::ServerCertMaterial* tunnel_cert,
                                                       obs::Logger& log);
     ~EdgeServer();
 
@@ -148,7 +151,7 @@ private:
     Scope scope_of(const char* scope) const noexcept;
 
     // Tunnel side.
-    Result<void> create_tunnel_listener();
+    Result<void> create_tunnel_listener(const trust::ServerCertMaterial& cert);
     bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
     void close_tunnels() noexcept;
     void on_connection(quic::Connection& c) noexcept override;
@@ -201,7 +204,9 @@ private:
     friend class VisitorSession;
 };
 
-// `runewarp server`: loads nothing itself; runs the edge for an already validated config.
-int run_server(const config::ServerConfig& cfg) noexcept;
+// `runewarp server`: loads nothing itself; runs the edge for a config and certificate that
+// passed preflight::check_server (`tunnel_cert` is null when no Tunnel is configured).
+int run_server(const config::ServerConfig& cfg,
+               const trust::ServerCertMaterial* tunnel_cert) noexcept;
 
 }  // namespace runewarp::server
