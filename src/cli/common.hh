@@ -10,7 +10,7 @@
 
 namespace runewarp::cli {
 
-// "error: <message>" on stderr (spec 3.2: errors before the logger exists go raw); exit 1.
+// "error: <message>" on stderr (errors before the logger exists go raw); exit 1.
 int fail(Console& console, std::string_view message);
 
 // Resolution found no file: names the default paths tried.

@@ -1,5 +1,5 @@
 // `runewarp client identity init|rotate|show`, and the config selection shared by the
-// material commands (spec 3.4, 3.6, 3.8).
+// material commands.
 #pragma once
 
 #include <optional>

@@ -516,7 +516,7 @@ void Loader::server() {
         cfg.cert_dir = file_path(cert_dir->one());  // recorded, not checked: no Tunnel uses it
     }
 
-    // Managed mode (spec 9): identity-dir only there, Tunnel sections forbidden there.
+    // Managed mode: identity-dir only there, Tunnel sections forbidden there.
     const Value* idd = srv->get("identity-dir");
     if (!cfg.managed_requested) {
         if (idd)

@@ -28,7 +28,8 @@ struct Problem {
     std::string message;
 };
 
-// Runtime flags that replace or complete file values (spec 3.3, 3.5).
+// Runtime flags that replace file values before validation (a flag beats the environment,
+// which beats the file) or complete a file-less Client start.
 struct Overrides {
     std::optional<std::string> hostname;         // server --hostname
     std::vector<std::string> server_addresses;   // client --server-address (repeatable)
@@ -110,7 +111,8 @@ struct ServerConfig {
     std::vector<Tunnel> tunnels;
     std::vector<Route> routes;
 
-    // Managed mode (spec 9): validated, then refused by the runtime.
+    // Managed mode ([control] or --control-address): validated here, refused by this build at
+    // startup (preflight).
     bool managed_requested = false;
     std::optional<Control> control;
     std::string identity_dir;  // Managed only

@@ -1,4 +1,4 @@
-// Config path resolution and default material locations (spec 3.8).
+// Config path resolution (--config, XDG, /etc) and the user vs system layout of defaults.
 #include "config/paths.hh"
 
 #include <sys/stat.h>

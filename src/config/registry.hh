@@ -25,7 +25,7 @@ enum class SectionKind {
 enum class ValueType {
     kString,         // free text (e.g. an e-mail address)
     kEnum,           // one of KeySpec::choices
-    kHostname,       // spec 4.4
+    kHostname,       // DNS name: ASCII, LDH labels, no IP literal, no wildcard
     kHostnameList,   // list of hostnames
     kIdentity,       // 64 lowercase hex
     kIdentityList,   // list of identities

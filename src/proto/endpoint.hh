@@ -49,7 +49,8 @@ std::string format_ip(const Endpoint& e);
 std::string format_endpoint(const Endpoint& e);
 
 // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; returns the plain IPv4 endpoint for
-// those (spec 5.1) and `e` unchanged otherwise.
+// those, so an IPv4 Visitor has one canonical address whatever the socket, and `e` unchanged
+// otherwise.
 Endpoint unmap_v4(const Endpoint& e) noexcept;
 
 // Conversions to and from the kernel's socket address structures (plain struct copies, no

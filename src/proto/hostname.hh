@@ -1,4 +1,4 @@
-// Hostname normalisation and validation (spec 4.4): the one canonical form used everywhere.
+// Hostname normalisation and validation: the one canonical form used everywhere.
 #pragma once
 
 #include <string>
@@ -25,7 +25,7 @@ struct HostnameResult {
     bool ok() const noexcept { return error == HostnameError::kNone; }
 };
 
-// Removes every trailing '.', ASCII-lowercases, then validates (spec 4.4 steps 1-3).
+// Removes every trailing '.', ASCII-lowercases, then validates.
 HostnameResult normalize_hostname(std::string_view raw);
 
 // True when `s` parses as an IPv4 or IPv6 literal (libc inet_pton, see parse_ip).

@@ -1,4 +1,4 @@
-// Client identity material (spec 3.6, 6.1): Ed25519 key, self-signed certificate, identity file.
+// Client identity material: Ed25519 key (0600), self-signed certificate, identity file.
 #pragma once
 
 #include <ctime>

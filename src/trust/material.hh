@@ -1,4 +1,4 @@
-// Material files (spec 6.1, 6.3): private directories, O_EXCL creation, atomic replacement.
+// Material files: private directories, O_EXCL creation, atomic replacement, private key reads.
 #pragma once
 
 #include <sys/types.h>

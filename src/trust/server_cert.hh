@@ -1,4 +1,5 @@
-// Manual Server certificate material (spec 3.4, 6.3): a private ECDSA P-256 CA and its leaf.
+// Manual Server certificate material: a private ECDSA P-256 CA and its leaf for the Server
+// hostname, made and checked here.
 #pragma once
 
 #include <ctime>
@@ -20,7 +21,7 @@ inline constexpr std::time_t kServerCertDays = 90;
 inline constexpr std::time_t kServerCaDays = 3650;
 inline constexpr std::time_t kServerRenewAfterDays = 60;
 
-// What `server cert ...` reports (spec 3.4 summary lines).
+// What `server cert ...` reports in its summary lines.
 struct ServerCertSummary {
     std::string headline;  // e.g. "Server certificate initialized"
     std::string hostname;

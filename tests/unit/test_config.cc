@@ -106,7 +106,7 @@ struct Case {
 const std::string kLong = "# " + std::string(200, 'x') + "\n";
 
 const Case kCases[] = {
-    // pre-scan and syntax (spec 4.5)
+    // pre-scan and syntax
     {Role::kServer, S_HEAD TUN "[server]\n", 7, "duplicate section [server] (first at line 1)",
      nullptr},
     {Role::kServer, S_HEAD TUN "[tunnel \"apps\"]\n", 7,
@@ -363,7 +363,7 @@ const Case kCases[] = {
      4, "client.public-cert-dir and [client.acme] are mutually exclusive", nullptr},
     {Role::kClient, C_HEAD "public-cert-dir = nope\n" SVC "tls-mode = terminate\n", 4,
      "client.public-cert-dir: directory @DIR@/nope does not exist", nullptr},
-    // [control] (Managed mode, section 9)
+    // [control] (Managed mode)
     {Role::kClient, "[client]\nidentity-dir = identity\n" SVC "[control]\naddress = 192.0.2.1\n", 7,
      "control.address: invalid value \"192.0.2.1\": must be a hostname, not an IP address literal",
      nullptr},

@@ -1,4 +1,4 @@
-// Trust module: identity vectors (spec 6.1), the DER walker, material files, Server CA material.
+// Trust module: identity vectors, the DER walker, material files and key modes, Server CA material.
 #include <criterion/criterion.h>
 
 #include <dirent.h>
@@ -137,7 +137,7 @@ std::string hex_of(std::span<const std::uint8_t> s) {
 
 TestSuite(trust, .init = setup_dir, .fini = teardown_dir);
 
-// ---- identity (spec 6.1) --------------------------------------------------------------------
+// ---- identity -------------------------------------------------------------------------------
 
 Test(trust, ed25519_rfc8032_test1_vector) {
     auto spki = unhex(
@@ -306,7 +306,7 @@ Test(trust, client_identity_init_writes_valid_material) {
     cr_assert(slurp(dir + "/client.key").starts_with("-----BEGIN PRIVATE KEY-----\n"));
     cr_assert(slurp(dir + "/client.crt").starts_with("-----BEGIN CERTIFICATE-----\n"));
 
-    // The certificate profile (spec 6.1).
+    // The certificate profile: Ed25519, SAN runewarp-client, KU digitalSignature, EKU clientAuth.
     auto crt = import_crt_pem(slurp(dir + "/client.crt"), "client.crt");
     cr_assert(crt.ok());
     gnutls_x509_crt_t c = crt->get();
@@ -467,7 +467,7 @@ Test(trust, server_cert_init_writes_material_and_the_chain_verifies) {
     cr_assert(v.ok(), "%s", v.ok() ? "" : v.error().message.c_str());
     cr_assert(!verify_server_cert_dir(dir, "other.example.test").ok());
 
-    // Profiles (spec 6.3).
+    // Profiles: the CA (P-256, CA:TRUE, no path length) and the leaf for the hostname.
     auto ca = import_crt_pem(slurp(dir + "/server-ca.crt"), "ca");
     auto leaf = import_crt_pem(slurp(dir + "/server.crt"), "leaf");
     cr_assert(ca.ok() && leaf.ok());
