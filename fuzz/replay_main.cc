@@ -11,8 +11,7 @@
 #include <vector>
 
 #include "core/file.hh"
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+#include "fuzz/fuzz_target.hh"
 
 namespace {
 

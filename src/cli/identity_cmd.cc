@@ -1,6 +1,7 @@
 // Client identity commands: directory resolution (--dir > client.identity-dir > default).
 #include "cli/identity_cmd.hh"
 
+#include "cli/common.hh"
 #include "config/ini_document.hh"
 #include "core/file.hh"
 #include "trust/client_identity.hh"
@@ -99,50 +100,53 @@ std::optional<int> reject_runtime_flags(const Invocation& inv, Console& console)
             m.append("`, not `");
             m.append(command_line(inv.path));
             m.append("`");
-            return material_failure(console, m);
+            return fail(console, m);
         }
     }
     return std::nullopt;
 }
 
-int material_failure(Console& console, std::string_view message) {
-    std::string line = "error: ";
-    line.append(message);
-    line.push_back('\n');
-    console.err(line);
-    return kExitFailure;
-}
+namespace {
 
-int run_client_identity_init(const Invocation& inv, Console& console) {
+// The steps every `client identity ...` command shares: runtime flags refused, the directory
+// resolved, then `act(dir)` returns the text to print (or the error).
+template <typename Act>
+int identity_command(const Invocation& inv, Console& console, Act act) {
     if (auto rc = reject_runtime_flags(inv, console)) return *rc;
     auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::init_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(
-        summary(r->created ? "Client identity initialized: " : "Client identity already exists: ",
-                r->identity, *dir));
+    if (!dir) return fail(console, dir.error().message);
+    Result<std::string> text = act(*dir);
+    if (!text) return fail(console, text.error().message);
+    console.out(*text);
     return kExitOk;
+}
+
+}  // namespace
+
+int run_client_identity_init(const Invocation& inv, Console& console) {
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::init_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return summary(
+            r->created ? "Client identity initialized: " : "Client identity already exists: ",
+            r->identity, dir);
+    });
 }
 
 int run_client_identity_rotate(const Invocation& inv, Console& console) {
-    if (auto rc = reject_runtime_flags(inv, console)) return *rc;
-    auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::rotate_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(summary("Client identity rotated: ", *r, *dir));
-    return kExitOk;
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::rotate_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return summary("Client identity rotated: ", *r, dir);
+    });
 }
 
 int run_client_identity_show(const Invocation& inv, Console& console) {
-    if (auto rc = reject_runtime_flags(inv, console)) return *rc;
-    auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::load_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(*r + "\n");
-    return kExitOk;
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::load_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return *r + "\n";
+    });
 }
 
 }  // namespace runewarp::cli

@@ -31,9 +31,6 @@ Result<MaterialConfig> select_material_config(const Invocation& inv);
 // with `runewarp client`, not `runewarp client identity show`"): prints it and returns exit 1.
 std::optional<int> reject_runtime_flags(const Invocation& inv, Console& console);
 
-// "error: <message>\n" on stderr, exit 1.
-int material_failure(Console& console, std::string_view message);
-
 int run_client_identity_init(const Invocation& inv, Console& console);
 int run_client_identity_rotate(const Invocation& inv, Console& console);
 int run_client_identity_show(const Invocation& inv, Console& console);

@@ -147,8 +147,7 @@ private:
 
     std::optional<std::string> setting(const Section* s, SectionKind kind,
                                        std::string_view key) const;
-    void top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
-                   const Section* role_section, SectionKind role_kind);
+    void role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind);
     std::optional<Acme> acme(const Section* s);
     std::optional<Control> control(bool& managed);
     void check_material_dir(const std::string& key, int line, const std::string& dir,
@@ -280,21 +279,26 @@ std::optional<std::string> Loader::setting(const Section* s, SectionKind kind,
     return std::nullopt;
 }
 
-void Loader::top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
-                       const Section* role_section, SectionKind role_kind) {
+// The fields both roles share: origin, roots, logging, the event backend and managed mode.
+void Loader::role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind) {
+    cfg.config_path = opt_.path;
+    cfg.layout = roots_.layout;
+    cfg.data_root = roots_.data;
+    cfg.state_root = roots_.state;
     const Section& top = sections_.front();
     if (auto v = setting(&top, SectionKind::kTop, "log-level")) {
-        level = named(*v,
-                      {LogLevel::kOff, LogLevel::kError, LogLevel::kWarn, LogLevel::kInfo,
-                       LogLevel::kDebug, LogLevel::kTrace},
-                      log_level_name);
+        cfg.log_level = named(*v,
+                              {LogLevel::kOff, LogLevel::kError, LogLevel::kWarn, LogLevel::kInfo,
+                               LogLevel::kDebug, LogLevel::kTrace},
+                              log_level_name);
     }
     if (auto v = setting(&top, SectionKind::kTop, "log-format")) {
-        format = named(*v, {LogFormat::kText, LogFormat::kJson}, log_format_name);
+        cfg.log_format = named(*v, {LogFormat::kText, LogFormat::kJson}, log_format_name);
     }
     if (auto v = setting(role_section, role_kind, "event-backend")) {
-        backend = named(*v, {EventBackend::kAuto, EventBackend::kIoUring, EventBackend::kEpoll},
-                        event_backend_name);
+        cfg.event_backend =
+            named(*v, {EventBackend::kAuto, EventBackend::kIoUring, EventBackend::kEpoll},
+                  event_backend_name);
     }
 }
 
@@ -413,10 +417,6 @@ void Loader::run(std::string_view text) {
 
 void Loader::server() {
     ServerConfig cfg;
-    cfg.config_path = opt_.path;
-    cfg.layout = roots_.layout;
-    cfg.data_root = roots_.data;
-    cfg.state_root = roots_.state;
     const Section* srv = nullptr;
     const Section* acme_sec = nullptr;
     std::vector<const Section*> tunnels;
@@ -427,7 +427,7 @@ void Loader::server() {
         if (s.kind == SectionKind::kTunnel) tunnels.push_back(&s);
         if (s.kind == SectionKind::kRoute) routes.push_back(&s);
     }
-    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, srv, SectionKind::kServer);
+    role_common(cfg, srv, SectionKind::kServer);
     if (opt_.path.empty()) {
         problem(0, "the Server needs a config file");
         return;
@@ -623,10 +623,6 @@ void Loader::server() {
 
 void Loader::client() {
     ClientConfig cfg;
-    cfg.config_path = opt_.path;
-    cfg.layout = roots_.layout;
-    cfg.data_root = roots_.data;
-    cfg.state_root = roots_.state;
     const Section* cli = nullptr;
     const Section* acme_sec = nullptr;
     std::vector<const Section*> services;
@@ -635,7 +631,7 @@ void Loader::client() {
         if (s.kind == SectionKind::kClientAcme) acme_sec = &s;
         if (s.kind == SectionKind::kService) services.push_back(&s);
     }
-    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, cli, SectionKind::kClient);
+    role_common(cfg, cli, SectionKind::kClient);
     const auto& ov = opt_.overrides;
     bool cli_only = opt_.path.empty();
     bool role_missing = false;  // no [client] and no flags: material checks would only add noise

@@ -87,10 +87,12 @@ struct Control {
 // Where a value came from, for `config show`.
 enum class Source { kDefault, kFile, kEnv, kFlag };
 
-// The loader sets every field, from the file or from the key registry's default (the one table
-// of defaults); the initializers below are placeholders, not defaults.
-struct ServerConfig {
-    std::string config_path;
+// The loader sets every field of a role's model, from the file or from the key registry's
+// default (the one table of defaults); the initializers are placeholders, not defaults.
+
+// What both roles' models hold: where the config came from, logging, the loop, managed mode.
+struct RoleConfig {
+    std::string config_path;  // empty for a CLI-only Client start
     Layout layout = Layout::kUser;
     std::string data_root;
     std::string state_root;
@@ -98,6 +100,13 @@ struct ServerConfig {
     LogFormat log_format{};
     EventBackend event_backend{};
 
+    // Managed mode ([control] or --control-address): validated here, refused by this build at
+    // startup (preflight).
+    bool managed_requested = false;
+    std::optional<Control> control;
+};
+
+struct ServerConfig : RoleConfig {
     std::string hostname;  // canonical
     Source hostname_source = Source::kFile;
     std::string cert_dir;  // empty when ACME is used or no Tunnel exists
@@ -110,11 +119,6 @@ struct ServerConfig {
     std::optional<Acme> acme;
     std::vector<Tunnel> tunnels;
     std::vector<Route> routes;
-
-    // Managed mode ([control] or --control-address): validated here, refused by this build at
-    // startup (preflight).
-    bool managed_requested = false;
-    std::optional<Control> control;
     std::string identity_dir;  // Managed only
 };
 
@@ -127,16 +131,7 @@ struct Service {
     bool catch_all() const noexcept { return public_hostnames.empty(); }
 };
 
-// Set by the loader like ServerConfig.
-struct ClientConfig {
-    std::string config_path;  // empty for a CLI-only start
-    Layout layout = Layout::kUser;
-    std::string data_root;
-    std::string state_root;
-    LogLevel log_level{};
-    LogFormat log_format{};
-    EventBackend event_backend{};
-
+struct ClientConfig : RoleConfig {
     std::vector<HostPort> server_addresses;  // canonical host, in order
     Source server_addresses_source = Source::kFile;
     Trust server_trust{};
@@ -145,9 +140,6 @@ struct ClientConfig {
     std::string public_cert_dir;  // set when a terminate Service exists and no ACME
     std::optional<Acme> acme;
     std::vector<Service> services;
-
-    bool managed_requested = false;
-    std::optional<Control> control;
 };
 
 struct LoadOutcome {

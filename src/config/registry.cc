@@ -198,6 +198,13 @@ const std::array kKeys = {
             {}},
 };
 
+// The problem text of a parsed value, or nothing when it parsed.
+template <typename Value>
+std::optional<std::string> problem_of(const Parsed<Value>& parsed) {
+    if (auto* e = std::get_if<std::string>(&parsed)) return *e;
+    return std::nullopt;
+}
+
 constexpr std::string_view kDataRoot = "<data>/";
 constexpr std::string_view kStateRoot = "<state>/";
 
@@ -280,32 +287,17 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
                 return err("client identity must be exactly 64 lowercase hex characters");
             }
             return std::nullopt;
-        case T::kSocketAddress: {
-            auto r = parse_socket_address(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
+        case T::kSocketAddress:
+            return problem_of(parse_socket_address(value));
         case T::kServerAddress:
-        case T::kServerAddressList: {
-            auto r = parse_server_address(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kHostPort: {
-            auto r = parse_host_port(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kDuration: {
-            auto r = parse_duration_ms(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kCidrList: {
-            auto r = parse_cidr(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
+        case T::kServerAddressList:
+            return problem_of(parse_server_address(value));
+        case T::kHostPort:
+            return problem_of(parse_host_port(value));
+        case T::kDuration:
+            return problem_of(parse_duration_ms(value));
+        case T::kCidrList:
+            return problem_of(parse_cidr(value));
     }
     return std::nullopt;
 }

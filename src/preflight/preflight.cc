@@ -95,40 +95,43 @@ ClientMaterial client_material(const config::ClientConfig& cfg, Problems& proble
     return m;
 }
 
-}  // namespace
-
-Checked<ServerStartup> check_server(const config::LoadOptions& options) {
-    Checked<ServerStartup> out;
+// The config loader, then the role's rules on the model it built: `apply` adds its problems and
+// returns what the role would start with.
+template <typename Startup, typename Model, typename Apply>
+Checked<Startup> check(const config::LoadOptions& options,
+                       std::optional<Model> config::LoadOutcome::*model, Apply apply) {
+    Checked<Startup> out;
     out.report = config::load(options);
     if (!out.report.ok()) return out;
     Problems problems;
-    server_support(*out.report.server, problems);
-    auto cert = server_material(*out.report.server, problems);
-    if (!problems.empty()) {
+    Startup start = apply(std::move(*(out.report.*model)), problems);
+    (out.report.*model).reset();
+    if (problems.empty()) {
+        out.startup = std::move(start);
+    } else {
         problems.into(out.report, options.path);
-        out.report.server.reset();
-        return out;
     }
-    out.startup = ServerStartup{std::move(*out.report.server), std::move(cert)};
-    out.report.server.reset();
     return out;
 }
 
+}  // namespace
+
+Checked<ServerStartup> check_server(const config::LoadOptions& options) {
+    return check<ServerStartup>(options, &config::LoadOutcome::server,
+                                [](config::ServerConfig cfg, Problems& problems) {
+                                    server_support(cfg, problems);
+                                    auto cert = server_material(cfg, problems);
+                                    return ServerStartup{std::move(cfg), std::move(cert)};
+                                });
+}
+
 Checked<ClientStartup> check_client(const config::LoadOptions& options) {
-    Checked<ClientStartup> out;
-    out.report = config::load(options);
-    if (!out.report.ok()) return out;
-    Problems problems;
-    client_support(*out.report.client, problems);
-    ClientMaterial material = client_material(*out.report.client, problems);
-    if (!problems.empty()) {
-        problems.into(out.report, options.path);
-        out.report.client.reset();
-        return out;
-    }
-    out.startup = ClientStartup{std::move(*out.report.client), std::move(material)};
-    out.report.client.reset();
-    return out;
+    return check<ClientStartup>(options, &config::LoadOutcome::client,
+                                [](config::ClientConfig cfg, Problems& problems) {
+                                    client_support(cfg, problems);
+                                    ClientMaterial m = client_material(cfg, problems);
+                                    return ClientStartup{std::move(cfg), std::move(m)};
+                                });
 }
 
 Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg) {

@@ -69,4 +69,10 @@ inline Error gnutls_error(std::string_view what, int rc) {
     return Error{0, std::move(m)};
 }
 
+// A GnuTLS return code as a Result: negative codes are errors about `what`.
+inline Result<void> gnutls_check(int rc, const char* what) {
+    if (rc < 0) return gnutls_error(what, rc);
+    return {};
+}
+
 }  // namespace runewarp::trust

@@ -75,6 +75,34 @@ std::string_view trim(std::string_view s) noexcept {
     return s;
 }
 
+MaterialSurvey survey_files(const std::string& dir, std::span<const std::string_view> names) {
+    MaterialSurvey s;
+    for (std::string_view n : names)
+        (path_exists(join_path(dir, n)) ? s.present : s.missing).push_back(n);
+    return s;
+}
+
+Error incomplete_material(std::string_view what, const std::string& dir,
+                          const MaterialSurvey& files, const std::string& detail,
+                          std::string_view advice) {
+    auto list = [](const std::vector<std::string_view>& names) {
+        std::string out;
+        for (std::string_view n : names) {
+            if (!out.empty()) out.append(", ");
+            out.append(n);
+        }
+        return out;
+    };
+    std::string m(what);
+    m.append(" in " + dir + " is incomplete or inconsistent");
+    if (!files.present.empty()) m.append("; present: " + list(files.present));
+    if (!files.missing.empty()) m.append("; missing: " + list(files.missing));
+    if (!detail.empty()) m.append("; " + detail);
+    m.append(". ");
+    m.append(advice);
+    return Error::msg(std::move(m));
+}
+
 bool path_exists(const std::string& path) noexcept {
     struct stat st {};
     return ::lstat(path.c_str(), &st) == 0;

@@ -4,8 +4,10 @@
 #include <sys/types.h>
 
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "runewarp/result.hh"
 
@@ -34,6 +36,19 @@ Result<std::optional<std::string>> read_private_key_if_exists(const std::string&
 
 // Like read_private_key_if_exists; a missing file is an error naming the path.
 Result<std::string> read_private_key(const std::string& path);
+
+// Which of a set of material files exist in a directory, in the order asked.
+struct MaterialSurvey {
+    std::vector<std::string_view> present;
+    std::vector<std::string_view> missing;
+};
+MaterialSurvey survey_files(const std::string& dir, std::span<const std::string_view> names);
+
+// "<what> in <dir> is incomplete or inconsistent; present: a, b; missing: c; <detail>.
+// <advice>" (parts left out when empty).
+Error incomplete_material(std::string_view what, const std::string& dir,
+                          const MaterialSurvey& files, const std::string& detail,
+                          std::string_view advice);
 
 // True when something exists at `path` (lstat).
 bool path_exists(const std::string& path) noexcept;

@@ -29,11 +29,6 @@ struct ServerMaterial {
     std::time_t not_after = 0;
 };
 
-Result<void> check(int rc, const char* what) {
-    if (rc < 0) return gnutls_error(what, rc);
-    return {};
-}
-
 Result<void> first_error(std::initializer_list<Result<void>> steps) {
     for (const auto& s : steps) {
         if (!s) return s.error();
@@ -46,18 +41,20 @@ Result<Crt> make_ca(gnutls_x509_privkey_t key, std::time_t not_before) {
     if (!crt) return crt;
     gnutls_x509_crt_t c = crt->get();
     auto r = first_error({
-        check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0,
-                                            kServerCaCommonName.data(),
-                                            static_cast<unsigned>(kServerCaCommonName.size())),
-              "set CA subject"),
+        gnutls_check(gnutls_x509_crt_set_dn_by_oid(
+                         c, GNUTLS_OID_X520_COMMON_NAME, 0, kServerCaCommonName.data(),
+                         static_cast<unsigned>(kServerCaCommonName.size())),
+                     "set CA subject"),
         // CA:TRUE without pathLenConstraint (negative = absent).
-        check(gnutls_x509_crt_set_basic_constraints(c, 1, -1), "set basicConstraints"),
-        check(gnutls_x509_crt_set_key_usage(
-                  c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN),
-              "set keyUsage"),
+        gnutls_check(gnutls_x509_crt_set_basic_constraints(c, 1, -1), "set basicConstraints"),
+        gnutls_check(
+            gnutls_x509_crt_set_key_usage(
+                c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN),
+            "set keyUsage"),
     });
     if (!r) return r.error();
-    if (auto s = check(gnutls_x509_crt_sign2(c, c, key, GNUTLS_DIG_SHA256, 0), "sign CA"); !s) {
+    if (auto s = gnutls_check(gnutls_x509_crt_sign2(c, c, key, GNUTLS_DIG_SHA256, 0), "sign CA");
+        !s) {
         return s.error();
     }
     return crt;
@@ -71,30 +68,33 @@ Result<Crt> make_leaf(gnutls_x509_privkey_t key, const std::string& hostname, gn
     std::array<unsigned char, 64> ca_id{};
     std::size_t ca_id_size = ca_id.size();
     unsigned critical = 0;
-    if (auto r = check(gnutls_x509_crt_get_subject_key_id(ca, ca_id.data(), &ca_id_size, &critical),
-                       "read CA subjectKeyIdentifier");
+    if (auto r = gnutls_check(
+            gnutls_x509_crt_get_subject_key_id(ca, ca_id.data(), &ca_id_size, &critical),
+            "read CA subjectKeyIdentifier");
         !r) {
         return r.error();
     }
     auto r = first_error({
-        check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
-                                            static_cast<unsigned>(hostname.size())),
-              "set subject"),
-        check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, hostname.data(),
-                                                   static_cast<unsigned>(hostname.size()),
-                                                   GNUTLS_FSAN_SET),
-              "set subjectAltName"),
-        check(gnutls_x509_crt_set_basic_constraints(c, 0, -1), "set basicConstraints"),
-        check(gnutls_x509_crt_set_key_usage(
-                  c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_ENCIPHERMENT),
-              "set keyUsage"),
-        check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_SERVER, 0),
-              "set extendedKeyUsage"),
-        check(gnutls_x509_crt_set_authority_key_id(c, ca_id.data(), ca_id_size),
-              "set authorityKeyIdentifier"),
+        gnutls_check(
+            gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
+                                          static_cast<unsigned>(hostname.size())),
+            "set subject"),
+        gnutls_check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, hostname.data(),
+                                                          static_cast<unsigned>(hostname.size()),
+                                                          GNUTLS_FSAN_SET),
+                     "set subjectAltName"),
+        gnutls_check(gnutls_x509_crt_set_basic_constraints(c, 0, -1), "set basicConstraints"),
+        gnutls_check(gnutls_x509_crt_set_key_usage(
+                         c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_ENCIPHERMENT),
+                     "set keyUsage"),
+        gnutls_check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_SERVER, 0),
+                     "set extendedKeyUsage"),
+        gnutls_check(gnutls_x509_crt_set_authority_key_id(c, ca_id.data(), ca_id_size),
+                     "set authorityKeyIdentifier"),
     });
     if (!r) return r.error();
-    if (auto s = check(gnutls_x509_crt_sign2(c, ca, ca_key, GNUTLS_DIG_SHA256, 0), "sign leaf");
+    if (auto s =
+            gnutls_check(gnutls_x509_crt_sign2(c, ca, ca_key, GNUTLS_DIG_SHA256, 0), "sign leaf");
         !s) {
         return s.error();
     }
@@ -166,35 +166,10 @@ ServerCertSummary summary(std::string headline, const std::string& hostname, con
     return ServerCertSummary{std::move(headline), hostname, dir, nb, na};
 }
 
-struct Present {
-    std::vector<std::string_view> present;
-    std::vector<std::string_view> missing;
-};
-
-Present survey(const std::string& dir) {
-    Present p;
-    for (std::string_view f : kFiles) {
-        (path_exists(join_path(dir, f)) ? p.present : p.missing).push_back(f);
-    }
-    return p;
-}
-
-std::string list_of(const std::vector<std::string_view>& names) {
-    std::string s;
-    for (std::string_view n : names) {
-        if (!s.empty()) s.append(", ");
-        s.append(n);
-    }
-    return s;
-}
-
-Error incomplete(const std::string& dir, const Present& p, const std::string& detail) {
-    std::string m = "Server certificate material in " + dir + " is incomplete or inconsistent";
-    if (!p.present.empty()) m.append("; present: " + list_of(p.present));
-    if (!p.missing.empty()) m.append("; missing: " + list_of(p.missing));
-    if (!detail.empty()) m.append("; " + detail);
-    m.append(". Repair or remove these files and rerun `runewarp server cert init`");
-    return Error::msg(std::move(m));
+Error incomplete(const std::string& dir, const MaterialSurvey& files, const std::string& detail) {
+    return incomplete_material(
+        "Server certificate material", dir, files, detail,
+        "Repair or remove these files and rerun `runewarp server cert init`");
 }
 
 // The stored hostname, canonical.
@@ -253,7 +228,7 @@ std::string format_server_cert_summary(const ServerCertSummary& s) {
 }
 
 Result<ServerCertSummary> init_server_cert(const std::string& dir, const std::string& hostname) {
-    Present p = survey(dir);
+    MaterialSurvey p = survey_files(dir, kFiles);
     if (p.missing.empty()) {
         auto stored = stored_hostname(dir);
         if (!stored) return incomplete(dir, p, stored.error().message);
@@ -276,7 +251,7 @@ Result<ServerCertSummary> init_server_cert(const std::string& dir, const std::st
 }
 
 Result<ServerCertSummary> renew_server_cert(const std::string& dir) {
-    Present p = survey(dir);
+    MaterialSurvey p = survey_files(dir, kFiles);
     if (p.present.empty()) {
         return Error::msg("no Server certificate material in " + dir +
                           ": run `runewarp server cert init` first");

@@ -2,7 +2,6 @@
 #include <criterion/criterion.h>
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -12,6 +11,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -20,6 +20,7 @@
 
 #include "cli/command.hh"
 #include "runewarp_version.h"
+#include "tests/support/temp_tree.hh"
 
 namespace {
 
@@ -161,19 +162,14 @@ void make_dir(const std::string& path) {
     cr_assert_eq(mkdir(path.c_str(), 0700), 0, "mkdir %s: %s", path.c_str(), std::strerror(errno));
 }
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
-    return remove(path);
-}
-
 void setup_dir() {
-    char tmpl[] = "/tmp/runewarp-cli-XXXXXX";
-    cr_assert(mkdtemp(tmpl) != nullptr);
-    g_dir = tmpl;
+    g_dir = runewarp::test::make_temp_tree("runewarp-cli");
+    cr_assert(!g_dir.empty());
     for (const char* sub : {"/home", "/data", "/state", "/xdg"}) make_dir(g_dir + sub);
 }
 
 void teardown_dir() {
-    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    runewarp::test::remove_temp_tree(g_dir);
 }
 
 const std::string kUsageHint = "For more information, try '--help'.\n";
@@ -502,6 +498,24 @@ void touch(const std::string& path) {
     write_file(path, "");
 }
 
+// A private key group or others may read makes `config check` and the daemon refuse `path` alike,
+// naming the key, its mode and the fix, with no hint (nothing is missing). The key is 0600 again
+// afterwards.
+void expect_open_key_refused(const std::string& role, const std::string& path,
+                             const std::string& key, const std::string& problem_prefix) {
+    for (unsigned mode : {0640u, 0604u}) {
+        cr_assert_eq(chmod(key.c_str(), mode), 0);
+        char mode_text[8];
+        std::snprintf(mode_text, sizeof mode_text, "%04o", mode);
+        std::string report = expect_refused_alike(
+            role, path,
+            problem_prefix + "private key " + key + " has mode " + mode_text +
+                ", which lets group or others access it; run `chmod 600 " + key + "`\n");
+        cr_assert(!contains(report, "Hint:"), "nothing is missing: %s", report.c_str());
+    }
+    cr_assert_eq(chmod(key.c_str(), 0600), 0);
+}
+
 }  // namespace
 
 Test(cli, config_check_refuses_server_features_this_build_lacks_as_startup_does) {
@@ -557,15 +571,9 @@ Test(cli, config_check_verifies_the_server_certificate_as_startup_does) {
     cr_assert_eq(ok.exit_code, 0, "stderr: %s", ok.err.c_str());
     expect_eq(ok.out, "ok\n");
 
-    // A key others may read: refused, naming the file and the fix.
-    std::string key = cert + "/server.key";
-    cr_assert_eq(chmod(key.c_str(), 0640), 0);
-    std::string report = expect_refused_alike("server", path, "run `chmod 600 " + key + "`");
-    cr_assert(contains(report, "- server.cert-dir: server certificate material in " + cert +
-                                   " is not usable: private key " + key + " has mode 0640"),
-              "%s", report.c_str());
-    cr_assert(!contains(report, "Hint:"), "nothing is missing: %s", report.c_str());
-    cr_assert_eq(chmod(key.c_str(), 0600), 0);
+    expect_open_key_refused(
+        "server", path, cert + "/server.key",
+        "- server.cert-dir: server certificate material in " + cert + " is not usable: ");
 
     // A certificate for another hostname.
     std::string other = g_dir + "/other.ini";
@@ -581,7 +589,8 @@ Test(cli, config_check_verifies_the_server_certificate_as_startup_does) {
     // Missing material: the hint to make it, in both.
     std::string none = g_dir + "/none.ini";
     write_file(none, tunnel_server_ini(g_dir + "/no-cert"));
-    report = expect_refused_alike("server", none, "directory " + g_dir + "/no-cert does not exist");
+    std::string report =
+        expect_refused_alike("server", none, "directory " + g_dir + "/no-cert does not exist");
     cr_assert(contains(report, "\nHint: runewarp server cert init --config " + none + "\n"), "%s",
               report.c_str());
 }
@@ -591,13 +600,8 @@ Test(cli, config_check_verifies_client_material_as_startup_does) {
     std::string path = g_dir + "/client.ini";
     write_file(path, valid_client_ini(id));
 
-    std::string key = id + "/client.key";
-    cr_assert_eq(chmod(key.c_str(), 0644), 0);
-    std::string report = expect_refused_alike("client", path, "run `chmod 600 " + key + "`");
-    cr_assert(contains(report, "- client.identity-dir: client identity in " + id +
-                                   " is not usable: private key " + key + " has mode 0644"),
-              "%s", report.c_str());
-    cr_assert_eq(chmod(key.c_str(), 0600), 0);
+    expect_open_key_refused("client", path, id + "/client.key",
+                            "- client.identity-dir: client identity in " + id + " is not usable: ");
 
     // A stored identity that is not the key's.
     write_file(id + "/client-identity.txt", kIdentity);

@@ -1,7 +1,6 @@
 // Startup rules: build support and trust material on top of the config loader, per role.
 #include <criterion/criterion.h>
 
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -10,6 +9,7 @@
 
 #include "core/file.hh"
 #include "preflight/preflight.hh"
+#include "tests/support/temp_tree.hh"
 #include "trust/client_identity.hh"
 #include "trust/material.hh"
 #include "trust/server_cert.hh"
@@ -20,18 +20,13 @@ namespace {
 
 std::string g_dir;
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
-    return remove(path);
-}
-
 void setup_dir() {
-    char tmpl[] = "/tmp/runewarp-preflight-XXXXXX";
-    cr_assert(mkdtemp(tmpl) != nullptr);
-    g_dir = tmpl;
+    g_dir = test::make_temp_tree("runewarp-preflight");
+    cr_assert(!g_dir.empty());
 }
 
 void teardown_dir() {
-    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    test::remove_temp_tree(g_dir);
 }
 
 const std::string kHost = "tunnel.example.test";

@@ -3,7 +3,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +14,7 @@
 #include <vector>
 
 #include "core/file.hh"
+#include "tests/support/temp_tree.hh"
 #include "trust/anchors.hh"
 #include "trust/client_identity.hh"
 #include "trust/gnutls_util.hh"
@@ -56,18 +56,13 @@ std::span<const std::uint8_t> bytes(const std::vector<std::uint8_t>& v) {
     return {v.data(), v.size()};
 }
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
-    return remove(path);
-}
-
 void setup_dir() {
-    char tmpl[] = "/tmp/runewarp-trust-XXXXXX";
-    cr_assert(mkdtemp(tmpl) != nullptr);
-    g_dir = tmpl;
+    g_dir = runewarp::test::make_temp_tree("runewarp-trust");
+    cr_assert(!g_dir.empty());
 }
 
 void teardown_dir() {
-    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    runewarp::test::remove_temp_tree(g_dir);
 }
 
 mode_t mode_of(const std::string& path) {
