@@ -2,21 +2,13 @@
 // and in small chunks (sizes derived from the first byte) must give the same result.
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <span>
 
+#include "fuzz/fuzz_target.hh"
 #include "proto/clienthello.hh"
 #include "proto/stream_prefix.hh"
 
-namespace {
-
-void check(bool ok) {
-    if (!ok) std::abort();
-}
-
-}  // namespace
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+using runewarp::fuzz::check;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace runewarp::proto;

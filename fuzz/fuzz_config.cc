@@ -4,8 +4,7 @@
 #include <string_view>
 
 #include "config/config.hh"
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+#include "fuzz/fuzz_target.hh"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace runewarp::config;

@@ -2,21 +2,13 @@
 // re-encodes to a header that decodes to the same tuple (and to the same bytes without TLVs).
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <span>
 
+#include "fuzz/fuzz_target.hh"
 #include "proto/proxy_v2.hh"
 
-namespace {
-
-void check(bool ok) {
-    if (!ok) std::abort();
-}
-
-}  // namespace
-
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+using runewarp::fuzz::check;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     using namespace runewarp::proto;

@@ -3,27 +3,26 @@
 #include <dirent.h>
 #include <sys/stat.h>
 
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
-#include <iterator>
 #include <string>
 #include <vector>
 
-extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size);
+#include "core/file.hh"
+#include "fuzz/fuzz_target.hh"
 
 namespace {
 
 int run_file(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) {
-        std::fprintf(stderr, "replay: cannot open %s\n", path.c_str());
+    auto bytes = runewarp::core::read_file(path);
+    if (!bytes) {
+        std::fprintf(stderr, "replay: %s\n", bytes.error().message.c_str());
         return 1;
     }
-    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
     // Copy into an exactly sized heap block so ASan catches any read past the input.
-    std::vector<uint8_t> exact(bytes.begin(), bytes.end());
+    std::vector<uint8_t> exact(bytes->begin(), bytes->end());
     LLVMFuzzerTestOneInput(exact.empty() ? nullptr : exact.data(), exact.size());
     return 0;
 }

@@ -1,6 +1,7 @@
 // Server certificate commands: directory and hostname resolution, then the trust module.
 #include "cli/cert_cmd.hh"
 
+#include "cli/common.hh"
 #include "cli/identity_cmd.hh"
 #include "proto/hostname.hh"
 #include "trust/server_cert.hh"
@@ -66,19 +67,19 @@ enum class Action { kInit, kRenew, kRotateCa };
 int run(const Invocation& inv, Console& console, Action action) {
     if (auto rc = reject_runtime_flags(inv, console)) return *rc;
     auto cfg = select_material_config(inv);
-    if (!cfg) return material_failure(console, cfg.error().message);
+    if (!cfg) return fail(console, cfg.error().message);
     auto dir = cert_dir(inv, *cfg);
-    if (!dir) return material_failure(console, dir.error().message);
+    if (!dir) return fail(console, dir.error().message);
     Result<trust::ServerCertSummary> r = Error::msg("unreachable");
     if (action == Action::kRenew) {
         r = trust::renew_server_cert(*dir);
     } else {
         auto host = cert_hostname(inv, *cfg);
-        if (!host) return material_failure(console, host.error().message);
+        if (!host) return fail(console, host.error().message);
         r = action == Action::kInit ? trust::init_server_cert(*dir, *host)
                                     : trust::rotate_server_ca(*dir, *host);
     }
-    if (!r) return material_failure(console, r.error().message);
+    if (!r) return fail(console, r.error().message);
     console.out(trust::format_server_cert_summary(*r));
     if (action == Action::kRenew) {
         // A running Server loads its certificate at startup and serves that one until it exits.

@@ -1,4 +1,4 @@
-// `runewarp server cert init|renew|rotate-ca`: the private Server CA material (spec 3.4, 6.3).
+// `runewarp server cert init|renew|rotate-ca`: the private Server CA material.
 #pragma once
 
 #include "cli/command.hh"

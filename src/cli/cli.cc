@@ -61,6 +61,26 @@ FlagSpec dir_flag(std::string_view help) {
     return FlagSpec{.long_name = "dir", .value_name = "DIR", .help = help};
 }
 
+FlagSpec hostname_flag(std::string_view help) {
+    return FlagSpec{.long_name = "hostname", .value_name = "HOSTNAME", .help = help};
+}
+
+// `-c/--config` of the runtime commands, accepted by their material subcommands too.
+FlagSpec role_config_flag() {
+    return FlagSpec{.long_name = "config",
+                    .short_name = 'c',
+                    .value_name = "PATH",
+                    .help = "Config file",
+                    .inherited = true};
+}
+
+FlagSpec control_address_flag() {
+    return FlagSpec{.long_name = "control-address",
+                    .value_name = "HOST[:PORT]",
+                    .help = "Replace control.address (managed mode)",
+                    .runtime_only = true};
+}
+
 CommandSpec server_cert_group() {
     constexpr std::string_view kDirHelp =
         "Certificate directory (default: server.cert-dir, else <data>/server/cert)";
@@ -69,8 +89,7 @@ CommandSpec server_cert_group() {
     CommandSpec init{
         .name = "init",
         .summary = "Create the private Server CA and a certificate for the Server hostname",
-        .flags = {dir_flag(kDirHelp),
-                  FlagSpec{.long_name = "hostname", .value_name = "HOSTNAME", .help = kHostHelp}},
+        .flags = {dir_flag(kDirHelp), hostname_flag(kHostHelp)},
         .handler = run_server_cert_init,
     };
     CommandSpec renew{
@@ -82,8 +101,7 @@ CommandSpec server_cert_group() {
     CommandSpec rotate_ca{
         .name = "rotate-ca",
         .summary = "Replace the CA and the Server certificate (Clients need the new CA)",
-        .flags = {dir_flag(kDirHelp),
-                  FlagSpec{.long_name = "hostname", .value_name = "HOSTNAME", .help = kHostHelp}},
+        .flags = {dir_flag(kDirHelp), hostname_flag(kHostHelp)},
         .handler = run_server_cert_rotate_ca,
     };
     return CommandSpec{
@@ -129,11 +147,7 @@ CommandSpec client_group() {
             "Catch-all Service. SIGTERM, SIGINT or SIGQUIT: close the tunnel connections and exit.",
         .flags =
             {
-                FlagSpec{.long_name = "config",
-                         .short_name = 'c',
-                         .value_name = "PATH",
-                         .help = "Config file",
-                         .inherited = true},
+                role_config_flag(),
                 FlagSpec{.long_name = "server-address",
                          .value_name = "HOST[:PORT]",
                          .help = "Replace the configured Server address(es)",
@@ -143,10 +157,7 @@ CommandSpec client_group() {
                          .value_name = "ADDR",
                          .help = "Backend of the sole Catch-all Service",
                          .runtime_only = true},
-                FlagSpec{.long_name = "control-address",
-                         .value_name = "HOST[:PORT]",
-                         .help = "Replace control.address (managed mode)",
-                         .runtime_only = true},
+                control_address_flag(),
             },
         .subcommands = {std::move(identity)},
         .handler = run_client_command,
@@ -156,12 +167,15 @@ CommandSpec client_group() {
 CommandSpec build_tree() {
     CommandSpec config_check{
         .name = "check",
-        .summary = "Validate a config file and report every problem",
+        .summary = "Check a config file and its material by the daemon's startup rules",
         .description =
             "Without --config the file is found as the daemon finds it: $XDG_CONFIG_HOME/runewarp/"
             "config.ini\n(or ~/.config/runewarp/config.ini), then /etc/runewarp/config.ini. "
             "Without --role every role\nwhose section the file has ([server], [client]) is "
-            "checked. Prints `ok` when valid.",
+            "checked, by the rules `runewarp server` and\n`runewarp client` apply before they "
+            "start: the config, what this build supports, and the keys\nand certificates it "
+            "names (chain, hostname, key match, key mode 0600). Every problem is\nreported; "
+            "`ok` when there is none.",
         .flags =
             {
                 FlagSpec{.long_name = "config",
@@ -190,19 +204,12 @@ CommandSpec build_tree() {
             "SIGTERM or SIGINT: graceful shutdown; SIGQUIT (or a second SIGINT): fast shutdown.",
         .flags =
             {
-                FlagSpec{.long_name = "config",
-                         .short_name = 'c',
-                         .value_name = "PATH",
-                         .help = "Config file",
-                         .inherited = true},
+                role_config_flag(),
                 FlagSpec{.long_name = "hostname",
                          .value_name = "HOSTNAME",
                          .help = "Replace server.hostname (also RUNEWARP_SERVER_HOSTNAME)",
                          .runtime_only = true},
-                FlagSpec{.long_name = "control-address",
-                         .value_name = "HOST[:PORT]",
-                         .help = "Replace control.address (managed mode)",
-                         .runtime_only = true},
+                control_address_flag(),
             },
         .subcommands = {server_cert_group()},
         .handler = run_server_command,

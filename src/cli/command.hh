@@ -8,7 +8,7 @@
 
 namespace runewarp::cli {
 
-// Process exit codes (spec 3.2).
+// Process exit codes: 0 success, 1 config/material/runtime failure, 2 usage error.
 enum ExitCode : int {
     kExitOk = 0,       // success, help, version, orderly shutdown
     kExitFailure = 1,  // config/validation/material/startup/runtime failure
@@ -36,11 +36,11 @@ struct FlagSpec {
     std::string_view value_name{};  // e.g. "PATH"; empty for a switch without value
     std::string_view help{};
     bool repeatable = false;
-    // Accepted at any depth below the command that declares it (spec 3.1: `-c/--config` under
+    // Accepted at any depth below the command that declares it (`-c/--config` under
     // `server` and `client`); stored under the declaring flag's long name.
     bool inherited = false;
     // A runtime flag that is also accepted below its command, so material subcommands can
-    // reject it with a precise message (exit 1, spec 3.1) instead of a usage error. Listed only
+    // reject it with a precise message (exit 1) instead of a usage error. Listed only
     // in the declaring command's own help.
     bool runtime_only = false;
     std::vector<std::string_view> choices{};  // allowed values; empty = any

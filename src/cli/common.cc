@@ -25,6 +25,23 @@ std::string no_config_message(const config::ConfigSelection& selection) {
     return msg;
 }
 
+Result<config::ConfigSelection> select_config(const Invocation& inv, const config::Env& env) {
+    auto selection = config::resolve_config_path(inv.value("config"), env);
+    if (!selection) return std::move(selection).error();
+    if (selection->path.empty()) return Error::msg(no_config_message(*selection));
+    return selection;
+}
+
+config::LoadOptions load_options(config::Role role, const config::ConfigSelection& selection,
+                                 const config::Env& env) {
+    config::LoadOptions options;
+    options.role = role;
+    options.path = selection.path;
+    options.path_is_default = selection.is_default;
+    options.env = env;
+    return options;
+}
+
 void configure_logging(config::LogLevel level, config::LogFormat format) noexcept {
     obs::Level l = obs::Level::kInfo;
     switch (level) {

@@ -1,4 +1,4 @@
-// `runewarp config check`: config resolution (spec 3.8) and validation of each role present.
+// `runewarp config check`: config resolution and, per role present, the daemon's startup rules.
 #include "cli/config_check.hh"
 
 #include <sys/stat.h>
@@ -7,15 +7,14 @@
 #include <vector>
 
 #include "cli/common.hh"
-#include "config/config.hh"
+#include "preflight/preflight.hh"
 
 namespace runewarp::cli {
 
 int run_config_check(const Invocation& inv, Console& console) {
     config::Env env = config::Env::from_process();
-    auto selection = config::resolve_config_path(inv.value("config"), env);
+    auto selection = select_config(inv, env);
     if (!selection) return fail(console, selection.error().message);
-    if (selection->path.empty()) return fail(console, no_config_message(*selection));
     const std::string& path = selection->path;
     // A directory would read as an empty file; say what is wrong instead.
     struct stat st {};
@@ -36,16 +35,16 @@ int run_config_check(const Invocation& inv, Console& console) {
         }
     }
 
+    // Exactly what `runewarp server` and `runewarp client` apply before they start, material
+    // included: the report is the one the daemon would print.
     bool ok = true;
     for (config::Role role : roles) {
-        config::LoadOptions options;
-        options.role = role;
-        options.path = path;
-        options.path_is_default = selection->is_default;
-        options.env = env;
-        config::LoadOutcome outcome = config::load(options);
-        if (!outcome.ok()) {
-            console.err(config::format_report(role, path, outcome));
+        config::LoadOptions options = load_options(role, *selection, env);
+        const config::LoadOutcome report = role == config::Role::kServer
+                                               ? preflight::check_server(options).report
+                                               : preflight::check_client(options).report;
+        if (!report.ok()) {
+            console.err(config::format_report(role, path, report));
             ok = false;
         }
     }

@@ -1,7 +1,9 @@
 // Client identity commands: directory resolution (--dir > client.identity-dir > default).
 #include "cli/identity_cmd.hh"
 
+#include "cli/common.hh"
 #include "config/ini_document.hh"
+#include "core/file.hh"
 #include "trust/client_identity.hh"
 #include "trust/material.hh"
 
@@ -64,15 +66,15 @@ Result<MaterialConfig> select_material_config(const Invocation& inv) {
     cfg.env = config::Env::from_process();
     if (auto c = inv.value("config")) {
         cfg.path = config::resolve_cli_path(cfg.env, *c);
-        auto text = trust::read_file(cfg.path);
-        if (!text) return Error::msg("cannot read config file: " + text.error().message);
+        auto text = core::read_file(cfg.path);
+        if (!text) return std::move(text).error();
         cfg.text = std::move(*text);
     } else if (auto sel = config::resolve_config_path(std::nullopt, cfg.env);
                sel && !sel->path.empty()) {
         // The default config counts only when it exists; an unreadable one is still an error.
         cfg.path = sel->path;
-        auto text = trust::read_file(cfg.path);
-        if (!text) return Error::msg("cannot read config file: " + text.error().message);
+        auto text = core::read_file(cfg.path);
+        if (!text) return std::move(text).error();
         cfg.text = std::move(*text);
     }
     cfg.roots = config::resolve_roots(cfg.path, cfg.env);
@@ -98,50 +100,53 @@ std::optional<int> reject_runtime_flags(const Invocation& inv, Console& console)
             m.append("`, not `");
             m.append(command_line(inv.path));
             m.append("`");
-            return material_failure(console, m);
+            return fail(console, m);
         }
     }
     return std::nullopt;
 }
 
-int material_failure(Console& console, std::string_view message) {
-    std::string line = "error: ";
-    line.append(message);
-    line.push_back('\n');
-    console.err(line);
-    return kExitFailure;
-}
+namespace {
 
-int run_client_identity_init(const Invocation& inv, Console& console) {
+// The steps every `client identity ...` command shares: runtime flags refused, the directory
+// resolved, then `act(dir)` returns the text to print (or the error).
+template <typename Act>
+int identity_command(const Invocation& inv, Console& console, Act act) {
     if (auto rc = reject_runtime_flags(inv, console)) return *rc;
     auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::init_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(
-        summary(r->created ? "Client identity initialized: " : "Client identity already exists: ",
-                r->identity, *dir));
+    if (!dir) return fail(console, dir.error().message);
+    Result<std::string> text = act(*dir);
+    if (!text) return fail(console, text.error().message);
+    console.out(*text);
     return kExitOk;
+}
+
+}  // namespace
+
+int run_client_identity_init(const Invocation& inv, Console& console) {
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::init_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return summary(
+            r->created ? "Client identity initialized: " : "Client identity already exists: ",
+            r->identity, dir);
+    });
 }
 
 int run_client_identity_rotate(const Invocation& inv, Console& console) {
-    if (auto rc = reject_runtime_flags(inv, console)) return *rc;
-    auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::rotate_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(summary("Client identity rotated: ", *r, *dir));
-    return kExitOk;
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::rotate_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return summary("Client identity rotated: ", *r, dir);
+    });
 }
 
 int run_client_identity_show(const Invocation& inv, Console& console) {
-    if (auto rc = reject_runtime_flags(inv, console)) return *rc;
-    auto dir = identity_dir(inv);
-    if (!dir) return material_failure(console, dir.error().message);
-    auto r = trust::load_client_identity(*dir);
-    if (!r) return material_failure(console, r.error().message);
-    console.out(*r + "\n");
-    return kExitOk;
+    return identity_command(inv, console, [](const std::string& dir) -> Result<std::string> {
+        auto r = trust::load_client_identity(dir);
+        if (!r) return std::move(r).error();
+        return *r + "\n";
+    });
 }
 
 }  // namespace runewarp::cli

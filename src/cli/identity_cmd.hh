@@ -1,5 +1,5 @@
 // `runewarp client identity init|rotate|show`, and the config selection shared by the
-// material commands (spec 3.4, 3.6, 3.8).
+// material commands.
 #pragma once
 
 #include <optional>
@@ -30,9 +30,6 @@ Result<MaterialConfig> select_material_config(const Invocation& inv);
 // Rejects flags declared by an ancestor as runtime-only ("`--server-address` may be used only
 // with `runewarp client`, not `runewarp client identity show`"): prints it and returns exit 1.
 std::optional<int> reject_runtime_flags(const Invocation& inv, Console& console);
-
-// "error: <message>\n" on stderr, exit 1.
-int material_failure(Console& console, std::string_view message);
 
 int run_client_identity_init(const Invocation& inv, Console& console);
 int run_client_identity_rotate(const Invocation& inv, Console& console);

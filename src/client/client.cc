@@ -1,4 +1,4 @@
-// Client role entry point: Service selection, what this build can run, run_client().
+// Client role entry point: Service selection, run_client().
 #include "client/client.hh"
 
 #include "client/instance.hh"
@@ -18,25 +18,8 @@ const config::Service* select_service(const std::vector<config::Service>& servic
     return nullptr;
 }
 
-Result<void> check_supported(const config::ClientConfig& cfg) {
-    for (const config::Service& s : cfg.services) {
-        if (s.tls_mode == config::TlsMode::kTerminate) {
-            return Error::msg("service \"" + s.label +
-                              "\" uses tls-mode = terminate, which this build does not support "
-                              "yet; use tls-mode = passthrough");
-        }
-    }
-    if (cfg.services.empty()) return Error::msg("no [service] is configured");
-    if (cfg.server_addresses.empty()) return Error::msg("no server address is configured");
-    return {};
-}
-
 int run_client(const config::ClientConfig& cfg) noexcept {
     obs::Logger& log = obs::process_logger();
-    if (auto s = check_supported(cfg); !s) {
-        log.error("client startup failed", {}, s.error().message);
-        return 1;
-    }
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
     sys::raise_nofile_limit();
     // The instance (and with it every session) lives until process exit: closing connections

@@ -20,11 +20,10 @@ inline constexpr int64_t kCloseFlushNs = 100'000'000;
 const config::Service* select_service(const std::vector<config::Service>& services,
                                       std::string_view sni) noexcept;
 
-// What this build can run: terminate-mode Services are refused with a clear message.
-Result<void> check_supported(const config::ClientConfig& cfg);
-
-// Runs the Client until a signal stops it; returns the process exit code (0 orderly, 1 fatal:
-// broken loop, unreadable local trust or identity material).
+// Runs the Client for a config that passed preflight::check_client, until a signal stops it.
+// Every Tunnel attempt reloads the trust and identity material by the same rules
+// (preflight::load_client_material). Returns the process exit code (0 orderly, 1 fatal: broken
+// loop, local trust or identity material no longer usable).
 int run_client(const config::ClientConfig& cfg) noexcept;
 
 }  // namespace runewarp::client

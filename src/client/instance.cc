@@ -8,8 +8,7 @@
 #include "client/stream_session.hh"
 #include "core/clock.hh"
 #include "sys/systemd.hh"
-#include "trust/client_identity.hh"
-#include "trust/material.hh"
+#include "preflight/preflight.hh"
 
 namespace runewarp::client {
 
@@ -24,22 +23,16 @@ ClientInstance::ClientInstance(const config::ClientConfig& cfg, obs::Logger& log
 ClientInstance::~ClientInstance() = default;
 
 Result<std::unique_ptr<quic::ClientTls>> ClientInstance::load_tls(const std::string& server_name) {
-    auto id = trust::load_client_identity(cfg_.identity_dir);
-    if (!id)
-        return Error::msg("client identity in " + cfg_.identity_dir + ": " + id.error().message);
-    auto crt = trust::read_file(trust::join_path(cfg_.identity_dir, "client.crt"));
-    if (!crt) return std::move(crt).error();
-    auto key = trust::read_file(trust::join_path(cfg_.identity_dir, "client.key"));
-    if (!key) return std::move(key).error();
+    // Reloaded on every attempt by the rules `config check` and startup apply.
+    auto m = preflight::load_client_material(cfg_);
+    if (!m) return std::move(m).error();
     quic::ClientTlsConfig tc;
     tc.server_name = server_name;
-    tc.cert_pem = std::move(*crt);
-    tc.key_pem = std::move(*key);
-    if (cfg_.server_trust == config::Trust::kCaFile) {
-        auto ca = trust::read_file(cfg_.server_ca_file);
-        if (!ca) return Error::msg("server CA file: " + ca.error().message);
+    tc.cert_pem = std::move(m->identity.cert_pem);
+    tc.key_pem = std::move(m->identity.key_pem);
+    if (m->server_trust == config::Trust::kCaFile) {
         tc.trust = quic::ServerTrust::ca_file;
-        tc.ca_pem = std::move(*ca);
+        tc.ca_pem = std::move(m->server_ca_pem);
     } else {
         tc.trust = quic::ServerTrust::system;
     }
@@ -137,11 +130,6 @@ int ClientInstance::run() noexcept {
     }
     if (auto r = worker_->watch_signals({SIGTERM, SIGINT, SIGQUIT, SIGHUP}, *this); !r) {
         log_.error("client startup failed", {}, r.error().message);
-        return 1;
-    }
-    // Local material is checked once before anything starts: a missing identity is fatal.
-    if (auto t = load_tls(cfg_.server_addresses.front().host); !t) {
-        log_.error("client startup failed", {}, t.error().message);
         return 1;
     }
     auto r = net::Resolver::create(*worker_);

@@ -4,16 +4,13 @@
 #include <sys/stat.h>
 
 #include <algorithm>
-#include <cerrno>
-#include <cstring>
-#include <fstream>
 #include <map>
 #include <set>
-#include <sstream>
 
 #include "config/ini_document.hh"
 #include "config/registry.hh"
 #include "config/values.hh"
+#include "core/file.hh"
 #include "proto/hostname.hh"
 
 namespace runewarp::config {
@@ -85,6 +82,23 @@ std::string header_text(const Section& s) {
     return "[" + (section_is_labelled(s.kind) ? where(s) : where(s)) + "]";
 }
 
+// The enumerator whose name is `text` (already validated against the registry's choices).
+template <typename E>
+E named(std::string_view text, std::initializer_list<E> all, const char* (*name)(E) noexcept) {
+    for (E e : all) {
+        if (text == name(e)) return e;
+    }
+    return *all.begin();
+}
+
+const char* trust_name(Trust t) noexcept {
+    return t == Trust::kCaFile ? "ca-file" : "system";
+}
+
+const char* tls_mode_name(TlsMode m) noexcept {
+    return m == TlsMode::kTerminate ? "terminate" : "passthrough";
+}
+
 class Loader {
 public:
     Loader(const LoadOptions& opt, LoadOutcome& out) : opt_(opt), out_(out) {}
@@ -122,10 +136,19 @@ private:
         problem(0, "unable to resolve the XDG state base directory: set XDG_STATE_HOME or HOME");
         return false;
     }
+    // The registry's path default of a key below its root; empty (and the unresolvable root
+    // reported) when that root is unknown.
+    std::string default_path_of(SectionKind kind, std::string_view key) {
+        const KeySpec* spec = find_key(kind, key);
+        if (spec == nullptr) return {};
+        if (!(default_path_is_state(*spec) ? need_state_root() : need_data_root())) return {};
+        return default_path(*spec, roots_);
+    }
 
-    void top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
-                   const Section* role_section);
-    std::optional<Acme> acme(const Section* s, bool server);
+    std::optional<std::string> setting(const Section* s, SectionKind kind,
+                                       std::string_view key) const;
+    void role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind);
+    std::optional<Acme> acme(const Section* s);
     std::optional<Control> control(bool& managed);
     void check_material_dir(const std::string& key, int line, const std::string& dir,
                             std::initializer_list<const char*> files, const char* hint_cmd);
@@ -239,26 +262,43 @@ void Loader::collect(const RawDocument& doc) {
     }
 }
 
-void Loader::top_level(LogLevel& level, LogFormat& format, EventBackend& backend,
-                       const Section* role_section) {
+// The value of a scalar key: the file's when present and well formed, else the registry's
+// default. Nothing when the file's value is invalid (already reported) or the key has no
+// default ("(unset)", "(required)").
+std::optional<std::string> Loader::setting(const Section* s, SectionKind kind,
+                                           std::string_view key) const {
+    if (s != nullptr) {
+        if (const Value* v = s->get(std::string(key))) {
+            if (!v->valid) return std::nullopt;
+            return v->one();
+        }
+    }
+    const KeySpec* spec = find_key(kind, key);
+    if (spec == nullptr) return std::nullopt;
+    if (auto d = default_value(*spec)) return std::string(*d);
+    return std::nullopt;
+}
+
+// The fields both roles share: origin, roots, logging, the event backend and managed mode.
+void Loader::role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind) {
+    cfg.config_path = opt_.path;
+    cfg.layout = roots_.layout;
+    cfg.data_root = roots_.data;
+    cfg.state_root = roots_.state;
     const Section& top = sections_.front();
-    if (auto* v = top.good("log-level")) {
-        static constexpr std::pair<std::string_view, LogLevel> kMap[] = {
-            {"off", LogLevel::kOff},   {"error", LogLevel::kError}, {"warn", LogLevel::kWarn},
-            {"info", LogLevel::kInfo}, {"debug", LogLevel::kDebug}, {"trace", LogLevel::kTrace}};
-        for (auto [n, l] : kMap) {
-            if (v->one() == n) level = l;
-        }
+    if (auto v = setting(&top, SectionKind::kTop, "log-level")) {
+        cfg.log_level = named(*v,
+                              {LogLevel::kOff, LogLevel::kError, LogLevel::kWarn, LogLevel::kInfo,
+                               LogLevel::kDebug, LogLevel::kTrace},
+                              log_level_name);
     }
-    if (auto* v = top.good("log-format")) {
-        format = v->one() == "json" ? LogFormat::kJson : LogFormat::kText;
+    if (auto v = setting(&top, SectionKind::kTop, "log-format")) {
+        cfg.log_format = named(*v, {LogFormat::kText, LogFormat::kJson}, log_format_name);
     }
-    if (role_section) {
-        if (auto* v = role_section->good("event-backend")) {
-            backend = v->one() == "io_uring" ? EventBackend::kIoUring
-                      : v->one() == "epoll"  ? EventBackend::kEpoll
-                                             : EventBackend::kAuto;
-        }
+    if (auto v = setting(role_section, role_kind, "event-backend")) {
+        cfg.event_backend =
+            named(*v, {EventBackend::kAuto, EventBackend::kIoUring, EventBackend::kEpoll},
+                  event_backend_name);
     }
 }
 
@@ -288,7 +328,7 @@ std::vector<std::string> Loader::hostnames(const Section&, const Value& v) {
     return out;
 }
 
-std::optional<Acme> Loader::acme(const Section* s, bool server_role) {
+std::optional<Acme> Loader::acme(const Section* s) {
     if (!s) return std::nullopt;
     Acme a;
     if (auto* v = s->good("email")) {
@@ -303,9 +343,8 @@ std::optional<Acme> Loader::acme(const Section* s, bool server_role) {
             problem(v->line,
                     where(*s) + ".state-dir: directory " + a.state_dir + " does not exist");
         }
-    } else if (!s->get("state-dir") && need_state_root()) {
-        a.state_dir =
-            server_role ? default_server_acme_dir(roots_) : default_client_acme_dir(roots_);
+    } else if (!s->get("state-dir")) {
+        a.state_dir = default_path_of(s->kind, "state-dir");
     }
     return a;
 }
@@ -330,9 +369,10 @@ std::optional<Control> Loader::control(bool& managed) {
     } else if (!s->get("address")) {
         problem(s->line, "control.address is required");
     }
+    if (auto v = setting(s, SectionKind::kControl, "trust")) {
+        c.trust = named(*v, {Trust::kSystem, Trust::kCaFile}, trust_name);
+    }
     if (!s) return c;
-    if (auto* v = s->good("trust"))
-        c.trust = v->one() == "ca-file" ? Trust::kCaFile : Trust::kSystem;
     const Value* ca = s->good("ca-file");
     if (ca && c.trust != Trust::kCaFile) {
         problem(ca->line, "control.ca-file is allowed only with control.trust = ca-file");
@@ -340,8 +380,8 @@ std::optional<Control> Loader::control(bool& managed) {
     if (c.trust == Trust::kCaFile) {
         if (ca) {
             c.ca_file = file_path(ca->one());
-        } else if (need_data_root()) {
-            c.ca_file = default_control_ca_file(roots_);
+        } else {
+            c.ca_file = default_path_of(SectionKind::kControl, "ca-file");
         }
         if (!c.ca_file.empty() && !file_exists(c.ca_file)) {
             problem(ca ? ca->line : s->line,
@@ -377,10 +417,6 @@ void Loader::run(std::string_view text) {
 
 void Loader::server() {
     ServerConfig cfg;
-    cfg.config_path = opt_.path;
-    cfg.layout = roots_.layout;
-    cfg.data_root = roots_.data;
-    cfg.state_root = roots_.state;
     const Section* srv = nullptr;
     const Section* acme_sec = nullptr;
     std::vector<const Section*> tunnels;
@@ -391,7 +427,7 @@ void Loader::server() {
         if (s.kind == SectionKind::kTunnel) tunnels.push_back(&s);
         if (s.kind == SectionKind::kRoute) routes.push_back(&s);
     }
-    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, srv);
+    role_common(cfg, srv, SectionKind::kServer);
     if (opt_.path.empty()) {
         problem(0, "the Server needs a config file");
         return;
@@ -428,24 +464,21 @@ void Loader::server() {
         problem(srv->line, "server.hostname is required");
     }
 
-    auto endpoint = [&](const char* key, proto::Endpoint def) {
-        if (auto* v = srv->good(key))
-            return std::get<proto::Endpoint>(parse_socket_address(v->one()));
-        return def;
+    auto endpoint = [&](const char* key) -> std::optional<proto::Endpoint> {
+        auto v = setting(srv, SectionKind::kServer, key);
+        if (!v) return std::nullopt;
+        return std::get<proto::Endpoint>(parse_socket_address(*v));
     };
-    auto any = *proto::parse_endpoint("0.0.0.0:443");
-    cfg.public_bind = endpoint("public-bind-address", any);
-    cfg.tunnel_bind = endpoint("tunnel-bind-address", any);
-    if (auto* v = srv->good("tunnel-retry")) {
-        cfg.tunnel_retry = v->one() == "always"  ? TunnelRetry::kAlways
-                           : v->one() == "never" ? TunnelRetry::kNever
-                                                 : TunnelRetry::kAuto;
+    if (auto e = endpoint("public-bind-address")) cfg.public_bind = *e;
+    if (auto e = endpoint("tunnel-bind-address")) cfg.tunnel_bind = *e;
+    if (auto v = setting(srv, SectionKind::kServer, "tunnel-retry")) {
+        cfg.tunnel_retry = *v == "always"  ? TunnelRetry::kAlways
+                           : *v == "never" ? TunnelRetry::kNever
+                                           : TunnelRetry::kAuto;
     }
-    if (auto* v = srv->good("readiness-bind-address")) {
-        cfg.readiness_bind = std::get<proto::Endpoint>(parse_socket_address(v->one()));
-    }
-    if (auto* v = srv->good("graceful-shutdown-duration")) {
-        cfg.graceful_shutdown_ms = std::get<std::uint64_t>(parse_duration_ms(v->one()));
+    cfg.readiness_bind = endpoint("readiness-bind-address");
+    if (auto v = setting(srv, SectionKind::kServer, "graceful-shutdown-duration")) {
+        cfg.graceful_shutdown_ms = std::get<std::uint64_t>(parse_duration_ms(*v));
     }
 
     // PROXY v2 ingress: networks required with v2 and forbidden without it.
@@ -468,7 +501,7 @@ void Loader::server() {
     }
 
     // ACME vs manual certificate.
-    cfg.acme = acme(acme_sec, true);
+    cfg.acme = acme(acme_sec);
     const Value* cert_dir = srv->get("cert-dir");
     if (acme_sec && cert_dir) {
         problem(cert_dir->line, "server.cert-dir and [server.acme] are mutually exclusive");
@@ -477,8 +510,8 @@ void Loader::server() {
     if (!acme_sec && needs_cert) {
         if (cert_dir && cert_dir->valid) {
             cfg.cert_dir = file_path(cert_dir->one());
-        } else if (!cert_dir && need_data_root()) {
-            cfg.cert_dir = default_server_cert_dir(roots_);
+        } else if (!cert_dir) {
+            cfg.cert_dir = default_path_of(SectionKind::kServer, "cert-dir");
         }
         if (!cfg.cert_dir.empty()) {
             check_material_dir("server.cert-dir", cert_dir ? cert_dir->line : 0, cfg.cert_dir,
@@ -488,7 +521,7 @@ void Loader::server() {
         cfg.cert_dir = file_path(cert_dir->one());  // recorded, not checked: no Tunnel uses it
     }
 
-    // Managed mode ([control]): identity-dir only there, Tunnel sections forbidden there.
+    // Managed mode: identity-dir only there, Tunnel sections forbidden there.
     const Value* idd = srv->get("identity-dir");
     if (!cfg.managed_requested) {
         if (idd)
@@ -503,8 +536,8 @@ void Loader::server() {
         }
         if (idd && idd->valid) {
             cfg.identity_dir = file_path(idd->one());
-        } else if (!idd && need_data_root()) {
-            cfg.identity_dir = default_server_identity_dir(roots_);
+        } else if (!idd) {
+            cfg.identity_dir = default_path_of(SectionKind::kServer, "identity-dir");
         }
         if (!cfg.identity_dir.empty()) {
             if (cfg.identity_dir == cfg.cert_dir) {
@@ -595,10 +628,6 @@ void Loader::server() {
 
 void Loader::client() {
     ClientConfig cfg;
-    cfg.config_path = opt_.path;
-    cfg.layout = roots_.layout;
-    cfg.data_root = roots_.data;
-    cfg.state_root = roots_.state;
     const Section* cli = nullptr;
     const Section* acme_sec = nullptr;
     std::vector<const Section*> services;
@@ -607,7 +636,7 @@ void Loader::client() {
         if (s.kind == SectionKind::kClientAcme) acme_sec = &s;
         if (s.kind == SectionKind::kService) services.push_back(&s);
     }
-    top_level(cfg.log_level, cfg.log_format, cfg.event_backend, cli);
+    role_common(cfg, cli, SectionKind::kClient);
     const auto& ov = opt_.overrides;
     bool cli_only = opt_.path.empty();
     bool role_missing = false;  // no [client] and no flags: material checks would only add noise
@@ -674,6 +703,7 @@ void Loader::client() {
                 Service s;
                 s.label = "cli";
                 s.backend = std::get<HostPort>(r);
+                s.tls_mode = TlsMode::kPassthrough;  // a synthesized Catch-all never terminates
                 cfg.services.push_back(std::move(s));
             }
         }
@@ -697,8 +727,8 @@ void Loader::client() {
         } else {
             problem(s->line, where(*s) + ": backend-address is required");
         }
-        if (auto* v = s->good("tls-mode")) {
-            svc.tls_mode = v->one() == "terminate" ? TlsMode::kTerminate : TlsMode::kPassthrough;
+        if (auto v = setting(s, SectionKind::kService, "tls-mode")) {
+            svc.tls_mode = named(*v, {TlsMode::kPassthrough, TlsMode::kTerminate}, tls_mode_name);
         }
         svc.proxy_v2 = s->good("proxy-protocol") != nullptr;
         const Value* hv = s->get("public-hostnames");
@@ -736,8 +766,8 @@ void Loader::client() {
 
     // Trust, identity and certificate sources ([client] keys; defaults when CLI-only).
     auto val = [&](const char* k) -> const Value* { return cli ? cli->get(k) : nullptr; };
-    if (auto* v = val("server-trust"); v && v->valid && v->one() == "ca-file") {
-        cfg.server_trust = Trust::kCaFile;
+    if (auto v = setting(cli, SectionKind::kClient, "server-trust")) {
+        cfg.server_trust = named(*v, {Trust::kSystem, Trust::kCaFile}, trust_name);
     }
     const Value* ca = val("server-ca-file");
     if (ca && cfg.server_trust != Trust::kCaFile) {
@@ -747,8 +777,8 @@ void Loader::client() {
     if (cfg.server_trust == Trust::kCaFile) {
         if (ca && ca->valid) {
             cfg.server_ca_file = file_path(ca->one());
-        } else if (!ca && need_data_root()) {
-            cfg.server_ca_file = default_client_ca_file(roots_);
+        } else if (!ca) {
+            cfg.server_ca_file = default_path_of(SectionKind::kClient, "server-ca-file");
         }
         if (!cfg.server_ca_file.empty() && !file_exists(cfg.server_ca_file)) {
             problem(ca ? ca->line : 0,
@@ -758,8 +788,8 @@ void Loader::client() {
     const Value* idd = val("identity-dir");
     if (idd && idd->valid) {
         cfg.identity_dir = file_path(idd->one());
-    } else if (!idd && need_data_root()) {
-        cfg.identity_dir = default_client_identity_dir(roots_);
+    } else if (!idd) {
+        cfg.identity_dir = default_path_of(SectionKind::kClient, "identity-dir");
     }
     if (!cfg.identity_dir.empty() && !role_missing) {
         check_material_dir("client.identity-dir", idd ? idd->line : 0, cfg.identity_dir,
@@ -767,7 +797,7 @@ void Loader::client() {
                            "client identity init");
     }
 
-    cfg.acme = acme(acme_sec, false);
+    cfg.acme = acme(acme_sec);
     const Value* pcd = val("public-cert-dir");
     if (acme_sec && !has_terminate) {
         problem(acme_sec->line, "[client.acme] requires a service with tls-mode = terminate");
@@ -785,8 +815,8 @@ void Loader::client() {
                 problem(pcd->line, "client.public-cert-dir: directory " + cfg.public_cert_dir +
                                        " does not exist");
             }
-        } else if (!pcd && need_data_root()) {
-            cfg.public_cert_dir = default_public_cert_dir(roots_);
+        } else if (!pcd) {
+            cfg.public_cert_dir = default_path_of(SectionKind::kClient, "public-cert-dir");
         }
     }
     out_.client = std::move(cfg);
@@ -802,17 +832,13 @@ LoadOutcome load_from_string(std::string_view text, const LoadOptions& options) 
 
 LoadOutcome load(const LoadOptions& options) {
     if (options.path.empty()) return load_from_string({}, options);
-    std::ifstream in(options.path, std::ios::binary);
-    if (!in) {
-        int err = errno;
+    auto text = core::read_file(options.path);
+    if (!text) {
         LoadOutcome out;
-        out.problems.push_back(
-            Problem{options.path, 0, "cannot read " + options.path + ": " + std::strerror(err)});
+        out.problems.push_back(Problem{options.path, 0, text.error().message});
         return out;
     }
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return load_from_string(ss.str(), options);
+    return load_from_string(*text, options);
 }
 
 std::string format_report(Role role, const std::string& path, const LoadOutcome& outcome) {
@@ -841,11 +867,9 @@ SectionsPresent sections_present_in(std::string_view text) {
 }
 
 Result<SectionsPresent> sections_present(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    if (!in) return Error::sys(errno, "cannot read " + path);
-    std::ostringstream ss;
-    ss << in.rdbuf();
-    return sections_present_in(ss.str());
+    auto text = core::read_file(path);
+    if (!text) return std::move(text).error();
+    return sections_present_in(*text);
 }
 
 const char* log_level_name(LogLevel l) noexcept {

@@ -30,7 +30,8 @@ struct Problem {
     std::string message;
 };
 
-// Runtime flags that replace or complete file values (server --hostname, client flags).
+// Runtime flags that replace file values before validation (a flag beats the environment,
+// which beats the file) or complete a file-less Client start.
 struct Overrides {
     std::optional<std::string> hostname;         // server --hostname
     std::vector<std::string> server_addresses;   // client --server-address (repeatable)
@@ -81,22 +82,33 @@ struct Acme {
 
 struct Control {
     HostPort address;
-    Trust trust = Trust::kSystem;
+    Trust trust{};
     std::string ca_file;  // set when trust == kCaFile
 };
 
 // Where a value came from, for `config show`.
 enum class Source { kDefault, kFile, kEnv, kFlag };
 
-struct ServerConfig {
-    std::string config_path;
+// The loader sets every field of a role's model, from the file or from the key registry's
+// default (the one table of defaults); the initializers are placeholders, not defaults.
+
+// What both roles' models hold: where the config came from, logging, the loop, managed mode.
+struct RoleConfig {
+    std::string config_path;  // empty for a CLI-only Client start
     Layout layout = Layout::kUser;
     std::string data_root;
     std::string state_root;
-    LogLevel log_level = LogLevel::kInfo;
-    LogFormat log_format = LogFormat::kText;
-    EventBackend event_backend = EventBackend::kAuto;
+    LogLevel log_level{};
+    LogFormat log_format{};
+    EventBackend event_backend{};
 
+    // Managed mode ([control] or --control-address): validated here, refused by this build at
+    // startup (preflight).
+    bool managed_requested = false;
+    std::optional<Control> control;
+};
+
+struct ServerConfig : RoleConfig {
     std::string hostname;  // canonical
     Source hostname_source = Source::kFile;
     std::string cert_dir;  // empty when ACME is used or no Tunnel exists
@@ -104,16 +116,12 @@ struct ServerConfig {
     proto::Endpoint tunnel_bind;
     TunnelRetry tunnel_retry = TunnelRetry::kAuto;
     std::optional<proto::Endpoint> readiness_bind;
-    std::uint64_t graceful_shutdown_ms = 60'000;
+    std::uint64_t graceful_shutdown_ms = 0;
     bool visitor_proxy_v2 = false;
     std::vector<Cidr> visitor_proxy_trusted_networks;
     std::optional<Acme> acme;
     std::vector<Tunnel> tunnels;
     std::vector<Route> routes;
-
-    // Managed mode ([control]): validated, then refused by the runtime.
-    bool managed_requested = false;
-    std::optional<Control> control;
     std::string identity_dir;  // Managed only
 };
 
@@ -121,31 +129,20 @@ struct Service {
     std::string label;
     std::vector<std::string> public_hostnames;  // empty = Catch-all
     HostPort backend;
-    TlsMode tls_mode = TlsMode::kPassthrough;
+    TlsMode tls_mode{};
     bool proxy_v2 = false;
     bool catch_all() const noexcept { return public_hostnames.empty(); }
 };
 
-struct ClientConfig {
-    std::string config_path;  // empty for a CLI-only start
-    Layout layout = Layout::kUser;
-    std::string data_root;
-    std::string state_root;
-    LogLevel log_level = LogLevel::kInfo;
-    LogFormat log_format = LogFormat::kText;
-    EventBackend event_backend = EventBackend::kAuto;
-
+struct ClientConfig : RoleConfig {
     std::vector<HostPort> server_addresses;  // canonical host, in order
     Source server_addresses_source = Source::kFile;
-    Trust server_trust = Trust::kSystem;
+    Trust server_trust{};
     std::string server_ca_file;  // set when server_trust == kCaFile
     std::string identity_dir;
     std::string public_cert_dir;  // set when a terminate Service exists and no ACME
     std::optional<Acme> acme;
     std::vector<Service> services;
-
-    bool managed_requested = false;
-    std::optional<Control> control;
 };
 
 struct LoadOutcome {

@@ -1,10 +1,12 @@
-// Config path resolution and default material locations (spec 3.8).
+// Config path resolution (--config, XDG, /etc) and the user vs system layout of defaults.
 #include "config/paths.hh"
 
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cstdlib>
+
+#include "config/registry.hh"
 
 namespace runewarp::config {
 
@@ -108,29 +110,30 @@ Roots resolve_roots(const std::string& config_path, const Env& env) {
     return r;
 }
 
+// The defaults themselves live in the key registry, the one table of keys and defaults.
 std::string default_server_cert_dir(const Roots& r) {
-    return join(r.data, "server/cert");
+    return default_path(SectionKind::kServer, "cert-dir", r);
 }
 std::string default_client_identity_dir(const Roots& r) {
-    return join(r.data, "client/identity");
+    return default_path(SectionKind::kClient, "identity-dir", r);
 }
 std::string default_public_cert_dir(const Roots& r) {
-    return join(r.data, "client/public-cert");
+    return default_path(SectionKind::kClient, "public-cert-dir", r);
 }
 std::string default_client_ca_file(const Roots& r) {
-    return join(r.data, "client/server-ca.crt");
+    return default_path(SectionKind::kClient, "server-ca-file", r);
 }
 std::string default_control_ca_file(const Roots& r) {
-    return join(r.data, "control/ca.crt");
+    return default_path(SectionKind::kControl, "ca-file", r);
 }
 std::string default_server_identity_dir(const Roots& r) {
-    return join(r.data, "server/identity");
+    return default_path(SectionKind::kServer, "identity-dir", r);
 }
 std::string default_server_acme_dir(const Roots& r) {
-    return join(r.state, "server/acme");
+    return default_path(SectionKind::kServerAcme, "state-dir", r);
 }
 std::string default_client_acme_dir(const Roots& r) {
-    return join(r.state, "client/acme");
+    return default_path(SectionKind::kClientAcme, "state-dir", r);
 }
 
 std::string resolve_relative_to_file(const std::string& config_path, const std::string& value) {

@@ -1,4 +1,5 @@
-// Config path resolution and default material locations (spec 3.8): user vs system layout.
+// Config path resolution (--config, XDG, /etc) and default material locations: user vs system
+// layout.
 #pragma once
 
 #include <optional>

@@ -203,6 +203,16 @@ const std::array kKeys = {
             {}},
 };
 
+// The problem text of a parsed value, or nothing when it parsed.
+template <typename Value>
+std::optional<std::string> problem_of(const Parsed<Value>& parsed) {
+    if (auto* e = std::get_if<std::string>(&parsed)) return *e;
+    return std::nullopt;
+}
+
+constexpr std::string_view kDataRoot = "<data>/";
+constexpr std::string_view kStateRoot = "<state>/";
+
 std::string join_choices(std::span<const std::string_view> choices) {
     std::string out;
     for (auto c : choices) {
@@ -282,34 +292,47 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
                 return err("client identity must be exactly 64 lowercase hex characters");
             }
             return std::nullopt;
-        case T::kSocketAddress: {
-            auto r = parse_socket_address(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
+        case T::kSocketAddress:
+            return problem_of(parse_socket_address(value));
         case T::kServerAddress:
-        case T::kServerAddressList: {
-            auto r = parse_server_address(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kHostPort: {
-            auto r = parse_host_port(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kDuration: {
-            auto r = parse_duration_ms(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
-        case T::kCidrList: {
-            auto r = parse_cidr(value);
-            if (auto* e = std::get_if<std::string>(&r)) return err(*e);
-            return std::nullopt;
-        }
+        case T::kServerAddressList:
+            return problem_of(parse_server_address(value));
+        case T::kHostPort:
+            return problem_of(parse_host_port(value));
+        case T::kDuration:
+            return problem_of(parse_duration_ms(value));
+        case T::kCidrList:
+            return problem_of(parse_cidr(value));
     }
     return std::nullopt;
+}
+
+std::optional<std::string_view> default_value(const KeySpec& spec) noexcept {
+    std::string_view d = spec.default_text;
+    if (d.empty() || d.front() == '(' || d.front() == '<') return std::nullopt;
+    return d;
+}
+
+bool default_path_is_state(const KeySpec& spec) noexcept {
+    return spec.default_text.starts_with(kStateRoot);
+}
+
+std::string default_path(const KeySpec& spec, const Roots& roots) {
+    std::string_view d = spec.default_text;
+    const bool state = d.starts_with(kStateRoot);
+    if (!state && !d.starts_with(kDataRoot)) return {};
+    const std::string& root = state ? roots.state : roots.data;
+    if (root.empty()) return {};
+    d.remove_prefix(state ? kStateRoot.size() : kDataRoot.size());
+    std::string out = root;
+    if (out.back() != '/') out.push_back('/');
+    out.append(d);
+    return out;
+}
+
+std::string default_path(SectionKind section, std::string_view name, const Roots& roots) {
+    const KeySpec* spec = find_key(section, name);
+    return spec == nullptr ? std::string() : default_path(*spec, roots);
 }
 
 }  // namespace runewarp::config

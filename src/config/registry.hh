@@ -6,6 +6,8 @@
 #include <string>
 #include <string_view>
 
+#include "config/paths.hh"
+
 namespace runewarp::config {
 
 enum class SectionKind {
@@ -23,7 +25,7 @@ enum class SectionKind {
 enum class ValueType {
     kString,         // free text (e.g. an e-mail address)
     kEnum,           // one of KeySpec::choices
-    kHostname,       // spec 4.4
+    kHostname,       // DNS name: ASCII, LDH labels, no IP literal, no wildcard
     kHostnameList,   // list of hostnames
     kIdentity,       // 64 lowercase hex
     kIdentityList,   // list of identities
@@ -58,5 +60,19 @@ bool section_is_labelled(SectionKind k) noexcept;
 // Validates one value (one list item for list types) by its type; returns the problem text
 // (without the key prefix), or nothing when the value is well formed.
 std::optional<std::string> check_value(const KeySpec& spec, std::string_view value);
+
+// The value the loader applies when a key is absent: `default_text` when it is a concrete value
+// ("0.0.0.0:443", "60s", "info"); nothing for "(required)", "(unset)" and for path defaults.
+std::optional<std::string_view> default_value(const KeySpec& spec) noexcept;
+
+// A path default below a root: "<data>/server/cert" with roots.data = "/d" gives
+// "/d/server/cert". Empty when the key has no path default or that root is unresolved.
+std::string default_path(const KeySpec& spec, const Roots& roots);
+
+// default_path of the key `name` in `section` (which must have a path default).
+std::string default_path(SectionKind section, std::string_view name, const Roots& roots);
+
+// Whether a key's path default lies below the state root (else below the data root).
+bool default_path_is_state(const KeySpec& spec) noexcept;
 
 }  // namespace runewarp::config

@@ -1,4 +1,4 @@
-// Operator log lines on stderr (spec 7, 10.4): levels, text/journald/JSON formats, sinks, rate
+// Operator log lines on stderr: levels, text/journald/JSON formats, sinks, rate
 // limits.
 #pragma once
 
@@ -14,7 +14,7 @@
 namespace runewarp::obs {
 
 // Ordered by verbosity; a line is written when its level <= the logger's level.
-// `trace` is accepted as a name but currently equals kDebug (spec 4.2).
+// `trace` is accepted as a name but currently equals kDebug.
 enum class Level : std::uint8_t { kOff = 0, kError, kWarn, kInfo, kDebug };
 
 enum class Format : std::uint8_t { kText, kJson };
@@ -30,7 +30,7 @@ Result<Level> parse_level(std::string_view name);
 Result<Format> parse_format(std::string_view name);
 std::string_view level_name(Level level);  // "ERROR", "WARN", ... ("OFF" for kOff)
 
-// `<n>s` when the duration is a whole number of seconds, else `<n>ms` (spec 7).
+// `<n>s` when the duration is a whole number of seconds, else `<n>ms`.
 std::string format_duration(std::chrono::milliseconds d);
 
 // One `key=value` pair of a log line. Values are formatted lazily, only when the line is written.
@@ -115,10 +115,10 @@ Style detect_style(int fd, const char* journal_stream) noexcept;
 //
 // Usage: log.info("server public listener ready", {{"bind-address", addr}});
 //        log.warn("server tunnel connection dropped", {{"client-identity", id}}, "idle timeout");
-// Message grammar: `<event phrase>[: key=value ...][: summary]`. Events are fixed phrases (spec 7
-// catalogue); the summary is free text (control bytes become spaces so a line stays one line).
-// In JSON: {"ts":..., "level":"info", "event":..., "<key>":"<value>"..., "message": summary}.
-// Field keys must not be ts/level/event/message.
+// Message grammar: `<event phrase>[: key=value ...][: summary]`. Events are fixed phrases (a
+// closed catalogue operators can grep for); the summary is free text (control bytes become spaces
+// so a line stays one line). In JSON: {"ts":..., "level":"info", "event":..., "<key>":"<value>"...,
+// "message": summary}. Field keys must not be ts/level/event/message.
 class Logger {
 public:
     Logger(Sink& sink, LoggerOptions options) noexcept : sink_(&sink), options_(options) {}
@@ -166,7 +166,8 @@ Logger& process_logger();
 void configure_process_logger(Level level, Format format);
 
 // At most one line per interval per scope, then one recovery line on the first success after a
-// logged saturation (spec 5.10, 5.11). Keep one RateLimiter per scope.
+// logged saturation, so a flood of refusals costs one line per interval. Keep one RateLimiter
+// per scope.
 //
 //   if (auto d = limiter.on_saturated(); d.log) log.warn("server admission saturated", {...});
 //   if (limiter.on_success()) log.info("server admission recovered", {{"scope",

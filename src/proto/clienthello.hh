@@ -1,4 +1,4 @@
-// Incremental TLS ClientHello parser (spec 5.6): record reassembly, SNI and acme-tls/1 detection.
+// Incremental TLS ClientHello parser: record reassembly, SNI and acme-tls/1 detection.
 #pragma once
 
 #include <array>
@@ -22,9 +22,9 @@ enum class HelloStatus {
     kTooLarge,    // ClientHello cannot complete within kMaxClientHelloBytes
 };
 
-// Spec reason code: "non-tls-client-hello", "missing-sni-client-hello", "invalid-sni-client-hello",
-// "oversized-client-hello", "incomplete-client-hello" (kIncomplete, meant for EOF),
-// "invalid-tls-client-hello"; "ok" for kOk.
+// The reason code logs and drop counters use: "non-tls-client-hello", "missing-sni-client-hello",
+// "invalid-sni-client-hello", "oversized-client-hello", "incomplete-client-hello" (kIncomplete,
+// meant for EOF), "invalid-tls-client-hello"; "ok" for kOk.
 const char* reason_code(HelloStatus s) noexcept;
 
 // Feed only the newly seen bytes each time; the parser keeps its state, so total work is O(n)

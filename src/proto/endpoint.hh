@@ -34,21 +34,23 @@ struct Tuple {
     bool operator==(const Tuple&) const = default;
 };
 
-// Parses an IP literal as inet_pton does (IPv4 dotted quad without leading zeros, IPv6 with
-// "::" and embedded IPv4). No brackets, no zone id, no port. Port of the result is 0.
+// Parses an IP literal with libc inet_pton (IPv4 dotted quad without leading zeros, IPv6 with
+// "::" and embedded IPv4). No brackets, no zone id, no port, no embedded NUL. Port is 0.
 std::optional<Endpoint> parse_ip(std::string_view text) noexcept;
 
 // Parses "1.2.3.4:443" or "[::1]:443" (port 0-65535, decimal, no sign).
 std::optional<Endpoint> parse_endpoint(std::string_view text) noexcept;
 
-// "1.2.3.4" or RFC 5952 IPv6 text ("2001:db8::1", "::ffff:1.2.3.4").
+// "1.2.3.4" or IPv6 text from libc inet_ntop: lowercase, the longest run of zero groups
+// compressed ("2001:db8::1"), mapped addresses as "::ffff:1.2.3.4".
 std::string format_ip(const Endpoint& e);
 
 // "1.2.3.4:443" or "[2001:db8::1]:443".
 std::string format_endpoint(const Endpoint& e);
 
 // Dual-stack sockets report IPv4 peers as ::ffff:a.b.c.d; returns the plain IPv4 endpoint for
-// those (spec 5.1) and `e` unchanged otherwise.
+// those, so an IPv4 Visitor has one canonical address whatever the socket, and `e` unchanged
+// otherwise.
 Endpoint unmap_v4(const Endpoint& e) noexcept;
 
 // Conversions to and from the kernel's socket address structures (plain struct copies, no

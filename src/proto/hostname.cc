@@ -1,4 +1,4 @@
-// Hostname normalisation/validation and IP-literal detection (spec 4.4), pure code for fuzzing.
+// Hostname normalisation/validation and IP-literal detection, pure code for fuzzing.
 #include "proto/hostname.hh"
 
 #include "proto/endpoint.hh"

@@ -1,4 +1,4 @@
-// Hostname normalisation and validation (spec 4.4): the one canonical form used everywhere.
+// Hostname normalisation and validation: the one canonical form used everywhere.
 #pragma once
 
 #include <string>
@@ -8,12 +8,12 @@ namespace runewarp::proto {
 
 enum class HostnameError {
     kNone = 0,
-    kEmpty,          // empty after removing trailing dots
-    kNonAscii,       // raw Unicode: IDNs must be given as xn-- A-labels
-    kWildcard,       // contains '*'
-    kIpLiteral,      // parses as an IPv4 or IPv6 literal
-    kTooLong,        // > 253 bytes
-    kBadLabel,       // empty label, label > 63, bad character, leading/trailing '-'
+    kEmpty,      // empty after removing trailing dots
+    kNonAscii,   // raw Unicode: IDNs must be given as xn-- A-labels
+    kWildcard,   // contains '*'
+    kIpLiteral,  // parses as an IPv4 or IPv6 literal
+    kTooLong,    // > 253 bytes
+    kBadLabel,   // empty label, label > 63, bad character, leading/trailing '-'
 };
 
 // Human text for an error, e.g. "must not be an IP address literal".
@@ -25,10 +25,10 @@ struct HostnameResult {
     bool ok() const noexcept { return error == HostnameError::kNone; }
 };
 
-// Removes every trailing '.', ASCII-lowercases, then validates (spec 4.4 steps 1-3).
+// Removes every trailing '.', ASCII-lowercases, then validates.
 HostnameResult normalize_hostname(std::string_view raw);
 
-// True when `s` parses as an IPv4 or IPv6 literal (inet_pton semantics, implemented without syscalls).
+// True when `s` parses as an IPv4 or IPv6 literal (libc inet_pton, see parse_ip).
 bool is_ip_literal(std::string_view s) noexcept;
 
 }  // namespace runewarp::proto

@@ -1,4 +1,5 @@
-// PROXY protocol v2 (spec 5.5, 5.7): strict incremental decoder and byte-exact encoder.
+// PROXY protocol v2 (Visitor ingress and Tunnel stream prefix): strict incremental decoder and
+// byte-exact encoder.
 #pragma once
 
 #include <array>

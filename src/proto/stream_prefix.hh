@@ -1,4 +1,4 @@
-// Tunnel stream framing (spec 5.7): PROXY v2 header then the Visitor's ClientHello, decoded
+// Tunnel stream framing: PROXY v2 header then the Visitor's ClientHello, decoded
 // incrementally by the Client; encoded by the Server.
 #pragma once
 

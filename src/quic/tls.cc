@@ -1,15 +1,9 @@
 // GnuTLS glue for tunnel connections: priorities, ALPN, mTLS admission and the alert substitution.
 #include "quic/tls.hh"
 
-#include <fcntl.h>
 #include <gnutls/x509.h>
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
-#include <unistd.h>
-
-#include <cerrno>
-
-#include "core/unique_fd.hh"
 
 namespace runewarp::quic {
 
@@ -86,24 +80,6 @@ bool alpn_ok(gnutls_session_t s) noexcept {
     gnutls_datum_t got{};
     if (gnutls_alpn_get_selected_protocol(s, &got) != 0) return false;
     return std::string_view(reinterpret_cast<const char*>(got.data), got.size) == kAlpn;
-}
-
-Result<std::string> read_small_file(const std::string& path) {
-    core::UniqueFd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-    if (!fd) return Error::sys(errno, "open " + path);
-    std::string out;
-    char buf[4096];
-    for (;;) {
-        ssize_t n = ::read(fd.get(), buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Error::sys(errno, "read " + path);
-        }
-        if (n == 0) break;
-        out.append(buf, static_cast<size_t>(n));
-        if (out.size() > (1u << 20)) return Error::msg(path + ": larger than 1 MiB");
-    }
-    return out;
 }
 
 // ---- Server -------------------------------------------------------------------------------------

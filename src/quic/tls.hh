@@ -93,7 +93,4 @@ private:
 // Whether the negotiated ALPN is runewarp/1 (checked once the handshake completes).
 bool alpn_ok(gnutls_session_t s) noexcept;
 
-// Reads a whole (small) file, e.g. PEM material, re-read on every attempt by the Client role.
-Result<std::string> read_small_file(const std::string& path);
-
 }  // namespace runewarp::quic

@@ -40,8 +40,8 @@ EdgeServer::~EdgeServer() {
 }
 
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
+                                                       const trust::ServerCertMaterial* tunnel_cert,
                                                        obs::Logger& log) {
-    if (cfg.managed_requested) return Error::msg("managed mode is not supported by this build");
     sys::raise_nofile_limit();
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
 
@@ -118,8 +118,10 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
     }
     if (!cfg.tunnels.empty()) {
+        if (tunnel_cert == nullptr) return Error::msg("no checked Server certificate for the tunnel");
         auto t =
-            TunnelFront::create(*s->worker_, cfg, log, s->admission_log_, std::move(s->tunnel_fd_));
+            TunnelFront::create(*s->worker_, cfg, *tunnel_cert, log, s->admission_log_,
+                                std::move(s->tunnel_fd_));
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
         s->cert_watch_.add(s->tunnel_->cert_path(), s->tunnel_->cert_not_after());
@@ -295,9 +297,10 @@ void EdgeServer::on_cert_check() noexcept {
                         core::now_ns() + CertExpiryWatch::kCheckIntervalNs);
 }
 
-int run_server(const config::ServerConfig& cfg) noexcept {
+int run_server(const config::ServerConfig& cfg,
+               const trust::ServerCertMaterial* tunnel_cert) noexcept {
     obs::Logger& log = obs::process_logger();
-    auto s = EdgeServer::create(cfg, log);
+    auto s = EdgeServer::create(cfg, tunnel_cert, log);
     if (!s) {
         log.error("server startup failed", {}, s.error().message);
         return 1;

@@ -56,7 +56,10 @@ struct EdgeCounters {
 class EdgeServer final : public core::SignalListener, private ListenerOwner, private ShutdownHost {
 public:
     // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
+    // `tunnel_cert`: the Server certificate as the startup rules checked and loaded it (required
+    // when a Tunnel is configured).
     static Result<std::unique_ptr<EdgeServer>> create(const config::ServerConfig& cfg,
+                                                      const trust::ServerCertMaterial* tunnel_cert,
                                                       obs::Logger& log);
     ~EdgeServer();
 
@@ -144,6 +147,9 @@ private:
 };
 
 // `runewarp server`: loads nothing itself; runs the edge for an already validated config.
-int run_server(const config::ServerConfig& cfg) noexcept;
+// Runs the Server for a config that passed preflight::check_server, serving `tunnel_cert` (the
+// certificate it loaded; null without a Tunnel). Returns the process exit code.
+int run_server(const config::ServerConfig& cfg,
+               const trust::ServerCertMaterial* tunnel_cert) noexcept;
 
 }  // namespace runewarp::server

@@ -6,7 +6,6 @@
 #include <vector>
 
 #include "server/tcp_listener.hh"
-#include "trust/cert_expiry.hh"
 #include "trust/identity.hh"
 #include "trust/server_cert.hh"
 
@@ -26,29 +25,13 @@ std::string drop_cause(const quic::CloseInfo& i) {
 
 Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
                                                          const config::ServerConfig& cfg,
+                                                         const trust::ServerCertMaterial& cert,
                                                          obs::Logger& log, AdmissionLog& admission,
                                                          core::UniqueFd activated) {
     std::unique_ptr<TunnelFront> f(new TunnelFront(log, admission));
-    // The Server certificate: checked as a whole before binding.
-    std::string hint = "Hint: runewarp server cert init";
-    if (!cfg.config_path.empty()) hint += " --config " + cfg.config_path;
-    auto checked = trust::verify_server_cert_dir(cfg.cert_dir, cfg.hostname);
-    if (!checked) {
-        return Error::msg("server certificate material in " + cfg.cert_dir +
-                          " is not usable: " + checked.error().message + ". " + hint);
-    }
-    std::string crt_path = cfg.cert_dir + "/" + std::string(trust::kServerCertFile);
-    std::string key_path = cfg.cert_dir + "/" + std::string(trust::kServerKeyFile);
-    auto crt = quic::read_small_file(crt_path);
-    if (!crt)
-        return Error::msg("cannot read " + crt_path + ": " + crt.error().message + ". " + hint);
-    auto key = quic::read_small_file(key_path);
-    if (!key)
-        return Error::msg("cannot read " + key_path + ": " + key.error().message + ". " + hint);
-    auto not_after = trust::certificate_not_after(*crt, crt_path);
-    if (!not_after) return Error::msg("server certificate " + not_after.error().message);
-    f->cert_path_ = crt_path;
-    f->cert_not_after_ = *not_after;
+    // The certificate was loaded and verified as a whole by the startup rules (preflight).
+    f->cert_path_ = cert.cert_path;
+    f->cert_not_after_ = cert.validity.not_after;
 
     f->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
     f->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
@@ -57,9 +40,9 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
     });
     TunnelFront* self = f.get();
     auto tls = quic::ServerTls::create(
-        {std::move(*crt), std::move(*key),
+        {cert.cert_pem, cert.key_pem,
          [self](std::span<const uint8_t> der) { return self->admit_peer(der); }});
-    if (!tls) return Error::msg("server certificate " + crt_path + ": " + tls.error().message);
+    if (!tls) return Error::msg("server certificate " + cert.cert_path + ": " + tls.error().message);
     f->tls_ = std::move(*tls);
 
     quic::ListenerConfig lc;  // [server] tunnel-retry: when an Initial must prove its address

@@ -17,15 +17,17 @@
 #include "quic/tls.hh"
 #include "server/admission.hh"
 #include "server/tunnel_registry.hh"
+#include "trust/server_cert.hh"
 
 namespace runewarp::server {
 
 class TunnelFront final : private quic::AcceptHandler, private quic::ConnectionHandler {
 public:
-    // Checks cert-dir as a whole, loads server.crt and server.key, then binds
-    // tunnel-bind-address or adopts `activated` (the socket-activated `tunnel` socket).
+    // Serves `cert` (server.crt and server.key as the startup rules checked and loaded them),
+    // then binds tunnel-bind-address or adopts `activated` (the socket-activated `tunnel`).
     static Result<std::unique_ptr<TunnelFront>> create(core::Worker& w,
                                                        const config::ServerConfig& cfg,
+                                                       const trust::ServerCertMaterial& cert,
                                                        obs::Logger& log, AdmissionLog& admission,
                                                        core::UniqueFd activated);
     // Connections still attached are dropped without a closing period.

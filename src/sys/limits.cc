@@ -1,3 +1,4 @@
+// Process resource limits: the soft RLIMIT_NOFILE raised to the hard limit at startup.
 #include "sys/limits.hh"
 
 #include <sys/resource.h>

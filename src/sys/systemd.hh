@@ -24,7 +24,7 @@ struct ExpectedSocket {
 };
 
 // Collects the activated sockets and checks them against `expected` by name, never by position:
-// an unknown name, a name given twice, or a wrong socket type is an error (spec 5.14, 12.2).
+// an unknown name, a name given twice, or a wrong socket type is an error.
 // With no socket activation the result is empty. Unsets LISTEN_* so children never inherit them.
 Result<std::vector<ActivatedSocket>> collect_activated_sockets(
     const std::vector<ExpectedSocket>& expected);

@@ -3,6 +3,7 @@
 
 #include <gnutls/x509.h>
 
+#include "core/file.hh"
 #include "trust/material.hh"
 #include "trust/x509_util.hh"
 
@@ -29,7 +30,7 @@ Result<std::time_t> certificate_not_after(std::string_view pem, const std::strin
 }
 
 Result<std::time_t> certificate_file_not_after(const std::string& path) {
-    auto pem = read_file(path);
+    auto pem = core::read_file(path);
     if (!pem) return std::move(pem).error();
     return certificate_not_after(*pem, path);
 }

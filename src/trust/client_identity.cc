@@ -4,6 +4,7 @@
 #include <array>
 #include <optional>
 
+#include "core/file.hh"
 #include "trust/identity.hh"
 #include "trust/material.hh"
 #include "trust/x509_util.hh"
@@ -15,46 +16,33 @@ namespace {
 constexpr std::array<std::string_view, 3> kFiles = {kClientKeyFile, kClientCertFile,
                                                     kClientIdentityFile};
 
-Result<void> check(int rc, const char* what) {
-    if (rc < 0) return gnutls_error(what, rc);
-    return {};
+Error incomplete(const std::string& dir, const MaterialSurvey& files, const std::string& detail) {
+    return incomplete_material(
+        "client identity material", dir, files, detail,
+        "Repair or remove these files and rerun `runewarp client identity init`, or rotate the "
+        "identity with `runewarp client identity rotate` once the files are consistent");
 }
 
-// "client.key, client.crt"
-std::string list_of(const std::vector<std::string_view>& names) {
-    std::string s;
-    for (std::string_view n : names) {
-        if (!s.empty()) s.append(", ");
-        s.append(n);
+// Writes the three files: O_EXCL into a fresh directory, else atomic replacement. The key goes
+// first: a crash between the renames leaves a mismatch that every read reports.
+Result<void> write_identity(const std::string& dir, const ClientIdentityMaterial& m, bool fresh) {
+    auto put = fresh ? write_new_file : replace_file;
+    const std::pair<std::string_view, std::pair<const std::string*, mode_t>> files[] = {
+        {kClientKeyFile, {&m.key_pem, 0600}},
+        {kClientCertFile, {&m.cert_pem, 0644}},
+        {kClientIdentityFile, {&m.identity, 0644}},
+    };
+    for (const auto& [name, what] : files) {
+        if (auto w = put(join_path(dir, name), *what.first, what.second); !w) return w;
     }
-    return s;
-}
-
-Error incomplete(const std::string& dir, const std::vector<std::string_view>& present,
-                 const std::vector<std::string_view>& missing, const std::string& detail) {
-    std::string m = "client identity material in " + dir + " is incomplete or inconsistent";
-    if (!present.empty()) m.append("; present: " + list_of(present));
-    if (!missing.empty()) m.append("; missing: " + list_of(missing));
-    if (!detail.empty()) m.append("; " + detail);
-    m.append(
-        ". Repair or remove these files and rerun `runewarp client identity init`, or rotate "
-        "the identity with `runewarp client identity rotate` once the files are consistent");
-    return Error::msg(std::move(m));
+    return {};
 }
 
 Result<ClientIdentityInit> create(const std::string& dir) {
     auto m = generate_client_identity(std::time(nullptr));
     if (!m) return std::move(m).error();
     if (auto d = ensure_dir(dir, 0700); !d) return std::move(d).error();
-    if (auto w = write_new_file(join_path(dir, kClientKeyFile), m->key_pem, 0600); !w) {
-        return std::move(w).error();
-    }
-    if (auto w = write_new_file(join_path(dir, kClientCertFile), m->cert_pem, 0644); !w) {
-        return std::move(w).error();
-    }
-    if (auto w = write_new_file(join_path(dir, kClientIdentityFile), m->identity, 0644); !w) {
-        return std::move(w).error();
-    }
+    if (auto w = write_identity(dir, *m, true); !w) return std::move(w).error();
     return ClientIdentityInit{m->identity, true};
 }
 
@@ -72,19 +60,20 @@ Result<ClientIdentityMaterial> generate_client_identity(std::time_t now) {
 
     const std::string dns(kClientCertDnsName);
     Result<void> steps[] = {
-        check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, dns.data(),
-                                            static_cast<unsigned>(dns.size())),
-              "set subject"),
-        check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, dns.data(),
-                                                   static_cast<unsigned>(dns.size()),
-                                                   GNUTLS_FSAN_SET),
-              "set subjectAltName"),
-        check(gnutls_x509_crt_set_key_usage(c, GNUTLS_KEY_DIGITAL_SIGNATURE), "set keyUsage"),
-        check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_CLIENT, 0),
-              "set extendedKeyUsage"),
+        gnutls_check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, dns.data(),
+                                                   static_cast<unsigned>(dns.size())),
+                     "set subject"),
+        gnutls_check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, dns.data(),
+                                                          static_cast<unsigned>(dns.size()),
+                                                          GNUTLS_FSAN_SET),
+                     "set subjectAltName"),
+        gnutls_check(gnutls_x509_crt_set_key_usage(c, GNUTLS_KEY_DIGITAL_SIGNATURE),
+                     "set keyUsage"),
+        gnutls_check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_CLIENT, 0),
+                     "set extendedKeyUsage"),
         // Ed25519 signs the message itself (RFC 8032 PureEdDSA); GnuTLS picks the digest.
-        check(gnutls_x509_crt_sign2(c, c, key->get(), GNUTLS_DIG_UNKNOWN, 0),
-              "sign client certificate"),
+        gnutls_check(gnutls_x509_crt_sign2(c, c, key->get(), GNUTLS_DIG_UNKNOWN, 0),
+                     "sign client certificate"),
     };
     for (auto& s : steps) {
         if (!s) return std::move(s).error();
@@ -102,19 +91,21 @@ Result<ClientIdentityMaterial> generate_client_identity(std::time_t now) {
     return m;
 }
 
-Result<std::string> load_client_identity(const std::string& dir) {
+Result<ClientIdentityFiles> load_client_identity_files(const std::string& dir) {
     std::array<std::optional<std::string>, 3> contents;
-    std::vector<std::string_view> present, missing;
+    MaterialSurvey files;
     for (std::size_t i = 0; i < kFiles.size(); ++i) {
-        auto r = read_file_if_exists(join_path(dir, kFiles[i]));
+        const std::string path = join_path(dir, kFiles[i]);
+        auto r = kFiles[i] == kClientKeyFile ? read_private_key_if_exists(path)
+                                             : core::read_file_if_exists(path);
         if (!r) return std::move(r).error();
         contents[i] = std::move(*r);
-        (contents[i] ? present : missing).push_back(kFiles[i]);
+        (contents[i] ? files.present : files.missing).push_back(kFiles[i]);
     }
-    if (present.empty()) {
+    if (files.present.empty()) {
         return Error::msg("no client identity in " + dir + ": run `runewarp client identity init`");
     }
-    if (!missing.empty()) return incomplete(dir, present, missing, {});
+    if (!files.missing.empty()) return incomplete(dir, files, {});
 
     const std::string key_path = join_path(dir, kClientKeyFile);
     const std::string crt_path = join_path(dir, kClientCertFile);
@@ -139,18 +130,22 @@ Result<std::string> load_client_identity(const std::string& dir) {
                               *derived);
         }
     }
-    return std::string(stored);
+    return ClientIdentityFiles{std::string(stored), std::move(*contents[1]),
+                               std::move(*contents[0])};
+}
+
+Result<std::string> load_client_identity(const std::string& dir) {
+    auto files = load_client_identity_files(dir);
+    if (!files) return std::move(files).error();
+    return std::move(files->identity);
 }
 
 Result<ClientIdentityInit> init_client_identity(const std::string& dir) {
-    std::vector<std::string_view> present, missing;
-    for (std::string_view f : kFiles) {
-        (path_exists(join_path(dir, f)) ? present : missing).push_back(f);
-    }
-    if (present.empty()) return create(dir);
-    if (!missing.empty()) return incomplete(dir, present, missing, {});
+    MaterialSurvey files = survey_files(dir, kFiles);
+    if (files.present.empty()) return create(dir);
+    if (!files.missing.empty()) return incomplete(dir, files, {});
     auto id = load_client_identity(dir);
-    if (!id) return incomplete(dir, present, {}, id.error().message);
+    if (!id) return incomplete(dir, files, id.error().message);
     return ClientIdentityInit{std::move(*id), false};
 }
 
@@ -159,16 +154,7 @@ Result<std::string> rotate_client_identity(const std::string& dir) {
     if (!old) return std::move(old).error();
     auto m = generate_client_identity(std::time(nullptr));
     if (!m) return std::move(m).error();
-    // Key first: a crash between the renames leaves a mismatch that every read reports.
-    if (auto w = replace_file(join_path(dir, kClientKeyFile), m->key_pem, 0600); !w) {
-        return std::move(w).error();
-    }
-    if (auto w = replace_file(join_path(dir, kClientCertFile), m->cert_pem, 0644); !w) {
-        return std::move(w).error();
-    }
-    if (auto w = replace_file(join_path(dir, kClientIdentityFile), m->identity, 0644); !w) {
-        return std::move(w).error();
-    }
+    if (auto w = write_identity(dir, *m, false); !w) return std::move(w).error();
     return std::move(m->identity);
 }
 

@@ -1,4 +1,4 @@
-// Client identity material (spec 3.6, 6.1): Ed25519 key, self-signed certificate, identity file.
+// Client identity material: Ed25519 key (0600), self-signed certificate, identity file.
 #pragma once
 
 #include <ctime>
@@ -28,8 +28,19 @@ struct ClientIdentityMaterial {
 // clientAuth, notBefore = now - 60 s, notAfter = notBefore + 36,500 days.
 Result<ClientIdentityMaterial> generate_client_identity(std::time_t now);
 
+// The validated material of an identity directory, as the Client presents it.
+struct ClientIdentityFiles {
+    std::string identity;  // 64 lowercase hex
+    std::string cert_pem;  // client.crt
+    std::string key_pem;   // client.key
+};
+
 // Reads and validates the three files in `dir`: the stored identity (whitespace-trimmed) must
-// be well formed and equal the identity of client.key and of client.crt. Expiry is ignored.
+// be well formed and equal the identity of client.key and of client.crt; client.key must be
+// accessible by its owner only. Expiry is ignored.
+Result<ClientIdentityFiles> load_client_identity_files(const std::string& dir);
+
+// The identity of load_client_identity_files.
 Result<std::string> load_client_identity(const std::string& dir);
 
 struct ClientIdentityInit {

@@ -26,7 +26,15 @@ struct PubkeyDeleter {
     void operator()(gnutls_pubkey_st* p) const noexcept { gnutls_pubkey_deinit(p); }
 };
 
+struct TrustListDeleter {
+    // 1: the list owns the certificates added to it.
+    void operator()(gnutls_x509_trust_list_st* p) const noexcept {
+        gnutls_x509_trust_list_deinit(p, 1);
+    }
+};
+
 using Crt = std::unique_ptr<gnutls_x509_crt_int, CrtDeleter>;
+using TrustList = std::unique_ptr<gnutls_x509_trust_list_st, TrustListDeleter>;
 using X509Key = std::unique_ptr<gnutls_x509_privkey_int, X509KeyDeleter>;
 using Privkey = std::unique_ptr<gnutls_privkey_st, PrivkeyDeleter>;
 using Pubkey = std::unique_ptr<gnutls_pubkey_st, PubkeyDeleter>;
@@ -59,6 +67,12 @@ inline Error gnutls_error(std::string_view what, int rc) {
     m.append(": ");
     m.append(gnutls_strerror(rc));
     return Error{0, std::move(m)};
+}
+
+// A GnuTLS return code as a Result: negative codes are errors about `what`.
+inline Result<void> gnutls_check(int rc, const char* what) {
+    if (rc < 0) return gnutls_error(what, rc);
+    return {};
 }
 
 }  // namespace runewarp::trust

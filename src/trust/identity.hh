@@ -1,4 +1,4 @@
-// Client identity (spec 6.1): SHA-256 over the DER SubjectPublicKeyInfo, 64 lowercase hex.
+// Client identity: SHA-256 over the DER SubjectPublicKeyInfo, 64 lowercase hex.
 #pragma once
 
 #include <gnutls/abstract.h>

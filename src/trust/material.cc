@@ -7,6 +7,10 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
+
+#include "core/file.hh"
+#include "core/unique_fd.hh"
 
 namespace runewarp::trust {
 
@@ -14,25 +18,11 @@ namespace {
 
 std::atomic<unsigned> g_tmp_counter{0};
 
-class Fd {
-public:
-    explicit Fd(int fd) noexcept : fd_(fd) {}
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    ~Fd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    int get() const noexcept { return fd_; }
-    // close(2) reports deferred write errors on some filesystems: surface them.
-    int close() noexcept {
-        int rc = ::close(fd_);
-        fd_ = -1;
-        return rc;
-    }
-
-private:
-    int fd_;
-};
+// close(2) reports deferred write errors on some filesystems (NFS): a file that was written must
+// be closed explicitly and the result checked, not left to the destructor.
+int close_reporting(core::UniqueFd& fd) noexcept {
+    return ::close(fd.release());
+}
 
 std::string dir_of(const std::string& path) {
     auto slash = path.rfind('/');
@@ -61,10 +51,9 @@ Result<void> write_all_and_sync(int fd, std::string_view content, const std::str
 
 // Makes a rename or creation durable.
 Result<void> sync_dir(const std::string& dir) {
-    int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return Error::sys(errno, "cannot open directory " + dir);
-    Fd owner(fd);
-    if (::fsync(fd) != 0 && errno != EINVAL) return Error::sys(errno, "cannot fsync " + dir);
+    core::UniqueFd fd(::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+    if (!fd) return Error::sys(errno, "cannot open directory " + dir);
+    if (::fsync(fd.get()) != 0 && errno != EINVAL) return Error::sys(errno, "cannot fsync " + dir);
     return {};
 }
 
@@ -84,6 +73,34 @@ std::string_view trim(std::string_view s) noexcept {
     while (!s.empty() && is_space(s.front())) s.remove_prefix(1);
     while (!s.empty() && is_space(s.back())) s.remove_suffix(1);
     return s;
+}
+
+MaterialSurvey survey_files(const std::string& dir, std::span<const std::string_view> names) {
+    MaterialSurvey s;
+    for (std::string_view n : names)
+        (path_exists(join_path(dir, n)) ? s.present : s.missing).push_back(n);
+    return s;
+}
+
+Error incomplete_material(std::string_view what, const std::string& dir,
+                          const MaterialSurvey& files, const std::string& detail,
+                          std::string_view advice) {
+    auto list = [](const std::vector<std::string_view>& names) {
+        std::string out;
+        for (std::string_view n : names) {
+            if (!out.empty()) out.append(", ");
+            out.append(n);
+        }
+        return out;
+    };
+    std::string m(what);
+    m.append(" in " + dir + " is incomplete or inconsistent");
+    if (!files.present.empty()) m.append("; present: " + list(files.present));
+    if (!files.missing.empty()) m.append("; missing: " + list(files.missing));
+    if (!detail.empty()) m.append("; " + detail);
+    m.append(". ");
+    m.append(advice);
+    return Error::msg(std::move(m));
 }
 
 bool path_exists(const std::string& path) noexcept {
@@ -118,19 +135,19 @@ Result<void> ensure_dir(const std::string& dir, mode_t mode) {
 }
 
 Result<void> write_new_file(const std::string& path, std::string_view content, mode_t mode) {
-    int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0) return Error::sys(errno, "cannot create " + path);
-    Fd owner(fd);
-    if (::fchmod(fd, mode) != 0) {
+    core::UniqueFd fd(
+        ::open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd) return Error::sys(errno, "cannot create " + path);
+    if (::fchmod(fd.get(), mode) != 0) {
         int err = errno;
         ::unlink(path.c_str());
         return Error::sys(err, "cannot chmod " + path);
     }
-    if (auto w = write_all_and_sync(fd, content, path); !w) {
+    if (auto w = write_all_and_sync(fd.get(), content, path); !w) {
         ::unlink(path.c_str());
         return w;
     }
-    if (owner.close() != 0) {
+    if (close_reporting(fd) != 0) {
         int err = errno;
         ::unlink(path.c_str());
         return Error::sys(err, "cannot close " + path);
@@ -143,52 +160,41 @@ Result<void> replace_file(const std::string& path, std::string_view content, mod
     std::string tmp =
         join_path(dir, "." + base_of(path) + ".runewarp-tmp-" + std::to_string(::getpid()) + "-" +
                            std::to_string(g_tmp_counter.fetch_add(1)));
-    int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode);
-    if (fd < 0) return Error::sys(errno, "cannot create " + tmp);
-    Fd owner(fd);
+    core::UniqueFd fd(
+        ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, mode));
+    if (!fd) return Error::sys(errno, "cannot create " + tmp);
     auto fail = [&](Error e) -> Result<void> {
         ::unlink(tmp.c_str());
         return e;
     };
-    if (::fchmod(fd, mode) != 0) return fail(Error::sys(errno, "cannot chmod " + tmp));
-    if (auto w = write_all_and_sync(fd, content, tmp); !w) return fail(std::move(w).error());
-    if (owner.close() != 0) return fail(Error::sys(errno, "cannot close " + tmp));
+    if (::fchmod(fd.get(), mode) != 0) return fail(Error::sys(errno, "cannot chmod " + tmp));
+    if (auto w = write_all_and_sync(fd.get(), content, tmp); !w) return fail(std::move(w).error());
+    if (close_reporting(fd) != 0) return fail(Error::sys(errno, "cannot close " + tmp));
     if (::rename(tmp.c_str(), path.c_str()) != 0) {
         return fail(Error::sys(errno, "cannot rename " + tmp + " to " + path));
     }
     return sync_dir(dir);
 }
 
-Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
-                                                       std::size_t max_bytes) {
-    int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        if (errno == ENOENT) return std::optional<std::string>{};
-        return Error::sys(errno, "cannot open " + path);
-    }
-    Fd owner(fd);
+Result<std::optional<std::string>> read_private_key_if_exists(const std::string& path) {
     struct stat st {};
-    if (::fstat(fd, &st) != 0) return Error::sys(errno, "cannot stat " + path);
-    if (!S_ISREG(st.st_mode)) return Error::msg(path + " is not a regular file");
-    std::string out;
-    char buf[8192];
-    for (;;) {
-        ssize_t n = ::read(fd, buf, sizeof buf);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            return Error::sys(errno, "cannot read " + path);
-        }
-        if (n == 0) break;
-        out.append(buf, static_cast<std::size_t>(n));
-        if (out.size() > max_bytes) return Error::msg(path + " is too large");
+    auto r = core::read_file_if_exists(path, core::kMaxSmallFile, &st);
+    if (!r || !r->has_value()) return r;
+    // Whoever else can read the key can impersonate this Server or Client; whoever can write it
+    // can swap it. Only the owner may have access (0600 or 0400).
+    if ((st.st_mode & (S_IRWXG | S_IRWXO)) != 0) {
+        char mode[8];
+        std::snprintf(mode, sizeof mode, "%04o", static_cast<unsigned>(st.st_mode & 07777));
+        return Error::msg("private key " + path + " has mode " + mode +
+                          ", which lets group or others access it; run `chmod 600 " + path + "`");
     }
-    return std::optional<std::string>(std::move(out));
+    return r;
 }
 
-Result<std::string> read_file(const std::string& path, std::size_t max_bytes) {
-    auto r = read_file_if_exists(path, max_bytes);
+Result<std::string> read_private_key(const std::string& path) {
+    auto r = read_private_key_if_exists(path);
     if (!r) return std::move(r).error();
-    if (!r->has_value()) return Error::sys(ENOENT, "cannot open " + path);
+    if (!r->has_value()) return Error::sys(ENOENT, "cannot read " + path);
     return std::move(**r);
 }
 

@@ -1,12 +1,13 @@
-// Material files (spec 6.1, 6.3): private directories, O_EXCL creation, atomic replacement.
+// Material files: private directories, O_EXCL creation, atomic replacement, private key reads.
 #pragma once
 
 #include <sys/types.h>
 
-#include <cstddef>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "runewarp/result.hh"
 
@@ -28,12 +29,26 @@ Result<void> write_new_file(const std::string& path, std::string_view content, m
 // file is removed on failure.
 Result<void> replace_file(const std::string& path, std::string_view content, mode_t mode);
 
-// Reads a whole regular file of at most `max_bytes`. nullopt when it does not exist.
-Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
-                                                       std::size_t max_bytes = 1 << 20);
+// Reads a private key file (server.key, client.key, a CA key). A key that group or others may
+// read or write is refused, naming the file and the fix: "... run `chmod 600 <path>`". The mode
+// is checked on the very file that was read. nullopt when the file does not exist.
+Result<std::optional<std::string>> read_private_key_if_exists(const std::string& path);
 
-// Reads a whole regular file; a missing file is an error naming the path.
-Result<std::string> read_file(const std::string& path, std::size_t max_bytes = 1 << 20);
+// Like read_private_key_if_exists; a missing file is an error naming the path.
+Result<std::string> read_private_key(const std::string& path);
+
+// Which of a set of material files exist in a directory, in the order asked.
+struct MaterialSurvey {
+    std::vector<std::string_view> present;
+    std::vector<std::string_view> missing;
+};
+MaterialSurvey survey_files(const std::string& dir, std::span<const std::string_view> names);
+
+// "<what> in <dir> is incomplete or inconsistent; present: a, b; missing: c; <detail>.
+// <advice>" (parts left out when empty).
+Error incomplete_material(std::string_view what, const std::string& dir,
+                          const MaterialSurvey& files, const std::string& detail,
+                          std::string_view advice);
 
 // True when something exists at `path` (lstat).
 bool path_exists(const std::string& path) noexcept;

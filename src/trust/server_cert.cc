@@ -5,6 +5,7 @@
 #include <optional>
 #include <vector>
 
+#include "core/file.hh"
 #include "proto/hostname.hh"
 #include "trust/material.hh"
 #include "trust/x509_util.hh"
@@ -28,11 +29,6 @@ struct ServerMaterial {
     std::time_t not_after = 0;
 };
 
-Result<void> check(int rc, const char* what) {
-    if (rc < 0) return gnutls_error(what, rc);
-    return {};
-}
-
 Result<void> first_error(std::initializer_list<Result<void>> steps) {
     for (const auto& s : steps) {
         if (!s) return s.error();
@@ -45,18 +41,20 @@ Result<Crt> make_ca(gnutls_x509_privkey_t key, std::time_t not_before) {
     if (!crt) return crt;
     gnutls_x509_crt_t c = crt->get();
     auto r = first_error({
-        check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0,
-                                            kServerCaCommonName.data(),
-                                            static_cast<unsigned>(kServerCaCommonName.size())),
-              "set CA subject"),
+        gnutls_check(gnutls_x509_crt_set_dn_by_oid(
+                         c, GNUTLS_OID_X520_COMMON_NAME, 0, kServerCaCommonName.data(),
+                         static_cast<unsigned>(kServerCaCommonName.size())),
+                     "set CA subject"),
         // CA:TRUE without pathLenConstraint (negative = absent).
-        check(gnutls_x509_crt_set_basic_constraints(c, 1, -1), "set basicConstraints"),
-        check(gnutls_x509_crt_set_key_usage(
-                  c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN),
-              "set keyUsage"),
+        gnutls_check(gnutls_x509_crt_set_basic_constraints(c, 1, -1), "set basicConstraints"),
+        gnutls_check(
+            gnutls_x509_crt_set_key_usage(
+                c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_CERT_SIGN | GNUTLS_KEY_CRL_SIGN),
+            "set keyUsage"),
     });
     if (!r) return r.error();
-    if (auto s = check(gnutls_x509_crt_sign2(c, c, key, GNUTLS_DIG_SHA256, 0), "sign CA"); !s) {
+    if (auto s = gnutls_check(gnutls_x509_crt_sign2(c, c, key, GNUTLS_DIG_SHA256, 0), "sign CA");
+        !s) {
         return s.error();
     }
     return crt;
@@ -70,30 +68,33 @@ Result<Crt> make_leaf(gnutls_x509_privkey_t key, const std::string& hostname, gn
     std::array<unsigned char, 64> ca_id{};
     std::size_t ca_id_size = ca_id.size();
     unsigned critical = 0;
-    if (auto r = check(gnutls_x509_crt_get_subject_key_id(ca, ca_id.data(), &ca_id_size, &critical),
-                       "read CA subjectKeyIdentifier");
+    if (auto r = gnutls_check(
+            gnutls_x509_crt_get_subject_key_id(ca, ca_id.data(), &ca_id_size, &critical),
+            "read CA subjectKeyIdentifier");
         !r) {
         return r.error();
     }
     auto r = first_error({
-        check(gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
-                                            static_cast<unsigned>(hostname.size())),
-              "set subject"),
-        check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, hostname.data(),
-                                                   static_cast<unsigned>(hostname.size()),
-                                                   GNUTLS_FSAN_SET),
-              "set subjectAltName"),
-        check(gnutls_x509_crt_set_basic_constraints(c, 0, -1), "set basicConstraints"),
-        check(gnutls_x509_crt_set_key_usage(
-                  c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_ENCIPHERMENT),
-              "set keyUsage"),
-        check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_SERVER, 0),
-              "set extendedKeyUsage"),
-        check(gnutls_x509_crt_set_authority_key_id(c, ca_id.data(), ca_id_size),
-              "set authorityKeyIdentifier"),
+        gnutls_check(
+            gnutls_x509_crt_set_dn_by_oid(c, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
+                                          static_cast<unsigned>(hostname.size())),
+            "set subject"),
+        gnutls_check(gnutls_x509_crt_set_subject_alt_name(c, GNUTLS_SAN_DNSNAME, hostname.data(),
+                                                          static_cast<unsigned>(hostname.size()),
+                                                          GNUTLS_FSAN_SET),
+                     "set subjectAltName"),
+        gnutls_check(gnutls_x509_crt_set_basic_constraints(c, 0, -1), "set basicConstraints"),
+        gnutls_check(gnutls_x509_crt_set_key_usage(
+                         c, GNUTLS_KEY_DIGITAL_SIGNATURE | GNUTLS_KEY_KEY_ENCIPHERMENT),
+                     "set keyUsage"),
+        gnutls_check(gnutls_x509_crt_set_key_purpose_oid(c, GNUTLS_KP_TLS_WWW_SERVER, 0),
+                     "set extendedKeyUsage"),
+        gnutls_check(gnutls_x509_crt_set_authority_key_id(c, ca_id.data(), ca_id_size),
+                     "set authorityKeyIdentifier"),
     });
     if (!r) return r.error();
-    if (auto s = check(gnutls_x509_crt_sign2(c, ca, ca_key, GNUTLS_DIG_SHA256, 0), "sign leaf");
+    if (auto s =
+            gnutls_check(gnutls_x509_crt_sign2(c, ca, ca_key, GNUTLS_DIG_SHA256, 0), "sign leaf");
         !s) {
         return s.error();
     }
@@ -165,41 +166,16 @@ ServerCertSummary summary(std::string headline, const std::string& hostname, con
     return ServerCertSummary{std::move(headline), hostname, dir, nb, na};
 }
 
-struct Present {
-    std::vector<std::string_view> present;
-    std::vector<std::string_view> missing;
-};
-
-Present survey(const std::string& dir) {
-    Present p;
-    for (std::string_view f : kFiles) {
-        (path_exists(join_path(dir, f)) ? p.present : p.missing).push_back(f);
-    }
-    return p;
-}
-
-std::string list_of(const std::vector<std::string_view>& names) {
-    std::string s;
-    for (std::string_view n : names) {
-        if (!s.empty()) s.append(", ");
-        s.append(n);
-    }
-    return s;
-}
-
-Error incomplete(const std::string& dir, const Present& p, const std::string& detail) {
-    std::string m = "Server certificate material in " + dir + " is incomplete or inconsistent";
-    if (!p.present.empty()) m.append("; present: " + list_of(p.present));
-    if (!p.missing.empty()) m.append("; missing: " + list_of(p.missing));
-    if (!detail.empty()) m.append("; " + detail);
-    m.append(". Repair or remove these files and rerun `runewarp server cert init`");
-    return Error::msg(std::move(m));
+Error incomplete(const std::string& dir, const MaterialSurvey& files, const std::string& detail) {
+    return incomplete_material(
+        "Server certificate material", dir, files, detail,
+        "Repair or remove these files and rerun `runewarp server cert init`");
 }
 
 // The stored hostname, canonical.
 Result<std::string> stored_hostname(const std::string& dir) {
     std::string path = join_path(dir, kServerHostnameFile);
-    auto text = read_file(path);
+    auto text = core::read_file(path);
     if (!text) return std::move(text).error();
     auto h = proto::normalize_hostname(trim(*text));
     if (!h.ok()) {
@@ -215,9 +191,9 @@ Result<ServerCertCheck> check_complete(const std::string& dir, const std::string
     if (!v) return v;
     std::string key_path = join_path(dir, kServerCaKeyFile);
     std::string crt_path = join_path(dir, kServerCaFile);
-    auto key_pem = read_file(key_path);
+    auto key_pem = read_private_key(key_path);
     if (!key_pem) return std::move(key_pem).error();
-    auto crt_pem = read_file(crt_path);
+    auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
     auto key = import_key_pem(*key_pem, key_path);
     if (!key) return std::move(key).error();
@@ -252,7 +228,7 @@ std::string format_server_cert_summary(const ServerCertSummary& s) {
 }
 
 Result<ServerCertSummary> init_server_cert(const std::string& dir, const std::string& hostname) {
-    Present p = survey(dir);
+    MaterialSurvey p = survey_files(dir, kFiles);
     if (p.missing.empty()) {
         auto stored = stored_hostname(dir);
         if (!stored) return incomplete(dir, p, stored.error().message);
@@ -275,7 +251,7 @@ Result<ServerCertSummary> init_server_cert(const std::string& dir, const std::st
 }
 
 Result<ServerCertSummary> renew_server_cert(const std::string& dir) {
-    Present p = survey(dir);
+    MaterialSurvey p = survey_files(dir, kFiles);
     if (p.present.empty()) {
         return Error::msg("no Server certificate material in " + dir +
                           ": run `runewarp server cert init` first");
@@ -285,9 +261,9 @@ Result<ServerCertSummary> renew_server_cert(const std::string& dir) {
     if (!hostname) return std::move(hostname).error();
     if (auto v = check_complete(dir, *hostname); !v) return incomplete(dir, p, v.error().message);
     Pem ca;
-    auto ca_key = read_file(join_path(dir, kServerCaKeyFile));
+    auto ca_key = read_private_key(join_path(dir, kServerCaKeyFile));
     if (!ca_key) return std::move(ca_key).error();
-    auto ca_crt = read_file(join_path(dir, kServerCaFile));
+    auto ca_crt = core::read_file(join_path(dir, kServerCaFile));
     if (!ca_crt) return std::move(ca_crt).error();
     ca.key = std::move(*ca_key);
     ca.crt = std::move(*ca_crt);
@@ -311,16 +287,16 @@ Result<ServerCertSummary> rotate_server_ca(const std::string& dir, const std::st
                    m->not_after);
 }
 
-Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
-                                               bool check_time) {
+Result<ServerCertMaterial> load_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                                bool check_time) {
     const std::string crt_path = join_path(dir, kServerCertFile);
     const std::string key_path = join_path(dir, kServerKeyFile);
     const std::string ca_path = join_path(dir, kServerCaFile);
-    auto crt_pem = read_file(crt_path);
+    auto crt_pem = core::read_file(crt_path);
     if (!crt_pem) return std::move(crt_pem).error();
-    auto key_pem = read_file(key_path);
+    auto key_pem = read_private_key(key_path);
     if (!key_pem) return std::move(key_pem).error();
-    auto ca_pem = read_file(ca_path);
+    auto ca_pem = core::read_file(ca_path);
     if (!ca_pem) return std::move(ca_pem).error();
 
     auto chain = import_crt_list_pem(*crt_pem, crt_path, true);
@@ -344,12 +320,7 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
     if (int rc = gnutls_x509_trust_list_init(&tl, 0); rc < 0) {
         return gnutls_error("cannot allocate trust list", rc);
     }
-    struct TrustListDeleter {
-        void operator()(gnutls_x509_trust_list_st* p) const noexcept {
-            gnutls_x509_trust_list_deinit(p, 1);
-        }
-    };
-    std::unique_ptr<gnutls_x509_trust_list_st, TrustListDeleter> tl_owner(tl);
+    TrustList tl_owner(tl);
     gnutls_datum_t ca_datum = datum_of(*ca_pem);
     if (int rc =
             gnutls_x509_trust_list_add_trust_mem(tl, &ca_datum, nullptr, GNUTLS_X509_FMT_PEM, 0, 0);
@@ -381,10 +352,20 @@ Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std
         return Error::msg(crt_path + " does not verify against " + ca_path + " for " + hostname +
                           ": " + why);
     }
-    ServerCertCheck out;
-    out.not_before = gnutls_x509_crt_get_activation_time(leaf);
-    out.not_after = gnutls_x509_crt_get_expiration_time(leaf);
+    ServerCertMaterial out;
+    out.validity.not_before = gnutls_x509_crt_get_activation_time(leaf);
+    out.validity.not_after = gnutls_x509_crt_get_expiration_time(leaf);
+    out.cert_path = crt_path;
+    out.cert_pem = std::move(*crt_pem);
+    out.key_pem = std::move(*key_pem);
     return out;
+}
+
+Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                               bool check_time) {
+    auto m = load_server_cert_dir(dir, hostname, check_time);
+    if (!m) return std::move(m).error();
+    return m->validity;
 }
 
 }  // namespace runewarp::trust

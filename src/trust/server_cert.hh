@@ -1,4 +1,5 @@
-// Manual Server certificate material (spec 3.4, 6.3): a private ECDSA P-256 CA and its leaf.
+// Manual Server certificate material: a private ECDSA P-256 CA and its leaf for the Server
+// hostname, made and checked here.
 #pragma once
 
 #include <ctime>
@@ -20,7 +21,7 @@ inline constexpr std::time_t kServerCertDays = 90;
 inline constexpr std::time_t kServerCaDays = 3650;
 inline constexpr std::time_t kServerRenewAfterDays = 60;
 
-// What `server cert ...` reports (spec 3.4 summary lines).
+// What `server cert ...` reports in its summary lines.
 struct ServerCertSummary {
     std::string headline;  // e.g. "Server certificate initialized"
     std::string hostname;
@@ -50,9 +51,22 @@ struct ServerCertCheck {
     std::time_t not_after = 0;
 };
 
-// What the Server checks at startup: server.crt (leaf first, optional intermediates) verifies
-// against server-ca.crt for `hostname` (serverAuth), server-ca.crt holds a CA certificate and
-// server.key is the leaf's key. Time is checked only when `check_time` is set.
+// The Server certificate as the Server serves it, once checked.
+struct ServerCertMaterial {
+    std::string cert_pem;   // server.crt: the leaf, then any intermediates
+    std::string key_pem;    // server.key
+    std::string cert_path;  // <dir>/server.crt, for messages
+    ServerCertCheck validity;
+};
+
+// What the Server checks and loads at startup: server.crt (leaf first, optional intermediates)
+// verifies against server-ca.crt for `hostname` (serverAuth), server-ca.crt holds only CA
+// certificates, server.key is the leaf's key and is accessible by its owner only. Time is
+// checked only when `check_time` is set.
+Result<ServerCertMaterial> load_server_cert_dir(const std::string& dir, const std::string& hostname,
+                                                bool check_time = false);
+
+// The same checks as load_server_cert_dir, keeping only the validity window.
 Result<ServerCertCheck> verify_server_cert_dir(const std::string& dir, const std::string& hostname,
                                                bool check_time = false);
 

@@ -65,6 +65,7 @@ Result<std::vector<Crt>> import_crt_list_pem(std::string_view pem, const std::st
     gnutls_datum_t d = datum_of(pem);
     int rc = gnutls_x509_crt_list_import2(&list, &n, &d, GNUTLS_X509_FMT_PEM,
                                           chain ? GNUTLS_X509_CRT_LIST_FAIL_IF_UNSORTED : 0);
+    if (rc == GNUTLS_E_NO_CERTIFICATE_FOUND) return Error::msg("no certificate in " + path);
     if (rc < 0) return gnutls_error("cannot parse certificate " + path, rc);
     std::vector<Crt> out;
     for (unsigned int i = 0; i < n; ++i) out.emplace_back(list[i]);

@@ -2,7 +2,6 @@
 #include <criterion/criterion.h>
 
 #include <fcntl.h>
-#include <ftw.h>
 #include <poll.h>
 #include <signal.h>
 #include <spawn.h>
@@ -12,6 +11,7 @@
 
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -20,6 +20,7 @@
 
 #include "cli/command.hh"
 #include "runewarp_version.h"
+#include "tests/support/temp_tree.hh"
 
 namespace {
 
@@ -138,38 +139,65 @@ void write_file(const std::string& path, const std::string& text) {
     cr_assert(f.good(), "cannot write %s", path.c_str());
 }
 
+// Criterion keeps only the operands' pointers: compare owned copies.
+void expect_eq(const std::string& a, const std::string& b) {
+    cr_assert(a == b, "got `%s`, expected `%s`", a.c_str(), b.c_str());
+}
+void expect_neq(const std::string& a, const std::string& b) {
+    cr_assert(a != b, "both are `%s`", a.c_str());
+}
+
+std::string read_all(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    cr_assert(fd >= 0, "cannot read %s", path.c_str());
+    std::string out;
+    char buf[4096];
+    ssize_t n = 0;
+    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
+    close(fd);
+    return out;
+}
+
 void make_dir(const std::string& path) {
     cr_assert_eq(mkdir(path.c_str(), 0700), 0, "mkdir %s: %s", path.c_str(), std::strerror(errno));
 }
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
-    return remove(path);
-}
-
 void setup_dir() {
-    char tmpl[] = "/tmp/runewarp-cli-XXXXXX";
-    cr_assert(mkdtemp(tmpl) != nullptr);
-    g_dir = tmpl;
+    g_dir = runewarp::test::make_temp_tree("runewarp-cli");
+    cr_assert(!g_dir.empty());
     for (const char* sub : {"/home", "/data", "/state", "/xdg"}) make_dir(g_dir + sub);
 }
 
 void teardown_dir() {
-    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    runewarp::test::remove_temp_tree(g_dir);
 }
 
 const std::string kUsageHint = "For more information, try '--help'.\n";
 const std::string kBanner = "Runewarp: Public ingress. Private by design.";
 const std::string kIdentity = "4f7b6f7a9b0f0d2b91e92c8a5df6a44e0123456789abcdef0123456789abcdef";
 
+// A Server cert-dir made by the real binary, as an operator makes it (once per test).
+std::string cert_dir() {
+    std::string dir = g_dir + "/cert";
+    struct stat st {};
+    if (stat(dir.c_str(), &st) != 0) {
+        Outcome o = run_program(
+            {bin(), "server", "cert", "init", "--dir", dir, "--hostname", "tunnel.example.com"},
+            child_env());
+        cr_assert_eq(o.exit_code, 0, "server cert init: %s", o.err.c_str());
+    }
+    return dir;
+}
+
 std::string valid_server_ini() {
     return "log-level = info\n"
            "[server]\n"
            "hostname = tunnel.example.com\n"
+           "cert-dir = " +
+           cert_dir() +
+           "\n"
            "public-bind-address = 127.0.0.1:0\n"
            "tunnel-bind-address = 127.0.0.1:0\n"
-           "\n"
-           "[server.acme]\n"
-           "email = admin@example.com\n"
            "\n"
            "[tunnel \"apps\"]\n"
            "public-hostnames = app.example.com, api.example.com\n"
@@ -424,6 +452,206 @@ Test(cli, config_check_without_any_config_names_paths_tried) {
     cr_assert(contains(o.err, "/etc/runewarp/config.ini"), "got: %s", o.err.c_str());
 }
 
+// ---- config check applies the startup rules -----------------------------------------------------
+
+namespace {
+
+// `config check` and the daemon of `role` both refuse `path` (exit 1) with the same report, which
+// holds `needle`. `wrap` runs both commands under a prefix (e.g. a private mount namespace).
+// Returns the report. A daemon that starts instead runs into run_program's deadline and fails.
+std::string expect_refused_alike(const std::string& role, const std::string& path,
+                                 const std::string& needle,
+                                 const std::vector<std::string>& wrap = {}) {
+    std::vector<std::string> check = wrap, daemon = wrap;
+    for (const std::string& a : {std::string(bin()), std::string("config"), std::string("check"),
+                                 std::string("-c"), path, std::string("--role"), role}) {
+        check.push_back(a);
+    }
+    for (const std::string& a : {std::string(bin()), role, std::string("-c"), path}) {
+        daemon.push_back(a);
+    }
+    Outcome c = run_program(check, child_env());
+    cr_assert_eq(c.exit_code, 1, "config check accepted %s: %s", path.c_str(), c.out.c_str());
+    cr_assert(c.out.empty(), "stdout: %s", c.out.c_str());
+    cr_assert(c.err.starts_with("invalid " + role + " config in " + path + ":\n"), "got: %s",
+              c.err.c_str());
+    cr_assert(contains(c.err, needle), "expected `%s` in: %s", needle.c_str(), c.err.c_str());
+    Outcome d = run_program(daemon, child_env());
+    cr_assert_eq(d.exit_code, 1, "runewarp %s: %s", role.c_str(), d.err.c_str());
+    expect_eq(d.err, c.err);
+    return c.err;
+}
+
+// Server config with one Tunnel, cert-dir `cert` and optional extra [server] lines and sections.
+std::string tunnel_server_ini(const std::string& cert, const std::string& server_extra = "",
+                              const std::string& sections = "") {
+    std::string ini = "[server]\nhostname = tunnel.example.com\n";
+    if (!cert.empty()) ini += "cert-dir = " + cert + "\n";
+    ini += "public-bind-address = 127.0.0.1:0\ntunnel-bind-address = 127.0.0.1:0\n" + server_extra +
+           sections;
+    ini += "[tunnel \"apps\"]\npublic-hostnames = app.example.com\nclient-identity = " + kIdentity +
+           "\n";
+    return ini;
+}
+
+void touch(const std::string& path) {
+    write_file(path, "");
+}
+
+// A private key group or others may read makes `config check` and the daemon refuse `path` alike,
+// naming the key, its mode and the fix, with no hint (nothing is missing). The key is 0600 again
+// afterwards.
+void expect_open_key_refused(const std::string& role, const std::string& path,
+                             const std::string& key, const std::string& problem_prefix) {
+    for (unsigned mode : {0640u, 0604u}) {
+        cr_assert_eq(chmod(key.c_str(), mode), 0);
+        char mode_text[8];
+        std::snprintf(mode_text, sizeof mode_text, "%04o", mode);
+        std::string report = expect_refused_alike(
+            role, path,
+            problem_prefix + "private key " + key + " has mode " + mode_text +
+                ", which lets group or others access it; run `chmod 600 " + key + "`\n");
+        cr_assert(!contains(report, "Hint:"), "nothing is missing: %s", report.c_str());
+    }
+    cr_assert_eq(chmod(key.c_str(), 0600), 0);
+}
+
+}  // namespace
+
+Test(cli, config_check_refuses_server_features_this_build_lacks_as_startup_does) {
+    // ACME: refused as unsupported, with no hint to make a manual certificate.
+    std::string acme = g_dir + "/acme.ini";
+    write_file(acme, tunnel_server_ini("", "", "[server.acme]\nemail = admin@example.com\n"));
+    std::string report = expect_refused_alike(
+        "server", acme, "- [server.acme]: ACME is not supported by this build");
+    cr_assert(!contains(report, "Hint:"), "no material hint for ACME: %s", report.c_str());
+    cr_assert(!contains(report, "server cert init"), "got: %s", report.c_str());
+
+    // Managed mode: the keys validate, then the build refuses them.
+    std::string sid = g_dir + "/sid";
+    make_dir(sid);
+    for (const char* f : {"/server.crt", "/server.key", "/server-identity.txt"}) touch(sid + f);
+    std::string managed = g_dir + "/managed.ini";
+    write_file(managed, "[server]\nhostname = tunnel.example.com\ncert-dir = " + cert_dir() +
+                            "\nidentity-dir = " + sid +
+                            "\npublic-bind-address = 127.0.0.1:0\n"
+                            "[control]\naddress = control.example.com\n");
+    report =
+        expect_refused_alike("server", managed, "- managed mode is not supported by this build\n");
+    cr_assert(!contains(report, "Hint:"), "got: %s", report.c_str());
+}
+
+Test(cli, config_check_refuses_client_features_this_build_lacks_as_startup_does) {
+    std::string id = make_identity_dir();
+    std::string terminate = g_dir + "/terminate.ini";
+    write_file(terminate, valid_client_ini(id) + "tls-mode = terminate\n");
+    expect_refused_alike("client", terminate,
+                         "- service \"web\": tls-mode = terminate is not supported by this build");
+
+    std::string acme = g_dir + "/client-acme.ini";
+    write_file(acme, valid_client_ini(id) +
+                         "tls-mode = terminate\n[client.acme]\nemail = admin@example.com\n");
+    std::string report = expect_refused_alike(
+        "client", acme, "- [client.acme]: ACME is not supported by this build");
+    cr_assert(contains(report, "tls-mode = terminate is not supported"), "%s", report.c_str());
+
+    std::string managed = g_dir + "/client-managed.ini";
+    write_file(managed, "[client]\nidentity-dir = " + id +
+                            "\n[control]\naddress = control.example.com\n"
+                            "[service \"web\"]\npublic-hostnames = app.example.com\n"
+                            "backend-address = 127.0.0.1:8443\n");
+    expect_refused_alike("client", managed, "- managed mode is not supported by this build\n");
+}
+
+Test(cli, config_check_verifies_the_server_certificate_as_startup_does) {
+    std::string cert = cert_dir();
+    std::string path = g_dir + "/server.ini";
+    write_file(path, tunnel_server_ini(cert));
+    Outcome ok = rw({"config", "check", "-c", path});
+    cr_assert_eq(ok.exit_code, 0, "stderr: %s", ok.err.c_str());
+    expect_eq(ok.out, "ok\n");
+
+    expect_open_key_refused(
+        "server", path, cert + "/server.key",
+        "- server.cert-dir: server certificate material in " + cert + " is not usable: ");
+
+    // A certificate for another hostname.
+    std::string other = g_dir + "/other.ini";
+    write_file(other, "[server]\nhostname = other.example.com\ncert-dir = " + cert +
+                          "\npublic-bind-address = 127.0.0.1:0\ntunnel-bind-address = "
+                          "127.0.0.1:0\n[tunnel \"apps\"]\npublic-hostnames = "
+                          "app.example.com\nclient-identity = " +
+                          kIdentity + "\n");
+    expect_refused_alike(
+        "server", other,
+        "does not verify against " + cert + "/server-ca.crt for other.example.com");
+
+    // Missing material: the hint to make it, in both.
+    std::string none = g_dir + "/none.ini";
+    write_file(none, tunnel_server_ini(g_dir + "/no-cert"));
+    std::string report =
+        expect_refused_alike("server", none, "directory " + g_dir + "/no-cert does not exist");
+    cr_assert(contains(report, "\nHint: runewarp server cert init --config " + none + "\n"), "%s",
+              report.c_str());
+}
+
+Test(cli, config_check_verifies_client_material_as_startup_does) {
+    std::string id = make_identity_dir();
+    std::string path = g_dir + "/client.ini";
+    write_file(path, valid_client_ini(id));
+
+    expect_open_key_refused("client", path, id + "/client.key",
+                            "- client.identity-dir: client identity in " + id + " is not usable: ");
+
+    // A stored identity that is not the key's.
+    write_file(id + "/client-identity.txt", kIdentity);
+    expect_refused_alike("client", path, "does not match the current key or certificate identity");
+
+    // A CA file for exclusive trust that holds no certificate.
+    std::string fresh = g_dir + "/fresh-identity";
+    Outcome init = rw({"client", "identity", "init", "--dir", fresh});
+    cr_assert_eq(init.exit_code, 0, "%s", init.err.c_str());
+    std::string ca = g_dir + "/empty-ca.crt";
+    touch(ca);
+    std::string ca_ini = g_dir + "/ca.ini";
+    write_file(ca_ini,
+               "[client]\nserver-address = tunnel.example.com\nserver-trust = ca-file\n"
+               "server-ca-file = " +
+                   ca + "\nidentity-dir = " + fresh +
+                   "\n[service \"web\"]\npublic-hostnames = app.example.com\n"
+                   "backend-address = 127.0.0.1:8443\n");
+    expect_refused_alike("client", ca_ini, "- client.server-ca-file: no certificate in " + ca);
+
+    // The same file with the Server's CA in it passes.
+    write_file(ca, read_all(cert_dir() + "/server-ca.crt"));
+    Outcome ok = rw({"config", "check", "-c", ca_ini});
+    cr_assert_eq(ok.exit_code, 0, "stderr: %s", ok.err.c_str());
+    expect_eq(ok.out, "ok\n");
+}
+
+Test(cli, config_check_needs_system_trust_anchors_as_startup_does) {
+    // The default server-trust = system, on a host whose CA bundle is empty: a private mount
+    // namespace covers /etc/ssl/certs/ca-certificates.crt with an empty file.
+    std::string path = g_dir + "/client.ini";
+    write_file(path, valid_client_ini(make_identity_dir()));
+    Outcome ok = rw({"config", "check", "-c", path});
+    cr_assert_eq(ok.exit_code, 0, "with the host's CA bundle: %s", ok.err.c_str());
+
+    std::string empty = g_dir + "/empty-bundle.crt";
+    touch(empty);
+    const std::vector<std::string> wrap = {
+        "/usr/bin/unshare",
+        "-m",
+        "/bin/sh",
+        "-c",
+        "mount --bind \"$0\" /etc/ssl/certs/ca-certificates.crt && exec \"$@\"",
+        empty};
+    expect_refused_alike("client", path,
+                         "- client.server-trust = system: the system trust store holds no CA "
+                         "certificates",
+                         wrap);
+}
+
 namespace {
 
 int noop(const runewarp::cli::Invocation&, runewarp::cli::Console&) {
@@ -511,30 +739,11 @@ Test(cli, repeatable_and_single_flags) {
 
 namespace {
 
-// Criterion keeps only the operands' pointers: compare owned copies.
-void expect_eq(const std::string& a, const std::string& b) {
-    cr_assert(a == b, "got `%s`, expected `%s`", a.c_str(), b.c_str());
-}
-void expect_neq(const std::string& a, const std::string& b) {
-    cr_assert(a != b, "both are `%s`", a.c_str());
-}
-
 Outcome rw_env(std::vector<std::string> args, const std::vector<std::string>& extra_env) {
     args.insert(args.begin(), bin());
     std::vector<std::string> env = child_env();
     env.insert(env.end(), extra_env.begin(), extra_env.end());
     return run_program(args, env);
-}
-
-std::string read_all(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    cr_assert(fd >= 0, "cannot read %s", path.c_str());
-    std::string out;
-    char buf[4096];
-    ssize_t n = 0;
-    while ((n = read(fd, buf, sizeof buf)) > 0) out.append(buf, static_cast<std::size_t>(n));
-    close(fd);
-    return out;
 }
 
 unsigned file_mode(const std::string& path) {

@@ -100,14 +100,3 @@ Test(client, sole_catch_all_wins_else_exact_sni) {
     cr_assert_null(client::select_service(mixed, "x.example"));
 }
 
-Test(client, terminate_services_are_refused) {
-    config::ClientConfig cfg;
-    cfg.server_addresses.push_back(config::HostPort{"tunnel.example", 443, false});
-    cfg.services.push_back(service("web", {"a.example"}));
-    cr_assert(client::check_supported(cfg).ok());
-    cfg.services.back().tls_mode = config::TlsMode::kTerminate;
-    auto r = client::check_supported(cfg);
-    cr_assert_not(r.ok());
-    cr_assert(r.error().message.find("terminate") != std::string::npos);
-    cr_assert(r.error().message.find("web") != std::string::npos);
-}

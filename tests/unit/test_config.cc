@@ -7,13 +7,14 @@
 
 #include <filesystem>
 #include <fstream>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "config/config.hh"
 #include "config/paths.hh"
 #include "config/registry.hh"
+#include "config/values.hh"
+#include "core/file.hh"
 
 using namespace runewarp::config;
 namespace proto = runewarp::proto;
@@ -83,10 +84,9 @@ std::string dump(const LoadOutcome& out) {
 }
 
 std::string read_file(const std::string& p) {
-    std::ifstream in(p);
-    std::stringstream ss;
-    ss << in.rdbuf();
-    return ss.str();
+    auto text = runewarp::core::read_file(p);
+    cr_assert(text.ok(), "%s", text.ok() ? "" : text.error().message.c_str());
+    return *text;
 }
 
 #define S_HEAD "[server]\nhostname = tunnel.example.com\ncert-dir = cert\n"
@@ -106,7 +106,7 @@ struct Case {
 const std::string kLong = "# " + std::string(200, 'x') + "\n";
 
 const Case kCases[] = {
-    // pre-scan and syntax of the INI file
+    // pre-scan and syntax
     {Role::kServer, S_HEAD TUN "[server]\n", 7, "duplicate section [server] (first at line 1)",
      nullptr},
     {Role::kServer, S_HEAD TUN "[tunnel \"apps\"]\n", 7,
@@ -370,7 +370,7 @@ const Case kCases[] = {
      4, "client.public-cert-dir and [client.acme] are mutually exclusive", nullptr},
     {Role::kClient, C_HEAD "public-cert-dir = nope\n" SVC "tls-mode = terminate\n", 4,
      "client.public-cert-dir: directory @DIR@/nope does not exist", nullptr},
-    // [control] (Managed mode, section 9)
+    // [control] (Managed mode)
     {Role::kClient, "[client]\nidentity-dir = identity\n" SVC "[control]\naddress = 192.0.2.1\n", 7,
      "control.address: invalid value \"192.0.2.1\": must be a hostname, not an IP address literal",
      nullptr},
@@ -908,4 +908,55 @@ Test(config, registry_is_complete_and_documented) {
     for (const char* key : {"log-level", "log-format"}) cr_expect(find_key(SectionKind::kTop, key));
     cr_expect(find_key(SectionKind::kServer, "event-backend"));
     cr_expect(find_key(SectionKind::kTop, "hostname") == nullptr);
+}
+
+Test(config, registry_defaults_are_what_the_loader_applies) {
+    // Every concrete default is a valid value of its key, every other default says why it has no
+    // value, and path defaults lie below a root.
+    for (const auto& k : key_registry()) {
+        const std::string name(k.name);
+        const std::string text(k.default_text);
+        if (auto d = default_value(k)) {
+            cr_expect(!check_value(k, *d).has_value(), "default of %s does not validate: %s",
+                      name.c_str(), text.c_str());
+        } else if (k.type == ValueType::kPath) {
+            cr_expect(text.starts_with("<data>/") || text.starts_with("<state>/"),
+                      "path default of %s: %s", name.c_str(), text.c_str());
+        } else {
+            cr_expect(text.starts_with("("), "default of %s: %s", name.c_str(), text.c_str());
+        }
+    }
+
+    // A minimal file takes each default from the registry: a changed registry text is a changed
+    // model, so the two can never disagree.
+    Scratch s;
+    auto out = load_text(s, Role::kServer,
+                         "[server]\nhostname = tunnel.example.com\n"
+                         "[route \"r\"]\npublic-hostnames = a.example.com\n"
+                         "upstream-address = 127.0.0.1:8443\n");
+    cr_assert(out.ok(), "%s", dump(out).c_str());
+    const ServerConfig& c = *out.server;
+    auto text_of = [](SectionKind kind, const char* key) {
+        return std::string(*default_value(*find_key(kind, key)));
+    };
+    cr_expect_eq(proto::format_endpoint(c.public_bind),
+                 text_of(SectionKind::kServer, "public-bind-address"));
+    cr_expect_eq(proto::format_endpoint(c.tunnel_bind),
+                 text_of(SectionKind::kServer, "tunnel-bind-address"));
+    cr_expect_eq(c.graceful_shutdown_ms, std::get<std::uint64_t>(parse_duration_ms(text_of(
+                                             SectionKind::kServer, "graceful-shutdown-duration"))));
+    cr_expect_eq(std::string(log_level_name(c.log_level)), text_of(SectionKind::kTop, "log-level"));
+    cr_expect_eq(std::string(log_format_name(c.log_format)),
+                 text_of(SectionKind::kTop, "log-format"));
+    cr_expect_eq(std::string(event_backend_name(c.event_backend)),
+                 text_of(SectionKind::kServer, "event-backend"));
+
+    Roots r;
+    r.data = "/d";
+    r.state = "/s";
+    cr_expect_eq(default_path(SectionKind::kServer, "cert-dir", r), "/d/server/cert");
+    cr_expect_eq(default_path(SectionKind::kClientAcme, "state-dir", r), "/s/client/acme");
+    cr_expect_eq(default_path(SectionKind::kServer, "hostname", r), "", "not a path default");
+    r.data.clear();
+    cr_expect_eq(default_server_cert_dir(r), "", "an unresolved root has no default path");
 }

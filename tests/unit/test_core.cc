@@ -7,6 +7,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -18,6 +19,7 @@
 #include <vector>
 
 #include "core/clock.hh"
+#include "core/file.hh"
 #include "core/loop.hh"
 #include "core/pipe_pool.hh"
 #include "core/slab.hh"
@@ -570,4 +572,52 @@ Test(core, pipe_pool_is_bounded_and_discards_non_empty_pipes) {
     pool.release(*p1);
     cr_assert_eq(pool.idle(), 1u);
     cr_assert_eq(pool.lent(), 0u);
+}
+
+// ---- bounded file reads -------------------------------------------------------------------------
+
+Test(core, read_file_is_bounded_and_refuses_what_is_not_a_regular_file) {
+    char tmpl[] = "/tmp/runewarp-core-XXXXXX";
+    cr_assert(mkdtemp(tmpl) != nullptr);
+    const std::string dir = tmpl;
+    const std::string path = dir + "/f";
+    int fd = open(path.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    cr_assert(fd >= 0);
+    std::string content(3000, 'x');
+    cr_assert_eq(write(fd, content.data(), content.size()), static_cast<ssize_t>(content.size()));
+    close(fd);
+
+    struct stat st {};
+    auto whole = runewarp::core::read_file(path, 3000, &st);
+    cr_assert(whole.ok(), "%s", whole.ok() ? "" : whole.error().message.c_str());
+    cr_assert(*whole == content);
+    cr_assert_eq(st.st_mode & 07777, 0640u, "the stat of the file read is handed back");
+
+    auto big = runewarp::core::read_file(path, 2999);
+    cr_assert(!big.ok(), "one byte over the bound is refused");
+    cr_assert(big.error().message.find("too large") != std::string::npos, "%s",
+              big.error().message.c_str());
+
+    auto missing = runewarp::core::read_file(dir + "/nope");
+    cr_assert(!missing.ok());
+    cr_assert_eq(missing.error().code, ENOENT);
+    const std::string want = "cannot read " + dir + "/nope: No such file or directory";
+    cr_assert_str_eq(missing.error().message.c_str(), want.c_str());
+    auto maybe = runewarp::core::read_file_if_exists(dir + "/nope");
+    cr_assert(maybe.ok() && !maybe->has_value());
+
+    auto directory = runewarp::core::read_file(dir);
+    cr_assert(!directory.ok());
+    cr_assert(directory.error().message.find("not a regular file") != std::string::npos);
+
+    // A FIFO without a writer would block a plain open(2) forever.
+    const std::string fifo = dir + "/fifo";
+    cr_assert_eq(mkfifo(fifo.c_str(), 0600), 0);
+    auto pipe_read = runewarp::core::read_file(fifo);
+    cr_assert(!pipe_read.ok());
+    cr_assert(pipe_read.error().message.find("not a regular file") != std::string::npos);
+
+    unlink(fifo.c_str());
+    unlink(path.c_str());
+    rmdir(dir.c_str());
 }

@@ -301,6 +301,12 @@ Test(proto, ip_literal_matches_inet_pton_rules) {
                         "example.com"};
     for (const char* s : yes) cr_assert(is_ip_literal(s), "%s should be an IP literal", s);
     for (const char* s : no) cr_assert_not(is_ip_literal(s), "%s should not be an IP literal", s);
+    // inet_pton reads up to a NUL: a literal followed by a NUL and more bytes is not a literal.
+    cr_assert_not(is_ip_literal(std::string_view("1.2.3.4\0junk", 12)));
+    cr_assert_not(is_ip_literal(std::string_view("::1\0", 4)));
+    // The longest literal inet_pton accepts (45 characters) still parses; far longer text never.
+    cr_assert(is_ip_literal("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"));
+    cr_assert_not(is_ip_literal(std::string(200, '1')));
 }
 
 // ---- endpoint --------------------------------------------------------------------------------

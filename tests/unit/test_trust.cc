@@ -1,9 +1,8 @@
-// Trust module: identity vectors (spec 6.1), the DER walker, material files, Server CA material.
+// Trust module: identity vectors, the DER walker, material files and key modes, Server CA material.
 #include <criterion/criterion.h>
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <ftw.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -15,6 +14,9 @@
 #include <vector>
 
 #include "trust/cert_expiry.hh"
+#include "core/file.hh"
+#include "tests/support/temp_tree.hh"
+#include "trust/anchors.hh"
 #include "trust/client_identity.hh"
 #include "trust/gnutls_util.hh"
 #include "trust/identity.hh"
@@ -55,18 +57,13 @@ std::span<const std::uint8_t> bytes(const std::vector<std::uint8_t>& v) {
     return {v.data(), v.size()};
 }
 
-int remove_entry(const char* path, const struct stat*, int, struct FTW*) {
-    return remove(path);
-}
-
 void setup_dir() {
-    char tmpl[] = "/tmp/runewarp-trust-XXXXXX";
-    cr_assert(mkdtemp(tmpl) != nullptr);
-    g_dir = tmpl;
+    g_dir = runewarp::test::make_temp_tree("runewarp-trust");
+    cr_assert(!g_dir.empty());
 }
 
 void teardown_dir() {
-    if (!g_dir.empty()) nftw(g_dir.c_str(), remove_entry, 16, FTW_DEPTH | FTW_PHYS);
+    runewarp::test::remove_temp_tree(g_dir);
 }
 
 mode_t mode_of(const std::string& path) {
@@ -76,13 +73,14 @@ mode_t mode_of(const std::string& path) {
 }
 
 std::string slurp(const std::string& path) {
-    auto r = read_file(path);
+    auto r = runewarp::core::read_file(path);
     cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
     return *r;
 }
 
-void spit(const std::string& path, const std::string& text) {
-    auto r = replace_file(path, text, 0644);
+// Replaces a material file; keys are written 0600 like the material commands write them.
+void spit(const std::string& path, const std::string& text, mode_t mode = 0644) {
+    auto r = replace_file(path, text, mode);
     cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
 }
 
@@ -135,7 +133,7 @@ std::string hex_of(std::span<const std::uint8_t> s) {
 
 TestSuite(trust, .init = setup_dir, .fini = teardown_dir);
 
-// ---- identity (spec 6.1) --------------------------------------------------------------------
+// ---- identity -------------------------------------------------------------------------------
 
 Test(trust, ed25519_rfc8032_test1_vector) {
     auto spki = unhex(
@@ -284,9 +282,6 @@ Test(trust, material_files_have_their_modes_and_replace_atomically) {
     closedir(d);
     cr_assert_eq(entries, 2);
 
-    auto missing = read_file_if_exists(dir + "/nope");
-    cr_assert(missing.ok() && !missing->has_value());
-    cr_assert(!read_file(dir + "/nope").ok());
     cr_assert(!ensure_dir(secret, 0700).ok(), "a file is not a directory");
 }
 
@@ -307,7 +302,7 @@ Test(trust, client_identity_init_writes_valid_material) {
     cr_assert(slurp(dir + "/client.key").starts_with("-----BEGIN PRIVATE KEY-----\n"));
     cr_assert(slurp(dir + "/client.crt").starts_with("-----BEGIN CERTIFICATE-----\n"));
 
-    // The certificate profile (spec 6.1).
+    // The certificate profile: Ed25519, SAN runewarp-client, KU digitalSignature, EKU clientAuth.
     auto crt = import_crt_pem(slurp(dir + "/client.crt"), "client.crt");
     cr_assert(crt.ok());
     gnutls_x509_crt_t c = crt->get();
@@ -407,7 +402,7 @@ Test(trust, client_identity_partial_and_inconsistent_material_fail) {
     std::string key2 = slurp(dir2 + "/client.key");
     std::string id2 = slurp(dir2 + "/client-identity.txt");
     cr_assert(init_client_identity(g_dir + "/identity3").ok());
-    spit(g_dir + "/identity3/client.key", key2);
+    spit(g_dir + "/identity3/client.key", key2, 0600);
     auto mixed = load_client_identity(g_dir + "/identity3");
     cr_assert(!mixed.ok());
     cr_assert(mixed.error().message.find("does not match the current key or certificate identity " +
@@ -468,7 +463,7 @@ Test(trust, server_cert_init_writes_material_and_the_chain_verifies) {
     cr_assert(v.ok(), "%s", v.ok() ? "" : v.error().message.c_str());
     cr_assert(!verify_server_cert_dir(dir, "other.example.test").ok());
 
-    // Profiles (spec 6.3).
+    // Profiles: the CA (P-256, CA:TRUE, no path length) and the leaf for the hostname.
     auto ca = import_crt_pem(slurp(dir + "/server-ca.crt"), "ca");
     auto leaf = import_crt_pem(slurp(dir + "/server.crt"), "leaf");
     cr_assert(ca.ok() && leaf.ok());
@@ -649,4 +644,88 @@ Test(trust, certificate_not_after_reads_the_first_certificate_of_a_pem) {
     cr_assert_not(missing.ok());
     cr_assert(missing.error().message.find("missing.crt") != std::string::npos, "%s",
               missing.error().message.c_str());
+}
+
+// ---- private key modes and the material the daemons load -------------------------------------
+
+Test(trust, private_keys_accessible_by_group_or_others_are_refused) {
+    std::string id_dir = g_dir + "/identity";
+    auto init = init_client_identity(id_dir);
+    cr_assert(init.ok());
+    std::string cert_dir = g_dir + "/cert";
+    cr_assert(init_server_cert(cert_dir, kHost).ok());
+
+    const std::string client_key = id_dir + "/client.key";
+    const std::string server_key = cert_dir + "/server.key";
+    for (mode_t bad : {0640u, 0604u, 0620u, 0644u, 0660u, 0601u}) {
+        cr_assert_eq(chmod(client_key.c_str(), bad), 0);
+        auto id = load_client_identity(id_dir);
+        cr_assert(!id.ok(), "client.key mode %04o accepted", bad);
+        const std::string& m = id.error().message;
+        cr_assert(m.find(client_key) != std::string::npos, "names the file: %s", m.c_str());
+        cr_assert(m.find("run `chmod 600 " + client_key + "`") != std::string::npos,
+                  "names the fix: %s", m.c_str());
+
+        cr_assert_eq(chmod(server_key.c_str(), bad), 0);
+        auto cert = load_server_cert_dir(cert_dir, kHost);
+        cr_assert(!cert.ok(), "server.key mode %04o accepted", bad);
+        cr_assert(
+            cert.error().message.find("run `chmod 600 " + server_key + "`") != std::string::npos,
+            "%s", cert.error().message.c_str());
+        // The material commands read keys by the same rule.
+        cr_assert(!renew_server_cert(cert_dir).ok());
+    }
+    char mode_text[8];
+    cr_assert_eq(chmod(client_key.c_str(), 0640), 0);
+    std::snprintf(mode_text, sizeof mode_text, "%04o", 0640u);
+    cr_assert(load_client_identity(id_dir).error().message.find(mode_text) != std::string::npos,
+              "names the mode");
+
+    // Owner-only modes load.
+    for (mode_t good : {0600u, 0400u}) {
+        cr_assert_eq(chmod(client_key.c_str(), good), 0);
+        cr_assert_eq(chmod(server_key.c_str(), good), 0);
+        auto files = load_client_identity_files(id_dir);
+        cr_assert(files.ok(), "%s", files.ok() ? "" : files.error().message.c_str());
+        EXPECT_STR_EQ(files->identity, init->identity);
+        EXPECT_STR_EQ(files->key_pem, slurp(client_key));
+        EXPECT_STR_EQ(files->cert_pem, slurp(id_dir + "/client.crt"));
+        auto cert = load_server_cert_dir(cert_dir, kHost);
+        cr_assert(cert.ok(), "%s", cert.ok() ? "" : cert.error().message.c_str());
+        EXPECT_STR_EQ(cert->cert_pem, slurp(cert_dir + "/server.crt"));
+        EXPECT_STR_EQ(cert->key_pem, slurp(server_key));
+        EXPECT_STR_EQ(cert->cert_path, cert_dir + "/server.crt");
+        cr_assert_gt(cert->validity.not_after, cert->validity.not_before);
+    }
+
+    // A CA key readable by others is refused when `renew` reads it.
+    cr_assert_eq(chmod(server_key.c_str(), 0600), 0);
+    cr_assert_eq(chmod((cert_dir + "/state/server-ca.key").c_str(), 0644), 0);
+    auto renew = renew_server_cert(cert_dir);
+    cr_assert(!renew.ok());
+    cr_assert(renew.error().message.find("state/server-ca.key") != std::string::npos, "%s",
+              renew.error().message.c_str());
+}
+
+Test(trust, ca_files_and_the_system_store) {
+    std::string cert_dir = g_dir + "/cert";
+    cr_assert(init_server_cert(cert_dir, kHost).ok());
+    auto ca = load_ca_file(cert_dir + "/server-ca.crt");
+    cr_assert(ca.ok(), "%s", ca.ok() ? "" : ca.error().message.c_str());
+    EXPECT_STR_EQ(*ca, slurp(cert_dir + "/server-ca.crt"));
+
+    spit(g_dir + "/empty.crt", "");
+    auto empty = load_ca_file(g_dir + "/empty.crt");
+    cr_assert(!empty.ok(), "a CA file without certificates is refused");
+    spit(g_dir + "/garbage.crt",
+         "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n");
+    cr_assert(!load_ca_file(g_dir + "/garbage.crt").ok());
+    auto missing = load_ca_file(g_dir + "/missing.crt");
+    cr_assert(!missing.ok());
+    cr_assert(missing.error().message.find(g_dir + "/missing.crt") != std::string::npos);
+
+    // `make deps` installs the distribution's CA bundle.
+    auto n = count_system_trust_anchors();
+    cr_assert(n.ok(), "%s", n.ok() ? "" : n.error().message.c_str());
+    cr_assert_gt(*n, 0u, "the system trust store is empty: install ca-certificates");
 }

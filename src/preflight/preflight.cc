@@ -1,0 +1,149 @@
+// Startup rules: the config loader's outcome plus build support and trust material, per role.
+#include "preflight/preflight.hh"
+
+#include <utility>
+
+#include "trust/anchors.hh"
+
+namespace runewarp::preflight {
+
+namespace {
+
+constexpr const char* kManaged = "managed mode is not supported by this build";
+
+// Problems found after the config itself validated: not tied to a line of the file.
+class Problems {
+public:
+    void add(std::string message) { list_.push_back(std::move(message)); }
+    bool empty() const noexcept { return list_.empty(); }
+    const std::vector<std::string>& list() const noexcept { return list_; }
+
+    void into(config::LoadOutcome& outcome, const std::string& path) const {
+        for (const auto& m : list_) outcome.problems.push_back(config::Problem{path, 0, m});
+    }
+
+private:
+    std::vector<std::string> list_;
+};
+
+std::optional<trust::ServerCertMaterial> server_material(const config::ServerConfig& cfg,
+                                                         Problems& problems) {
+    if (cfg.tunnels.empty() || cfg.cert_dir.empty()) return std::nullopt;
+    auto cert = trust::load_server_cert_dir(cfg.cert_dir, cfg.hostname);
+    if (!cert) {
+        problems.add("server.cert-dir: server certificate material in " + cfg.cert_dir +
+                     " is not usable: " + cert.error().message);
+        return std::nullopt;
+    }
+    return std::move(*cert);
+}
+
+void server_support(const config::ServerConfig& cfg, Problems& problems) {
+    if (cfg.managed_requested) problems.add(kManaged);
+    if (cfg.acme) {
+        problems.add(
+            "[server.acme]: ACME is not supported by this build; remove [server.acme] and give "
+            "the Server a manual certificate in server.cert-dir");
+    }
+}
+
+void client_support(const config::ClientConfig& cfg, Problems& problems) {
+    if (cfg.managed_requested) problems.add(kManaged);
+    if (cfg.acme) problems.add("[client.acme]: ACME is not supported by this build");
+    for (const config::Service& s : cfg.services) {
+        if (s.tls_mode == config::TlsMode::kTerminate) {
+            problems.add("service \"" + s.label +
+                         "\": tls-mode = terminate is not supported by this build; use "
+                         "tls-mode = passthrough");
+        }
+    }
+    // The loader requires both outside managed mode; the runtime relies on it.
+    if (!cfg.managed_requested) {
+        if (cfg.services.empty()) problems.add("no [service] is configured");
+        if (cfg.server_addresses.empty()) problems.add("no Server address is configured");
+    }
+}
+
+ClientMaterial client_material(const config::ClientConfig& cfg, Problems& problems) {
+    ClientMaterial m;
+    m.server_trust = cfg.server_trust;
+    auto id = trust::load_client_identity_files(cfg.identity_dir);
+    if (id) {
+        m.identity = std::move(*id);
+    } else {
+        problems.add("client.identity-dir: client identity in " + cfg.identity_dir +
+                     " is not usable: " + id.error().message);
+    }
+    if (cfg.server_trust == config::Trust::kCaFile) {
+        auto ca = trust::load_ca_file(cfg.server_ca_file);
+        if (ca) {
+            m.server_ca_pem = std::move(*ca);
+        } else {
+            problems.add("client.server-ca-file: " + ca.error().message);
+        }
+    } else {
+        auto n = trust::count_system_trust_anchors();
+        if (!n) {
+            problems.add("client.server-trust = system: " + n.error().message);
+        } else if (*n == 0) {
+            problems.add(
+                "client.server-trust = system: the system trust store holds no CA certificates "
+                "(install the distribution's ca-certificates package, or use "
+                "client.server-trust = ca-file)");
+        }
+    }
+    return m;
+}
+
+// The config loader, then the role's rules on the model it built: `apply` adds its problems and
+// returns what the role would start with.
+template <typename Startup, typename Model, typename Apply>
+Checked<Startup> check(const config::LoadOptions& options,
+                       std::optional<Model> config::LoadOutcome::*model, Apply apply) {
+    Checked<Startup> out;
+    out.report = config::load(options);
+    if (!out.report.ok()) return out;
+    Problems problems;
+    Startup start = apply(std::move(*(out.report.*model)), problems);
+    (out.report.*model).reset();
+    if (problems.empty()) {
+        out.startup = std::move(start);
+    } else {
+        problems.into(out.report, options.path);
+    }
+    return out;
+}
+
+}  // namespace
+
+Checked<ServerStartup> check_server(const config::LoadOptions& options) {
+    return check<ServerStartup>(options, &config::LoadOutcome::server,
+                                [](config::ServerConfig cfg, Problems& problems) {
+                                    server_support(cfg, problems);
+                                    auto cert = server_material(cfg, problems);
+                                    return ServerStartup{std::move(cfg), std::move(cert)};
+                                });
+}
+
+Checked<ClientStartup> check_client(const config::LoadOptions& options) {
+    return check<ClientStartup>(options, &config::LoadOutcome::client,
+                                [](config::ClientConfig cfg, Problems& problems) {
+                                    client_support(cfg, problems);
+                                    ClientMaterial m = client_material(cfg, problems);
+                                    return ClientStartup{std::move(cfg), std::move(m)};
+                                });
+}
+
+Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg) {
+    Problems problems;
+    ClientMaterial m = client_material(cfg, problems);
+    if (problems.empty()) return m;
+    std::string joined;
+    for (const auto& p : problems.list()) {
+        if (!joined.empty()) joined.append("; ");
+        joined.append(p);
+    }
+    return Error::msg(std::move(joined));
+}
+
+}  // namespace runewarp::preflight

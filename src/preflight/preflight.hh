@@ -1,0 +1,58 @@
+// Startup rules shared by `config check` and the daemons: what this build can run, and the trust
+// material each role loads, checked and handed over.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.hh"
+#include "runewarp/result.hh"
+#include "trust/client_identity.hh"
+#include "trust/server_cert.hh"
+
+namespace runewarp::preflight {
+
+// What the Server starts with: its validated config and the certificate it serves Tunnels with.
+struct ServerStartup {
+    config::ServerConfig config;
+    std::optional<trust::ServerCertMaterial> tunnel_cert;  // set when a Tunnel is configured
+};
+
+// The Client's trust and identity material, as one Tunnel attempt uses it.
+struct ClientMaterial {
+    trust::ClientIdentityFiles identity;
+    config::Trust server_trust = config::Trust::kSystem;
+    std::string server_ca_pem;  // server_trust == kCaFile: the exclusive CA bundle
+};
+
+struct ClientStartup {
+    config::ClientConfig config;
+    ClientMaterial material;
+};
+
+// The outcome of the startup rules: every problem, in the `config check` report format
+// (config::format_report), or what the role starts with.
+template <typename Startup>
+struct Checked {
+    config::LoadOutcome report;      // problems and hints; the config model is moved to `startup`
+    std::optional<Startup> startup;  // set exactly when report.ok()
+    bool ok() const noexcept { return startup.has_value(); }
+};
+
+// Loads and validates the config for the Server, then applies what the daemon checks before it
+// binds anything: features this build lacks (ACME, managed mode) are refused, and with a
+// Tunnel the cert-dir material must verify (chain to server-ca.crt for the hostname, CA flag,
+// key match, key mode).
+Checked<ServerStartup> check_server(const config::LoadOptions& options);
+
+// The same for the Client: tls-mode = terminate, [client.acme] and managed mode are refused;
+// the identity directory, the server CA file (ca-file trust) or the system trust store (at
+// least one anchor) must be usable.
+Checked<ClientStartup> check_client(const config::LoadOptions& options);
+
+// The Client's material by the rules check_client applies. The Client reloads it before every
+// Tunnel attempt; every problem is in the error, joined by "; ".
+Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg);
+
+}  // namespace runewarp::preflight
