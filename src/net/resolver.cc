@@ -44,8 +44,9 @@ struct Hooks {
         static_cast<Resolver*>(user)->on_sock_state(fd, readable != 0, writable != 0);
     }
     static void answer(void* arg, int status, int timeouts, ares_addrinfo* result) {
-        auto* req = static_cast<Resolver::Request*>(arg);
-        req->self->on_answer(req, status, timeouts, result);
+        // c-ares hands back the request it was given: ownership returns here, exactly once.
+        std::unique_ptr<Resolver::Request> req(static_cast<Resolver::Request*>(arg));
+        req->self->on_answer(*req, status, timeouts, result);
     }
 };
 
@@ -115,10 +116,11 @@ uint64_t Resolver::resolve(const std::string& host, uint16_t port, int socktype,
     hints.ai_socktype = socktype;
     hints.ai_flags = ARES_AI_NUMERICSERV;
     std::string service = std::to_string(port);
-    auto* req = new Request{this, id};
+    auto req = std::make_unique<Request>(Request{this, id});
     // c-ares may answer at once (numeric host, /etc/hosts): on_answer queues the result, and
     // the listener hears of it from the loop, after resolve() returned the id.
-    ares_getaddrinfo(chan(channel_), host.c_str(), service.c_str(), &hints, Hooks::answer, req);
+    ares_getaddrinfo(chan(channel_), host.c_str(), service.c_str(), &hints, Hooks::answer,
+                     req.release());
     update_timer();
     return id;
 }
@@ -127,10 +129,9 @@ void Resolver::cancel(uint64_t id) noexcept {
     pending_.erase(id);
 }
 
-void Resolver::on_answer(Request* req, int status, int, void* result) noexcept {
+void Resolver::on_answer(const Request& req, int status, int, void* result) noexcept {
     auto* ai = static_cast<ares_addrinfo*>(result);
-    uint64_t id = req->id;
-    delete req;
+    uint64_t id = req.id;
     Resolution r;
     if (status != ARES_SUCCESS) {
         r.error = ares_strerror(status);

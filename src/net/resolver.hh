@@ -78,7 +78,7 @@ private:
     int open_socket(int family, int type, int protocol) noexcept;
     int close_socket(int fd) noexcept;
     void on_sock_state(int fd, bool readable, bool writable) noexcept;
-    void on_answer(Request* req, int status, int timeouts, void* result) noexcept;
+    void on_answer(const Request& req, int status, int timeouts, void* result) noexcept;
 
     void arm_polls(size_t idx) noexcept;
     void update_timer() noexcept;
