@@ -130,6 +130,7 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
         // Every handshake slot is taken: refuse the newest with CONNECTION_REFUSED.
         send_initial_close(ep, path, hd, NGTCP2_CONNECTION_REFUSED, data.size());
         ++refused_;
+        accept_.on_handshake_refused(handshaking_);
         return;
     }
     if (!retry_token && wants_retry()) {
@@ -142,6 +143,7 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
     Connection* conn = *c;
     ++handshaking_;
     in_handshake_.insert(conn);
+    accept_.on_handshake_admitted();
     // The client keeps using its chosen destination ID until it learns ours.
     by_cid_[CidKey::of(hd.dcid.data, hd.dcid.datalen)] = conn;
     conns_[conn].push_back(CidKey::of(hd.dcid.data, hd.dcid.datalen));

@@ -50,6 +50,11 @@ public:
     // A handshake ended without an established connection (c.close_info() says why); `c`
     // retires right after.
     virtual void on_handshake_failed(const Connection& c) noexcept { (void)c; }
+    // An Initial was refused with CONNECTION_REFUSED because `in_flight` handshakes (the limit)
+    // were running; and a later Initial was admitted again (handshake_admitted). No state exists
+    // for a refused Initial: these are for saturation logs.
+    virtual void on_handshake_refused(size_t in_flight) noexcept { (void)in_flight; }
+    virtual void on_handshake_admitted() noexcept {}
 
 protected:
     ~AcceptHandler() = default;

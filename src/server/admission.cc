@@ -51,6 +51,8 @@ const char* scope_name(AdmissionScope s) noexcept {
             return "tunnel-connection-per-tunnel";
         case AdmissionScope::kTunnelPerIdentity:
             return "tunnel-connection-per-client-identity";
+        case AdmissionScope::kQuicHandshakeGlobal:
+            return "quic-handshake-global";
         case AdmissionScope::kCount:
             break;
     }

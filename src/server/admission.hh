@@ -90,6 +90,7 @@ enum class AdmissionScope : uint8_t {
     kTunnelGlobal,
     kTunnelPerTunnel,
     kTunnelPerIdentity,
+    kQuicHandshakeGlobal,
     kCount
 };
 const char* scope_name(AdmissionScope s) noexcept;

@@ -102,6 +102,14 @@ bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
     return false;
 }
 
+void TunnelFront::on_handshake_refused(size_t in_flight) noexcept {
+    admission_.saturated(AdmissionScope::kQuicHandshakeGlobal, in_flight, in_flight);
+}
+
+void TunnelFront::on_handshake_admitted() noexcept {
+    admission_.admitted(AdmissionScope::kQuicHandshakeGlobal);
+}
+
 void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
     const quic::CloseInfo& info = c.close_info();
     // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.

@@ -54,6 +54,8 @@ private:
     bool admit_peer(std::span<const uint8_t> leaf_der) noexcept;
     void on_connection(quic::Connection& c) noexcept override;
     void on_handshake_failed(const quic::Connection& c) noexcept override;
+    void on_handshake_refused(size_t in_flight) noexcept override;
+    void on_handshake_admitted() noexcept override;
     void on_established(quic::Connection&) noexcept override {}
     void on_stream_opened(quic::Connection& c, quic::Stream& s) noexcept override;
     void on_streams_available(quic::Connection& c) noexcept override;

@@ -413,9 +413,19 @@ Test(tunnel_flood, without_retry_the_same_flood_locks_the_client_out) {
                  log.c_str());
     flood.stop();
     std::fprintf(stderr, "initial flood (tunnel-retry = never): %s\n", flood.describe().c_str());
+    // The refusals are visible to the operator: one rate-limited saturation line, not one per
+    // refused Initial.
+    std::string slog = t.server().log();
+    std::size_t saturated =
+        count_of(slog, "server admission saturated: scope=quic-handshake-global active-work=256 "
+                       "limit=256");
+    cr_assert(saturated >= 1 && saturated <= 2, "%zu saturation lines for %llu refusals:\n%s",
+              saturated, static_cast<unsigned long long>(flood.refusals()), slog.c_str());
 
     // The Client is fine: with the flood over, a later attempt gets a slot.
     cr_assert(t.wait_client("client ready", 1, Millis{60000}), "%s", t.client_log().c_str());
+    cr_assert(t.wait_server("server admission recovered: scope=quic-handshake-global"), "%s",
+              t.server().log().c_str());
     download_checked(t, "flood.bin", sha, "after-flood");
     assert_server_undisturbed(t, 1);
     t.stop_client_cleanly();
