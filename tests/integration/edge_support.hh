@@ -34,6 +34,7 @@ struct ServerSpec {
     std::string visitor_proxy_trusted{};  // non-empty: visitor-proxy-protocol = v2 with these CIDRs
     std::vector<Route> routes{};
     std::vector<std::string> launcher{};  // argv prefix, e.g. {"prlimit", "--nofile=64:64", "--"}
+    std::vector<std::string> env{};       // "NAME=value" for the daemon, over the environment
 };
 
 inline std::string server_ini(const ServerSpec& s) {
@@ -89,6 +90,7 @@ public:
              {runewarp_binary(), std::string("server"), std::string("-c"), dir_ / "server.ini"})
             argv.push_back(std::move(a));
         daemon_.emplace(DaemonOptions{.argv = argv,
+                                      .env = spec_.env,
                                       .log_path = dir_ / "runewarp.log",
                                       .ready_log_line = spec_.readiness_bind.empty()
                                                             ? "server public listener ready"
