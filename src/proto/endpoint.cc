@@ -20,7 +20,8 @@ bool is_digit(char c) noexcept {
 // embedded NUL would be cut short by inet_pton and is refused here.
 bool to_c_string(std::string_view s, std::array<char, 64>& out) noexcept {
     if (s.size() >= out.size() || s.find('\0') != std::string_view::npos) return false;
-    std::memcpy(out.data(), s.data(), s.size());
+    // An empty view may have a null data(): memcpy must not see it, even for zero bytes.
+    if (!s.empty()) std::memcpy(out.data(), s.data(), s.size());
     out[s.size()] = '\0';
     return true;
 }

@@ -227,8 +227,16 @@ Test(floods, three_thousand_slowloris_visitors_are_bounded_and_dropped_at_the_de
     assert_served(target, "/files/f.bin", out / "warm", sha, e.log());
     const std::uint64_t rss0 = proc_rss_kib(pid);
     cr_assert_gt(rss0, 0u);
-    constexpr std::uint64_t kPerVisitorKib = 20;
     constexpr std::uint64_t kSlackKib = 8192;
+#if defined(__SANITIZE_ADDRESS__)
+    // The AddressSanitizer build measures ASan's allocator too: every allocation of this size
+    // carries up to 2 KiB of redzone, and shadow memory adds an eighth of the heap. The
+    // daemon's own allowance (20 KiB) is the same; the regular build (make check) asserts it
+    // without these.
+    constexpr std::uint64_t kPerVisitorKib = 20 + 20 / 8 + 2;
+#else
+    constexpr std::uint64_t kPerVisitorKib = 20;
+#endif
 
     // Phase 1: 3000 slowloris, 250 from each of 12 sources (under the per-source limit).
     const std::string hello = capture_client_hello(kApp);

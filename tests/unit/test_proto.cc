@@ -307,6 +307,10 @@ Test(proto, ip_literal_matches_inet_pton_rules) {
     // The longest literal inet_pton accepts (45 characters) still parses; far longer text never.
     cr_assert(is_ip_literal("ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"));
     cr_assert_not(is_ip_literal(std::string(200, '1')));
+    // An empty view (null data) is no literal, and copying it is not undefined behaviour
+    // (the sanitizer build checks that).
+    cr_assert_not(is_ip_literal(std::string_view{}));
+    cr_assert_not(runewarp::proto::parse_ip(std::string_view{}).has_value());
 }
 
 // ---- endpoint --------------------------------------------------------------------------------
