@@ -90,9 +90,9 @@ void AddressWorker::start_next_dial() noexcept {
     while (!stopped_ && conn_ == nullptr && next_addr_ < addrs_.size()) {
         const net::ResolvedAddress& a = addrs_[next_addr_++];
         std::string text = net::format_address(a);
-        inst_.log().info("client tunnel connection connecting", {{"server-address", addr_text_},
-                                                                 {"resolved-address", text},
-                                                                 {"retry", retry_kind()}});
+        inst_.log().info(
+            "client tunnel connection connecting",
+            {{"server-address", addr_text_}, {"resolved-address", text}, {"retry", retry_kind()}});
         auto c = quic::dial(inst_.worker(), a.sa(), a.len, *tls_.back(), *this);
         if (!c) {
             log_attempt_failure(text, c.error().message);
@@ -163,7 +163,8 @@ void AddressWorker::cancel_stagger() noexcept {
 
 void AddressWorker::on_established(quic::Connection& c) noexcept {
     if (stopped_) return;
-    auto it = std::find_if(dials_.begin(), dials_.end(), [&](const Dial& d) { return d.conn == &c; });
+    auto it =
+        std::find_if(dials_.begin(), dials_.end(), [&](const Dial& d) { return d.conn == &c; });
     if (it == dials_.end()) return;
     conn_ = &c;
     resolved_text_ = std::move(it->resolved_text);
@@ -202,7 +203,8 @@ void AddressWorker::on_closed(quic::Connection& c, const quic::CloseInfo& info) 
         }
         return;
     }
-    auto it = std::find_if(dials_.begin(), dials_.end(), [&](const Dial& d) { return d.conn == &c; });
+    auto it =
+        std::find_if(dials_.begin(), dials_.end(), [&](const Dial& d) { return d.conn == &c; });
     if (it == dials_.end()) return;
     std::string resolved = std::move(it->resolved_text);
     dials_.erase(it);

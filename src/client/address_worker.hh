@@ -73,9 +73,9 @@ private:
     RetryPolicy retry_;
     std::vector<net::ResolvedAddress> addrs_;  // this round's race order
     size_t next_addr_ = 0;
-    std::vector<Dial> dials_;                  // handshakes in progress
-    quic::Connection* conn_ = nullptr;         // the authenticated connection
-    std::string resolved_text_;                // its address
+    std::vector<Dial> dials_;           // handshakes in progress
+    quic::Connection* conn_ = nullptr;  // the authenticated connection
+    std::string resolved_text_;         // its address
     std::string last_failed_address_;
     std::string last_cause_;
     bool round_unauthorized_ = false;

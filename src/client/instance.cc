@@ -7,8 +7,8 @@
 #include "client/client.hh"
 #include "client/stream_session.hh"
 #include "core/clock.hh"
-#include "sys/systemd.hh"
 #include "preflight/preflight.hh"
+#include "sys/systemd.hh"
 
 namespace runewarp::client {
 
@@ -18,7 +18,9 @@ std::string short_cause(const std::string& s) {
 }
 
 ClientInstance::ClientInstance(const config::ClientConfig& cfg, obs::Logger& log)
-    : cfg_(cfg), log_(log), streams_(std::make_unique<core::Slab<StreamSession>>(kMaxStreamHandlers)) {}
+    : cfg_(cfg),
+      log_(log),
+      streams_(std::make_unique<core::Slab<StreamSession>>(kMaxStreamHandlers)) {}
 
 ClientInstance::~ClientInstance() = default;
 

@@ -112,8 +112,8 @@ void StreamSession::on_resolved(uint64_t, net::Resolution& r) noexcept {
 void StreamSession::connect_backend(std::vector<net::ResolvedAddress> addrs) noexcept {
     phase_ = Phase::connect;
     net::interleave_families(addrs);
-    connector_.start(*this, std::make_shared<const std::vector<net::ResolvedAddress>>(std::move(addrs)),
-                     true);
+    connector_.start(
+        *this, std::make_shared<const std::vector<net::ResolvedAddress>>(std::move(addrs)), true);
     if (connector_.status() == net::Connector::Status::kFailed) {
         return backend_failed("backend-connect-failed", std::strerror(connector_.first_error()));
     }

@@ -20,7 +20,8 @@ class Connector {
 public:
     // Op values [op_base, op_base + kMaxParallel) are the connect attempts; `timer_op` the
     // stagger timer. Both must be unused by the owner otherwise.
-    Connector(uint8_t op_base, uint8_t timer_op) noexcept : op_base_(op_base), timer_op_(timer_op) {}
+    Connector(uint8_t op_base, uint8_t timer_op) noexcept
+        : op_base_(op_base), timer_op_(timer_op) {}
 
     static constexpr size_t kMaxParallel = 4;
 

@@ -30,8 +30,8 @@ struct Hooks {
     static int connect(ares_socket_t fd, const sockaddr* sa, ares_socklen_t len, void*) {
         return ::connect(fd, sa, len);
     }
-    static ares_ssize_t recvfrom(ares_socket_t fd, void* buf, size_t len, int flags,
-                                 sockaddr* from, ares_socklen_t* fromlen, void*) {
+    static ares_ssize_t recvfrom(ares_socket_t fd, void* buf, size_t len, int flags, sockaddr* from,
+                                 ares_socklen_t* fromlen, void*) {
         return ::recvfrom(fd, buf, len, flags, from, fromlen);
     }
     static ares_ssize_t sendv(ares_socket_t fd, const iovec* iov, int iovcnt, void*) {
@@ -78,7 +78,8 @@ Result<std::unique_ptr<Resolver>> Resolver::create(core::Worker& w, const Resolv
     o.timeout = opts.timeout_ms;
     o.tries = opts.tries;
     ares_channel ch = nullptr;
-    int rc = ares_init_options(&ch, &o, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
+    int rc =
+        ares_init_options(&ch, &o, ARES_OPT_SOCK_STATE_CB | ARES_OPT_TIMEOUTMS | ARES_OPT_TRIES);
     if (rc != ARES_SUCCESS) {
         r->abort(0);
         return Error::msg(std::string("c-ares: ") + ares_strerror(rc));

@@ -16,9 +16,9 @@
 namespace runewarp::net {
 
 struct Resolution {
-    std::string error;                     // empty on success
-    std::vector<ResolvedAddress> addrs;    // resolver order (RFC 6724 sorted); >= 1 on success
-    int64_t ttl_ns = 0;                    // smallest TTL of the answer (0 for /etc/hosts)
+    std::string error;                   // empty on success
+    std::vector<ResolvedAddress> addrs;  // resolver order (RFC 6724 sorted); >= 1 on success
+    int64_t ttl_ns = 0;                  // smallest TTL of the answer (0 for /etc/hosts)
 };
 
 class ResolveListener {

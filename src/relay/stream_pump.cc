@@ -10,7 +10,8 @@
 
 namespace runewarp::relay {
 
-void wait_tcp(core::Session& owner, int fd, bool write, uint8_t read_op, uint8_t write_op) noexcept {
+void wait_tcp(core::Session& owner, int fd, bool write, uint8_t read_op,
+              uint8_t write_op) noexcept {
     if (owner.aborting()) return;
     if (write) {
         owner.poll(write_op, fd, POLLOUT);
