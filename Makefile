@@ -26,9 +26,11 @@ $(BUILD)/build.ninja:
 build: $(BUILD)/build.ninja
 	$(MESON) compile -C $(BUILD)
 
-# A Visitor reaches a TLS backend through a tunnel on loopback (scripts/demo).
+# A Visitor reaches a backend through a tunnel on loopback (scripts/demo). MODE=passthrough: the
+# backend terminates TLS; MODE=terminate: the Client does and the backend speaks plain HTTP.
+MODE ?= passthrough
 demo: build
-	RUNEWARP_BIN=$(BUILD)/runewarp bash scripts/demo
+	RUNEWARP_BIN=$(BUILD)/runewarp MODE=$(MODE) bash scripts/demo
 
 check: build
 	$(MESON) test -C $(BUILD) --print-errorlogs
