@@ -9,6 +9,8 @@
 #include "core/clock.hh"
 #include "preflight/preflight.hh"
 #include "sys/systemd.hh"
+#include "trust/cert_expiry.hh"
+#include "trust/x509_util.hh"
 
 namespace runewarp::client {
 
@@ -16,6 +18,29 @@ std::string short_cause(const std::string& s) {
     auto pos = s.find(": ");
     return pos == std::string::npos ? s : s.substr(0, pos);
 }
+
+// Calls ClientInstance::check_terminate_expiry once a day on the loop.
+class DailyCheck final : public core::Session {
+public:
+    static constexpr int64_t kIntervalNs = 86'400'000'000'000;
+    DailyCheck(core::Worker& w, ClientInstance& inst) noexcept : core::Session(w), inst_(inst) {}
+    bool start() noexcept {
+        if (!open()) return false;
+        arm_timer(kOpTimer, core::now_ns() + kIntervalNs);
+        return true;
+    }
+    void stop() noexcept { abort(0); }
+
+private:
+    static constexpr uint8_t kOpTimer = 1;
+    void on_event(const core::Completion& c) noexcept override {
+        if (!(c.flags & core::kCompletionTimer) || aborting()) return;
+        inst_.check_terminate_expiry();
+        arm_timer(kOpTimer, core::now_ns() + kIntervalNs);
+    }
+    void on_quiesced() noexcept override {}
+    ClientInstance& inst_;
+};
 
 ClientInstance::ClientInstance(const config::ClientConfig& cfg, obs::Logger& log)
     : cfg_(cfg),
@@ -119,6 +144,7 @@ void ClientInstance::begin_shutdown() noexcept {
     for (auto& w : workers_) w->stop();
     if (resolver_ != nullptr) resolver_->shutdown();
     if (watchdog_ != nullptr) watchdog_->stop();
+    if (expiry_check_ != nullptr) expiry_check_->stop();
     worker_->stop();
 }
 
@@ -156,6 +182,30 @@ void ClientInstance::reload_terminate_certs() noexcept {
     terminate_certs_ = std::move(snap);
     log_.info("client terminate certificates reloaded",
               {{"loaded", loaded}, {"removed", dropped}, {"failed", failed}});
+    check_terminate_expiry();
+}
+
+void ClientInstance::check_terminate_expiry() noexcept {
+    if (!terminate_certs_) return;
+    const std::time_t now = std::time(nullptr);
+    constexpr const char* kHint =
+        "renew it with `runewarp client public-cert renew`, then send SIGHUP to the client";
+    terminate_certs_->for_each([&](const std::string& host, const TerminateCredential& c) {
+        const trust::ExpiryStatus st = trust::expiry_level(now, c.not_after());
+        const std::string expires = trust::rfc3339_utc(c.not_after());
+        if (st.level == trust::ExpiryLevel::kExpired) {
+            log_.error("client certificate expired",
+                       {{"public-hostname", host}, {"path", c.cert_path()}, {"expires-at", expires}},
+                       std::string("Visitors refuse it; ") + kHint);
+        } else if (st.level == trust::ExpiryLevel::kExpiring) {
+            log_.warn("client certificate expiring",
+                      {{"public-hostname", host},
+                       {"path", c.cert_path()},
+                       {"expires-at", expires},
+                       {"days-left", st.days_left}},
+                      kHint);
+        }
+    });
 }
 
 int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept {
@@ -204,6 +254,11 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     watchdog_ = std::make_unique<sys::Watchdog>(*worker_);
     watchdog_->start();
+    if (terminate_certs_) {
+        check_terminate_expiry();
+        expiry_check_ = std::make_unique<DailyCheck>(*worker_, *this);
+        if (!expiry_check_->start()) expiry_check_.reset();
+    }
     sys::notify_ready("connected 0/" + std::to_string(workers_.size()) + " server addresses");
     for (auto& aw : workers_) aw->start();
     while (!shutting_down_) {

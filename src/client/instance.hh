@@ -26,6 +26,7 @@ namespace runewarp::client {
 
 class AddressWorker;
 class StreamSession;
+class DailyCheck;
 
 // The short cause of a nested error for operator lines: the text before the first ": " (the
 // whole chain goes to a DEBUG "... detail" line).
@@ -48,6 +49,14 @@ public:
     // and the process-wide session settings (null when no Service terminates).
     const TerminateCertsRef& terminate_certs() const noexcept { return terminate_certs_; }
     const TerminateTls* terminate_tls() const noexcept { return terminate_tls_.get(); }
+    // Replaces the certificate snapshot (reload, ACME): new streams use it, streams in flight
+    // keep the one they hold.
+    void set_terminate_certs(TerminateCertsRef certs) noexcept {
+        terminate_certs_ = std::move(certs);
+    }
+    // WARN within 21 days of a terminate certificate's notAfter, ERROR once past it (startup,
+    // after each re-read, then daily).
+    void check_terminate_expiry() noexcept;
 
     // Re-reads the Client identity and the Server trust (every attempt does).
     Result<std::unique_ptr<quic::ClientTls>> load_tls(const std::string& server_name);
@@ -78,6 +87,7 @@ private:
     TerminateCertsRef terminate_certs_;
     std::unique_ptr<net::Resolver> resolver_;
     std::unique_ptr<sys::Watchdog> watchdog_;
+    std::unique_ptr<DailyCheck> expiry_check_;
     std::vector<std::unique_ptr<AddressWorker>> workers_;
     std::unique_ptr<core::Slab<StreamSession>> streams_;
     std::mt19937_64 rng_{std::random_device{}()};

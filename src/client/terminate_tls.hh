@@ -43,6 +43,10 @@ public:
     // nullptr when the hostname has no certificate (ACME pending, material removed).
     const TerminateCredential* find(const std::string& hostname) const noexcept;
     size_t size() const noexcept { return by_host_.size(); }
+    template <typename F>
+    void for_each(F&& f) const {
+        for (const auto& [host, cred] : by_host_) f(host, *cred);
+    }
 
     // Builds a snapshot from loaded material (every entry must load).
     static Result<std::shared_ptr<const TerminateCerts>> build(
