@@ -8,6 +8,7 @@
 #include "cli/client_cmd.hh"
 #include "cli/config_check.hh"
 #include "cli/identity_cmd.hh"
+#include "cli/public_cert_cmd.hh"
 #include "cli/server_cmd.hh"
 #include "runewarp_version.h"
 
@@ -111,6 +112,52 @@ CommandSpec server_cert_group() {
     };
 }
 
+CommandSpec public_cert_group() {
+    constexpr std::string_view kDirHelp =
+        "Certificate directory (default: client.public-cert-dir, else <data>/client/public-cert)";
+    constexpr std::string_view kHostHelp =
+        "Public hostname (default: those of the config's terminating services)";
+    constexpr std::string_view kTargets =
+        "Targets: --hostname, else the public-hostnames of every [service] with\n"
+        "tls-mode = terminate in the selected config (--config, else the default config).";
+    CommandSpec init{
+        .name = "init",
+        .summary =
+            "Create the Public hostname CA and a leaf certificate per hostname unless they "
+            "exist",
+        .description = kTargets,
+        .flags = {dir_flag(kDirHelp), hostname_flag(kHostHelp)},
+        .handler = run_client_public_cert_init,
+    };
+    CommandSpec renew{
+        .name = "renew",
+        .summary = "Issue new leaf certificates from the existing Public hostname CA",
+        .description = kTargets,
+        .flags = {dir_flag(kDirHelp), hostname_flag(kHostHelp)},
+        .handler = run_client_public_cert_renew,
+    };
+    CommandSpec rotate_ca{
+        .name = "rotate-ca",
+        .summary =
+            "Replace the Public hostname CA and reissue every leaf (Visitors need the new CA)",
+        .description =
+            "Every Public hostname of the tls-mode = terminate services in the selected config\n"
+            "(--config, else the default config) gets a leaf from the new CA.",
+        .flags = {dir_flag(kDirHelp)},
+        .handler = run_client_public_cert_rotate_ca,
+    };
+    return CommandSpec{
+        .name = "public-cert",
+        .summary = "Manage the manual certificates of terminating Public hostnames",
+        .description =
+            "A private CA (public-ca.crt, state/public-ca.key) issues a 90-day certificate per\n"
+            "Public hostname (<hostname>/public.crt, <hostname>/public.key) that the Client "
+            "serves\n"
+            "to Visitors of tls-mode = terminate services; Visitors must trust public-ca.crt.",
+        .subcommands = {std::move(init), std::move(renew), std::move(rotate_ca)},
+    };
+}
+
 CommandSpec client_group() {
     constexpr std::string_view kDirHelp =
         "Identity directory (default: client.identity-dir, else <data>/client/identity)";
@@ -137,6 +184,7 @@ CommandSpec client_group() {
         .summary = "Manage the Client identity pinned by the Server",
         .subcommands = {std::move(init), std::move(rotate), std::move(show)},
     };
+    CommandSpec public_cert = public_cert_group();
     return CommandSpec{
         .name = "client",
         .summary = "Run the Client: relay tunnel streams from the Server to local backends",
@@ -159,7 +207,7 @@ CommandSpec client_group() {
                          .runtime_only = true},
                 control_address_flag(),
             },
-        .subcommands = {std::move(identity)},
+        .subcommands = {std::move(identity), std::move(public_cert)},
         .handler = run_client_command,
     };
 }

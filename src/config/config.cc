@@ -831,6 +831,7 @@ void Loader::client() {
             if (!dir_exists(cfg.public_cert_dir)) {
                 problem(pcd->line, "client.public-cert-dir: directory " + cfg.public_cert_dir +
                                        " does not exist");
+                hint("client public-cert init");
             }
         } else if (!pcd) {
             cfg.public_cert_dir = default_path_of(SectionKind::kClient, "public-cert-dir");

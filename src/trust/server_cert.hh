@@ -7,6 +7,7 @@
 #include <string_view>
 
 #include "runewarp/result.hh"
+#include "trust/private_ca.hh"
 
 namespace runewarp::trust {
 
@@ -17,9 +18,9 @@ inline constexpr std::string_view kServerStateDir = "state";                    
 inline constexpr std::string_view kServerCaKeyFile = "state/server-ca.key";           // 0600
 inline constexpr std::string_view kServerHostnameFile = "state/server-hostname.txt";  // 0644
 inline constexpr std::string_view kServerCaCommonName = "Runewarp Server CA";
-inline constexpr std::time_t kServerCertDays = 90;
-inline constexpr std::time_t kServerCaDays = 3650;
-inline constexpr std::time_t kServerRenewAfterDays = 60;
+inline constexpr std::time_t kServerCertDays = kPrivateLeafDays;
+inline constexpr std::time_t kServerCaDays = kPrivateCaDays;
+inline constexpr std::time_t kServerRenewAfterDays = kPrivateLeafRenewAfterDays;
 
 // What `server cert ...` reports in its summary lines.
 struct ServerCertSummary {

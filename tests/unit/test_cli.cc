@@ -21,6 +21,7 @@
 #include "cli/command.hh"
 #include "runewarp_version.h"
 #include "tests/support/temp_tree.hh"
+#include "trust/x509_util.hh"
 
 namespace {
 
@@ -1067,4 +1068,271 @@ Test(cli, runtime_only_flags_are_accepted_below_and_keep_their_owner) {
     std::vector<const CommandSpec*> group_path{&tree, server, &server->subcommands[0]};
     cr_assert(!contains(runewarp::cli::render_help(group_path, {}), "runtime hostname"));
     cr_assert(contains(runewarp::cli::render_help({&tree, server}, {}), "runtime hostname"));
+}
+
+// ---- client public-cert ------------------------------------------------------------------------
+
+namespace {
+
+const std::string kApp = "app.example.test";
+const std::string kApi = "api.example.test";
+const std::string kZed = "zed.example.test";
+
+// The lifetime and timestamp lines for the leaf of `host` in `dir`, computed from the file.
+std::string leaf_lines(const std::string& dir, const std::string& host) {
+    using runewarp::trust::rfc3339_utc;
+    std::string path = dir + "/" + host + "/public.crt";
+    auto crt = runewarp::trust::import_crt_pem(read_all(path), path);
+    cr_assert(crt.ok(), "%s", crt.ok() ? "" : crt.error().message.c_str());
+    std::time_t nb = gnutls_x509_crt_get_activation_time(crt->get());
+    std::time_t na = gnutls_x509_crt_get_expiration_time(crt->get());
+    cr_assert_eq(na - nb, 90 * 86'400);
+    return "Leaf certificate lifetime: 90 days\nIssued at (UTC): " + rfc3339_utc(nb) +
+           "\nRenew after (UTC): " + rfc3339_utc(nb + 60 * 86'400) +
+           "\nExpires at (UTC): " + rfc3339_utc(na) + "\n";
+}
+
+// openssl, as a Visitor would, accepts <host>/public.crt for `host` with public-ca.crt as the
+// only trust anchor.
+bool openssl_verifies(const std::string& dir, const std::string& host) {
+    Outcome o = run_program({"/bin/sh", "-c",
+                             "openssl verify -CAfile \"$1/public-ca.crt\" -verify_hostname \"$2\" "
+                             "-purpose sslserver \"$1/$2/public.crt\"",
+                             "sh", dir, host},
+                            child_env());
+    return o.exit_code == 0;
+}
+
+// A Client config whose terminating Services name zed (twice, in two spellings) and app; the
+// passthrough Service's hostname is not a target.
+std::string terminate_ini(const std::string& extra_client = "") {
+    return "[client]\n"
+           "server-address = tunnel.example.com\n" +
+           extra_client +
+           "\n"
+           "[service \"web\"]\n"
+           "public-hostnames = Zed.Example.Test., app.example.test\n"
+           "backend-address = 127.0.0.1:8080\n"
+           "tls-mode = terminate\n"
+           "\n"
+           "[service \"tls\"]\n"
+           "public-hostnames = pass.example.test\n"
+           "backend-address = 127.0.0.1:8443\n"
+           "\n"
+           "[service \"docs\"]\n"
+           "public-hostnames = zed.example.test\n"
+           "public-hostnames = other.example.test\n"
+           "backend-address = 127.0.0.1:8081\n"
+           "tls-mode = \"terminate\"\n";
+}
+
+}  // namespace
+
+Test(cli, client_public_cert_init_renew_and_rotate_ca_print_exact_lines) {
+    const std::string dir = g_dir + "/public-cert";
+    const std::string ca_line = "Public hostname CA: " + dir + "/public-ca.crt\n";
+
+    // Nothing present: a new CA and a leaf for the normalized hostname.
+    Outcome init =
+        rw({"client", "public-cert", "init", "--hostname", "App.Example.Test.", "--dir", dir});
+    cr_assert_eq(init.exit_code, 0, "stderr: %s", init.err.c_str());
+    cr_assert(init.err.empty(), "stderr: %s", init.err.c_str());
+    expect_eq(init.out, ca_line + "Initialized leaf certificate(s) for: " + kApp + "\n" +
+                            leaf_lines(dir, kApp));
+    cr_assert_eq(file_mode(dir), 0755u);
+    cr_assert_eq(file_mode(dir + "/state"), 0700u);
+    cr_assert_eq(file_mode(dir + "/public-ca.crt"), 0644u);
+    cr_assert_eq(file_mode(dir + "/state/public-ca.key"), 0600u);
+    cr_assert_eq(file_mode(dir + "/" + kApp), 0755u);
+    cr_assert_eq(file_mode(dir + "/" + kApp + "/public.crt"), 0644u);
+    cr_assert_eq(file_mode(dir + "/" + kApp + "/public.key"), 0600u);
+    cr_assert(openssl_verifies(dir, kApp));
+    const std::string ca = read_all(dir + "/public-ca.crt");
+
+    // CA present, leaf absent: a leaf from the same CA.
+    Outcome second = rw({"client", "public-cert", "init", "--hostname", kApi, "--dir", dir});
+    cr_assert_eq(second.exit_code, 0, "stderr: %s", second.err.c_str());
+    expect_eq(second.out, ca_line + "Initialized leaf certificate(s) for: " + kApi + "\n" +
+                              leaf_lines(dir, kApi));
+    expect_eq(read_all(dir + "/public-ca.crt"), ca);
+    cr_assert(openssl_verifies(dir, kApi));
+
+    // Targets from the config: sorted, deduplicated, only terminating Services.
+    const std::string cfg = g_dir + "/client.ini";
+    write_file(cfg, terminate_ini());
+    const std::string app_leaf = read_all(dir + "/" + kApp + "/public.crt");
+    Outcome mixed = rw({"client", "public-cert", "init", "-c", cfg, "--dir", dir});
+    cr_assert_eq(mixed.exit_code, 0, "stderr: %s", mixed.err.c_str());
+    expect_eq(mixed.out, "Public hostname certificate material already exists for: " + kApp + "\n" +
+                             ca_line +
+                             "Initialized leaf certificate(s) for: " + "other.example.test, " +
+                             kZed + "\n" + leaf_lines(dir, "other.example.test"));
+    expect_eq(read_all(dir + "/" + kApp + "/public.crt"), app_leaf);
+    cr_assert(!contains(mixed.out, "pass.example.test"));
+    struct stat st {};
+    cr_assert_neq(stat((dir + "/pass.example.test").c_str(), &st), 0);
+
+    // Everything present: reported, the first hostname's timestamps.
+    Outcome again = rw({"client", "-c", cfg, "public-cert", "init", "--dir", dir});
+    cr_assert_eq(again.exit_code, 0, "stderr: %s", again.err.c_str());
+    expect_eq(again.out, "Public hostname certificate material already exists for: " + kApp +
+                             ", other.example.test, " + kZed + "\n" + ca_line +
+                             leaf_lines(dir, kApp));
+    expect_eq(read_all(dir + "/public-ca.crt"), ca);
+
+    // renew: new leaves from the same CA.
+    Outcome renew = rw({"client", "public-cert", "renew", "--config", cfg, "--dir", dir});
+    cr_assert_eq(renew.exit_code, 0, "stderr: %s", renew.err.c_str());
+    expect_eq(renew.out, "Renewed leaf certificate(s) for: " + kApp + ", other.example.test, " +
+                             kZed + "\n" + leaf_lines(dir, kApp));
+    expect_eq(read_all(dir + "/public-ca.crt"), ca);
+    expect_neq(read_all(dir + "/" + kApp + "/public.crt"), app_leaf);
+    cr_assert_eq(file_mode(dir + "/" + kApp + "/public.key"), 0600u);
+    cr_assert(openssl_verifies(dir, kZed));
+    const std::string api_leaf = read_all(dir + "/" + kApi + "/public.crt");
+    Outcome renew_one = rw({"client", "public-cert", "renew", "--hostname", kApi, "--dir", dir});
+    cr_assert_eq(renew_one.exit_code, 0, "stderr: %s", renew_one.err.c_str());
+    expect_eq(renew_one.out,
+              "Renewed leaf certificate(s) for: " + kApi + "\n" + leaf_lines(dir, kApi));
+    expect_neq(read_all(dir + "/" + kApi + "/public.crt"), api_leaf);
+
+    // rotate-ca: a new CA, every terminating leaf reissued from it.
+    const std::string zed_leaf = read_all(dir + "/" + kZed + "/public.crt");
+    Outcome rotate = rw({"client", "-c", cfg, "public-cert", "rotate-ca", "--dir", dir});
+    cr_assert_eq(rotate.exit_code, 0, "stderr: %s", rotate.err.c_str());
+    expect_eq(rotate.out, "Public hostname CA rotated: " + dir + "/public-ca.crt\n" +
+                              "Reissued leaf certificate(s) for: " + kApp +
+                              ", other.example.test, " + kZed + "\n" + leaf_lines(dir, kApp));
+    expect_neq(read_all(dir + "/public-ca.crt"), ca);
+    expect_neq(read_all(dir + "/" + kZed + "/public.crt"), zed_leaf);
+    cr_assert(openssl_verifies(dir, kApp));
+    cr_assert(openssl_verifies(dir, kZed));
+    cr_assert(!openssl_verifies(dir, kApi), "api is not a target of the config: not reissued");
+    cr_assert_eq(file_mode(dir + "/state/public-ca.key"), 0600u);
+
+    // A half-present pair: refused, nothing printed on stdout, nothing written.
+    cr_assert_eq(unlink((dir + "/" + kZed + "/public.key").c_str()), 0);
+    Outcome partial = rw({"client", "public-cert", "init", "-c", cfg, "--dir", dir});
+    cr_assert_eq(partial.exit_code, 1);
+    cr_assert(partial.out.empty(), "stdout: %s", partial.out.c_str());
+    cr_assert(contains(partial.err, "error: Public hostname certificate material in " + dir +
+                                        " is incomplete or inconsistent"),
+              "got: %s", partial.err.c_str());
+    cr_assert(contains(partial.err, "missing: " + kZed + "/public.key"), "got: %s",
+              partial.err.c_str());
+    cr_assert_neq(stat((dir + "/" + kZed + "/public.key").c_str(), &st), 0);
+}
+
+Test(cli, client_public_cert_targets_directories_and_usage) {
+    // No --hostname and no config.
+    Outcome none = rw({"client", "public-cert", "init"});
+    cr_assert_eq(none.exit_code, 1);
+    cr_assert(contains(none.err, "error: --hostname is required when no config is selected"),
+              "got: %s", none.err.c_str());
+    Outcome rotate_none = rw({"client", "public-cert", "rotate-ca"});
+    cr_assert_eq(rotate_none.exit_code, 1);
+    cr_assert(contains(rotate_none.err, "rotate-ca` needs a selected config"), "got: %s",
+              rotate_none.err.c_str());
+    // rotate-ca takes no --hostname: every terminating hostname gets a leaf from the new CA.
+    Outcome rotate_host = rw({"client", "public-cert", "rotate-ca", "--hostname", kApp});
+    cr_assert_eq(rotate_host.exit_code, 2);
+    cr_assert(contains(rotate_host.err, "'--hostname'"), "got: %s", rotate_host.err.c_str());
+    cr_assert(ends_with(rotate_host.err, kUsageHint));
+
+    const std::string server_only = g_dir + "/server.ini";
+    write_file(server_only, "[server]\nhostname = tunnel.example.com\n");
+    Outcome no_client = rw({"client", "public-cert", "init", "-c", server_only});
+    cr_assert_eq(no_client.exit_code, 1);
+    cr_assert(contains(no_client.err, "config file " + server_only + " has no [client] section"),
+              "got: %s", no_client.err.c_str());
+    const std::string passthrough = g_dir + "/passthrough.ini";
+    write_file(passthrough, valid_client_ini(g_dir + "/identity"));
+    for (const char* action : {"init", "renew", "rotate-ca"}) {
+        Outcome no_terminate = rw({"client", "public-cert", action, "-c", passthrough});
+        cr_assert_eq(no_terminate.exit_code, 1);
+        cr_assert(contains(no_terminate.err, "config file " + passthrough +
+                                                 " has no service with tls-mode = terminate"),
+                  "%s: %s", action, no_terminate.err.c_str());
+    }
+    Outcome bad = rw({"client", "public-cert", "init", "--hostname", "*.example.test"});
+    cr_assert_eq(bad.exit_code, 1);
+    cr_assert(contains(bad.err, "invalid --hostname \"*.example.test\""), "got: %s",
+              bad.err.c_str());
+    const std::string bad_cfg = g_dir + "/bad.ini";
+    write_file(bad_cfg,
+               "[client]\n[service \"web\"]\npublic-hostnames = a_b.example.test\n"
+               "tls-mode = terminate\n");
+    Outcome bad_entry = rw({"client", "public-cert", "init", "-c", bad_cfg});
+    cr_assert_eq(bad_entry.exit_code, 1);
+    cr_assert(contains(bad_entry.err,
+                       "invalid public hostname \"a_b.example.test\" in service "
+                       "\"web\" of " +
+                           bad_cfg),
+              "got: %s", bad_entry.err.c_str());
+
+    // renew needs the CA.
+    Outcome no_ca =
+        rw({"client", "public-cert", "renew", "--hostname", kApp, "--dir", g_dir + "/empty"});
+    cr_assert_eq(no_ca.exit_code, 1);
+    cr_assert(contains(no_ca.err, "no Public hostname CA in " + g_dir + "/empty"), "got: %s",
+              no_ca.err.c_str());
+
+    // Default directory: <data>/client/public-cert, where <data> follows the layout: without a
+    // config the system layout applies to root (STATE_DIRECTORY), else the user layout.
+    const std::string data = geteuid() == 0 ? g_dir + "/statedir" : g_dir + "/data/runewarp";
+    Outcome dflt = rw_env({"client", "public-cert", "init", "--hostname", kApp},
+                          {"STATE_DIRECTORY=" + g_dir + "/statedir"});
+    cr_assert_eq(dflt.exit_code, 0, "stderr: %s", dflt.err.c_str());
+    cr_assert(
+        dflt.out.starts_with("Public hostname CA: " + data + "/client/public-cert/public-ca.crt\n"),
+        "got: %s", dflt.out.c_str());
+
+    // The default config's client.public-cert-dir, relative to the file, need not exist yet
+    // (the daemon's loader would refuse such a config; init creates the directory).
+    make_dir(g_dir + "/xdg/runewarp");
+    write_file(g_dir + "/xdg/runewarp/config.ini",
+               terminate_ini("public-cert-dir = material/public\n"));
+    Outcome from_cfg = rw({"client", "public-cert", "init"});
+    cr_assert_eq(from_cfg.exit_code, 0, "stderr: %s", from_cfg.err.c_str());
+    const std::string cfg_dir = g_dir + "/xdg/runewarp/material/public";
+    cr_assert(contains(from_cfg.out, "Public hostname CA: " + cfg_dir + "/public-ca.crt\n"),
+              "got: %s", from_cfg.out.c_str());
+    cr_assert_eq(file_mode(cfg_dir), 0755u);
+    cr_assert_eq(file_mode(cfg_dir + "/" + kZed + "/public.key"), 0600u);
+    // --dir beats the config.
+    Outcome flag_dir = rw({"client", "public-cert", "rotate-ca", "--dir", g_dir + "/flag"});
+    cr_assert_eq(flag_dir.exit_code, 0, "stderr: %s", flag_dir.err.c_str());
+    cr_assert(
+        flag_dir.out.starts_with("Public hostname CA rotated: " + g_dir + "/flag/public-ca.crt\n"),
+        "got: %s", flag_dir.out.c_str());
+
+    // Runtime flags are refused with exit 1 naming the flag.
+    for (auto args : std::vector<std::vector<std::string>>{
+             {"client", "public-cert", "init", "--hostname", kApp, "--server-address", "a.example"},
+             {"client", "--backend-address", "127.0.0.1:1", "public-cert", "renew"},
+             {"client", "public-cert", "--control-address", "c.example", "rotate-ca"}}) {
+        Outcome o = rw(args);
+        cr_assert_eq(o.exit_code, 1, "exit %d: %s", o.exit_code, o.err.c_str());
+        cr_assert(contains(o.err,
+                           "may be used only with `runewarp client`, not `runewarp client "
+                           "public-cert "),
+                  "got: %s", o.err.c_str());
+    }
+
+    // The group needs a subcommand; unknown ones are usage errors.
+    Outcome group = rw({"client", "public-cert"});
+    cr_assert_eq(group.exit_code, 2);
+    cr_assert(group.out.empty());
+    cr_assert(contains(group.err, "Usage: runewarp client public-cert [OPTIONS] <COMMAND>"),
+              "got: %s", group.err.c_str());
+    for (const char* sub : {"init", "renew", "rotate-ca"}) {
+        cr_assert(contains(group.err, std::string("\n  ") + sub + " "), "%s missing: %s", sub,
+                  group.err.c_str());
+    }
+    Outcome unknown = rw({"client", "public-cert", "show"});
+    cr_assert_eq(unknown.exit_code, 2);
+    cr_assert(ends_with(unknown.err, kUsageHint));
+    Outcome help = rw({"client", "--help"});
+    cr_assert_eq(help.exit_code, 0);
+    cr_assert(contains(help.out, "\n  public-cert "), "got: %s", help.out.c_str());
 }

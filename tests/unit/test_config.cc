@@ -369,7 +369,8 @@ const Case kCases[] = {
             "tls-mode = terminate\n",
      4, "client.public-cert-dir and [client.acme] are mutually exclusive", nullptr},
     {Role::kClient, C_HEAD "public-cert-dir = nope\n" SVC "tls-mode = terminate\n", 4,
-     "client.public-cert-dir: directory @DIR@/nope does not exist", nullptr},
+     "client.public-cert-dir: directory @DIR@/nope does not exist",
+     "Hint: runewarp client public-cert init --config @DIR@/config.ini"},
     // [control] (Managed mode)
     {Role::kClient, "[client]\nidentity-dir = identity\n" SVC "[control]\naddress = 192.0.2.1\n", 7,
      "control.address: invalid value \"192.0.2.1\": must be a hostname, not an IP address literal",

@@ -1,4 +1,5 @@
-// Trust module: identity vectors, the DER walker, material files and key modes, Server CA material.
+// Trust module: identity vectors, the DER walker, material files and key modes, Server CA and
+// Public hostname certificate material.
 #include <criterion/criterion.h>
 
 #include <dirent.h>
@@ -13,14 +14,15 @@
 #include <string>
 #include <vector>
 
-#include "trust/cert_expiry.hh"
 #include "core/file.hh"
 #include "tests/support/temp_tree.hh"
 #include "trust/anchors.hh"
+#include "trust/cert_expiry.hh"
 #include "trust/client_identity.hh"
 #include "trust/gnutls_util.hh"
 #include "trust/identity.hh"
 #include "trust/material.hh"
+#include "trust/public_cert.hh"
 #include "trust/server_cert.hh"
 #include "trust/x509_util.hh"
 
@@ -728,4 +730,393 @@ Test(trust, ca_files_and_the_system_store) {
     auto n = count_system_trust_anchors();
     cr_assert(n.ok(), "%s", n.ok() ? "" : n.error().message.c_str());
     cr_assert_gt(*n, 0u, "the system trust store is empty: install ca-certificates");
+}
+
+// ---- Public hostname certificates (terminate mode) -------------------------------------------
+
+namespace {
+
+const std::string kApp = "app.example.test";
+const std::string kApi = "api.example.test";
+
+std::string leaf_crt(const std::string& dir, const std::string& host) {
+    return dir + "/" + host + "/public.crt";
+}
+std::string leaf_key(const std::string& dir, const std::string& host) {
+    return dir + "/" + host + "/public.key";
+}
+
+// GnuTLS verifies <host>/public.crt against public-ca.crt for `name` (default: `host`) as a
+// Visitor would.
+unsigned verify_public_leaf(const std::string& dir, const std::string& host,
+                            std::string name = {}) {
+    if (name.empty()) name = host;
+    auto crt = import_crt_pem(slurp(leaf_crt(dir, host)), "public.crt");
+    auto ca = import_crt_pem(slurp(dir + "/public-ca.crt"), "public-ca.crt");
+    cr_assert(crt.ok() && ca.ok());
+    gnutls_x509_crt_t list[] = {crt->get()};
+    gnutls_x509_crt_t cas[] = {ca->get()};
+    unsigned status = 0;
+    cr_assert_eq(gnutls_x509_crt_list_verify(list, 1, cas, 1, nullptr, 0, 0, &status), 0);
+    if (gnutls_x509_crt_check_hostname(crt->get(), name.c_str()) == 0) {
+        status |= GNUTLS_CERT_UNEXPECTED_OWNER;
+    }
+    return status;
+}
+
+std::string error_of(const runewarp::Result<PublicCertMaterial>& r) {
+    cr_assert(!r.ok(), "loaded although it should not");
+    return r.error().message;
+}
+
+void expect_contains(const std::string& text, const std::string& needle) {
+    cr_assert(text.find(needle) != std::string::npos, "`%s` not in `%s`", needle.c_str(),
+              text.c_str());
+}
+
+}  // namespace
+
+Test(trust, public_cert_init_from_nothing_writes_the_ca_and_a_leaf_with_exact_modes) {
+    // A restrictive umask does not narrow the modes, nor a permissive one widen them.
+    for (mode_t mask : {077u, 0u}) {
+        umask(mask);
+        std::string dir = g_dir + "/pc" + std::to_string(mask) + "/public-cert";
+        auto s = init_public_cert(dir, {kApp});
+        cr_assert(s.ok(), "%s", s.ok() ? "" : s.error().message.c_str());
+        cr_assert(s->action == PublicCertAction::kInit);
+        cr_assert(s->existing.empty());
+        cr_assert_eq(s->issued.size(), 1u);
+        EXPECT_STR_EQ(s->issued[0], kApp);
+        cr_assert_eq(mode_of(dir), 0755u);
+        cr_assert_eq(mode_of(dir + "/state"), 0700u);
+        cr_assert_eq(mode_of(dir + "/public-ca.crt"), 0644u);
+        cr_assert_eq(mode_of(dir + "/state/public-ca.key"), 0600u);
+        cr_assert_eq(mode_of(dir + "/" + kApp), 0755u);
+        cr_assert_eq(mode_of(leaf_crt(dir, kApp)), 0644u);
+        cr_assert_eq(mode_of(leaf_key(dir, kApp)), 0600u);
+        cr_assert(slurp(leaf_key(dir, kApp)).starts_with("-----BEGIN PRIVATE KEY-----\n"));
+        cr_assert_eq(verify_public_leaf(dir, kApp), 0u);
+        cr_assert_neq(verify_public_leaf(dir, kApp, kApi), 0u);
+
+        // The CA has the CA profile and its own common name; the leaf is for the hostname.
+        auto ca = import_crt_pem(slurp(dir + "/public-ca.crt"), "ca");
+        auto leaf = import_crt_pem(slurp(leaf_crt(dir, kApp)), "leaf");
+        cr_assert(ca.ok() && leaf.ok());
+        char cn[128];
+        std::size_t cn_size = sizeof cn;
+        cr_assert_eq(gnutls_x509_crt_get_dn_by_oid(ca->get(), GNUTLS_OID_X520_COMMON_NAME, 0, 0, cn,
+                                                   &cn_size),
+                     0);
+        EXPECT_STR_EQ(cn, "Runewarp Public Hostname CA");
+        unsigned ca_flag = 0;
+        int path_len = 0;
+        cr_assert_eq(gnutls_x509_crt_get_basic_constraints(ca->get(), nullptr, &ca_flag, &path_len),
+                     1);
+        cr_assert_eq(ca_flag, 1u);
+        std::time_t ca_nb = gnutls_x509_crt_get_activation_time(ca->get());
+        cr_assert_eq(gnutls_x509_crt_get_expiration_time(ca->get()) - ca_nb, 3650 * 86'400);
+        char oid[64];
+        std::size_t oid_size = sizeof oid;
+        cr_assert_eq(gnutls_x509_crt_get_key_purpose_oid(leaf->get(), 0, oid, &oid_size, nullptr),
+                     0);
+        EXPECT_STR_EQ(oid, GNUTLS_KP_TLS_WWW_SERVER);
+        std::time_t nb = gnutls_x509_crt_get_activation_time(leaf->get());
+        cr_assert_eq(gnutls_x509_crt_get_expiration_time(leaf->get()) - nb, 90 * 86'400);
+        std::time_t now = std::time(nullptr);
+        cr_assert(nb <= now - 55 && nb >= now - 120);
+        cr_assert_eq(s->not_before, nb);
+        cr_assert_eq(s->not_after, nb + 90 * 86'400);
+
+        auto m = load_public_cert(dir, kApp);
+        cr_assert(m.ok(), "%s", m.ok() ? "" : m.error().message.c_str());
+        EXPECT_STR_EQ(m->hostname, kApp);
+        EXPECT_STR_EQ(m->cert_pem, slurp(leaf_crt(dir, kApp)));
+        EXPECT_STR_EQ(m->key_pem, slurp(leaf_key(dir, kApp)));
+        EXPECT_STR_EQ(m->cert_path, leaf_crt(dir, kApp));
+        cr_assert_eq(m->not_before, nb);
+        cr_assert_eq(m->not_after, nb + 90 * 86'400);
+        cr_assert(!public_cert_absent(dir, kApp));
+        cr_assert(public_cert_absent(dir, kApi));
+    }
+    umask(022);
+}
+
+Test(trust, public_cert_init_issues_from_the_existing_ca_and_reports_existing_material) {
+    std::string dir = g_dir + "/public-cert";
+    cr_assert(init_public_cert(dir, {kApp}).ok());
+    const std::string ca = slurp(dir + "/public-ca.crt");
+    const std::string ca_key = slurp(dir + "/state/public-ca.key");
+    const std::string app = slurp(leaf_crt(dir, kApp));
+
+    // CA present, api's leaf absent: api gets a leaf from that CA; app is reported as existing.
+    auto s = init_public_cert(dir, {kApi, kApp});
+    cr_assert(s.ok(), "%s", s.ok() ? "" : s.error().message.c_str());
+    cr_assert_eq(s->existing.size(), 1u);
+    EXPECT_STR_EQ(s->existing[0], kApp);
+    cr_assert_eq(s->issued.size(), 1u);
+    EXPECT_STR_EQ(s->issued[0], kApi);
+    EXPECT_STR_EQ(slurp(dir + "/public-ca.crt"), ca);
+    EXPECT_STR_EQ(slurp(dir + "/state/public-ca.key"), ca_key);
+    EXPECT_STR_EQ(slurp(leaf_crt(dir, kApp)), app);
+    cr_assert_eq(verify_public_leaf(dir, kApi), 0u);
+    cr_assert_eq(mode_of(leaf_key(dir, kApi)), 0600u);
+    auto api = load_public_cert(dir, kApi);
+    cr_assert(api.ok());
+    cr_assert_eq(s->not_before, api->not_before, "the timestamps are the new leaf's");
+
+    // Everything present: nothing written, the first hostname's window reported.
+    auto again = init_public_cert(dir, {kApp, kApi});
+    cr_assert(again.ok(), "%s", again.ok() ? "" : again.error().message.c_str());
+    cr_assert_eq(again->existing.size(), 2u);
+    cr_assert(again->issued.empty());
+    auto app_m = load_public_cert(dir, kApp);
+    cr_assert(app_m.ok());
+    cr_assert_eq(again->not_before, app_m->not_before);
+    cr_assert_eq(again->not_after, app_m->not_after);
+    EXPECT_STR_EQ(slurp(dir + "/public-ca.crt"), ca);
+    EXPECT_STR_EQ(slurp(leaf_crt(dir, kApp)), app);
+
+    // Existing files that do not belong together are not reported as existing.
+    spit(leaf_crt(dir, kApp), slurp(leaf_crt(dir, kApi)));
+    auto mismatch = init_public_cert(dir, {kApp});
+    cr_assert(!mismatch.ok());
+    expect_contains(mismatch.error().message, "incomplete or inconsistent");
+    expect_contains(mismatch.error().message, "is not the key of");
+}
+
+Test(trust, public_cert_init_refuses_every_half_present_pair_and_writes_nothing) {
+    struct Case {
+        const char* name;
+        std::vector<std::string> remove;  // after a complete init of app
+        std::vector<std::string> present;
+        std::vector<std::string> missing;
+    };
+    const std::vector<Case> cases = {
+        {"ca-crt-without-key", {"state/public-ca.key"}, {"public-ca.crt"}, {"state/public-ca.key"}},
+        {"ca-key-without-crt", {"public-ca.crt"}, {"state/public-ca.key"}, {"public-ca.crt"}},
+        {"leaf-crt-without-key",
+         {kApp + "/public.key"},
+         {kApp + "/public.crt"},
+         {kApp + "/public.key"}},
+        {"leaf-key-without-crt",
+         {kApp + "/public.crt"},
+         {kApp + "/public.key"},
+         {kApp + "/public.crt"}},
+        {"leaf-without-ca",
+         {"public-ca.crt", "state/public-ca.key"},
+         {kApp + "/public.crt", kApp + "/public.key"},
+         {"public-ca.crt", "state/public-ca.key"}},
+    };
+    for (const Case& c : cases) {
+        std::string dir = g_dir + "/" + c.name;
+        cr_assert(init_public_cert(dir, {kApp}).ok());
+        for (const std::string& f : c.remove) cr_assert_eq(unlink((dir + "/" + f).c_str()), 0);
+        // api (nothing present) is listed first: the refusal still comes before any write.
+        auto r = init_public_cert(dir, {kApi, kApp});
+        cr_assert(!r.ok(), "%s: accepted", c.name);
+        const std::string& m = r.error().message;
+        expect_contains(
+            m, "Public hostname certificate material in " + dir + " is incomplete or inconsistent");
+        for (const std::string& f : c.present) expect_contains(m, f);
+        std::string missing;
+        for (const std::string& f : c.missing) missing += (missing.empty() ? "" : ", ") + f;
+        expect_contains(m, "; missing: " + missing);
+        expect_contains(m, "rerun `runewarp client public-cert init`");
+        cr_assert(!path_exists(dir + "/" + kApi), "%s: api material was written", c.name);
+        for (const std::string& f : c.missing) {
+            cr_assert(!path_exists(dir + "/" + f), "%s: %s was recreated", c.name, f.c_str());
+        }
+    }
+    cr_assert(!init_public_cert(g_dir + "/none", {}).ok(), "no hostname at all");
+}
+
+Test(trust, public_cert_renew_keeps_the_ca_and_needs_it) {
+    std::string dir = g_dir + "/public-cert";
+    auto none = renew_public_cert(dir, {kApp});
+    cr_assert(!none.ok());
+    expect_contains(none.error().message, "no Public hostname CA in " + dir);
+    cr_assert(!path_exists(dir), "a refused renew writes nothing");
+
+    cr_assert(init_public_cert(dir, {kApp, kApi}).ok());
+    const std::string ca = slurp(dir + "/public-ca.crt");
+    const std::string ca_key = slurp(dir + "/state/public-ca.key");
+    const std::string app = slurp(leaf_crt(dir, kApp));
+    const std::string app_key = slurp(leaf_key(dir, kApp));
+    const std::string api = slurp(leaf_crt(dir, kApi));
+
+    auto r = renew_public_cert(dir, {kApp});
+    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
+    cr_assert(r->action == PublicCertAction::kRenew);
+    cr_assert_eq(r->issued.size(), 1u);
+    EXPECT_STR_EQ(r->issued[0], kApp);
+    EXPECT_STR_EQ(slurp(dir + "/public-ca.crt"), ca);
+    EXPECT_STR_EQ(slurp(dir + "/state/public-ca.key"), ca_key);
+    EXPECT_STR_NEQ(slurp(leaf_crt(dir, kApp)), app);
+    EXPECT_STR_NEQ(slurp(leaf_key(dir, kApp)), app_key);
+    EXPECT_STR_EQ(slurp(leaf_crt(dir, kApi)), api);
+    cr_assert_eq(mode_of(leaf_crt(dir, kApp)), 0644u);
+    cr_assert_eq(mode_of(leaf_key(dir, kApp)), 0600u);
+    cr_assert_eq(verify_public_leaf(dir, kApp), 0u);
+    auto m = load_public_cert(dir, kApp);
+    cr_assert(m.ok());
+    cr_assert_eq(r->not_before, m->not_before);
+
+    // A CA without its key cannot sign.
+    cr_assert_eq(unlink((dir + "/state/public-ca.key").c_str()), 0);
+    auto half = renew_public_cert(dir, {kApp});
+    cr_assert(!half.ok());
+    expect_contains(half.error().message, "incomplete or inconsistent");
+    expect_contains(half.error().message, "missing: state/public-ca.key");
+}
+
+Test(trust, public_cert_rotate_ca_replaces_the_ca_and_reissues_every_leaf) {
+    std::string dir = g_dir + "/public-cert";
+    cr_assert(init_public_cert(dir, {kApi, kApp}).ok());
+    const std::string ca = slurp(dir + "/public-ca.crt");
+    const std::string ca_key = slurp(dir + "/state/public-ca.key");
+    const std::string app = slurp(leaf_crt(dir, kApp));
+    const std::string api = slurp(leaf_crt(dir, kApi));
+
+    auto r = rotate_public_ca(dir, {kApi, kApp});
+    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
+    cr_assert(r->action == PublicCertAction::kRotateCa);
+    cr_assert_eq(r->issued.size(), 2u);
+    EXPECT_STR_NEQ(slurp(dir + "/public-ca.crt"), ca);
+    EXPECT_STR_NEQ(slurp(dir + "/state/public-ca.key"), ca_key);
+    EXPECT_STR_NEQ(slurp(leaf_crt(dir, kApp)), app);
+    EXPECT_STR_NEQ(slurp(leaf_crt(dir, kApi)), api);
+    cr_assert_eq(verify_public_leaf(dir, kApp), 0u);
+    cr_assert_eq(verify_public_leaf(dir, kApi), 0u);
+    cr_assert_eq(mode_of(dir + "/state/public-ca.key"), 0600u);
+    cr_assert_eq(mode_of(dir + "/public-ca.crt"), 0644u);
+    // The old leaf does not verify against the new CA.
+    spit(leaf_crt(dir, kApp), app);
+    cr_assert_neq(verify_public_leaf(dir, kApp), 0u);
+
+    // From nothing, rotate-ca makes everything.
+    std::string fresh = g_dir + "/fresh";
+    cr_assert(rotate_public_ca(fresh, {kApp}).ok());
+    cr_assert_eq(verify_public_leaf(fresh, kApp), 0u);
+    cr_assert_eq(mode_of(fresh + "/state"), 0700u);
+}
+
+Test(trust, public_cert_loader_names_the_file_and_the_cause) {
+    std::string dir = g_dir + "/public-cert";
+    cr_assert(init_public_cert(dir, {kApp, kApi}).ok());
+    const std::string crt = leaf_crt(dir, kApp);
+    const std::string key = leaf_key(dir, kApp);
+    const std::string crt_text = slurp(crt);
+    const std::string key_text = slurp(key);
+    auto restore = [&] {
+        spit(crt, crt_text, 0644);
+        spit(key, key_text, 0600);
+    };
+
+    EXPECT_STR_EQ(error_of(load_public_cert(dir, "new.example.test")),
+                  "missing certificate for terminating hostname new.example.test: run "
+                  "`runewarp client public-cert init --hostname new.example.test`");
+
+    cr_assert_eq(unlink(key.c_str()), 0);
+    cr_assert(!public_cert_absent(dir, kApp));
+    std::string m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, key);
+    expect_contains(m, "No such file or directory");
+    restore();
+    cr_assert_eq(unlink(crt.c_str()), 0);
+    m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, crt);
+    expect_contains(m, "No such file or directory");
+    restore();
+
+    cr_assert_eq(chmod(key.c_str(), 0640), 0);
+    m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, "private key " + key + " has mode 0640");
+    expect_contains(m, "run `chmod 600 " + key + "`");
+    restore();
+
+    spit(key, slurp(leaf_key(dir, kApi)), 0600);
+    EXPECT_STR_EQ(error_of(load_public_cert(dir, kApp)), key + " is not the key of " + crt);
+    restore();
+
+    // api's files in app's place: a certificate for another hostname.
+    spit(crt, slurp(leaf_crt(dir, kApi)), 0644);
+    spit(key, slurp(leaf_key(dir, kApi)), 0600);
+    m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, crt + " is not valid for hostname " + kApp);
+    restore();
+
+    spit(crt, "-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n", 0644);
+    m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, crt);
+    restore();
+
+    // Leaf then its issuer is a chain in order; the reverse is not.
+    const std::string ca_text = slurp(dir + "/public-ca.crt");
+    spit(crt, crt_text + ca_text, 0644);
+    auto chained = load_public_cert(dir, kApp);
+    cr_assert(chained.ok(), "%s", chained.ok() ? "" : chained.error().message.c_str());
+    EXPECT_STR_EQ(chained->cert_pem, crt_text + ca_text);
+    spit(crt, ca_text + crt_text, 0644);
+    m = error_of(load_public_cert(dir, kApp));
+    expect_contains(m, "cannot parse certificate " + crt);
+    restore();
+
+    // public-ca.crt is not needed: certificates from another CA load as they are.
+    cr_assert_eq(unlink((dir + "/public-ca.crt").c_str()), 0);
+    cr_assert_eq(unlink((dir + "/state/public-ca.key").c_str()), 0);
+    std::string server_dir = g_dir + "/server-cert";
+    cr_assert(init_server_cert(server_dir, kApp).ok());
+    spit(crt, slurp(server_dir + "/server.crt"), 0644);
+    spit(key, slurp(server_dir + "/server.key"), 0600);
+    auto foreign = load_public_cert(dir, kApp);
+    cr_assert(foreign.ok(), "%s", foreign.ok() ? "" : foreign.error().message.c_str());
+
+    // Removed material reads as absent.
+    cr_assert_eq(unlink(crt.c_str()), 0);
+    cr_assert_eq(unlink(key.c_str()), 0);
+    cr_assert(public_cert_absent(dir, kApp));
+}
+
+Test(trust, public_cert_summary_lines) {
+    PublicCertSummary s;
+    s.dir = "/d";
+    s.not_before = 1777629600;  // 2026-05-01T10:00:00Z
+    s.not_after = s.not_before + 90 * 86'400;
+    const std::string times =
+        "Leaf certificate lifetime: 90 days\n"
+        "Issued at (UTC): 2026-05-01T10:00:00Z\n"
+        "Renew after (UTC): 2026-06-30T10:00:00Z\n"
+        "Expires at (UTC): 2026-07-30T10:00:00Z\n";
+
+    s.action = PublicCertAction::kInit;
+    s.issued = {"a.example.test", "b.example.test"};
+    EXPECT_STR_EQ(format_public_cert_summary(s),
+                  "Public hostname CA: /d/public-ca.crt\n"
+                  "Initialized leaf certificate(s) for: a.example.test, b.example.test\n" +
+                      times);
+    s.existing = {"c.example.test"};
+    s.issued = {"a.example.test"};
+    EXPECT_STR_EQ(format_public_cert_summary(s),
+                  "Public hostname certificate material already exists for: c.example.test\n"
+                  "Public hostname CA: /d/public-ca.crt\n"
+                  "Initialized leaf certificate(s) for: a.example.test\n" +
+                      times);
+    s.existing = {"a.example.test", "c.example.test"};
+    s.issued.clear();
+    EXPECT_STR_EQ(format_public_cert_summary(s),
+                  "Public hostname certificate material already exists for: a.example.test, "
+                  "c.example.test\n"
+                  "Public hostname CA: /d/public-ca.crt\n" +
+                      times);
+
+    s.existing.clear();
+    s.issued = {"a.example.test", "b.example.test"};
+    s.action = PublicCertAction::kRenew;
+    EXPECT_STR_EQ(format_public_cert_summary(s),
+                  "Renewed leaf certificate(s) for: a.example.test, b.example.test\n" + times);
+    s.action = PublicCertAction::kRotateCa;
+    EXPECT_STR_EQ(format_public_cert_summary(s),
+                  "Public hostname CA rotated: /d/public-ca.crt\n"
+                  "Reissued leaf certificate(s) for: a.example.test, b.example.test\n" +
+                      times);
 }
