@@ -194,9 +194,10 @@ void ClientInstance::check_terminate_expiry() noexcept {
         const trust::ExpiryStatus st = trust::expiry_level(now, c.not_after());
         const std::string expires = trust::rfc3339_utc(c.not_after());
         if (st.level == trust::ExpiryLevel::kExpired) {
-            log_.error("client certificate expired",
-                       {{"public-hostname", host}, {"path", c.cert_path()}, {"expires-at", expires}},
-                       std::string("Visitors refuse it; ") + kHint);
+            log_.error(
+                "client certificate expired",
+                {{"public-hostname", host}, {"path", c.cert_path()}, {"expires-at", expires}},
+                std::string("Visitors refuse it; ") + kHint);
         } else if (st.level == trust::ExpiryLevel::kExpiring) {
             log_.warn("client certificate expiring",
                       {{"public-hostname", host},

@@ -7,8 +7,13 @@ namespace runewarp::client {
 
 namespace {
 
-// TLS 1.2 and 1.3 only, the server's order of preference.
-constexpr const char* kPriority = "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:%SERVER_PRECEDENCE";
+// TLS 1.2 and 1.3 only, in the server's order of preference: X25519 first (the key share
+// browsers and curl send, so no HelloRetryRequest round trip, and the cheapest exchange), AEAD
+// ciphers only, AES-128-GCM first (the cheapest per byte with AES-NI).
+constexpr const char* kPriority =
+    "NORMAL:-VERS-ALL:+VERS-TLS1.3:+VERS-TLS1.2:"
+    "-GROUP-ALL:+GROUP-X25519:+GROUP-SECP256R1:+GROUP-SECP384R1:+GROUP-X448:+GROUP-SECP521R1:"
+    "-CIPHER-ALL:+AES-128-GCM:+CHACHA20-POLY1305:+AES-256-GCM:%SERVER_PRECEDENCE";
 
 std::string gnutls_text(int rc) {
     return gnutls_strerror(rc);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <new>
 
 namespace runewarp::relay {
 
@@ -18,6 +19,21 @@ constexpr int kReadsPerEvent = 8;        // then yield to other connections
 // A fatal handshake_failure alert in a plaintext record: what a Visitor gets when there is no
 // certificate to answer with.
 constexpr uint8_t kHandshakeFailureAlert[] = {0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 0x28};
+
+// One record of plaintext per worker thread: decrypted records and socket reads pass through
+// it and are handed on at once; only what the other side does not take is copied into the
+// pump's own buffers (allocated then, so an idle or flowing stream holds none).
+uint8_t* scratch() noexcept {
+    static thread_local std::unique_ptr<uint8_t[]> buf;
+    if (!buf) buf.reset(new (std::nothrow) uint8_t[kRecord]);
+    return buf.get();
+}
+
+// `len` bytes at `src` into `dst` (allocated on first use), which may overlap.
+void keep(std::unique_ptr<uint8_t[]>& dst, const uint8_t* src, size_t len) noexcept {
+    if (!dst) dst.reset(new (std::nothrow) uint8_t[kRecord]);
+    if (dst && src != dst.get()) std::memmove(dst.get(), src, len);
+}
 
 void set_linger_reset(int fd) noexcept {
     linger l{1, 0};
@@ -127,8 +143,7 @@ void TlsStreamPump::start_relay(int fd) noexcept {
     if (phase_ != Phase::kConnecting) return;
     fd_ = fd;
     phase_ = Phase::kRelay;
-    plain_in_ = std::make_unique<uint8_t[]>(kRecord);
-    plain_out_ = std::make_unique<uint8_t[]>(kRecord);
+    if (scratch() == nullptr) return fail();
     want_read_ = true;
     // Plaintext GnuTLS already decrypted (or can from bytes it holds) goes out first; then the
     // stream offers what waited during the backend connect.
@@ -168,34 +183,49 @@ void TlsStreamPump::on_tcp_ready(bool write, int revents) noexcept {
     arm();
 }
 
-bool TlsStreamPump::flush_plain_out() noexcept {
-    while (plain_in_off_ < plain_in_len_) {
-        ssize_t n = ::send(fd_, plain_in_.get() + plain_in_off_, plain_in_len_ - plain_in_off_,
-                           MSG_DONTWAIT | MSG_NOSIGNAL);
+bool TlsStreamPump::send_plain(const uint8_t* data, size_t len) noexcept {
+    size_t off = 0;
+    while (off < len) {
+        ssize_t n = ::send(fd_, data + off, len - off, MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n > 0) {
-            plain_in_off_ += static_cast<size_t>(n);
+            off += static_cast<size_t>(n);
             to_tcp_ += static_cast<uint64_t>(n);
             continue;
         }
         if (n < 0 && errno == EINTR) continue;
         if (n < 0 && errno == EAGAIN) {
+            // The socket is full: keep the rest of the record until it drains.
+            keep(plain_in_, data + off, len - off);
+            if (!plain_in_) {
+                fail();
+                return false;
+            }
+            plain_in_off_ = 0;
+            plain_in_len_ = len - off;
             want_write_ = true;
             return false;
         }
         fail();
         return false;
     }
-    plain_in_off_ = plain_in_len_ = 0;
     return true;
+}
+
+bool TlsStreamPump::flush_plain_out() noexcept {
+    if (plain_in_off_ >= plain_in_len_) return true;
+    const uint8_t* p = plain_in_.get() + plain_in_off_;
+    size_t len = plain_in_len_ - plain_in_off_;
+    plain_in_off_ = plain_in_len_ = 0;
+    return send_plain(p, len);
 }
 
 void TlsStreamPump::decrypt_to_tcp() noexcept {
     while (phase_ == Phase::kRelay && !tls_eof_) {
         if (!flush_plain_out()) return;
-        ssize_t n = gnutls_record_recv(session_, plain_in_.get(), kRecord);
+        uint8_t* buf = scratch();
+        ssize_t n = gnutls_record_recv(session_, buf, kRecord);
         if (n > 0) {
-            plain_in_off_ = 0;
-            plain_in_len_ = static_cast<size_t>(n);
+            if (!send_plain(buf, static_cast<size_t>(n))) return;
             continue;
         }
         if (n == 0 || n == GNUTLS_E_PREMATURE_TERMINATION) {
@@ -215,7 +245,9 @@ void TlsStreamPump::read_tcp() noexcept {
     bool drained = false;
     while (phase_ == Phase::kRelay && !tcp_eof_) {
         if (stream_ == nullptr) return fail();
-        if (plain_out_len_ == 0) {
+        const uint8_t* src = plain_out_.get();
+        size_t len = plain_out_len_;
+        if (len == 0) {
             if (drained || reads == kReadsPerEvent) break;
             // Read only as much plaintext as the send ring can take as one whole record, so the
             // ciphertext never has to wait inside GnuTLS.
@@ -227,7 +259,8 @@ void TlsStreamPump::read_tcp() noexcept {
                 return;
             }
             size_t want = std::min(kRecord, space - kRecordOverhead);
-            ssize_t n = ::recv(fd_, plain_out_.get(), want, MSG_DONTWAIT);
+            uint8_t* buf = scratch();
+            ssize_t n = ::recv(fd_, buf, want, MSG_DONTWAIT);
             if (n == 0) {
                 // TCP FIN -> close_notify and STREAM FIN.
                 tcp_eof_ = true;
@@ -241,12 +274,16 @@ void TlsStreamPump::read_tcp() noexcept {
                 return fail();
             }
             ++reads;
-            plain_out_len_ = static_cast<size_t>(n);
-            drained = plain_out_len_ < want;  // the socket is empty for now
+            src = buf;
+            len = static_cast<size_t>(n);
+            drained = len < want;  // the socket is empty for now
         }
-        ssize_t r = gnutls_record_send(session_, plain_out_.get(), plain_out_len_);
+        ssize_t r = gnutls_record_send(session_, src, len);
         if (r == GNUTLS_E_AGAIN || r == GNUTLS_E_INTERRUPTED) {
             // Retried with the same bytes once the stream has room.
+            keep(plain_out_, src, len);
+            if (!plain_out_) return fail();
+            plain_out_len_ = len;
             blocked_on_stream_ = true;
             if (stream_ != nullptr) stream_->wait_writable();
             return;
@@ -254,11 +291,13 @@ void TlsStreamPump::read_tcp() noexcept {
         if (r < 0) return fail();
         auto sent = static_cast<size_t>(r);
         to_stream_ += sent;
-        if (sent < plain_out_len_) {
+        plain_out_len_ = 0;
+        if (sent < len) {
             // A smaller record size the Visitor asked for: the rest goes in the next record.
-            std::memmove(plain_out_.get(), plain_out_.get() + sent, plain_out_len_ - sent);
+            keep(plain_out_, src + sent, len - sent);
+            if (!plain_out_) return fail();
+            plain_out_len_ = len - sent;
         }
-        plain_out_len_ -= sent;
     }
     if (phase_ == Phase::kRelay && !tcp_eof_ && !blocked_on_stream_) want_read_ = true;
 }

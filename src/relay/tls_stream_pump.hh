@@ -34,7 +34,8 @@ protected:
 // record goes to the socket at once; what the socket does not take is kept (one record at most)
 // and no further stream bytes are taken until it is written. TCP -> stream: at most one TLS
 // record of plaintext is read when the stream's send ring has room for the whole record, so
-// GnuTLS never has to hold ciphertext back.
+// GnuTLS never has to hold ciphertext back. Records pass through a per-thread buffer; a stream
+// gets buffers of its own only when a side does not take a whole record.
 class TlsStreamPump final : public quic::StreamHandler {
 public:
     TlsStreamPump() = default;
@@ -83,6 +84,8 @@ private:
     // Decrypts what GnuTLS holds or can pull and writes it to the socket.
     void decrypt_to_tcp() noexcept;
     bool flush_plain_out() noexcept;
+    // Sends plaintext to the socket; what it does not take is kept (false then).
+    bool send_plain(const uint8_t* data, size_t len) noexcept;
     void read_tcp() noexcept;
     void arm() noexcept;
     void fail() noexcept;
@@ -104,7 +107,8 @@ private:
     size_t in_used_ = 0;
     bool in_fin_ = false;
 
-    // Plaintext buffers, one TLS record each, allocated when the relay starts.
+    // Plaintext one side did not take yet, one TLS record at most each; allocated the first
+    // time it happens (records pass through a per-thread buffer otherwise).
     std::unique_ptr<uint8_t[]> plain_in_;  // decrypted, waiting for the socket
     size_t plain_in_off_ = 0;
     size_t plain_in_len_ = 0;
