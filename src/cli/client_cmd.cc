@@ -31,7 +31,7 @@ int run_client_command(const Invocation& inv, Console& console) {
     }
     const config::ClientConfig& cfg = checked.startup->config;
     configure_logging(cfg.log_level, cfg.log_format);
-    return client::run_client(cfg);
+    return client::run_client(cfg, checked.startup->terminate_certs);
 }
 
 }  // namespace runewarp::cli

@@ -18,7 +18,8 @@ const config::Service* select_service(const std::vector<config::Service>& servic
     return nullptr;
 }
 
-int run_client(const config::ClientConfig& cfg) noexcept {
+int run_client(const config::ClientConfig& cfg,
+               const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept {
     obs::Logger& log = obs::process_logger();
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
     sys::raise_nofile_limit();
@@ -26,7 +27,7 @@ int run_client(const config::ClientConfig& cfg) noexcept {
     // may still hold it when the flush window ends.
     static ClientInstance* instance = nullptr;
     instance = new ClientInstance(cfg, log);
-    return instance->run();
+    return instance->run(terminate_certs);
 }
 
 }  // namespace runewarp::client

@@ -7,12 +7,14 @@
 
 #include "config/config.hh"
 #include "runewarp/result.hh"
+#include "trust/public_cert.hh"
 
 namespace runewarp::client {
 
 // Fixed limits: stream handlers per process, the 5 s step deadlines, the 100 ms close flush.
 inline constexpr unsigned kMaxStreamHandlers = 1024;
-inline constexpr int64_t kStreamStepTimeoutNs = 5'000'000'000;  // intake / connect / write
+// intake / terminate handshake / connect / write
+inline constexpr int64_t kStreamStepTimeoutNs = 5'000'000'000;
 inline constexpr int64_t kCloseFlushNs = 100'000'000;
 
 // The Service for a stream's SNI: the sole Catch-all Service wins; else the Service listing the
@@ -23,7 +25,9 @@ const config::Service* select_service(const std::vector<config::Service>& servic
 // Runs the Client for a config that passed preflight::check_client, until a signal stops it.
 // Every Tunnel attempt reloads the trust and identity material by the same rules
 // (preflight::load_client_material). Returns the process exit code (0 orderly, 1 fatal: broken
-// loop, local trust or identity material no longer usable).
-int run_client(const config::ClientConfig& cfg) noexcept;
+// loop, local trust or identity material no longer usable). `terminate_certs` holds every
+// terminating hostname's certificate; SIGHUP re-reads them from public-cert-dir.
+int run_client(const config::ClientConfig& cfg,
+               const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept;
 
 }  // namespace runewarp::client

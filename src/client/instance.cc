@@ -102,8 +102,12 @@ void ClientInstance::on_signal(const signalfd_siginfo& info) noexcept {
         case SIGQUIT:
             begin_shutdown();
             return;
+        case SIGHUP:
+            // Configuration reload is not part of this build; certificates are re-read.
+            reload_terminate_certs();
+            return;
         default:
-            return;  // SIGHUP: reload is not part of this build
+            return;
     }
 }
 
@@ -118,7 +122,57 @@ void ClientInstance::begin_shutdown() noexcept {
     worker_->stop();
 }
 
-int ClientInstance::run() noexcept {
+void ClientInstance::reload_terminate_certs() noexcept {
+    if (terminate_tls_ == nullptr || cfg_.public_cert_dir.empty()) {
+        log_.info("client reload requested", {}, "nothing to re-read: no terminating service");
+        return;
+    }
+    TerminateCertsRef snap = terminate_certs_;
+    unsigned loaded = 0, dropped = 0, failed = 0;
+    for (const std::string& h : preflight::terminating_hostnames(cfg_)) {
+        if (trust::public_cert_absent(cfg_.public_cert_dir, h)) {
+            if (snap->find(h) != nullptr) {
+                snap = TerminateCerts::with(snap, h, nullptr);
+                ++dropped;
+                log_.warn("client terminate certificate removed", {{"public-hostname", h}},
+                          "new streams for this hostname fail until a certificate is installed");
+            }
+            continue;
+        }
+        auto m = trust::load_public_cert(cfg_.public_cert_dir, h);
+        Result<std::unique_ptr<TerminateCredential>> c =
+            m ? TerminateCredential::load(*m)
+              : Result<std::unique_ptr<TerminateCredential>>(m.error());
+        if (!c) {
+            ++failed;
+            log_.error("client terminate certificate reload failed", {{"public-hostname", h}},
+                       c.error().message);
+            continue;
+        }
+        snap = TerminateCerts::with(snap, h,
+                                    std::shared_ptr<const TerminateCredential>(std::move(*c)));
+        ++loaded;
+    }
+    terminate_certs_ = std::move(snap);
+    log_.info("client terminate certificates reloaded",
+              {{"loaded", loaded}, {"removed", dropped}, {"failed", failed}});
+}
+
+int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept {
+    if (!preflight::terminating_hostnames(cfg_).empty()) {
+        auto t = TerminateTls::create();
+        if (!t) {
+            log_.error("client startup failed", {}, t.error().message);
+            return 1;
+        }
+        terminate_tls_ = std::move(*t);
+        auto snap = TerminateCerts::build(terminate_certs);
+        if (!snap) {
+            log_.error("client startup failed", {}, snap.error().message);
+            return 1;
+        }
+        terminate_certs_ = std::move(*snap);
+    }
     core::WorkerOptions wo;
     wo.loop.choice = sys::backend_choice(cfg_.event_backend);
     auto w = core::Worker::create(wo);

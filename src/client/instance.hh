@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "client/terminate_tls.hh"
 #include "config/config.hh"
 #include "core/slab.hh"
 #include "core/worker.hh"
@@ -34,7 +35,7 @@ class ClientInstance final : public core::SignalListener {
 public:
     ClientInstance(const config::ClientConfig& cfg, obs::Logger& log);
     ~ClientInstance();
-    int run() noexcept;
+    int run(const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept;
 
     obs::Logger& log() noexcept { return log_; }
     const config::ClientConfig& cfg() const noexcept { return cfg_; }
@@ -43,6 +44,10 @@ public:
     net::Resolver* resolver() noexcept { return shutting_down_ ? nullptr : resolver_.get(); }
     uint64_t random() noexcept { return rng_(); }
     bool shutting_down() const noexcept { return shutting_down_; }
+    // Terminate mode: the certificates now (each stream keeps the snapshot it started with)
+    // and the process-wide session settings (null when no Service terminates).
+    const TerminateCertsRef& terminate_certs() const noexcept { return terminate_certs_; }
+    const TerminateTls* terminate_tls() const noexcept { return terminate_tls_.get(); }
 
     // Re-reads the Client identity and the Server trust (every attempt does).
     Result<std::unique_ptr<quic::ClientTls>> load_tls(const std::string& server_name);
@@ -59,11 +64,18 @@ public:
 
 private:
     void begin_shutdown() noexcept;
+    // SIGHUP: re-reads every terminating hostname's certificate. One that loads replaces the
+    // old; one whose files are gone is dropped (its streams fail closed); one that exists but
+    // does not load keeps the previous certificate, with an ERROR.
+    void reload_terminate_certs() noexcept;
     void update_status() noexcept;
 
     const config::ClientConfig& cfg_;
     obs::Logger& log_;
     std::unique_ptr<core::Worker> worker_;
+    // Declared before the stream slab: terminating sessions use them until they are freed.
+    std::unique_ptr<TerminateTls> terminate_tls_;
+    TerminateCertsRef terminate_certs_;
     std::unique_ptr<net::Resolver> resolver_;
     std::unique_ptr<sys::Watchdog> watchdog_;
     std::vector<std::unique_ptr<AddressWorker>> workers_;

@@ -57,6 +57,13 @@ size_t StreamSession::on_stream_data(quic::Stream&, std::span<const uint8_t> dat
     if (fin && take == data.size() && take > 0) --take;
     prefix_.insert(prefix_.end(), data.begin(), data.begin() + static_cast<ptrdiff_t>(take));
     route();
+    if (service_ != nullptr && service_->tls_mode == config::TlsMode::kTerminate &&
+        phase_ == Phase::intake) {
+        // Everything offered now (and the FIN with it) feeds the handshake: the pump becomes
+        // the stream's handler, and bytes left in the stream now would wait for a read.
+        start_terminate(data.subspan(take), fin);
+        return data.size();
+    }
     return take;
 }
 
@@ -86,8 +93,69 @@ void StreamSession::route() noexcept {
         return finish(true);
     }
     backend_text_ = service_->backend.text();
+    if (service_->tls_mode == config::TlsMode::kTerminate) {
+        inst_.log().debug("client route terminate",
+                          {{"public-hostname", sni_}, {"backend-address", backend_text_}});
+        return;  // on_stream_data starts the handshake with every byte it was offered
+    }
     inst_.log().debug("client route passthrough",
                       {{"public-hostname", sni_}, {"backend-address", backend_text_}});
+    connect_phase();
+}
+
+void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noexcept {
+    phase_ = Phase::handshake;
+    arm_step_timer();  // 5 s for the handshake
+    quic::Stream* s = stream_;
+    stream_ = nullptr;  // the TLS pump owns the stream from here on
+    tls_ = std::make_unique<relay::TlsStreamPump>();
+    certs_ = inst_.terminate_certs();
+    const TerminateCredential* cred = certs_ ? certs_->find(sni_) : nullptr;
+    const TerminateTls* tt = inst_.terminate_tls();
+    if (cred == nullptr || tt == nullptr || s == nullptr) {
+        inst_.log().warn("client route unavailable", {{"public-hostname", sni_},
+                                                      {"backend-address", backend_text_},
+                                                      {"reason", "tls-config-missing"}});
+        if (s == nullptr) return finish(true);
+        return tls_->start_refusal(*this, *s);
+    }
+    auto session = tt->new_session(*cred, service_->alpn);
+    if (!session) {
+        inst_.log().warn("client route unavailable",
+                         {{"public-hostname", sni_},
+                          {"backend-address", backend_text_},
+                          {"reason", "tls-config-missing"}},
+                         session.error().message);
+        return tls_->start_refusal(*this, *s);
+    }
+    // The ClientHello (and whatever followed it) is fed to the handshake first.
+    std::vector<uint8_t> initial(prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
+                                 prefix_.end());
+    initial.insert(initial.end(), rest.begin(), rest.end());
+    prefix_.clear();
+    prefix_.shrink_to_fit();
+    visitor_offset_ = 0;
+    tls_->start_handshake(*this, *s, *session, initial, fin);
+}
+
+void StreamSession::tls_handshake_done() noexcept {
+    if (phase_ != Phase::handshake) return;
+    if (inst_.log().enabled(obs::Level::kDebug)) {
+        gnutls_session_t gs = tls_->session();
+        gnutls_datum_t proto{};
+        std::string alpn = gnutls_alpn_get_selected_protocol(gs, &proto) == 0
+                               ? std::string(reinterpret_cast<const char*>(proto.data), proto.size)
+                               : std::string("none");
+        const char* ver = gnutls_protocol_get_name(gnutls_protocol_get_version(gs));
+        inst_.log().debug("client terminate handshake completed",
+                          {{"public-hostname", sni_},
+                           {"tls-version", ver != nullptr ? ver : "unknown"},
+                           {"alpn", alpn}});
+    }
+    connect_phase();
+}
+
+void StreamSession::connect_phase() noexcept {
     arm_step_timer();  // 5 s for resolution and connect together
     net::ResolvedAddress lit;
     if (net::literal_address(service_->backend.host, service_->backend.port, lit)) {
@@ -129,7 +197,7 @@ void StreamSession::send_initial() noexcept {
         }
         out_.insert(out_.end(), hdr, hdr + n);
     }
-    if (visitor_offset_ < prefix_.size()) {
+    if (tls_ == nullptr && visitor_offset_ < prefix_.size()) {
         out_.insert(out_.end(), prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
                     prefix_.end());
     }
@@ -148,6 +216,10 @@ void StreamSession::start_relay() noexcept {
     if (timer_armed_) {
         worker().cancel_timer(timer_);
         timer_armed_ = false;
+    }
+    if (tls_ != nullptr) {
+        phase_ = Phase::relay;
+        return tls_->start_relay(fd_.get());
     }
     if (stream_ == nullptr) return finish(true);
     phase_ = Phase::relay;
@@ -172,6 +244,18 @@ void StreamSession::pump_wait_tcp(bool write) noexcept {
 }
 
 void StreamSession::pump_finished(bool reset) noexcept {
+    if (phase_ == Phase::done) return;  // finish() is cutting the pump
+    // The TLS pump ended before the relay: the stream went away, or a refusal completed.
+    if (phase_ != Phase::relay) {
+        if (tls_ != nullptr && tls_->handshake_error() != 0) {
+            inst_.log().debug("client route unavailable",
+                              {{"public-hostname", sni_},
+                               {"backend-address", backend_text_},
+                               {"reason", "tls-handshake-failed"}},
+                              gnutls_strerror(tls_->handshake_error()));
+        }
+        return finish(reset);
+    }
     linger_reset_ = reset;
     phase_ = Phase::done;
     abort(0);
@@ -180,7 +264,12 @@ void StreamSession::pump_finished(bool reset) noexcept {
 void StreamSession::finish(bool reset) noexcept {
     if (phase_ == Phase::done) return;
     if (phase_ == Phase::relay) {
-        pump_.abort();  // calls pump_finished
+        // Calls pump_finished.
+        if (tls_ != nullptr) {
+            tls_->abort();
+        } else {
+            pump_.abort();
+        }
         return;
     }
     phase_ = Phase::done;
@@ -193,6 +282,7 @@ void StreamSession::finish(bool reset) noexcept {
         resolve_id_ = 0;
     }
     connector_.cancel(*this);
+    if (tls_ != nullptr) tls_->abort();  // resets the stream if the pump still holds it
     if (stream_ != nullptr) {
         quic::Stream* s = stream_;
         stream_ = nullptr;
@@ -223,6 +313,12 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
         switch (phase_) {
             case Phase::intake:
                 return reject("stream intake timeout");
+            case Phase::handshake:
+                inst_.log().debug("client route unavailable",
+                                  {{"public-hostname", sni_},
+                                   {"backend-address", backend_text_},
+                                   {"reason", "tls-handshake-timeout"}});
+                return finish(true);
             case Phase::resolve:
             case Phase::connect:
                 return backend_failed("backend-connect-failed", "timeout");
@@ -251,10 +347,13 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
             }
             return start_relay();
         case kOpPollRead:
-            if (phase_ == Phase::relay) pump_.on_tcp_ready(false, c.result);
-            return;
         case kOpPollWrite:
-            if (phase_ == Phase::relay) pump_.on_tcp_ready(true, c.result);
+            if (phase_ != Phase::relay) return;
+            if (tls_ != nullptr) {
+                tls_->on_tcp_ready(c.token.op == kOpPollWrite, c.result);
+            } else {
+                pump_.on_tcp_ready(c.token.op == kOpPollWrite, c.result);
+            }
             return;
         default:
             return;

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "client/terminate_tls.hh"
 #include "config/config.hh"
 #include "core/slab.hh"
 #include "core/unique_fd.hh"
@@ -18,18 +19,22 @@
 #include "proto/stream_prefix.hh"
 #include "quic/connection.hh"
 #include "relay/stream_pump.hh"
+#include "relay/tls_stream_pump.hh"
 
 namespace runewarp::client {
 
 class ClientInstance;
 
-// Phases: intake (the prefix decoder is fed as bytes arrive, 5 s) -> resolve + connect (every
-// address of the backend host, Happy Eyeballs, 5 s together) -> write (optional PROXY v2 header
-// + the buffered Visitor bytes as one send, 5 s) -> relay (a StreamPump owns the stream).
-// Any failure resets only this stream (code 1).
+// Phases: intake (the prefix decoder is fed as bytes arrive, 5 s) -> [terminate: TLS handshake
+// with the hostname's certificate, 5 s] -> resolve + connect (every address of the backend
+// host, Happy Eyeballs, 5 s together) -> write (optional PROXY v2 header + the buffered Visitor
+// bytes as one send (passthrough) or the header alone (terminate), 5 s) -> relay (a StreamPump,
+// or the TlsStreamPump that ran the handshake, owns the stream).
+// Any failure resets only this stream (code 1); a terminating hostname without a certificate
+// gets a handshake_failure alert and a clean close.
 class StreamSession final : public core::Session,
                             public quic::StreamHandler,
-                            public relay::StreamPumpOwner,
+                            public relay::TlsStreamPumpOwner,
                             public net::ResolveListener {
 public:
     StreamSession(core::Worker& w, ClientInstance& inst) noexcept;
@@ -46,12 +51,14 @@ public:
     // relay::StreamPumpOwner
     void pump_wait_tcp(bool write) noexcept override;
     void pump_finished(bool reset) noexcept override;
+    // relay::TlsStreamPumpOwner
+    void tls_handshake_done() noexcept override;
 
     // net::ResolveListener
     void on_resolved(uint64_t id, net::Resolution& r) noexcept override;
 
 private:
-    enum class Phase : uint8_t { intake, resolve, connect, write, relay, done };
+    enum class Phase : uint8_t { intake, handshake, resolve, connect, write, relay, done };
     static constexpr uint8_t kOpTimer = 1;
     static constexpr uint8_t kOpSend = 3;
     static constexpr uint8_t kOpPollRead = 4;
@@ -64,6 +71,9 @@ private:
 
     void reject(const std::string& reason) noexcept;
     void route() noexcept;
+    // Terminate: the TLS handshake on the ClientHello and `rest` (what followed it).
+    void start_terminate(std::span<const uint8_t> rest, bool fin) noexcept;
+    void connect_phase() noexcept;
     void connect_backend(std::vector<net::ResolvedAddress> addrs) noexcept;
     void send_initial() noexcept;
     void start_relay() noexcept;
@@ -90,6 +100,9 @@ private:
     std::vector<uint8_t> out_;
     size_t out_off_ = 0;
     relay::StreamPump pump_;
+    // Terminate mode: the certificate snapshot this stream started with, and its TLS pump.
+    TerminateCertsRef certs_;
+    std::unique_ptr<relay::TlsStreamPump> tls_;
     core::TimerHandle timer_{};
     bool timer_armed_ = false;
     bool linger_reset_ = false;

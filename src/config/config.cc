@@ -731,6 +731,23 @@ void Loader::client() {
             svc.tls_mode = named(*v, {TlsMode::kPassthrough, TlsMode::kTerminate}, tls_mode_name);
         }
         svc.proxy_v2 = s->good("proxy-protocol") != nullptr;
+        if (const Value* av = s->get("alpn")) {
+            if (svc.tls_mode != TlsMode::kTerminate) {
+                problem(av->line, where(*s) + ": alpn applies only to tls-mode = terminate");
+            } else if (av->valid && av->items.size() > 8) {
+                problem(av->line, where(*s) + ": alpn lists at most 8 protocols");
+            } else if (av->valid) {
+                std::set<std::string> seen;
+                svc.alpn.clear();
+                for (const auto& a : av->items) {
+                    if (!seen.insert(a).second) {
+                        problem(av->line, where(*s) + ": alpn protocol " + a + " is listed twice");
+                        continue;
+                    }
+                    svc.alpn.push_back(a);
+                }
+            }
+        }
         const Value* hv = s->get("public-hostnames");
         if (hv && hv->valid) {
             std::set<std::string> local;

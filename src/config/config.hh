@@ -131,6 +131,8 @@ struct Service {
     HostPort backend;
     TlsMode tls_mode{};
     bool proxy_v2 = false;
+    // Terminate mode: the ALPN protocol ids offered to Visitors, preferred first.
+    std::vector<std::string> alpn{"http/1.1"};
     bool catch_all() const noexcept { return public_hostnames.empty(); }
 };
 

@@ -186,6 +186,12 @@ const std::array kKeys = {
             "relay TLS untouched or terminate it on the Client", kTlsModes},
     KeySpec{K::kService, "proxy-protocol", T::kEnum, "(unset)",
             "send a PROXY v2 header to the backend", kProxy},
+    KeySpec{K::kService,
+            "alpn",
+            T::kAlpnList,
+            "http/1.1",
+            "ALPN protocols a terminating Service offers, preferred first",
+            {}},
 
     KeySpec{K::kControl,
             "address",
@@ -226,7 +232,7 @@ std::string join_choices(std::span<const std::string_view> choices) {
 
 bool is_list(ValueType t) noexcept {
     return t == T::kHostnameList || t == T::kIdentityList || t == T::kServerAddressList ||
-           t == T::kCidrList;
+           t == T::kCidrList || t == T::kAlpnList;
 }
 
 std::span<const KeySpec> key_registry() noexcept {
@@ -303,6 +309,16 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
             return problem_of(parse_duration_ms(value));
         case T::kCidrList:
             return problem_of(parse_cidr(value));
+        case T::kAlpnList:
+            if (value.empty() || value.size() > 255) {
+                return err("an ALPN protocol id is 1 to 255 bytes");
+            }
+            for (char c : value) {
+                if (c <= 0x20 || c >= 0x7f) {
+                    return err("an ALPN protocol id is printable ASCII without spaces");
+                }
+            }
+            return std::nullopt;
     }
     return std::nullopt;
 }

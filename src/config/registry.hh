@@ -35,6 +35,7 @@ enum class ValueType {
     kHostPort,  // literal socket address or host:port, port 1-65535
     kDuration,  // <unsigned integer><ms|s|m|h>
     kCidrList,  // list of addr/prefix
+    kAlpnList,  // list of ALPN protocol ids: h2, http/1.1
     kPath,      // file or directory, relative to the config file
 };
 

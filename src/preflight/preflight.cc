@@ -1,6 +1,7 @@
 // Startup rules: the config loader's outcome plus build support and trust material, per role.
 #include "preflight/preflight.hh"
 
+#include <algorithm>
 #include <utility>
 
 #include "trust/anchors.hh"
@@ -50,13 +51,6 @@ void server_support(const config::ServerConfig& cfg, Problems& problems) {
 void client_support(const config::ClientConfig& cfg, Problems& problems) {
     if (cfg.managed_requested) problems.add(kManaged);
     if (cfg.acme) problems.add("[client.acme]: ACME is not supported by this build");
-    for (const config::Service& s : cfg.services) {
-        if (s.tls_mode == config::TlsMode::kTerminate) {
-            problems.add("service \"" + s.label +
-                         "\": tls-mode = terminate is not supported by this build; use "
-                         "tls-mode = passthrough");
-        }
-    }
     // The loader requires both outside managed mode; the runtime relies on it.
     if (!cfg.managed_requested) {
         if (cfg.services.empty()) problems.add("no [service] is configured");
@@ -97,6 +91,23 @@ ClientMaterial client_material(const config::ClientConfig& cfg, Problems& proble
 
 // The config loader, then the role's rules on the model it built: `apply` adds its problems and
 // returns what the role would start with.
+// Every terminating hostname's certificate from public-cert-dir (none with ACME, which this
+// build refuses).
+std::vector<trust::PublicCertMaterial> terminate_material(const config::ClientConfig& cfg,
+                                                          Problems& problems) {
+    std::vector<trust::PublicCertMaterial> out;
+    if (cfg.public_cert_dir.empty()) return out;
+    for (const std::string& h : terminating_hostnames(cfg)) {
+        auto m = trust::load_public_cert(cfg.public_cert_dir, h);
+        if (m) {
+            out.push_back(std::move(*m));
+        } else {
+            problems.add(m.error().message);
+        }
+    }
+    return out;
+}
+
 template <typename Startup, typename Model, typename Apply>
 Checked<Startup> check(const config::LoadOptions& options,
                        std::optional<Model> config::LoadOutcome::*model, Apply apply) {
@@ -126,12 +137,24 @@ Checked<ServerStartup> check_server(const config::LoadOptions& options) {
 }
 
 Checked<ClientStartup> check_client(const config::LoadOptions& options) {
-    return check<ClientStartup>(options, &config::LoadOutcome::client,
-                                [](config::ClientConfig cfg, Problems& problems) {
-                                    client_support(cfg, problems);
-                                    ClientMaterial m = client_material(cfg, problems);
-                                    return ClientStartup{std::move(cfg), std::move(m)};
-                                });
+    return check<ClientStartup>(
+        options, &config::LoadOutcome::client, [](config::ClientConfig cfg, Problems& problems) {
+            client_support(cfg, problems);
+            ClientMaterial m = client_material(cfg, problems);
+            auto certs = terminate_material(cfg, problems);
+            return ClientStartup{std::move(cfg), std::move(m), std::move(certs)};
+        });
+}
+
+std::vector<std::string> terminating_hostnames(const config::ClientConfig& cfg) {
+    std::vector<std::string> out;
+    for (const config::Service& s : cfg.services) {
+        if (s.tls_mode != config::TlsMode::kTerminate) continue;
+        out.insert(out.end(), s.public_hostnames.begin(), s.public_hostnames.end());
+    }
+    std::sort(out.begin(), out.end());
+    out.erase(std::unique(out.begin(), out.end()), out.end());
+    return out;
 }
 
 Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg) {

@@ -9,6 +9,7 @@
 #include "config/config.hh"
 #include "runewarp/result.hh"
 #include "trust/client_identity.hh"
+#include "trust/public_cert.hh"
 #include "trust/server_cert.hh"
 
 namespace runewarp::preflight {
@@ -29,6 +30,8 @@ struct ClientMaterial {
 struct ClientStartup {
     config::ClientConfig config;
     ClientMaterial material;
+    // Every terminating hostname's certificate (public-cert-dir), loaded and checked.
+    std::vector<trust::PublicCertMaterial> terminate_certs;
 };
 
 // The outcome of the startup rules: every problem, in the `config check` report format
@@ -46,13 +49,16 @@ struct Checked {
 // key match, key mode).
 Checked<ServerStartup> check_server(const config::LoadOptions& options);
 
-// The same for the Client: tls-mode = terminate, [client.acme] and managed mode are refused;
-// the identity directory, the server CA file (ca-file trust) or the system trust store (at
-// least one anchor) must be usable.
+// The same for the Client: [client.acme] and managed mode are refused; the identity directory,
+// the server CA file (ca-file trust) or the system trust store (at least one anchor) must be
+// usable, and every terminating hostname must have its certificate and key in public-cert-dir.
 Checked<ClientStartup> check_client(const config::LoadOptions& options);
 
 // The Client's material by the rules check_client applies. The Client reloads it before every
 // Tunnel attempt; every problem is in the error, joined by "; ".
 Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg);
+
+// The Public hostnames of tls-mode = terminate Services: canonical, sorted, without duplicates.
+std::vector<std::string> terminating_hostnames(const config::ClientConfig& cfg);
 
 }  // namespace runewarp::preflight

@@ -100,3 +100,207 @@ Test(client, sole_catch_all_wins_else_exact_sni) {
     cr_assert_null(client::select_service(mixed, "x.example"));
 }
 
+// ---- terminate mode: certificate snapshots and the server session settings ----
+
+#include <gnutls/gnutls.h>
+
+#include "client/terminate_tls.hh"
+#include "core/file.hh"
+#include "tests/support/temp_tree.hh"
+#include "trust/server_cert.hh"
+
+namespace {
+
+// A leaf for `host` (the private CA code the trust module shares), as terminate material.
+trust::PublicCertMaterial material_for(const std::string& dir, const std::string& host) {
+    std::string d = dir + "/" + host;
+    cr_assert(trust::init_server_cert(d, host).ok());
+    trust::PublicCertMaterial m;
+    m.hostname = host;
+    m.cert_pem = *core::read_file(d + "/server.crt");
+    m.key_pem = *core::read_file(d + "/server.key");
+    m.cert_path = d + "/server.crt";
+    return m;
+}
+
+// Two in-memory byte queues joining a GnuTLS client and server session.
+struct Wire {
+    std::string to_server, to_client;
+};
+struct End {
+    std::string* in;
+    std::string* out;
+    gnutls_session_t s;
+};
+
+ssize_t end_push(gnutls_transport_ptr_t p, const void* buf, size_t len) {
+    auto* e = static_cast<End*>(p);
+    e->out->append(static_cast<const char*>(buf), len);
+    return static_cast<ssize_t>(len);
+}
+
+ssize_t end_pull(gnutls_transport_ptr_t p, void* buf, size_t len) {
+    auto* e = static_cast<End*>(p);
+    if (e->in->empty()) {
+        gnutls_transport_set_errno(e->s, EAGAIN);
+        return -1;
+    }
+    size_t n = std::min(len, e->in->size());
+    std::memcpy(buf, e->in->data(), n);
+    e->in->erase(0, n);
+    return static_cast<ssize_t>(n);
+}
+
+// Runs both handshakes to completion (or failure) in lockstep; returns the server's result.
+int handshake_pair(gnutls_session_t client, gnutls_session_t server) {
+    int rc = GNUTLS_E_AGAIN, rs = GNUTLS_E_AGAIN;
+    for (int i = 0; i < 64 && (rc != 0 || rs != 0); ++i) {
+        if (rc != 0) {
+            rc = gnutls_handshake(client);
+            if (rc < 0 && gnutls_error_is_fatal(rc)) return rc;
+        }
+        if (rs != 0) {
+            rs = gnutls_handshake(server);
+            if (rs < 0 && gnutls_error_is_fatal(rs)) return rs;
+        }
+    }
+    return rs;
+}
+
+struct Pair {
+    Wire wire;
+    End ce{&wire.to_client, &wire.to_server, nullptr};
+    End se{&wire.to_server, &wire.to_client, nullptr};
+    gnutls_certificate_credentials_t ccred = nullptr;
+
+    Pair(gnutls_session_t server, const std::vector<std::string>& client_alpn,
+         const gnutls_datum_t* resume = nullptr) {
+        cr_assert_eq(gnutls_certificate_allocate_credentials(&ccred), 0);
+        cr_assert_eq(gnutls_init(&ce.s, GNUTLS_CLIENT | GNUTLS_NONBLOCK), 0);
+        cr_assert_eq(gnutls_set_default_priority(ce.s), 0);
+        cr_assert_eq(gnutls_credentials_set(ce.s, GNUTLS_CRD_CERTIFICATE, ccred), 0);
+        std::vector<gnutls_datum_t> protos;
+        for (const auto& a : client_alpn) {
+            protos.push_back({reinterpret_cast<unsigned char*>(const_cast<char*>(a.data())),
+                              static_cast<unsigned>(a.size())});
+        }
+        if (!protos.empty()) {
+            cr_assert_eq(gnutls_alpn_set_protocols(ce.s, protos.data(),
+                                                   static_cast<unsigned>(protos.size()), 0),
+                         0);
+        }
+        if (resume != nullptr)
+            cr_assert_eq(gnutls_session_set_data(ce.s, resume->data, resume->size), 0);
+        se.s = server;
+        for (End* e : {&ce, &se}) {
+            gnutls_transport_set_ptr(e->s, e);
+            gnutls_transport_set_push_function(e->s, end_push);
+            gnutls_transport_set_pull_function(e->s, end_pull);
+        }
+    }
+    ~Pair() {
+        gnutls_deinit(ce.s);
+        gnutls_deinit(se.s);
+        gnutls_certificate_free_credentials(ccred);
+    }
+    std::string selected_alpn() const {
+        gnutls_datum_t d{};
+        if (gnutls_alpn_get_selected_protocol(se.s, &d) != 0) return "";
+        return std::string(reinterpret_cast<const char*>(d.data), d.size);
+    }
+};
+
+}  // namespace
+
+Test(client, terminate_snapshots_are_immutable_and_swapped_whole) {
+    std::string dir = test::make_temp_tree("runewarp-terminate");
+    auto built = client::TerminateCerts::build(
+        {material_for(dir, "a.example.test"), material_for(dir, "b.example.test")});
+    cr_assert(built.ok(), "%s", built.error().message.c_str());
+    client::TerminateCertsRef first = *built;
+    cr_assert_eq(first->size(), 2u);
+    const client::TerminateCredential* a = first->find("a.example.test");
+    cr_assert(a != nullptr);
+    cr_assert(first->find("c.example.test") == nullptr);
+
+    // A renewed certificate for a: a new snapshot; the old one (held by streams in flight)
+    // still has the old credential, and b is shared, not reloaded.
+    auto renewed =
+        client::TerminateCredential::load(material_for(dir + "/renewed", "a.example.test"));
+    cr_assert(renewed.ok());
+    client::TerminateCertsRef second = client::TerminateCerts::with(
+        first, "a.example.test",
+        std::shared_ptr<const client::TerminateCredential>(std::move(*renewed)));
+    cr_assert(second->find("a.example.test") != a);
+    cr_assert(first->find("a.example.test") == a);
+    cr_assert(second->find("b.example.test") == first->find("b.example.test"));
+
+    // Material removed: the hostname has no certificate in the next snapshot only.
+    client::TerminateCertsRef third =
+        client::TerminateCerts::with(second, "b.example.test", nullptr);
+    cr_assert(third->find("b.example.test") == nullptr);
+    cr_assert(second->find("b.example.test") != nullptr);
+    cr_assert_eq(third->size(), 1u);
+
+    // A key that does not belong to the certificate is refused with the file named.
+    trust::PublicCertMaterial broken = material_for(dir + "/x", "d.example.test");
+    broken.key_pem = material_for(dir + "/y", "d.example.test").key_pem;
+    auto bad = client::TerminateCerts::build({broken});
+    cr_assert(!bad.ok());
+    cr_assert(bad.error().message.find(broken.cert_path) != std::string::npos, "%s",
+              bad.error().message.c_str());
+    test::remove_temp_tree(dir);
+}
+
+Test(client, terminate_sessions_negotiate_alpn_and_resume_with_the_process_ticket_key) {
+    std::string dir = test::make_temp_tree("runewarp-terminate");
+    auto tls = client::TerminateTls::create();
+    cr_assert(tls.ok(), "%s", tls.error().message.c_str());
+    auto cred = client::TerminateCredential::load(material_for(dir, "app.example.test"));
+    cr_assert(cred.ok());
+
+    // Default ALPN: http/1.1 only; a Visitor offering h2 first still gets http/1.1.
+    auto s1 = (*tls)->new_session(**cred, {"http/1.1"});
+    cr_assert(s1.ok());
+    gnutls_datum_t ticket{};
+    {
+        Pair p(*s1, {"h2", "http/1.1"});
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect_eq(p.selected_alpn(), "http/1.1");
+        cr_expect_eq(gnutls_protocol_get_version(p.se.s), GNUTLS_TLS1_3);
+        // TLS 1.3 tickets arrive after the handshake: read them on the client.
+        char buf[16];
+        for (int i = 0; i < 4; ++i) (void)gnutls_record_recv(p.ce.s, buf, sizeof buf);
+        cr_assert_eq(gnutls_session_get_data2(p.ce.s, &ticket), 0);
+    }
+
+    // h2 offered by the Service: preferred when the Visitor offers it.
+    auto s2 = (*tls)->new_session(**cred, {"h2", "http/1.1"});
+    cr_assert(s2.ok());
+    {
+        Pair p(*s2, {"http/1.1", "h2"});
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect_eq(p.selected_alpn(), "h2", "the Service's order wins");
+    }
+
+    // Another session of the same process resumes the first one's ticket.
+    auto s3 = (*tls)->new_session(**cred, {"http/1.1"});
+    cr_assert(s3.ok());
+    {
+        Pair p(*s3, {"http/1.1"}, &ticket);
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect(gnutls_session_is_resumed(p.se.s) != 0, "the ticket resumed the session");
+    }
+    // A second process (another master key) does not.
+    auto other = client::TerminateTls::create();
+    cr_assert(other.ok());
+    auto s4 = (*other)->new_session(**cred, {"http/1.1"});
+    cr_assert(s4.ok());
+    {
+        Pair p(*s4, {"http/1.1"}, &ticket);
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect(gnutls_session_is_resumed(p.se.s) == 0);
+    }
+    gnutls_free(ticket.data);
+    test::remove_temp_tree(dir);
+}

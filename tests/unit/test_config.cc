@@ -596,6 +596,34 @@ Test(config, tunnel_retry_values) {
     }
 }
 
+Test(config, terminate_alpn_values) {
+    Scratch s;
+    auto def = load_text(s, Role::kClient, C_HEAD SVC "tls-mode = terminate\n");
+    cr_assert(def.ok(), "%s", dump(def).c_str());
+    cr_assert_eq(def.client->services.at(0).alpn.size(), 1u);
+    cr_expect_eq(def.client->services.at(0).alpn[0], "http/1.1", "http/1.1 alone by default");
+
+    auto h2 = load_text(s, Role::kClient, C_HEAD SVC "tls-mode = terminate\nalpn = h2, http/1.1\n");
+    cr_assert(h2.ok(), "%s", dump(h2).c_str());
+    const auto& a = h2.client->services.at(0).alpn;
+    cr_assert_eq(a.size(), 2u);
+    cr_expect_eq(a[0], "h2", "the order given is the order of preference");
+    cr_expect_eq(a[1], "http/1.1");
+
+    const std::pair<const char*, const char*> bad[] = {
+        {"tls-mode = passthrough\nalpn = h2\n",
+         "service \"web\": alpn applies only to tls-mode = terminate"},
+        {"tls-mode = terminate\nalpn = h2, h2\n", "alpn protocol h2 is listed twice"},
+        {"tls-mode = terminate\nalpn = a,b,c,d,e,f,g,h,i\n", "alpn lists at most 8 protocols"},
+        {"tls-mode = terminate\nalpn = h\x01x\n", "printable ASCII without spaces"},
+    };
+    for (auto [extra, want] : bad) {
+        auto out = load_text(s, Role::kClient, std::string(C_HEAD SVC) + extra);
+        cr_assert(!out.ok(), "%s accepted", extra);
+        cr_expect(dump(out).find(want) != std::string::npos, "%s: %s", extra, dump(out).c_str());
+    }
+}
+
 Test(config, routes_only_server_needs_no_cert_dir) {
     Scratch s;
     auto out = load_text(s, Role::kServer,

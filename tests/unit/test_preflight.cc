@@ -109,16 +109,18 @@ Test(preflight, build_support_and_material_problems_are_reported_together) {
         "%s", report.c_str());
     cr_assert(acme.report.hints.empty(), "%s", report.c_str());
 
-    // A terminate Service and a broken identity: every problem, not the first only.
+    // Client ACME, a terminating hostname without its certificate and a broken identity:
+    // every problem, not the first only.
     cr_assert(trust::init_client_identity(g_dir + "/identity").ok());
     cr_assert_eq(chmod((g_dir + "/identity/client.key").c_str(), 0640), 0);
     auto client = preflight::check_client(
-        options(config::Role::kClient, client_ini("tls-mode = terminate\n")));
+        options(config::Role::kClient,
+                client_ini("tls-mode = terminate\n[client.acme]\nemail = a@example.test\n")));
     cr_assert(!client.ok());
     report = config::format_report(config::Role::kClient, "x", client.report);
-    cr_assert(report.find("- service \"web\": tls-mode = terminate is not supported by this "
-                          "build; use tls-mode = passthrough\n") != std::string::npos,
-              "%s", report.c_str());
+    cr_assert(
+        report.find("- [client.acme]: ACME is not supported by this build") != std::string::npos,
+        "%s", report.c_str());
     cr_assert(report.find("chmod 600 " + g_dir + "/identity/client.key") != std::string::npos, "%s",
               report.c_str());
 }
@@ -149,4 +151,60 @@ Test(preflight, every_tunnel_attempt_reloads_the_client_material_by_the_same_rul
     cr_assert(m.find("client.identity-dir: ") != std::string::npos, "%s", m.c_str());
     cr_assert(m.find("; client.server-ca-file: no certificate in ") != std::string::npos, "%s",
               m.c_str());
+}
+
+namespace {
+
+// A certificate and key for `host` in <pub>/<host>/public.{crt,key}, made with the private CA
+// code the trust module shares.
+void write_public_cert(const std::string& pub, const std::string& host) {
+    std::string scratch = g_dir + "/scratch-" + host;
+    cr_assert(trust::init_server_cert(scratch, host).ok());
+    cr_assert(trust::ensure_dir(pub + "/" + host, 0755).ok());
+    cr_assert(
+        trust::replace_file(pub + "/" + host + "/public.crt", slurp(scratch + "/server.crt"), 0644)
+            .ok());
+    cr_assert(
+        trust::replace_file(pub + "/" + host + "/public.key", slurp(scratch + "/server.key"), 0600)
+            .ok());
+}
+
+}  // namespace
+
+Test(preflight, every_terminating_hostname_needs_its_certificate_at_startup) {
+    cr_assert(trust::init_client_identity(g_dir + "/identity").ok());
+    std::string pub = g_dir + "/pub";
+    cr_assert(trust::ensure_dir(pub, 0755).ok());
+    std::string ini = client_ini("tls-mode = terminate\n", "public-cert-dir = " + pub + "\n") +
+                      "[service \"api\"]\npublic-hostnames = api.example.test, app2.example.test\n"
+                      "backend-address = 127.0.0.1:8080\ntls-mode = terminate\n"
+                      "[service \"pass\"]\npublic-hostnames = tls.example.test\n"
+                      "backend-address = 127.0.0.1:8443\n";
+    write_public_cert(pub, "app.example.test");
+    write_public_cert(pub, "api.example.test");
+
+    // app2 has nothing: its own message, naming the command that makes it; the passthrough
+    // hostname needs nothing.
+    auto missing = preflight::check_client(options(config::Role::kClient, ini));
+    cr_assert(!missing.ok());
+    std::string report = config::format_report(config::Role::kClient, "x", missing.report);
+    cr_assert(report.find("missing certificate for terminating hostname app2.example.test: run "
+                          "`runewarp client public-cert init --hostname app2.example.test`") !=
+                  std::string::npos,
+              "%s", report.c_str());
+    cr_assert(report.find("api.example.test") == std::string::npos, "%s", report.c_str());
+    cr_assert(report.find("tls.example.test") == std::string::npos, "%s", report.c_str());
+
+    write_public_cert(pub, "app2.example.test");
+    auto ok = preflight::check_client(options(config::Role::kClient, ini));
+    cr_assert(ok.ok(), "%s", config::format_report(config::Role::kClient, "x", ok.report).c_str());
+    const auto& certs = ok.startup->terminate_certs;
+    cr_assert_eq(certs.size(), 3u);
+    // Sorted, canonical, each with the PEM that was checked.
+    cr_assert_eq(certs[0].hostname, "api.example.test");
+    cr_assert_eq(certs[1].hostname, "app.example.test");
+    cr_assert_eq(certs[2].hostname, "app2.example.test");
+    cr_assert(certs[1].cert_pem == slurp(pub + "/app.example.test/public.crt"));
+    cr_assert(certs[1].key_pem == slurp(pub + "/app.example.test/public.key"));
+    cr_assert_eq(preflight::terminating_hostnames(ok.startup->config).size(), 3u);
 }
