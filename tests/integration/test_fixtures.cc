@@ -196,6 +196,48 @@ Test(fixtures, nginx_proxy_listener_reports_the_proxy_v2_tuple) {
     cr_assert_eq(r.body, "203.0.113.9:54321 198.51.100.10:443\n");
 }
 
+Test(fixtures, nginx_plaintext_h2c_and_plain_proxy_listeners_serve_the_same_endpoints) {
+    NginxFixture nginx({.name = "plain", .proxy_protocol = true, .plaintext = true, .h2c = true});
+    const std::string sha = nginx.add_random_file("f.bin", 1u << 20, 9);
+    TempDir d;
+    const std::string base = "http://app.example.test:";
+    auto get = [&](std::uint16_t port, const std::string& path, const std::string& out,
+                   std::vector<std::string> extra = {}) {
+        std::vector<std::string> a{"curl",
+                                   "--silent",
+                                   "--show-error",
+                                   "--noproxy",
+                                   "*",
+                                   "--resolve",
+                                   "app.example.test:" + std::to_string(port) + ":127.0.0.1",
+                                   "--output",
+                                   out,
+                                   "--write-out",
+                                   "%{http_code} %{http_version}"};
+        a.insert(a.end(), extra.begin(), extra.end());
+        a.push_back(base + std::to_string(port) + path);
+        return run(a, Millis{20000});
+    };
+    RunResult name = get(nginx.plain_port(), "/name", d / "name");
+    cr_assert_eq(name.out, "200 1.1", "%s", name.err.c_str());
+    cr_assert_eq(read_file(d / "name"), "plain app.example.test\n");
+    RunResult file = get(nginx.plain_port(), "/files/f.bin", d / "f.bin");
+    cr_assert_eq(file.out, "200 1.1", "%s", file.err.c_str());
+    cr_assert_eq(sha256_file(d / "f.bin"), sha);
+
+    RunResult h2 = get(nginx.h2c_port(), "/proto", d / "proto", {"--http2-prior-knowledge"});
+    cr_assert_eq(h2.out, "200 2", "%s", h2.err.c_str());
+    cr_assert_eq(read_file(d / "proto"), "HTTP/2.0\n");
+
+    RawConnection c("127.0.0.1", nginx.plain_proxy_port());
+    cr_assert(c.send(proxy_v2_header("203.0.113.9", 54321, "198.51.100.10", 443) +
+                     "GET /proxy HTTP/1.0\r\nHost: app.example.test\r\n\r\n"));
+    PeerReaction r = c.wait_closed(Millis{5000});
+    cr_assert(r.closed);
+    cr_assert(r.received.ends_with("\r\n\r\n203.0.113.9:54321 198.51.100.10:443\n"), "%s",
+              r.received.c_str());
+}
+
 Test(fixtures, raw_visitor_sees_the_peer_close_without_bytes) {
     NginxFixture nginx;
     // Half a ClientHello, then silence: nginx waits (client_header_timeout 60 s), so we close

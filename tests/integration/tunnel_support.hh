@@ -1,6 +1,7 @@
 // The tunnel end to end with the real binary: `runewarp server` with a [tunnel] pinning the
 // Client identities, one or more `runewarp client` instances with exclusive CA trust, nginx as the
-// TLS backend. Shared by the tunnel suites (test_tunnel.cc, test_tunnel_impaired.cc).
+// TLS backend of the passthrough Service. Shared by the tunnel suites (test_tunnel.cc,
+// test_tunnel_impaired.cc, test_terminate.cc, which adds its own Services to the Client).
 //
 // A Client must reach the Server under its certificate name (tunnel.example.test), so each runs
 // in a private mount namespace whose /etc/hosts maps that name to loopback.
@@ -57,6 +58,10 @@ public:
         // (/etc/ssl/certs/ca-certificates.crt) holding only the Server's CA.
         bool system_trust = false;
         std::string server_extra = {};  // more [server] lines, e.g. "tunnel-retry = never\n"
+        std::string client_extra = {};  // more [client] lines, e.g. "public-cert-dir = DIR\n"
+        // More sections after the Client's [service "app"], e.g. a terminating Service for
+        // kOther (not with cli_backend, which writes no [service]).
+        std::string services_extra = {};
     };
 
     explicit Tunnel(Options o) : opts_(o) {
@@ -93,10 +98,37 @@ public:
 
     // Starts Client i against the Server's tunnel port, or against `port` on loopback (a relay).
     void start_client(int i, std::uint16_t port = 0) {
+        std::string ini_path = write_client_config(i, port);
+        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && ";
+        if (opts_.system_trust) {
+            cmd += "mount --bind '" + (dir_ / "cert/server-ca.crt") +
+                   "' /etc/ssl/certs/ca-certificates.crt && ";
+        }
+        cmd += "exec '" + runewarp_binary() + "' client -c '" + ini_path + "'";
+        if (opts_.cli_backend) {
+            cmd += " --server-address " + hp(kServerName, port == 0 ? tunnel_port_ : port) +
+                   " --backend-address " + backend_address();
+        }
+        std::vector<std::string> cenv = env();
+        if (i == 0 && !opts_.notify_socket.empty()) {
+            cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
+            // A ping per second: the test drains the socket only now and then.
+            cenv.push_back("WATCHDOG_USEC=2000000");
+        }
+        std::string log =
+            i == 0 ? std::string("client.log") : "client-" + std::to_string(i) + ".log";
+        clients_[static_cast<std::size_t>(i)].emplace(DaemonOptions{
+            .argv = {"unshare", "-m", "sh", "-c", cmd},
+            .env = cenv,
+            .log_path = dir_ / log,
+            .ready_log_line = "client tunnel connection connecting",
+        });
+    }
+
+    // Writes Client i's config file (Server at `port`, 0: the tunnel port) and returns its path;
+    // start_client() runs it, a test may also run the binary on it itself.
+    std::string write_client_config(int i, std::uint16_t port = 0) {
         if (port == 0) port = tunnel_port_;
-        std::uint16_t backend_port = opts_.proxy_v2 ? backend_.proxy_port() : backend_.port();
-        std::string backend =
-            opts_.backend_override.empty() ? hp("127.0.0.1", backend_port) : opts_.backend_override;
         std::string cini = "log-level = debug\n\n[client]\n";
         // With the CLI overlay the file's address is wrong on purpose: the flag replaces it.
         if (opts_.cli_backend) {
@@ -115,36 +147,16 @@ public:
                 "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
         }
         cini += "identity-dir = " + (dir_ / identity_name(i)) + "\n";
+        cini += opts_.client_extra;
         if (!opts_.cli_backend) {
             cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
-                    "\nbackend-address = " + backend + "\n";
+                    "\nbackend-address = " + backend_address() + "\n";
             if (opts_.proxy_v2) cini += "proxy-protocol = v2\n";
+            cini += opts_.services_extra;
         }
         std::string ini_path = dir_ / ("client-" + std::to_string(i) + ".ini");
         write_file(ini_path, cini);
-        std::string cmd = "mount --bind '" + (dir_ / "hosts") + "' /etc/hosts && ";
-        if (opts_.system_trust) {
-            cmd += "mount --bind '" + (dir_ / "cert/server-ca.crt") +
-                   "' /etc/ssl/certs/ca-certificates.crt && ";
-        }
-        cmd += "exec '" + runewarp_binary() + "' client -c '" + ini_path + "'";
-        if (opts_.cli_backend) {
-            cmd += " --server-address " + hp(kServerName, port) + " --backend-address " + backend;
-        }
-        std::vector<std::string> cenv = env();
-        if (i == 0 && !opts_.notify_socket.empty()) {
-            cenv.push_back("NOTIFY_SOCKET=" + opts_.notify_socket);
-            // A ping per second: the test drains the socket only now and then.
-            cenv.push_back("WATCHDOG_USEC=2000000");
-        }
-        std::string log =
-            i == 0 ? std::string("client.log") : "client-" + std::to_string(i) + ".log";
-        clients_[static_cast<std::size_t>(i)].emplace(DaemonOptions{
-            .argv = {"unshare", "-m", "sh", "-c", cmd},
-            .env = cenv,
-            .log_path = dir_ / log,
-            .ready_log_line = "client tunnel connection connecting",
-        });
+        return ini_path;
     }
 
     void start_server() {
@@ -224,6 +236,10 @@ private:
     std::vector<std::string> env() const {
         return {"XDG_CONFIG_HOME=" + (dir_ / "xdg-config"), "XDG_DATA_HOME=" + (dir_ / "xdg-data"),
                 "XDG_STATE_HOME=" + (dir_ / "xdg-state"), "RUNEWARP_SERVER_HOSTNAME="};
+    }
+    std::string backend_address() const {
+        if (!opts_.backend_override.empty()) return opts_.backend_override;
+        return hp("127.0.0.1", opts_.proxy_v2 ? backend_.proxy_port() : backend_.port());
     }
     std::string identity_init(const std::string& name) {
         std::string d = dir_ / name;

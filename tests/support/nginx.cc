@@ -15,18 +15,27 @@ std::string listen_addr(const std::string& addr, std::uint16_t port) {
     return host_port(addr, port);
 }
 
+// One listener's server block; every listener serves the same endpoints.
+struct Listener {
+    std::uint16_t port = 0;
+    bool tls = true;
+    bool proxy = false;  // expects a PROXY header first
+    bool http2 = false;  // plain HTTP/2 (h2c); only without TLS
+};
+
 std::string server_block(const NginxOptions& o, const std::string& dir, const TlsMaterial& tls,
-                         bool proxy) {
+                         const Listener& l) {
     std::ostringstream c;
     c << "    server {\n"
-      << "        listen " << listen_addr(o.address, proxy ? o.proxy_port : o.port) << " ssl"
-      << (proxy ? " proxy_protocol" : "") << ";\n"
+      << "        listen " << listen_addr(o.address, l.port) << (l.tls ? " ssl" : "")
+      << (l.http2 ? " http2" : "") << (l.proxy ? " proxy_protocol" : "") << ";\n"
       << "        server_name";
     for (const auto& h : o.hostnames) c << " " << h;
-    c << ";\n"
-      << "        ssl_certificate " << tls.leaf.cert << ";\n"
-      << "        ssl_certificate_key " << tls.leaf.key << ";\n"
-      << "        root " << dir << "/www;\n"
+    c << ";\n";
+    if (l.tls)
+        c << "        ssl_certificate " << tls.leaf.cert << ";\n"
+          << "        ssl_certificate_key " << tls.leaf.key << ";\n";
+    c << "        root " << dir << "/www;\n"
       << "        location /files/ { }\n"
       // The same files at 32 KiB/s per connection: transfers that stay open for a while.
       << "        location /slow/ { alias " << dir << "/www/files/; limit_rate 32k; }\n"
@@ -36,14 +45,28 @@ std::string server_block(const NginxOptions& o, const std::string& dir, const Tl
       << "            client_max_body_size 0;\n"
       << "        }\n"
       << "        location = /small { return 200 \"ok\\n\"; }\n"
-      << "        location = /name { return 200 \"" << o.name << " $ssl_server_name\\n\"; }\n"
+      // A plaintext listener sees no SNI: the Host name stands in for it.
+      << "        location = /name { return 200 \"" << o.name << " "
+      << (l.tls ? "$ssl_server_name" : "$host") << "\\n\"; }\n"
+      << "        location = /proto { return 200 \"$server_protocol\\n\"; }\n"
       << "        location = /peer { return 200 \"$remote_addr:$remote_port "
          "$server_addr:$server_port\\n\"; }\n";
-    if (proxy)
+    if (l.proxy)
         c << "        location = /proxy { return 200 \"$proxy_protocol_addr:$proxy_protocol_port "
              "$proxy_protocol_server_addr:$proxy_protocol_server_port\\n\"; }\n";
     c << "    }\n";
     return c.str();
+}
+
+// Every listener the options ask for, the TLS one first.
+std::vector<Listener> listeners_of(const NginxOptions& o) {
+    std::vector<Listener> ls{{.port = o.port}};
+    if (o.proxy_protocol) ls.push_back({.port = o.proxy_port, .proxy = true});
+    if (o.plaintext) ls.push_back({.port = o.plain_port, .tls = false});
+    if (o.plaintext && o.proxy_protocol)
+        ls.push_back({.port = o.plain_proxy_port, .tls = false, .proxy = true});
+    if (o.h2c) ls.push_back({.port = o.h2c_port, .tls = false, .http2 = true});
+    return ls;
 }
 
 std::string render_config(const NginxOptions& o, const std::string& dir, const TlsMaterial& tls) {
@@ -67,8 +90,7 @@ std::string render_config(const NginxOptions& o, const std::string& dir, const T
       << "    keepalive_requests 1000000;\n"
       << "    keepalive_timeout 300s;\n"
       << "    ssl_protocols TLSv1.2 TLSv1.3;\n";
-    c << server_block(o, dir, tls, false);
-    if (o.proxy_protocol) c << server_block(o, dir, tls, true);
+    for (const Listener& l : listeners_of(o)) c << server_block(o, dir, tls, l);
     c << "}\n";
     return c.str();
 }
@@ -80,6 +102,10 @@ NginxFixture::NginxFixture(NginxOptions opts) : opts_(std::move(opts)), dir_("ru
     const Family fam = opts_.address.find(':') != std::string::npos ? Family::kV6 : Family::kV4;
     if (opts_.port == 0) opts_.port = free_port(fam);
     if (opts_.proxy_protocol && opts_.proxy_port == 0) opts_.proxy_port = free_port(fam);
+    if (opts_.plaintext && opts_.plain_port == 0) opts_.plain_port = free_port(fam);
+    if (opts_.plaintext && opts_.proxy_protocol && opts_.plain_proxy_port == 0)
+        opts_.plain_proxy_port = free_port(fam);
+    if (opts_.h2c && opts_.h2c_port == 0) opts_.h2c_port = free_port(fam);
     for (const char* sub : {"/www/files", "/www/upload", "/tmp", "/tls"})
         make_dirs(dir_.path() + sub);
     tls_ = make_tls_material(dir_ / "tls", opts_.hostnames);
@@ -93,10 +119,12 @@ NginxFixture::NginxFixture(NginxOptions opts) : opts_(std::move(opts)), dir_("ru
     so.err = Output::file(dir_ / "stderr.log");
     proc_ = Process::spawn(std::move(so));
 
+    const std::vector<Listener> listeners = listeners_of(opts_);
     auto up = [&] {
         if (!proc_.running()) return true;  // stop waiting, reported below
-        if (!tcp_accepting(opts_.address, opts_.port)) return false;
-        return !opts_.proxy_protocol || tcp_accepting(opts_.address, opts_.proxy_port);
+        for (const Listener& l : listeners)
+            if (!tcp_accepting(opts_.address, l.port)) return false;
+        return true;
     };
     wait_until(up, opts_.start_deadline, Millis{10});
     if (!proc_.running() || !up()) {

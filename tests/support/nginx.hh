@@ -6,10 +6,16 @@
 //   GET  /slow/<name>    the same files, sent at 32 KiB/s per connection
 //   PUT  /upload/<name>  stores the body; upload_path(name) is where it lands (hash it)
 //   GET  /small          "ok\n" (keep-alive request benchmarks)
-//   GET  /name           the fixture name and the SNI the client sent: "<name> <sni>\n"
+//   GET  /name           the fixture name and the SNI the client sent: "<name> <sni>\n" (on a
+//                        plaintext listener the Host name instead of the SNI)
+//   GET  /proto          the HTTP version nginx served the request with: "HTTP/1.1\n", "HTTP/2.0\n"
 //   GET  /peer           "<client ip>:<port> <server ip>:<port>\n" as nginx saw the TCP connection
-//   GET  /proxy          (proxy_protocol listener only) "<src>:<sport> <dst>:<dport>\n" from the
+//   GET  /proxy          (proxy_protocol listeners only) "<src>:<sport> <dst>:<dport>\n" from the
 //                        PROXY header nginx received
+//
+// Listeners: TLS on port(); optionally TLS after a PROXY header (proxy_port()), plain HTTP
+// (plain_port()), plain HTTP after a PROXY header (plain_proxy_port(), with both options) and
+// plain HTTP/2 with prior knowledge, h2c (h2c_port()).
 #pragma once
 
 #include <cstdint>
@@ -30,6 +36,14 @@ struct NginxOptions {
     std::vector<std::string> hostnames{"app.example.test"};  // SANs of the generated certificate
     bool proxy_protocol = false;   // add a second TLS listener that expects a PROXY header
     std::uint16_t proxy_port = 0;  // 0: free_port() (when proxy_protocol)
+    // A plain-HTTP listener with the same endpoints; with proxy_protocol also a plain one that
+    // expects a PROXY header.
+    bool plaintext = false;
+    std::uint16_t plain_port = 0;        // 0: free_port() (when plaintext)
+    std::uint16_t plain_proxy_port = 0;  // 0: free_port() (when plaintext and proxy_protocol)
+    // A plain HTTP/2 listener (h2c, prior knowledge only: nginx `listen PORT http2` without ssl).
+    bool h2c = false;
+    std::uint16_t h2c_port = 0;    // 0: free_port() (when h2c)
     std::string binary = "nginx";  // or $RUNEWARP_TEST_NGINX
     Millis start_deadline{10000};
 };
@@ -46,6 +60,9 @@ public:
     const std::string& address() const { return opts_.address; }
     std::uint16_t port() const { return opts_.port; }
     std::uint16_t proxy_port() const { return opts_.proxy_port; }
+    std::uint16_t plain_port() const { return opts_.plain_port; }
+    std::uint16_t plain_proxy_port() const { return opts_.plain_proxy_port; }
+    std::uint16_t h2c_port() const { return opts_.h2c_port; }
     const std::vector<std::string>& hostnames() const { return opts_.hostnames; }
     const std::string& ca_file() const { return tls_.ca_file; }
     const TlsMaterial& tls() const { return tls_; }

@@ -630,6 +630,52 @@ Test(cli, config_check_verifies_client_material_as_startup_does) {
     expect_eq(ok.out, "ok\n");
 }
 
+namespace {
+
+// A public-cert-dir holding terminate-mode material for `host`, made with openssl as an operator
+// could make it: public-ca.crt from a CA named "Runewarp Public Hostname CA", and
+// <host>/public.crt with <host>/public.key (0600).
+std::string make_public_cert_dir(const std::string& host) {
+    std::string dir = g_dir + "/public-cert";
+    make_dir(dir);
+    std::string script =
+        "set -e; cd \"$1\"; "
+        "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 "
+        "-subj '/CN=Runewarp Public Hostname CA' -keyout ca.key -out public-ca.crt 2>/dev/null; "
+        "mkdir -m 755 \"$2\"; "
+        "openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj \"/CN=$2\" "
+        "-keyout \"$2/public.key\" -out leaf.csr 2>/dev/null; "
+        "chmod 600 \"$2/public.key\"; "
+        "printf "
+        "'subjectAltName=DNS:%s\\nextendedKeyUsage=serverAuth\\nbasicConstraints=CA:FALSE\\n' "
+        "\"$2\" > leaf.ext; "
+        "openssl x509 -req -in leaf.csr -CA public-ca.crt -CAkey ca.key -CAcreateserial -days 90 "
+        "-extfile leaf.ext -out \"$2/public.crt\" 2>/dev/null";
+    Outcome o = run_program({"/bin/sh", "-c", script, "sh", dir, host}, child_env());
+    cr_assert_eq(o.exit_code, 0, "making public hostname material failed: %s", o.err.c_str());
+    return dir;
+}
+
+}  // namespace
+
+Test(cli, config_check_verifies_terminate_material_as_startup_does) {
+    std::string id = make_identity_dir();
+    std::string pcd = make_public_cert_dir("app.example.com");
+    std::string path = g_dir + "/terminate.ini";
+    write_file(path, "[client]\nserver-address = tunnel.example.com\nidentity-dir = " + id +
+                         "\npublic-cert-dir = " + pcd +
+                         "\n\n[service \"web\"]\npublic-hostnames = app.example.com\n"
+                         "tls-mode = terminate\nbackend-address = 127.0.0.1:8080\n");
+    Outcome ok = rw({"config", "check", "-c", path});
+    cr_assert_eq(ok.exit_code, 0, "stderr: %s", ok.err.c_str());
+    expect_eq(ok.out, "ok\n");
+
+    // Without the hostname's certificate and key both refuse, naming the hostname.
+    runewarp::test::remove_temp_tree(pcd + "/app.example.com");
+    expect_refused_alike("client", path,
+                         "missing certificate for terminating hostname app.example.com");
+}
+
 Test(cli, config_check_needs_system_trust_anchors_as_startup_does) {
     // The default server-trust = system, on a host whose CA bundle is empty: a private mount
     // namespace covers /etc/ssl/certs/ca-certificates.crt with an empty file.
