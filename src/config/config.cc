@@ -27,6 +27,40 @@ bool file_exists(const std::string& p) {
     return ::stat(p.c_str(), &st) == 0 && S_ISREG(st.st_mode);
 }
 
+// An ACME directory URL: https://, a non-empty host (name, IPv4 or [IPv6]), optional port and
+// path; no spaces, user info or fragment.
+bool acme_url_ok(const std::string& u) {
+    constexpr std::string_view scheme = "https://";
+    if (u.size() <= scheme.size() || u.compare(0, scheme.size(), scheme) != 0) return false;
+    for (unsigned char c : u) {
+        if (c <= 0x20 || c >= 0x7f || c == '#') return false;
+    }
+    std::string_view rest(u);
+    rest.remove_prefix(scheme.size());
+    std::string_view authority = rest.substr(0, rest.find('/'));
+    if (authority.empty() || authority.find('@') != std::string_view::npos) return false;
+    if (authority.front() == '[') {
+        auto close = authority.find(']');
+        if (close == std::string_view::npos || close == 1) return false;
+        authority.remove_prefix(close + 1);
+        if (authority.empty()) return true;
+        if (authority.front() != ':') return false;
+    } else {
+        auto colon = authority.find(':');
+        if (colon == 0) return false;
+        if (colon == std::string_view::npos) return true;
+        authority.remove_prefix(colon);
+    }
+    authority.remove_prefix(1);  // ':'
+    if (authority.empty() || authority.size() > 5) return false;
+    unsigned port = 0;
+    for (char c : authority) {
+        if (c < '0' || c > '9') return false;
+        port = port * 10 + unsigned(c - '0');
+    }
+    return port >= 1 && port <= 65535;
+}
+
 // One key after the generic checks: its items (one for scalars) and first line.
 struct Value {
     std::vector<std::string> items;
@@ -345,6 +379,20 @@ std::optional<Acme> Loader::acme(const Section* s) {
         }
     } else if (!s->get("state-dir")) {
         a.state_dir = default_path_of(s->kind, "state-dir");
+    }
+    a.directory_url = setting(s, s->kind, "directory-url").value_or("");
+    if (auto* v = s->good("directory-url")) {
+        if (!acme_url_ok(a.directory_url)) {
+            problem(v->line, where(*s) +
+                                 ".directory-url: expected an https:// URL with a host, got " +
+                                 a.directory_url);
+        }
+    }
+    if (auto* v = s->good("ca-file")) {
+        a.ca_file = file_path(v->one());
+        if (!file_exists(a.ca_file)) {
+            problem(v->line, where(*s) + ".ca-file: file " + a.ca_file + " does not exist");
+        }
     }
     return a;
 }
