@@ -1,6 +1,11 @@
 // Startup rules: the config loader's outcome plus build support and trust material, per role.
 #include "preflight/preflight.hh"
 
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include <algorithm>
 #include <utility>
 
@@ -39,18 +44,28 @@ std::optional<trust::ServerCertMaterial> server_material(const config::ServerCon
     return std::move(*cert);
 }
 
+// What can be checked of an ACME section without the network: the contact address and the
+// state directory (an explicit one must be a writable directory; the default one is created at
+// startup, so it only has to be creatable).
+void acme_offline(const config::Acme& a, const char* section, Problems& problems) {
+    if (!email_ok(a.email)) {
+        problems.add(std::string(section) + ".email: " + a.email +
+                     " is not an email address (local@domain, no spaces)");
+    }
+    if (!a.state_dir_is_default && ::access(a.state_dir.c_str(), W_OK | X_OK) != 0) {
+        problems.add(std::string(section) + ".state-dir: directory " + a.state_dir +
+                     " is not writable");
+    }
+}
+
 void server_support(const config::ServerConfig& cfg, Problems& problems) {
     if (cfg.managed_requested) problems.add(kManaged);
-    if (cfg.acme) {
-        problems.add(
-            "[server.acme]: ACME is not supported by this build; remove [server.acme] and give "
-            "the Server a manual certificate in server.cert-dir");
-    }
+    if (cfg.acme) acme_offline(*cfg.acme, "server.acme", problems);
 }
 
 void client_support(const config::ClientConfig& cfg, Problems& problems) {
     if (cfg.managed_requested) problems.add(kManaged);
-    if (cfg.acme) problems.add("[client.acme]: ACME is not supported by this build");
+    if (cfg.acme) acme_offline(*cfg.acme, "client.acme", problems);
     // The loader requires both outside managed mode; the runtime relies on it.
     if (!cfg.managed_requested) {
         if (cfg.services.empty()) problems.add("no [service] is configured");
@@ -126,6 +141,48 @@ Checked<Startup> check(const config::LoadOptions& options,
 }
 
 }  // namespace
+
+bool email_ok(std::string_view e) {
+    auto at = e.find('@');
+    if (at == std::string_view::npos || at == 0 || at + 1 >= e.size()) return false;
+    if (e.find('@', at + 1) != std::string_view::npos) return false;
+    for (unsigned char c : e) {
+        if (c <= 0x20 || c >= 0x7f || c == ',' || c == '<' || c == '>' || c == '"') return false;
+    }
+    std::string_view domain = e.substr(at + 1);
+    return domain.find('.') != std::string_view::npos && domain.front() != '.' &&
+           domain.back() != '.';
+}
+
+Result<void> prepare_acme_state_dir(const config::Acme& a) {
+    struct stat st {};
+    if (!a.state_dir_is_default) {
+        if (::stat(a.state_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+            return Error::msg("ACME state directory " + a.state_dir + " does not exist");
+        }
+        return {};
+    }
+    // Parents as an operator would make them (0755), the cache itself private (0700).
+    std::string path;
+    std::string_view rest = a.state_dir;
+    while (!rest.empty()) {
+        auto slash = rest.find('/', 1);
+        path.append(rest.substr(0, slash));
+        rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
+        bool last = rest.empty() || rest == "/";
+        if (::mkdir(path.c_str(), last ? 0700 : 0755) != 0 && errno != EEXIST) {
+            return Error::sys(errno, "cannot create ACME state directory " + path);
+        }
+        if (last) break;
+    }
+    if (::stat(a.state_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
+        return Error::msg("ACME state directory " + a.state_dir + " is not a directory");
+    }
+    if ((st.st_mode & 077) != 0 && ::chmod(a.state_dir.c_str(), 0700) != 0) {
+        return Error::sys(errno, "cannot make ACME state directory " + a.state_dir + " private");
+    }
+    return {};
+}
 
 Checked<ServerStartup> check_server(const config::LoadOptions& options) {
     return check<ServerStartup>(options, &config::LoadOutcome::server,

@@ -44,19 +44,27 @@ struct Checked {
 };
 
 // Loads and validates the config for the Server, then applies what the daemon checks before it
-// binds anything: features this build lacks (ACME, managed mode) are refused, and with a
-// Tunnel the cert-dir material must verify (chain to server-ca.crt for the hostname, CA flag,
-// key match, key mode).
+// binds anything: managed mode is refused, [server.acme] is checked offline (contact address,
+// state directory), and with a Tunnel the cert-dir material must verify (chain to server-ca.crt for
+// the hostname, CA flag, key match, key mode).
 Checked<ServerStartup> check_server(const config::LoadOptions& options);
 
-// The same for the Client: [client.acme] and managed mode are refused; the identity directory,
-// the server CA file (ca-file trust) or the system trust store (at least one anchor) must be
-// usable, and every terminating hostname must have its certificate and key in public-cert-dir.
+// The same for the Client: managed mode is refused, [client.acme] is checked offline; the identity
+// directory, the server CA file (ca-file trust) or the system trust store (at least one anchor)
+// must be usable, and every terminating hostname must have its certificate and key in
+// public-cert-dir.
 Checked<ClientStartup> check_client(const config::LoadOptions& options);
 
 // The Client's material by the rules check_client applies. The Client reloads it before every
 // Tunnel attempt; every problem is in the error, joined by "; ".
 Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg);
+
+// An ACME contact address as config check accepts it: one '@', a dotted domain, no spaces.
+bool email_ok(std::string_view e);
+
+// Runtime only, after the checks passed (never from config check): a default ACME state
+// directory is created with mode 0700 (parents 0755); an explicit one must exist.
+Result<void> prepare_acme_state_dir(const config::Acme& a);
 
 // The Public hostnames of tls-mode = terminate Services: canonical, sorted, without duplicates.
 std::vector<std::string> terminating_hostnames(const config::ClientConfig& cfg);

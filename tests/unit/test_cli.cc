@@ -520,13 +520,19 @@ void expect_open_key_refused(const std::string& role, const std::string& path,
 }  // namespace
 
 Test(cli, config_check_refuses_server_features_this_build_lacks_as_startup_does) {
-    // ACME: refused as unsupported, with no hint to make a manual certificate.
+    // ACME: checked offline (the contact address), with no hint to make a manual certificate.
     std::string acme = g_dir + "/acme.ini";
-    write_file(acme, tunnel_server_ini("", "", "[server.acme]\nemail = admin@example.com\n"));
+    write_file(acme, tunnel_server_ini("", "", "[server.acme]\nemail = admin\n"));
     std::string report = expect_refused_alike(
-        "server", acme, "- [server.acme]: ACME is not supported by this build");
+        "server", acme,
+        "- server.acme.email: admin is not an email address (local@domain, no spaces)");
     cr_assert(!contains(report, "Hint:"), "no material hint for ACME: %s", report.c_str());
     cr_assert(!contains(report, "server cert init"), "got: %s", report.c_str());
+    // A well-formed ACME section passes config check without any certificate material.
+    write_file(acme, tunnel_server_ini("", "", "[server.acme]\nemail = admin@example.com\n"));
+    Outcome ok =
+        run_program({bin(), "config", "check", "-c", acme, "--role", "server"}, child_env());
+    cr_assert_eq(ok.exit_code, 0, "%s", ok.err.c_str());
 
     // Managed mode: the keys validate, then the build refuses them.
     std::string sid = g_dir + "/sid";
@@ -551,10 +557,21 @@ Test(cli, config_check_refuses_client_features_this_build_lacks_as_startup_does)
                          "- missing certificate for terminating hostname app.example.com: run "
                          "`runewarp client public-cert init --hostname app.example.com`");
 
+    // [client.acme] replaces the manual certificates: no material is needed, the contact
+    // address is checked.
     std::string acme = g_dir + "/client-acme.ini";
     write_file(acme, valid_client_ini(id) +
+                         "tls-mode = terminate\n[client.acme]\nemail = admin @example.com\n");
+    std::string report = expect_refused_alike(
+        "client", acme,
+        "- client.acme.email: admin @example.com is not an email address (local@domain, no "
+        "spaces)");
+    cr_assert(!contains(report, "missing certificate"), "got: %s", report.c_str());
+    write_file(acme, valid_client_ini(id) +
                          "tls-mode = terminate\n[client.acme]\nemail = admin@example.com\n");
-    expect_refused_alike("client", acme, "- [client.acme]: ACME is not supported by this build");
+    Outcome ok =
+        run_program({bin(), "config", "check", "-c", acme, "--role", "client"}, child_env());
+    cr_assert_eq(ok.exit_code, 0, "%s", ok.err.c_str());
 
     std::string managed = g_dir + "/client-managed.ini";
     write_file(managed, "[client]\nidentity-dir = " + id +
