@@ -22,6 +22,7 @@
 #include "tests/support/files.hh"
 #include "tests/support/net.hh"
 #include "tests/support/nginx.hh"
+#include "tests/support/pebble.hh"
 #include "tests/support/process.hh"
 #include "tests/support/tls.hh"
 #include "tests/support/udp_relay.hh"
@@ -534,4 +535,37 @@ Test(fixtures, udp_relay_rebind_changes_the_source_port_the_upstream_sees) {
     cr_assert_eq(back->payload, "reply");
     cr_assert_eq(back->from_port, relay.port());
     cr_assert_eq(relay.received_on_current_outbound(), 1u);
+}
+
+namespace {
+
+// GET over pebble's HTTPS with curl, trusting `ca`; the body, empty on failure.
+std::string https_get(const std::string& url, const std::string& ca) {
+    SpawnOptions so;
+    so.argv = {"curl", "-sS", "--fail", "--cacert", ca, url};
+    so.out = Output::pipe();
+    Process p = Process::spawn(std::move(so));
+    std::string body = p.read_stdout(Millis{10000});
+    auto st = p.wait_exit(Millis{10000});
+    return st && st->success() ? body : std::string();
+}
+
+}  // namespace
+
+Test(fixtures, pebble_serves_its_directory_and_restarts_on_the_same_port) {
+    TempDir d;
+    Pebble pebble(d.path() + "/pebble", PebbleOptions{});
+    pebble.start();
+    std::string dir = https_get(pebble.directory_url(), pebble.https_ca_file());
+    cr_assert(dir.find("\"newOrder\"") != std::string::npos, "directory: %s", dir.c_str());
+    std::string root = read_file(pebble.issuer_root_file());
+    cr_assert(root.find("BEGIN CERTIFICATE") != std::string::npos);
+
+    // Down: nothing answers; up again: the same URL, and a new issuing root.
+    pebble.stop();
+    cr_assert(https_get(pebble.directory_url(), pebble.https_ca_file()).empty());
+    pebble.start();
+    dir = https_get(pebble.directory_url(), pebble.https_ca_file());
+    cr_assert(dir.find("\"newNonce\"") != std::string::npos, "directory: %s", dir.c_str());
+    cr_assert(read_file(pebble.issuer_root_file()) != root, "pebble makes a root per start");
 }
