@@ -3,6 +3,8 @@
 
 #include <signal.h>
 
+#include <cstdlib>
+
 #include "client/address_worker.hh"
 #include "client/client.hh"
 #include "client/stream_session.hh"
@@ -145,10 +147,19 @@ void ClientInstance::begin_shutdown() noexcept {
     if (resolver_ != nullptr) resolver_->shutdown();
     if (watchdog_ != nullptr) watchdog_->stop();
     if (expiry_check_ != nullptr) expiry_check_->stop();
+    // What the managers post from now on is dropped; they are joined after the loop ended.
+    if (mailbox_ != nullptr) mailbox_->shutdown();
     worker_->stop();
 }
 
 void ClientInstance::reload_terminate_certs() noexcept {
+    if (acme_board_ != nullptr) {
+        // [client.acme] excludes public-cert-dir: the managers renew the certificates.
+        log_.info("client reload requested", {},
+                  "ACME certificates are kept: the client renews them itself");
+        check_terminate_expiry();
+        return;
+    }
     if (terminate_tls_ == nullptr || cfg_.public_cert_dir.empty()) {
         log_.info("client reload requested", {}, "nothing to re-read: no terminating service");
         return;
@@ -188,9 +199,13 @@ void ClientInstance::reload_terminate_certs() noexcept {
 void ClientInstance::check_terminate_expiry() noexcept {
     if (!terminate_certs_) return;
     const std::time_t now = std::time(nullptr);
-    constexpr const char* kHint =
+    constexpr const char* kManualHint =
         "renew it with `runewarp client public-cert renew`, then send SIGHUP to the client";
+    constexpr const char* kAcmeHint =
+        "the client renews it through ACME once two thirds of its validity passed: see the "
+        "`client acme` lines for why it has not";
     terminate_certs_->for_each([&](const std::string& host, const TerminateCredential& c) {
+        const char* kHint = c.acme() ? kAcmeHint : kManualHint;
         const trust::ExpiryStatus st = trust::expiry_level(now, c.not_after());
         const std::string expires = trust::rfc3339_utc(c.not_after());
         if (st.level == trust::ExpiryLevel::kExpired) {
@@ -255,6 +270,7 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     watchdog_ = std::make_unique<sys::Watchdog>(*worker_);
     watchdog_->start();
+    if (cfg_.acme && !create_acme_managers()) return 1;
     if (terminate_certs_) {
         check_terminate_expiry();
         expiry_check_ = std::make_unique<DailyCheck>(*worker_, *this);
@@ -262,6 +278,8 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     sys::notify_ready("connected 0/" + std::to_string(workers_.size()) + " server addresses");
     for (auto& aw : workers_) aw->start();
+    // Startup succeeded: issuance and renewal run from here on, off the loop.
+    for (auto& m : acme_managers_) m->start();
     while (!shutting_down_) {
         auto rr = worker_->run_once();
         if (!rr) {
@@ -272,7 +290,80 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     // Let CONNECTION_CLOSE frames leave (100 ms), then exit.
     (void)worker_->run_until([] { return false; }, core::now_ns() + kCloseFlushNs);
+    stop_acme_managers();
     return exit_code_;
+}
+
+bool ClientInstance::create_acme_managers() noexcept {
+    const config::Acme& a = *cfg_.acme;
+    if (auto r = preflight::prepare_acme_state_dir(a); !r) {
+        log_.error("client startup failed", {}, r.error().message);
+        return false;
+    }
+    auto mb = core::Mailbox::create(*worker_);
+    if (!mb) {
+        log_.error("client startup failed", {}, mb.error().message);
+        return false;
+    }
+    mailbox_ = std::move(*mb);
+    acme_board_ = std::make_shared<acme::ChallengeBoard>();
+    // The managers log on their own threads through their own loggers, as this one does.
+    obs::LoggerOptions lo;
+    lo.level = log_.level();
+    lo.format =
+        cfg_.log_format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText;
+    lo.style = obs::detect_style(2, std::getenv("JOURNAL_STREAM"));
+    core::Mailbox* mailbox = mailbox_.get();
+    for (const std::string& h : preflight::terminating_hostnames(cfg_)) {
+        acme::ManagerOptions mo;
+        mo.role = acme::Role::kClient;
+        mo.hostname = h;
+        mo.email = a.email;
+        if (!a.directory_url.empty()) mo.directory_url = a.directory_url;
+        mo.ca_file = a.ca_file;
+        mo.state_dir = a.state_dir;
+        mo.log = lo;
+        // Both run on the manager's thread: hand over to the loop.
+        auto on_certificate = [this, mailbox, h](std::shared_ptr<const acme::Certificate> c) {
+            mailbox->post([this, h, c = std::move(c)] { install_acme_certificate(h, c); });
+        };
+        auto on_fatal = [this, mailbox](const std::string& why) {
+            mailbox->post([this, why] { fatal(why); });
+        };
+        auto m = acme::Manager::create(std::move(mo), acme_board_, std::move(on_certificate),
+                                       std::move(on_fatal));
+        if (!m) {
+            log_.error("client startup failed", {{"public-hostname", h}}, m.error().message);
+            return false;
+        }
+        // Startup does not wait for issuance: a usable cached certificate serves at once,
+        // a hostname without one fails closed until its manager delivers.
+        if (auto cached = (*m)->cached()) install_acme_certificate(h, cached);
+        acme_managers_.push_back(std::move(*m));
+    }
+    return true;
+}
+
+void ClientInstance::install_acme_certificate(
+    const std::string& host, const std::shared_ptr<const acme::Certificate>& cert) noexcept {
+    if (shutting_down_ || cert == nullptr || !cfg_.acme) return;
+    auto c = TerminateCredential::from_acme(cert->cert_pem, cert->key_pem, cert->not_after,
+                                            cfg_.acme->state_dir);
+    if (!c) {
+        // The previous certificate (if any) keeps serving; the manager renews on schedule.
+        log_.error("client acme certificate unusable", {{"public-hostname", host}},
+                   c.error().message);
+        return;
+    }
+    terminate_certs_ = TerminateCerts::with(
+        terminate_certs_, host, std::shared_ptr<const TerminateCredential>(std::move(*c)));
+    log_.debug("client acme certificate installed",
+               {{"public-hostname", host}, {"expires-at", trust::rfc3339_utc(cert->not_after)}});
+}
+
+void ClientInstance::stop_acme_managers() noexcept {
+    // Each stop() aborts a request in flight and joins the thread.
+    for (auto& m : acme_managers_) m->stop();
 }
 
 }  // namespace runewarp::client

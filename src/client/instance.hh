@@ -11,8 +11,11 @@
 #include <string>
 #include <vector>
 
+#include "acme/challenge.hh"
+#include "acme/manager.hh"
 #include "client/terminate_tls.hh"
 #include "config/config.hh"
+#include "core/mailbox.hh"
 #include "core/slab.hh"
 #include "core/worker.hh"
 #include "net/resolver.hh"
@@ -49,6 +52,8 @@ public:
     // and the process-wide session settings (null when no Service terminates).
     const TerminateCertsRef& terminate_certs() const noexcept { return terminate_certs_; }
     const TerminateTls* terminate_tls() const noexcept { return terminate_tls_.get(); }
+    // Client ACME: the challenges the managers wait on (null without [client.acme]).
+    const acme::ChallengeBoard* acme_board() const noexcept { return acme_board_.get(); }
     // Replaces the certificate snapshot (reload, ACME): new streams use it, streams in flight
     // keep the one they hold.
     void set_terminate_certs(TerminateCertsRef certs) noexcept {
@@ -78,6 +83,14 @@ private:
     // does not load keeps the previous certificate, with an ERROR.
     void reload_terminate_certs() noexcept;
     void update_status() noexcept;
+    // [client.acme]: the state directory, then one manager per terminating hostname (their
+    // cached certificates go into the snapshot). Needs the Worker (the managers post through
+    // the mailbox). False after logging `client startup failed`.
+    bool create_acme_managers() noexcept;
+    // Loop thread: a manager issued or renewed `host`'s certificate: new streams use it.
+    void install_acme_certificate(const std::string& host,
+                                  const std::shared_ptr<const acme::Certificate>& cert) noexcept;
+    void stop_acme_managers() noexcept;
 
     const config::ClientConfig& cfg_;
     obs::Logger& log_;
@@ -88,6 +101,11 @@ private:
     std::unique_ptr<net::Resolver> resolver_;
     std::unique_ptr<sys::Watchdog> watchdog_;
     std::unique_ptr<DailyCheck> expiry_check_;
+    // Client ACME: the managers' hand-off to the loop, the board they publish challenges on,
+    // and the managers (one per terminating hostname, for the whole process).
+    std::unique_ptr<core::Mailbox> mailbox_;
+    std::shared_ptr<acme::ChallengeBoard> acme_board_;
+    std::vector<std::unique_ptr<acme::Manager>> acme_managers_;
     std::vector<std::unique_ptr<AddressWorker>> workers_;
     std::unique_ptr<core::Slab<StreamSession>> streams_;
     std::mt19937_64 rng_{std::random_device{}()};

@@ -83,6 +83,7 @@ void StreamSession::reject(const std::string& reason) noexcept {
 
 void StreamSession::route() noexcept {
     sni_ = decoder_->sni();
+    offers_acme_tls1_ = decoder_->offers_acme_tls1();
     tuple_ = decoder_->tuple();
     visitor_offset_ = decoder_->visitor_offset();
     decoder_.reset();
@@ -109,6 +110,15 @@ void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noe
     quic::Stream* s = stream_;
     stream_ = nullptr;  // the TLS pump owns the stream from here on
     tls_ = std::make_unique<relay::TlsStreamPump>();
+    if (offers_acme_tls1_ && s != nullptr) {
+        std::vector<uint8_t> initial(prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
+                                     prefix_.end());
+        initial.insert(initial.end(), rest.begin(), rest.end());
+        prefix_.clear();
+        prefix_.shrink_to_fit();
+        visitor_offset_ = 0;
+        return start_challenge(*s, std::move(initial), fin);
+    }
     certs_ = inst_.terminate_certs();
     const TerminateCredential* cred = certs_ ? certs_->find(sni_) : nullptr;
     const TerminateTls* tt = inst_.terminate_tls();
@@ -138,8 +148,42 @@ void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noe
     tls_->start_handshake(*this, *s, *session, initial, fin);
 }
 
+void StreamSession::start_challenge(quic::Stream& s, std::vector<uint8_t> initial,
+                                    bool fin) noexcept {
+    const acme::ChallengeBoard* board = inst_.acme_board();
+    const TerminateTls* tt = inst_.terminate_tls();
+    if (board == nullptr || tt == nullptr) {
+        // The hostname's certificate is not managed through ACME: nothing answers acme-tls/1.
+        inst_.log().warn("client route unavailable", {{"public-hostname", sni_},
+                                                      {"backend-address", backend_text_},
+                                                      {"reason", "acme-tls-config-missing"}});
+        return tls_->start_refusal(*this, s);
+    }
+    challenge_ = board->find(sni_);
+    if (challenge_ == nullptr) {
+        // No order waits on this hostname (a late or stray validation connection).
+        inst_.log().debug("client route unavailable", {{"public-hostname", sni_},
+                                                       {"backend-address", backend_text_},
+                                                       {"reason", "acme-challenge-not-pending"}});
+        return tls_->start_refusal(*this, s);
+    }
+    auto session = tt->new_challenge_session(challenge_->credentials());
+    if (!session) {
+        inst_.log().warn("client acme challenge failed", {{"public-hostname", sni_}},
+                         session.error().message);
+        return tls_->start_refusal(*this, s);
+    }
+    tls_->start_handshake_only(*this, s, *session, initial, fin);
+}
+
 void StreamSession::tls_handshake_done() noexcept {
     if (phase_ != Phase::handshake) return;
+    if (challenge_ != nullptr) {
+        // The pump is closing the stream (close_notify, FIN): the validator has what it needs.
+        challenge_answered_ = true;
+        inst_.log().debug("client acme challenge answered", {{"public-hostname", sni_}});
+        return;
+    }
     if (inst_.log().enabled(obs::Level::kDebug)) {
         gnutls_session_t gs = tls_->session();
         gnutls_datum_t proto{};
@@ -314,6 +358,8 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
             case Phase::intake:
                 return reject("stream intake timeout");
             case Phase::handshake:
+                // An answered challenge only waits for the validator to close.
+                if (challenge_answered_) return finish(true);
                 inst_.log().debug("client route unavailable",
                                   {{"public-hostname", sni_},
                                    {"backend-address", backend_text_},

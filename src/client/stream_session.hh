@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "acme/challenge.hh"
 #include "client/terminate_tls.hh"
 #include "config/config.hh"
 #include "core/slab.hh"
@@ -31,7 +32,10 @@ class ClientInstance;
 // bytes as one send (passthrough) or the header alone (terminate), 5 s) -> relay (a StreamPump,
 // or the TlsStreamPump that ran the handshake, owns the stream).
 // Any failure resets only this stream (code 1); a terminating hostname without a certificate
-// gets a handshake_failure alert and a clean close.
+// gets a handshake_failure alert and a clean close. A terminating stream whose ClientHello offers
+// acme-tls/1 never reaches the backend: the pending TLS-ALPN-01 challenge for the hostname is
+// answered (handshake with the challenge certificate, then a clean close), or the stream is
+// refused like a hostname without a certificate.
 class StreamSession final : public core::Session,
                             public quic::StreamHandler,
                             public relay::TlsStreamPumpOwner,
@@ -73,6 +77,8 @@ private:
     void route() noexcept;
     // Terminate: the TLS handshake on the ClientHello and `rest` (what followed it).
     void start_terminate(std::span<const uint8_t> rest, bool fin) noexcept;
+    // Terminate with acme-tls/1 offered: answers the hostname's pending challenge or refuses.
+    void start_challenge(quic::Stream& s, std::vector<uint8_t> initial, bool fin) noexcept;
     void connect_phase() noexcept;
     void connect_backend(std::vector<net::ResolvedAddress> addrs) noexcept;
     void send_initial() noexcept;
@@ -92,6 +98,8 @@ private:
     size_t visitor_offset_ = 0;    // where the Visitor bytes start in prefix_
     proto::Tuple tuple_{};
     std::string sni_;
+    bool offers_acme_tls1_ = false;
+    bool challenge_answered_ = false;
     const config::Service* service_ = nullptr;
     std::string backend_text_;
     uint64_t resolve_id_ = 0;
@@ -102,6 +110,9 @@ private:
     relay::StreamPump pump_;
     // Terminate mode: the certificate snapshot this stream started with, and its TLS pump.
     TerminateCertsRef certs_;
+    // A challenge answer: the certificate whose credentials the pump's session uses (declared
+    // before the pump, so it outlives the session).
+    std::shared_ptr<const acme::ChallengeCert> challenge_;
     std::unique_ptr<relay::TlsStreamPump> tls_;
     core::TimerHandle timer_{};
     bool timer_armed_ = false;

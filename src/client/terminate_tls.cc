@@ -3,6 +3,8 @@
 
 #include <cstring>
 
+#include "acme/challenge.hh"
+
 namespace runewarp::client {
 
 namespace {
@@ -21,22 +23,39 @@ std::string gnutls_text(int rc) {
 
 }  // namespace
 
-Result<std::unique_ptr<TerminateCredential>> TerminateCredential::load(
-    const trust::PublicCertMaterial& m) {
+Result<std::unique_ptr<TerminateCredential>> TerminateCredential::from_pem(
+    const std::string& cert_pem, const std::string& key_pem, const std::string& origin) {
     std::unique_ptr<TerminateCredential> c(new TerminateCredential());
     int rc = gnutls_certificate_allocate_credentials(&c->creds_);
     if (rc < 0) return Error::msg("cannot allocate TLS credentials: " + gnutls_text(rc));
-    gnutls_datum_t cert{reinterpret_cast<unsigned char*>(const_cast<char*>(m.cert_pem.data())),
-                        static_cast<unsigned>(m.cert_pem.size())};
-    gnutls_datum_t key{reinterpret_cast<unsigned char*>(const_cast<char*>(m.key_pem.data())),
-                       static_cast<unsigned>(m.key_pem.size())};
+    gnutls_datum_t cert{reinterpret_cast<unsigned char*>(const_cast<char*>(cert_pem.data())),
+                        static_cast<unsigned>(cert_pem.size())};
+    gnutls_datum_t key{reinterpret_cast<unsigned char*>(const_cast<char*>(key_pem.data())),
+                       static_cast<unsigned>(key_pem.size())};
     rc = gnutls_certificate_set_x509_key_mem2(c->creds_, &cert, &key, GNUTLS_X509_FMT_PEM, nullptr,
                                               0);
     if (rc < 0) {
-        return Error::msg(m.cert_path + ": cannot use the certificate and key: " + gnutls_text(rc));
+        return Error::msg(origin + ": cannot use the certificate and key: " + gnutls_text(rc));
     }
-    c->cert_path_ = m.cert_path;
-    c->not_after_ = m.not_after;
+    c->cert_path_ = origin;
+    return c;
+}
+
+Result<std::unique_ptr<TerminateCredential>> TerminateCredential::load(
+    const trust::PublicCertMaterial& m) {
+    auto c = from_pem(m.cert_pem, m.key_pem, m.cert_path);
+    if (!c) return c;
+    (*c)->not_after_ = m.not_after;
+    return c;
+}
+
+Result<std::unique_ptr<TerminateCredential>> TerminateCredential::from_acme(
+    const std::string& cert_pem, const std::string& key_pem, std::time_t not_after,
+    const std::string& origin) {
+    auto c = from_pem(cert_pem, key_pem, origin);
+    if (!c) return c;
+    (*c)->not_after_ = not_after;
+    (*c)->acme_ = true;
     return c;
 }
 
@@ -93,6 +112,18 @@ TerminateTls::~TerminateTls() {
 
 Result<gnutls_session_t> TerminateTls::new_session(const TerminateCredential& cred,
                                                    const std::vector<std::string>& alpn) const {
+    return server_session(cred.get(), alpn, false);
+}
+
+Result<gnutls_session_t> TerminateTls::new_challenge_session(
+    gnutls_certificate_credentials_t challenge) const {
+    static const std::vector<std::string> kAlpn{std::string(acme::kAcmeTlsAlpn)};
+    return server_session(challenge, kAlpn, true);
+}
+
+Result<gnutls_session_t> TerminateTls::server_session(gnutls_certificate_credentials_t cred,
+                                                      const std::vector<std::string>& alpn,
+                                                      bool challenge) const {
     gnutls_session_t s = nullptr;
     int rc = gnutls_init(&s, GNUTLS_SERVER | GNUTLS_NONBLOCK | GNUTLS_NO_SIGNAL);
     if (rc < 0) return Error::msg("cannot start a TLS session: " + gnutls_text(rc));
@@ -101,14 +132,17 @@ Result<gnutls_session_t> TerminateTls::new_session(const TerminateCredential& cr
         return Error::msg(std::string(what) + ": " + gnutls_text(rc));
     };
     if ((rc = gnutls_priority_set(s, priority_)) < 0) return failed("cannot set TLS priorities");
-    if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred.get())) < 0) {
+    if ((rc = gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred)) < 0) {
         return failed("cannot set the certificate");
     }
     gnutls_certificate_server_set_request(s, GNUTLS_CERT_IGNORE);
-    if ((rc = gnutls_session_ticket_enable_server(s, &ticket_key_)) < 0) {
-        return failed("cannot enable session tickets");
+    // A challenge answer is one handshake the validator closes at once: nothing to resume.
+    if (!challenge) {
+        if ((rc = gnutls_session_ticket_enable_server(s, &ticket_key_)) < 0) {
+            return failed("cannot enable session tickets");
+        }
+        gnutls_db_set_cache_expiration(s, kTicketLifetimeSeconds);
     }
-    gnutls_db_set_cache_expiration(s, kTicketLifetimeSeconds);
     if (!alpn.empty()) {
         gnutls_datum_t protos[8];
         unsigned n = 0;
@@ -118,7 +152,9 @@ Result<gnutls_session_t> TerminateTls::new_session(const TerminateCredential& cr
                 gnutls_datum_t{reinterpret_cast<unsigned char*>(const_cast<char*>(a.data())),
                                static_cast<unsigned>(a.size())};
         }
-        if ((rc = gnutls_alpn_set_protocols(s, protos, n, GNUTLS_ALPN_SERVER_PRECEDENCE)) < 0) {
+        // RFC 8737: the challenge is answered only when acme-tls/1 is negotiated.
+        unsigned flags = GNUTLS_ALPN_SERVER_PRECEDENCE | (challenge ? GNUTLS_ALPN_MANDATORY : 0);
+        if ((rc = gnutls_alpn_set_protocols(s, protos, n, flags)) < 0) {
             return failed("cannot set ALPN");
         }
     }

@@ -16,10 +16,16 @@
 
 namespace runewarp::client {
 
-// One hostname's certificate, ready for GnuTLS.
+// One hostname's certificate, ready for GnuTLS: from public-cert-dir, or issued through ACME.
 class TerminateCredential {
 public:
     static Result<std::unique_ptr<TerminateCredential>> load(const trust::PublicCertMaterial& m);
+    // An ACME certificate (chain leaf first, and its key, as PEM); `origin` names it in errors
+    // and expiry lines (the state directory).
+    static Result<std::unique_ptr<TerminateCredential>> from_acme(const std::string& cert_pem,
+                                                                  const std::string& key_pem,
+                                                                  std::time_t not_after,
+                                                                  const std::string& origin);
     ~TerminateCredential();
     TerminateCredential(const TerminateCredential&) = delete;
     TerminateCredential& operator=(const TerminateCredential&) = delete;
@@ -27,12 +33,18 @@ public:
     gnutls_certificate_credentials_t get() const noexcept { return creds_; }
     const std::string& cert_path() const noexcept { return cert_path_; }
     std::time_t not_after() const noexcept { return not_after_; }
+    // Issued through ACME (renewed by the Client itself), not read from public-cert-dir.
+    bool acme() const noexcept { return acme_; }
 
 private:
     TerminateCredential() = default;
+    static Result<std::unique_ptr<TerminateCredential>> from_pem(const std::string& cert_pem,
+                                                                 const std::string& key_pem,
+                                                                 const std::string& origin);
     gnutls_certificate_credentials_t creds_ = nullptr;
     std::string cert_path_;
     std::time_t not_after_ = 0;
+    bool acme_ = false;
 };
 
 // The certificates of every terminating hostname at one moment. Never changed after it is
@@ -79,9 +91,17 @@ public:
     // installs the transport.
     Result<gnutls_session_t> new_session(const TerminateCredential& cred,
                                          const std::vector<std::string>& alpn) const;
+    // A server session answering a TLS-ALPN-01 challenge (RFC 8737) with `challenge` (the
+    // challenge certificate's credentials): ALPN acme-tls/1 only and mandatory, no session
+    // tickets. The caller installs the transport.
+    Result<gnutls_session_t> new_challenge_session(
+        gnutls_certificate_credentials_t challenge) const;
 
 private:
     TerminateTls() = default;
+    Result<gnutls_session_t> server_session(gnutls_certificate_credentials_t cred,
+                                            const std::vector<std::string>& alpn,
+                                            bool challenge) const;
     gnutls_priority_t priority_ = nullptr;
     gnutls_datum_t ticket_key_{nullptr, 0};
 };

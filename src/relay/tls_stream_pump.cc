@@ -100,6 +100,13 @@ void TlsStreamPump::start_handshake(TlsStreamPumpOwner& owner, quic::Stream& str
     if (phase_ == Phase::kHandshake && stream_ != nullptr) stream_->resume_read();
 }
 
+void TlsStreamPump::start_handshake_only(TlsStreamPumpOwner& owner, quic::Stream& stream,
+                                         gnutls_session_t session, std::span<const uint8_t> initial,
+                                         bool initial_fin) noexcept {
+    handshake_only_ = true;
+    start_handshake(owner, stream, session, initial, initial_fin);
+}
+
 void TlsStreamPump::start_refusal(TlsStreamPumpOwner& owner, quic::Stream& stream) noexcept {
     owner_ = &owner;
     stream_ = &stream;
@@ -118,8 +125,24 @@ void TlsStreamPump::run_handshake() noexcept {
     }
     initial_.clear();
     initial_.shrink_to_fit();
+    handshake_done_ = true;
+    if (handshake_only_) return close_after_handshake();
     phase_ = Phase::kConnecting;
     owner_->tls_handshake_done();
+}
+
+void TlsStreamPump::close_after_handshake() noexcept {
+    phase_ = Phase::kClosing;
+    if (stream_ != nullptr) {
+        // The validator closes first (RFC 8737); a close_notify that does not fit now is not
+        // worth waiting for: the FIN ends the stream either way.
+        (void)gnutls_bye(session_, GNUTLS_SHUT_WR);
+        stream_->shutdown_write();
+    }
+    owner_->tls_handshake_done();
+    if (phase_ != Phase::kClosing) return;  // the owner cut the pump
+    if (stream_ == nullptr) return finish_clean();
+    stream_->resume_read();
 }
 
 void TlsStreamPump::refuse(int error) noexcept {
@@ -314,6 +337,9 @@ size_t TlsStreamPump::on_stream_data(quic::Stream&, std::span<const uint8_t> dat
             in_ = {};
             in_used_ = 0;
             in_fin_ = false;
+            // Refused, failed or (handshake-only) answered: the rest is drained with this
+            // delivery, FIN included, so the close does not wait for more bytes to arrive.
+            if (phase_ == Phase::kClosing) return data.size();
             return used;
         }
         case Phase::kRelay: {

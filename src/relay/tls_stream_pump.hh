@@ -17,7 +17,8 @@ namespace runewarp::relay {
 class TlsStreamPumpOwner : public StreamPumpOwner {
 public:
     // The handshake completed: connect the backend, then call start_relay(). Until then the
-    // pump takes no stream bytes (they wait in the stream, withholding credit).
+    // pump takes no stream bytes (they wait in the stream, withholding credit). In
+    // handshake-only mode the pump is already closing the stream: there is nothing to connect.
     virtual void tls_handshake_done() noexcept = 0;
 
 protected:
@@ -48,6 +49,13 @@ public:
     // stream's FIN came with it.
     void start_handshake(TlsStreamPumpOwner& owner, quic::Stream& stream, gnutls_session_t session,
                          std::span<const uint8_t> initial, bool initial_fin) noexcept;
+    // Handshake-only mode (a TLS-ALPN-01 challenge answer, RFC 8737): the same handshake, and
+    // once it completed a close_notify and a FIN instead of a relay; tls_handshake_done() is
+    // reported, then what the peer still sends is drained until the stream closes and
+    // pump_finished(false) follows. A failed handshake ends as in start_handshake.
+    void start_handshake_only(TlsStreamPumpOwner& owner, quic::Stream& stream,
+                              gnutls_session_t session, std::span<const uint8_t> initial,
+                              bool initial_fin) noexcept;
     // Answers with a fatal handshake_failure alert and a FIN without running a handshake (no
     // certificate for the hostname).
     void start_refusal(TlsStreamPumpOwner& owner, quic::Stream& stream) noexcept;
@@ -58,7 +66,7 @@ public:
     // Cut both directions: RESET_STREAM + abortive TCP close.
     void abort() noexcept;
 
-    bool handshake_complete() const noexcept { return phase_ >= Phase::kConnecting; }
+    bool handshake_complete() const noexcept { return handshake_done_; }
     // The GnuTLS error that ended the handshake (0 when none did).
     int handshake_error() const noexcept { return handshake_error_; }
     // Set once the handshake completed; valid until the pump is destroyed.
@@ -81,6 +89,8 @@ private:
 
     void run_handshake() noexcept;
     void refuse(int alert_error) noexcept;
+    // Handshake-only mode: close_notify and FIN after the handshake, then drain.
+    void close_after_handshake() noexcept;
     // Decrypts what GnuTLS holds or can pull and writes it to the socket.
     void decrypt_to_tcp() noexcept;
     bool flush_plain_out() noexcept;
@@ -98,6 +108,8 @@ private:
     int fd_ = -1;
     Phase phase_ = Phase::kIdle;
     int handshake_error_ = 0;
+    bool handshake_only_ = false;
+    bool handshake_done_ = false;
 
     // Ciphertext GnuTLS may pull: the initial bytes, then the span the stream offers now.
     std::vector<uint8_t> initial_;

@@ -304,3 +304,83 @@ Test(client, terminate_sessions_negotiate_alpn_and_resume_with_the_process_ticke
     gnutls_free(ticket.data);
     test::remove_temp_tree(dir);
 }
+
+// ---- Client ACME: certificates from the managers, TLS-ALPN-01 answers ----
+
+Test(client, acme_certificates_become_terminate_credentials) {
+    std::string dir = test::make_temp_tree("runewarp-terminate");
+    trust::PublicCertMaterial m = material_for(dir, "acme.example.test");
+    const std::time_t not_after = 1'900'000'000;
+    auto c = client::TerminateCredential::from_acme(m.cert_pem, m.key_pem, not_after,
+                                                    dir + "/acme-state");
+    cr_assert(c.ok(), "%s", c.error().message.c_str());
+    cr_expect((*c)->acme());
+    cr_expect_eq((*c)->not_after(), not_after);
+    cr_expect_eq((*c)->cert_path(), dir + "/acme-state");
+    // Manual material is not marked as ACME.
+    auto manual = client::TerminateCredential::load(m);
+    cr_assert(manual.ok());
+    cr_expect_not((*manual)->acme());
+
+    // It serves like manual material: a Visitor completes a handshake with it.
+    auto tls = client::TerminateTls::create();
+    cr_assert(tls.ok());
+    auto s = (*tls)->new_session(**c, {"http/1.1"});
+    cr_assert(s.ok());
+    {
+        Pair p(*s, {"http/1.1"});
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect_eq(p.selected_alpn(), "http/1.1");
+        // ... and gets a session ticket (unlike a challenge answer, below).
+        char buf[16];
+        for (int i = 0; i < 4; ++i) (void)gnutls_record_recv(p.ce.s, buf, sizeof buf);
+        cr_expect_neq(gnutls_session_get_flags(p.ce.s) & GNUTLS_SFLAGS_SESSION_TICKET, 0u);
+    }
+
+    // A key that does not match is refused, naming where the certificate came from.
+    trust::PublicCertMaterial other = material_for(dir + "/other", "acme.example.test");
+    auto bad = client::TerminateCredential::from_acme(m.cert_pem, other.key_pem, not_after,
+                                                      dir + "/acme-state");
+    cr_assert_not(bad.ok());
+    cr_expect(bad.error().message.find(dir + "/acme-state") != std::string::npos, "%s",
+              bad.error().message.c_str());
+    auto garbage = client::TerminateCredential::from_acme("not a pem", "", not_after, "x");
+    cr_assert_not(garbage.ok());
+    test::remove_temp_tree(dir);
+}
+
+Test(client, challenge_sessions_negotiate_acme_tls1_only) {
+    std::string dir = test::make_temp_tree("runewarp-terminate");
+    auto tls = client::TerminateTls::create();
+    cr_assert(tls.ok());
+    // Any certificate stands in for the challenge certificate here.
+    auto cred = client::TerminateCredential::load(material_for(dir, "acme.example.test"));
+    cr_assert(cred.ok());
+
+    // The validator offers acme-tls/1 alone (RFC 8737): it is negotiated.
+    auto s1 = (*tls)->new_challenge_session((*cred)->get());
+    cr_assert(s1.ok(), "%s", s1.error().message.c_str());
+    {
+        Pair p(*s1, {"acme-tls/1"});
+        cr_assert_eq(handshake_pair(p.ce.s, p.se.s), 0);
+        cr_expect_eq(p.selected_alpn(), "acme-tls/1");
+        // No session ticket: a challenge answer is never resumed.
+        char buf[16];
+        for (int i = 0; i < 4; ++i) (void)gnutls_record_recv(p.ce.s, buf, sizeof buf);
+        cr_expect_eq(gnutls_session_get_flags(p.ce.s) & GNUTLS_SFLAGS_SESSION_TICKET, 0u);
+    }
+
+    // A Visitor offering ALPN without acme-tls/1 gets no challenge certificate: the handshake
+    // fails (no_application_protocol). (A ClientHello without acme-tls/1 never reaches a
+    // challenge session: the stream's ClientHello parser decides that first.)
+    for (const std::vector<std::string>& offer :
+         {std::vector<std::string>{"http/1.1"}, std::vector<std::string>{"h2", "http/1.1"}}) {
+        auto s = (*tls)->new_challenge_session((*cred)->get());
+        cr_assert(s.ok());
+        Pair p(*s, offer);
+        int rc = handshake_pair(p.ce.s, p.se.s);
+        cr_expect_eq(rc, GNUTLS_E_NO_APPLICATION_PROTOCOL, "%zu protocols offered: %s",
+                     offer.size(), gnutls_strerror(rc));
+    }
+    test::remove_temp_tree(dir);
+}
