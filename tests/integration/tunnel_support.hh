@@ -176,6 +176,10 @@ public:
         });
     }
 
+    // Replaces the extra [client] lines for Clients started (or configs written) from now on:
+    // for settings known only once the Server runs (an ACME directory that validates through
+    // the Server's public port).
+    void set_client_extra(std::string extra) { opts_.client_extra = std::move(extra); }
     std::uint16_t public_port() const { return public_port_; }
     std::uint16_t tunnel_port() const { return tunnel_port_; }
     std::uint16_t configured_tunnel_port() const { return configured_tunnel_port_; }
