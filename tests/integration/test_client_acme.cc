@@ -6,7 +6,9 @@
 // (curl, gnutls-cli) trust only pebble's issuing root. app.example.test stays a passthrough
 // Service to a TLS nginx throughout.
 #include <criterion/criterion.h>
+#include <gnutls/x509.h>
 
+#include <csignal>
 #include <optional>
 #include <string>
 #include <vector>
@@ -149,6 +151,23 @@ Test(client_acme, fails_closed_until_issued_through_the_tunnel_then_serves_https
     cr_assert_eq(d.sha256, sha);
     // The validation connections ended at the Client: the backend saw the download only.
     cr_assert_eq(s.backend_requests(), 1u);
+
+    // acme-tls/1 with no challenge pending: refused like a hostname without a certificate
+    // (handshake_failure and a clean close, well before any deadline), backend untouched.
+    RunResult stray =
+        run({"gnutls-cli", "127.0.0.1", "--port", std::to_string(s.tunnel.public_port()),
+             "--sni-hostname", kTerm, "--alpn", "acme-tls/1", "--insecure"},
+            Millis{15000});
+    cr_assert_not(stray.timed_out);
+    cr_assert_not(stray.status.success(), "%s %s", stray.out.c_str(), stray.err.c_str());
+    cr_assert((stray.out + stray.err).find("Received alert [40]") != std::string::npos, "%s %s",
+              stray.out.c_str(), stray.err.c_str());
+    cr_assert(s.tunnel.wait_client("client route unavailable: public-hostname=" + kTerm +
+                                       " backend-address=" + s.backend_address +
+                                       " reason=acme-challenge-not-pending",
+                                   1, Millis{5000}),
+              "%s", s.tunnel.client_log().c_str());
+    cr_assert_eq(s.backend_requests(), 1u);
     s.check_passthrough("app-after.txt");
 
     // The certificate is in the state directory for the next start.
@@ -189,7 +208,32 @@ Test(client_acme, a_restart_serves_the_cached_certificate_without_a_new_order, .
     cr_assert_eq(d.sha256, sha);
     s.check_passthrough("app.txt");
     cr_assert_eq(s.tunnel.client_log().find("client acme certificate issued"), std::string::npos);
+
+    // SIGHUP has no public-cert-dir to read: the ACME certificate stays.
+    cr_assert(s.tunnel.client().process().signal(SIGHUP));
+    cr_assert(s.tunnel.wait_client("client reload requested"), "%s", s.tunnel.client_log().c_str());
+    cr_assert(served_cert_der(s, root, "after-sighup") == issued, "%s",
+              s.tunnel.client_log().c_str());
     s.tunnel.stop_client_cleanly();
+}
+
+Test(client_acme, a_dead_manager_ends_the_client_with_exit_1, .timeout = 120) {
+    AcmeSetup s;
+    s.pebble.start();
+    // An account key the manager cannot use: its thread stops, and the Client with it.
+    write_file(s.state_dir() + "/account.key", "not a key\n", 0600);
+    // Run directly: it may end before a Daemon would count it as started.
+    RunResult r =
+        run({runewarp_binary(), "client", "-c", s.tunnel.write_client_config(0)}, Millis{30000});
+    const std::string log = r.out + r.err;
+    cr_assert_not(r.timed_out, "the Client kept running\n%s", log.c_str());
+    cr_assert(r.status.exited && r.status.code == 1, "%s\n%s", r.status.describe().c_str(),
+              log.c_str());
+    cr_assert_neq(log.find("ERROR client acme stopped: public-hostname=" + kTerm),
+                  std::string::npos, "%s", log.c_str());
+    cr_assert_neq(log.find("client instance graceful shutdown started"), std::string::npos, "%s",
+                  log.c_str());
+    cr_assert_eq(log.find("Sanitizer"), std::string::npos, "%s", log.c_str());
 }
 
 Test(client_acme, renewal_keeps_a_download_in_flight_and_new_connections_get_the_new_certificate,
@@ -219,6 +263,17 @@ Test(client_acme, renewal_keeps_a_download_in_flight_and_new_connections_get_the
     const std::string second = served_cert_der(s, root, "second");
     cr_assert_neq(second, "", "%s", s.tunnel.client_log().c_str());
     cr_assert(second != first, "new connections still get the first certificate");
+
+    // The expiry check covers ACME certificates (30 s left is well within 21 days), and the
+    // SIGHUP that runs it keeps them.
+    cr_assert(s.tunnel.client().process().signal(SIGHUP));
+    cr_assert(s.tunnel.wait_client("client certificate expiring: public-hostname=" + kTerm +
+                                   " path=" + s.state_dir()),
+              "%s", s.tunnel.client_log().c_str());
+    cr_assert(s.tunnel.wait_client("the client renews it through ACME"), "%s",
+              s.tunnel.client_log().c_str());
+    cr_assert_neq(served_cert_der(s, root, "after-sighup"), "", "%s",
+                  s.tunnel.client_log().c_str());
 
     std::optional<CurlResult> d = slow.finish(Millis{90000});
     cr_assert(d.has_value(), "the download in flight did not finish");
