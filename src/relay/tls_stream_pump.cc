@@ -134,8 +134,8 @@ void TlsStreamPump::run_handshake() noexcept {
 void TlsStreamPump::close_after_handshake() noexcept {
     phase_ = Phase::kClosing;
     if (stream_ != nullptr) {
-        // The validator closes first (RFC 8737); a close_notify that does not fit now is not
-        // worth waiting for: the FIN ends the stream either way.
+        // The validator closes as soon as it has seen the certificate (RFC 8737); a
+        // close_notify that does not fit now is not worth waiting for: the FIN ends it anyway.
         (void)gnutls_bye(session_, GNUTLS_SHUT_WR);
         stream_->shutdown_write();
     }

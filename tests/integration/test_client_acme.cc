@@ -27,10 +27,11 @@ const std::string kTerm = kOther;  // the terminating hostname, certified throug
 // and the Client's [client.acme] pointing at it. Nothing runs ACME until the test starts
 // pebble and the Client.
 struct AcmeSetup {
-    explicit AcmeSetup(int validity_s = 0)
+    explicit AcmeSetup(int validity_s = 0, bool dead_second_address = false)
         : plain(NginxOptions{.name = "plain", .hostnames = {kTerm}, .plaintext = true}),
           backend_address(hp("127.0.0.1", plain.plain_port())),
           tunnel(Tunnel::Options{
+              .dead_second_address = dead_second_address,
               .start_clients = false,
               .services_extra = "\n[service \"term\"]\npublic-hostnames = " + kTerm +
                                 "\ntls-mode = terminate\nbackend-address = " + backend_address +
@@ -281,5 +282,40 @@ Test(client_acme, renewal_keeps_a_download_in_flight_and_new_connections_get_the
               d->stderr_text.c_str());
     cr_assert_eq(d->sha256, slow_sha);
     s.check_passthrough("app.txt");
+    s.tunnel.stop_client_cleanly();
+}
+
+Test(client_acme, one_manager_serves_every_server_address_and_survives_a_reconnect,
+     .timeout = 240) {
+    // Two Server addresses (the second one dead): two address workers, one manager.
+    AcmeSetup s(0, true);
+    s.pebble.start();
+    const std::string root = s.pebble.issuer_root_file();
+    s.start_client();
+    s.wait_installed();
+    const std::string issued = served_cert_der(s, root, "issued");
+    cr_assert_neq(issued, "", "%s", s.tunnel.client_log().c_str());
+    std::string log = s.tunnel.client_log();
+    cr_assert_eq(count_of(log, "client acme first issuance starting"), 1u, "%s", log.c_str());
+    cr_assert_eq(count_of(log, "client acme certificate issued"), 1u, "%s", log.c_str());
+
+    // The Server restarts: the Client reconnects and keeps serving the same certificate,
+    // without another order.
+    s.tunnel.stop_server();
+    s.tunnel.start_server();
+    cr_assert(s.tunnel.wait_client("client tunnel connection connected: server-address=" +
+                                       hp(kServerName, s.tunnel.tunnel_port()),
+                                   2, Millis{60000}),
+              "%s", s.tunnel.client_log().c_str());
+    cr_assert(served_cert_der(s, root, "reconnected") == issued, "%s",
+              s.tunnel.client_log().c_str());
+    const std::string sha = s.plain.add_random_file("h.bin", 256u << 10, 24);
+    CurlResult d = curl_download(s.term(), "/files/h.bin", s.tunnel.out("h.bin"), Millis{30000});
+    cr_assert(d.ok(), "curl: %s %s", d.status.describe().c_str(), d.stderr_text.c_str());
+    cr_assert_eq(d.sha256, sha);
+    log = s.tunnel.client_log();
+    cr_assert_eq(count_of(log, "client acme first issuance starting"), 1u, "%s", log.c_str());
+    cr_assert_eq(count_of(log, "client acme certificate issued"), 1u, "%s", log.c_str());
+    cr_assert_eq(count_of(log, "client acme renewal starting"), 0u, "%s", log.c_str());
     s.tunnel.stop_client_cleanly();
 }
