@@ -109,7 +109,8 @@ bool Flow::ensure_directory(FlowError& err) {
     if (!r) return fail(err, FailReason::kNetwork, r.error().message);
     if (r->status != 200) {
         return fail(err, FailReason::kServer,
-                    "directory answered HTTP " + std::to_string(r->status), r->retry_after_s);
+                    "HTTP " + std::to_string(r->status) + " from GET " + short_url(directory_url_),
+                    r->retry_after_s);
     }
     auto d = parse_directory(r->body);
     if (!d) return fail(err, FailReason::kResponse, d.error().message);
@@ -122,7 +123,8 @@ bool Flow::fetch_nonce(FlowError& err) {
     if (!r) return fail(err, FailReason::kNetwork, r.error().message);
     if (r->replay_nonce.empty()) {
         return fail(err, FailReason::kServer,
-                    "newNonce answered HTTP " + std::to_string(r->status) + " without a nonce",
+                    "no nonce (HTTP " + std::to_string(r->status) + " from HEAD " +
+                        short_url(dir_->new_nonce) + ")",
                     r->retry_after_s);
     }
     nonce_ = std::move(r->replay_nonce);
@@ -149,8 +151,17 @@ bool Flow::post(const std::string& url, const std::optional<std::string>& payloa
             stats().bad_nonce_retries.fetch_add(1);
             continue;
         }
-        std::string what = "POST " + short_url(url) + " answered HTTP " + std::to_string(r->status);
-        if (problem) what += ": " + describe(*problem);
+        // "<problem type>: <detail> (HTTP <n> from POST <path>)"; a badNonce detail may quote
+        // the nonce, which is never logged.
+        std::string where = "HTTP " + std::to_string(r->status) + " from POST " + short_url(url);
+        std::string what;
+        if (problem && problem->type == kBadNonce) {
+            what = problem->type + ": too many rejected nonces (" + where + ")";
+        } else if (problem) {
+            what = describe(*problem) + " (" + where + ")";
+        } else {
+            what = where;
+        }
         return fail(err, FailReason::kServer, std::move(what), r->retry_after_s);
     }
 }
@@ -210,9 +221,12 @@ bool Flow::authorize(const std::string& hostname, const std::string& authz_url, 
             return true;
         }
         if (a->status == "pending") continue;
+        // The CA's words first (they say what it saw), then the problem type.
         std::string detail = "authorization is " + a->status;
         for (const auto& c : a->challenges) {
-            if (c.type == "tls-alpn-01" && c.error) detail = describe(*c.error);
+            if (c.type != "tls-alpn-01" || !c.error) continue;
+            detail =
+                c.error->detail.empty() ? c.error->type : c.error->detail + ": " + c.error->type;
         }
         if (hooks_.on_challenge) hooks_.on_challenge(false, detail);
         return fail(err, FailReason::kChallenge, std::move(detail));

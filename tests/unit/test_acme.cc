@@ -822,7 +822,7 @@ Test(pebble, backs_off_while_the_ca_is_down_then_issues) {
     cr_log_info("issued %lld ms after start with the CA down at first",
                 static_cast<long long>(total.count()));
     // Two failures before pebble came up (a third only if starting it took over 2 s).
-    auto failures = err.count("server acme failed");
+    auto failures = err.count("WARN server acme failed:");
     cr_assert(failures == 2u || failures == 3u, "log:\n%s", err.text().c_str());
     EXPECT_CONTAINS(err.text(), "INFO server acme certificate issued");
 }
@@ -885,4 +885,79 @@ Test(pebble, a_failed_challenge_is_withdrawn_and_retried) {
     cr_assert_null(board->find(kHost));
     cr_assert_eq(d.count(), 0u);
     cr_assert_eq(d.fatal.load(), 0);
+}
+
+Test(manager, stop_aborts_a_request_in_flight) {
+    // A TCP listener that never speaks TLS: the first request hangs in its handshake until the
+    // 30 s transfer timeout, unless stop() aborts it.
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    cr_assert(lfd >= 0);
+    sockaddr_in sa{};
+    sa.sin_family = AF_INET;
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(::bind(lfd, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+    cr_assert_eq(::listen(lfd, 4), 0);
+    socklen_t len = sizeof sa;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&sa), &len);
+
+    ManagerOptions o;
+    o.hostname = kHost;
+    o.email = "ops@runewarp.test";
+    o.directory_url = "https://127.0.0.1:" + std::to_string(ntohs(sa.sin_port)) + "/dir";
+    o.state_dir = dir.path();
+    Delivered d;
+    auto m = make_manager(o, std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    pollfd p{lfd, POLLIN, 0};
+    cr_assert_eq(::poll(&p, 1, 5000), 1, "the manager never connected");
+    int conn = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+    cr_assert(conn >= 0);
+    // The ClientHello arrives: the request is in flight.
+    pollfd cp{conn, POLLIN, 0};
+    cr_assert_eq(::poll(&cp, 1, 5000), 1);
+    auto t0 = std::chrono::steady_clock::now();
+    m->stop();
+    auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - t0);
+    cr_log_info("stop() with a request in flight took %lld ms",
+                static_cast<long long>(took.count()));
+    cr_assert_lt(took.count(), 1500);
+    cr_assert(err.text().find("WARN") == std::string::npos, "stop logged a failure:\n%s",
+              err.text().c_str());
+    ::close(conn);
+    ::close(lfd);
+}
+
+Test(pebble, two_hostnames_share_one_account_key) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    auto board = std::make_shared<ChallengeBoard>();
+    Delivered d1, d2;
+    auto o1 = options_for(pebble, dir.path(), Role::kClient);
+    auto o2 = o1;
+    o2.hostname = "second.runewarp.test";
+    auto m1 = make_manager(o1, board, d1);
+    auto m2 = make_manager(o2, board, d2);
+    m1->start();
+    m2->start();
+    cr_assert(d1.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    cr_assert(d2.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    auto key = load_or_create_account_key(dir.path());
+    cr_assert(key.ok());
+    EXPECT_CONTAINS(err.text(),
+                    "INFO client acme certificate issued: public-hostname=second.runewarp.test");
+    EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), "second.runewarp.test")),
+                  d2.at(0)->cert_pem);
+    cr_assert_eq(stats().orders_placed.load(), 2u);
+    // Both managers registered the same key: the second newAccount found the first account.
+    std::string plog = pebble.log();
+    EXPECT_CONTAINS(plog, "There are now 1 accounts");
+    cr_assert(plog.find("There are now 2 accounts") == std::string::npos, "two accounts:\n%s",
+              plog.c_str());
 }
