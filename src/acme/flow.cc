@@ -3,6 +3,7 @@
 #include <gnutls/x509.h>
 
 #include <algorithm>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "trust/gnutls_util.hh"
@@ -319,6 +320,10 @@ bool Flow::issue(const std::string& hostname, Certificate& out, FlowError& err) 
         }
         auto key_pem = trust::export_key_pem(key->get());
         if (!key_pem) return fail(err, FailReason::kLocal, key_pem.error().message);
+        std::time_t not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());
+        if (not_after <= std::time(nullptr)) {
+            return fail(err, FailReason::kResponse, "the downloaded certificate has expired");
+        }
         out.cert_pem = std::move(r.body);
         out.key_pem = std::move(*key_pem);
         out.not_before = gnutls_x509_crt_get_activation_time(chain->front().get());

@@ -243,7 +243,13 @@ void Manager::stop() {
         im.stopping.store(true);
     }
     im.cv.notify_all();
-    if (im.thread.joinable()) im.thread.join();
+    if (!im.thread.joinable()) return;
+    if (im.thread.get_id() == std::this_thread::get_id()) {
+        // Called from on_certificate/on_fatal: the thread ends when the callback returns.
+        im.thread.detach();
+        return;
+    }
+    im.thread.join();
 }
 
 const ManagerOptions& Manager::options() const noexcept {

@@ -961,3 +961,26 @@ Test(pebble, two_hostnames_share_one_account_key) {
     cr_assert(plog.find("There are now 2 accounts") == std::string::npos, "two accounts:\n%s",
               plog.c_str());
 }
+
+Test(pebble, an_unwritable_cache_is_fatal) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    test::make_dirs(dir / "state");
+    test::write_file(dir / ("state/" + std::string(kHost)), "not a directory");  // blocks the cache
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m =
+        make_manager(options_for(pebble, dir / "state"), std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(test::wait_until([&] { return d.fatal.load() > 0; }, Millis{60000}), "log:\n%s",
+              err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "ERROR server acme stopped: server-hostname=" + std::string(kHost));
+    m->stop();
+    cr_assert_eq(d.fatal.load(), 1);
+    cr_assert_eq(d.count(), 0u, "on_certificate before the cache was written");
+    cr_assert_eq(stats().issue_attempts.load(), 1u, "the manager went on after a fatal error");
+    cr_assert(err.text().find("WARN server acme failed") == std::string::npos);
+}
