@@ -324,7 +324,15 @@ bool Flow::issue(const std::string& hostname, Certificate& out, FlowError& err) 
         if (not_after <= std::time(nullptr)) {
             return fail(err, FailReason::kResponse, "the downloaded certificate has expired");
         }
-        out.cert_pem = std::move(r.body);
+        // Stored and handed on as exactly the certificates, leaf first, whatever else the body
+        // held around them.
+        std::string chain_pem;
+        for (const auto& c : *chain) {
+            auto pem = trust::export_crt_pem(c.get());
+            if (!pem) return fail(err, FailReason::kLocal, pem.error().message);
+            chain_pem += *pem;
+        }
+        out.cert_pem = std::move(chain_pem);
         out.key_pem = std::move(*key_pem);
         out.not_before = gnutls_x509_crt_get_activation_time(chain->front().get());
         out.not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());
