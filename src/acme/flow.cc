@@ -94,6 +94,14 @@ std::chrono::milliseconds poll_delay(int attempt, long retry_after_s) {
     return std::chrono::seconds(1L << std::min(attempt, 4));
 }
 
+std::int64_t backoff_seconds(int failures, long retry_after_s) {
+    constexpr int kMaxExponent = 16;
+    const std::int64_t cap = std::int64_t{1} << kMaxExponent;
+    std::int64_t delay = std::int64_t{1} << std::clamp(failures - 1, 0, kMaxExponent);
+    if (retry_after_s > delay) delay = std::min<std::int64_t>(retry_after_s, cap);
+    return delay;
+}
+
 Flow::Flow(std::string directory_url, std::string ca_file, std::string email, const EcKey& account,
            std::shared_ptr<ChallengeBoard> board, const std::atomic<bool>* stop, FlowHooks hooks)
     : directory_url_(std::move(directory_url)),
