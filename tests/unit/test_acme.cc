@@ -35,6 +35,7 @@
 #include "tests/support/pebble.hh"
 #include "tests/support/process.hh"
 #include "trust/gnutls_util.hh"
+#include "trust/private_ca.hh"
 #include "trust/x509_util.hh"
 
 using namespace runewarp;
@@ -1001,4 +1002,65 @@ Test(manager, poll_and_back_off_schedules) {
     cr_assert_eq(backoff_seconds(1, 120), 120);    // a larger Retry-After is honoured
     cr_assert_eq(backoff_seconds(10, 120), 512);   // a smaller one is not
     cr_assert_eq(backoff_seconds(1, 10'000'000), 65536);
+}
+
+namespace {
+
+// A cached certificate for kHost from a private CA, issued as if at `issued_at` (90 days).
+void write_cached_leaf(const std::string& state_dir, std::time_t issued_at) {
+    auto ca = trust::make_private_ca("acme test CA", issued_at);
+    cr_assert(ca.ok());
+    auto leaf = trust::issue_private_leaf(*ca, kHost, issued_at, "ca.key", "ca.crt");
+    cr_assert(leaf.ok(), "%s", leaf.ok() ? "" : leaf.error().message.c_str());
+    Certificate c;
+    c.cert_pem = leaf->pem.crt;
+    c.key_pem = leaf->pem.key;
+    cr_assert(store_certificate(state_dir, kHost, c).ok());
+}
+
+}  // namespace
+
+Test(pebble, an_expired_cache_is_renewed_at_once) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    write_cached_leaf(dir.path(), std::time(nullptr) - 100 * 86'400);  // expired 10 days ago
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m = make_manager(options_for(pebble, dir.path()), std::make_shared<ChallengeBoard>(), d);
+    EXPECT_CONTAINS(err.text(), "INFO server acme renewal starting: server-hostname=" +
+                                    std::string(kHost) + " reason=expired");
+    cr_assert_null(m->cached());
+    m->start();
+    cr_assert(d.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "INFO server acme certificate renewed: server-hostname=");
+    cr_assert(err.text().find("certificate issued") == std::string::npos);
+    cr_assert_not_null(m->cached());
+    assert_chain_verifies(d.at(0)->cert_pem, pebble.issuer_root_file());
+}
+
+Test(pebble, a_cache_past_two_thirds_is_served_and_renewed) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    write_cached_leaf(dir.path(), std::time(nullptr) - 70 * 86'400);  // 20 of 90 days left
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m = make_manager(options_for(pebble, dir.path(), Role::kClient),
+                          std::make_shared<ChallengeBoard>(), d);
+    EXPECT_CONTAINS(err.text(), "INFO client acme cached certificate ready: public-hostname=" +
+                                    std::string(kHost) + " remaining-validity=");
+    EXPECT_CONTAINS(err.text(), " renewal=due");
+    auto old = m->cached();
+    cr_assert_not_null(old);  // served while the renewal runs
+    m->start();
+    cr_assert(d.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "INFO client acme certificate renewed: public-hostname=");
+    cr_assert(d.at(0)->cert_pem != old->cert_pem);
+    cr_assert_gt(d.at(0)->not_after, old->not_after);
+    EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), kHost)), d.at(0)->cert_pem);
 }
