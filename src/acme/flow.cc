@@ -3,6 +3,7 @@
 #include <gnutls/x509.h>
 
 #include <algorithm>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "trust/gnutls_util.hh"
@@ -93,6 +94,14 @@ std::chrono::milliseconds poll_delay(int attempt, long retry_after_s) {
     return std::chrono::seconds(1L << std::min(attempt, 4));
 }
 
+std::int64_t backoff_seconds(int failures, long retry_after_s) {
+    constexpr int kMaxExponent = 16;
+    const std::int64_t cap = std::int64_t{1} << kMaxExponent;
+    std::int64_t delay = std::int64_t{1} << std::clamp(failures - 1, 0, kMaxExponent);
+    if (retry_after_s > delay) delay = std::min<std::int64_t>(retry_after_s, cap);
+    return delay;
+}
+
 Flow::Flow(std::string directory_url, std::string ca_file, std::string email, const EcKey& account,
            std::shared_ptr<ChallengeBoard> board, const std::atomic<bool>* stop, FlowHooks hooks)
     : directory_url_(std::move(directory_url)),
@@ -109,7 +118,8 @@ bool Flow::ensure_directory(FlowError& err) {
     if (!r) return fail(err, FailReason::kNetwork, r.error().message);
     if (r->status != 200) {
         return fail(err, FailReason::kServer,
-                    "directory answered HTTP " + std::to_string(r->status), r->retry_after_s);
+                    "HTTP " + std::to_string(r->status) + " from GET " + short_url(directory_url_),
+                    r->retry_after_s);
     }
     auto d = parse_directory(r->body);
     if (!d) return fail(err, FailReason::kResponse, d.error().message);
@@ -122,7 +132,8 @@ bool Flow::fetch_nonce(FlowError& err) {
     if (!r) return fail(err, FailReason::kNetwork, r.error().message);
     if (r->replay_nonce.empty()) {
         return fail(err, FailReason::kServer,
-                    "newNonce answered HTTP " + std::to_string(r->status) + " without a nonce",
+                    "no nonce (HTTP " + std::to_string(r->status) + " from HEAD " +
+                        short_url(dir_->new_nonce) + ")",
                     r->retry_after_s);
     }
     nonce_ = std::move(r->replay_nonce);
@@ -149,8 +160,17 @@ bool Flow::post(const std::string& url, const std::optional<std::string>& payloa
             stats().bad_nonce_retries.fetch_add(1);
             continue;
         }
-        std::string what = "POST " + short_url(url) + " answered HTTP " + std::to_string(r->status);
-        if (problem) what += ": " + describe(*problem);
+        // "<problem type>: <detail> (HTTP <n> from POST <path>)"; a badNonce detail may quote
+        // the nonce, which is never logged.
+        std::string where = "HTTP " + std::to_string(r->status) + " from POST " + short_url(url);
+        std::string what;
+        if (problem && problem->type == kBadNonce) {
+            what = problem->type + ": too many rejected nonces (" + where + ")";
+        } else if (problem) {
+            what = describe(*problem) + " (" + where + ")";
+        } else {
+            what = where;
+        }
         return fail(err, FailReason::kServer, std::move(what), r->retry_after_s);
     }
 }
@@ -210,9 +230,12 @@ bool Flow::authorize(const std::string& hostname, const std::string& authz_url, 
             return true;
         }
         if (a->status == "pending") continue;
+        // The CA's words first (they say what it saw), then the problem type.
         std::string detail = "authorization is " + a->status;
         for (const auto& c : a->challenges) {
-            if (c.type == "tls-alpn-01" && c.error) detail = describe(*c.error);
+            if (c.type != "tls-alpn-01" || !c.error) continue;
+            detail =
+                c.error->detail.empty() ? c.error->type : c.error->detail + ": " + c.error->type;
         }
         if (hooks_.on_challenge) hooks_.on_challenge(false, detail);
         return fail(err, FailReason::kChallenge, std::move(detail));
@@ -305,7 +328,19 @@ bool Flow::issue(const std::string& hostname, Certificate& out, FlowError& err) 
         }
         auto key_pem = trust::export_key_pem(key->get());
         if (!key_pem) return fail(err, FailReason::kLocal, key_pem.error().message);
-        out.cert_pem = std::move(r.body);
+        std::time_t not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());
+        if (not_after <= std::time(nullptr)) {
+            return fail(err, FailReason::kResponse, "the downloaded certificate has expired");
+        }
+        // Stored and handed on as exactly the certificates, leaf first, whatever else the body
+        // held around them.
+        std::string chain_pem;
+        for (const auto& c : *chain) {
+            auto pem = trust::export_crt_pem(c.get());
+            if (!pem) return fail(err, FailReason::kLocal, pem.error().message);
+            chain_pem += *pem;
+        }
+        out.cert_pem = std::move(chain_pem);
         out.key_pem = std::move(*key_pem);
         out.not_before = gnutls_x509_crt_get_activation_time(chain->front().get());
         out.not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());

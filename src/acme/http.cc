@@ -168,10 +168,12 @@ Result<HttpResponse> HttpClient::request(HttpMethod method, const std::string& u
     curl_slist_free_all(headers);
     st_->resp = nullptr;
     if (rc == CURLE_ABORTED_BY_CALLBACK) return Error::msg("stopped");
-    if (st_->body_too_large) return Error::msg("response body from " + url + " is too large");
+    if (st_->body_too_large) return Error::msg("response body too large (" + url + ")");
     if (rc != CURLE_OK) {
-        std::string m = st_->errbuf[0] != '\0' ? st_->errbuf : curl_easy_strerror(rc);
-        return Error::msg("request to " + url + " failed: " + m);
+        // "<short cause>: <curl's detail> (<url>)": WARN lines keep the part before ": ".
+        std::string m = curl_easy_strerror(rc);
+        if (st_->errbuf[0] != '\0') m += std::string(": ") + st_->errbuf;
+        return Error::msg(m + " (" + url + ")");
     }
     curl_easy_getinfo(c, CURLINFO_RESPONSE_CODE, &resp.status);
     return resp;

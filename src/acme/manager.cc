@@ -19,9 +19,13 @@ namespace runewarp::acme {
 
 namespace {
 
-constexpr int kMaxBackoffExponent = 16;
 // Long waits are cut into slices so a wall-clock jump (suspend, NTP) is noticed.
 constexpr std::chrono::seconds kMaxWaitSlice{3600};
+
+// Operator WARN lines keep one short cause: the text before the first ": " (spec 7).
+std::string short_cause(const std::string& message) {
+    return message.substr(0, message.find(": "));
+}
 
 std::chrono::milliseconds seconds_ms(std::int64_t s) {
     return std::chrono::milliseconds(std::max<std::int64_t>(s, 0) * 1000);
@@ -67,7 +71,7 @@ struct Manager::Impl {
     }
 
     void fatal(const std::string& why) {
-        log->error(event("stopped").c_str(), {{host_key, opts.hostname}, {"error", why}});
+        log->error(event("stopped"), {{host_key, opts.hostname}, {"error", short_cause(why)}}, why);
         if (on_fatal) on_fatal(why);
     }
 
@@ -148,7 +152,9 @@ void Manager::Impl::run() {
         if (valid) {
             log->debug(event("challenge handled"), {{host_key, opts.hostname}});
         } else {
-            log->warn(event("challenge failed"), {{host_key, opts.hostname}, {"error", detail}});
+            log->warn(event("challenge failed"),
+                      {{host_key, opts.hostname}, {"error", short_cause(detail)}});
+            log->debug(event("challenge failed detail"), {{host_key, opts.hostname}}, detail);
         }
     };
     Flow flow(opts.directory_url, opts.ca_file, opts.email, *account, board, &stopping,
@@ -180,15 +186,12 @@ void Manager::Impl::run() {
         if (!flow.issue(opts.hostname, issued, err)) {
             if (stopping.load() || err.reason == FailReason::kStopped) break;
             ++failures;
-            std::int64_t delay_s = std::int64_t{1} << std::min(failures - 1, kMaxBackoffExponent);
-            if (err.retry_after_s > delay_s) {
-                delay_s = std::min<std::int64_t>(err.retry_after_s,
-                                                 std::int64_t{1} << kMaxBackoffExponent);
-            }
+            std::int64_t delay_s = backoff_seconds(failures, err.retry_after_s);
             log->warn(event("failed"), {{host_key, opts.hostname},
                                         {"reason", reason_name(err.reason)},
-                                        {"error", err.message},
+                                        {"error", short_cause(err.message)},
                                         {"next-retry-delay", seconds_ms(delay_s)}});
+            log->debug(event("failed detail"), {{host_key, opts.hostname}}, err.message);
             if (!wait_for(seconds_ms(delay_s))) break;
             continue;
         }
@@ -235,7 +238,13 @@ void Manager::stop() {
         im.stopping.store(true);
     }
     im.cv.notify_all();
-    if (im.thread.joinable()) im.thread.join();
+    if (!im.thread.joinable()) return;
+    if (im.thread.get_id() == std::this_thread::get_id()) {
+        // Called from on_certificate/on_fatal: the thread ends when the callback returns.
+        im.thread.detach();
+        return;
+    }
+    im.thread.join();
 }
 
 const ManagerOptions& Manager::options() const noexcept {
