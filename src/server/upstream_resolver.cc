@@ -51,8 +51,7 @@ bool UpstreamResolver::start() noexcept {
 }
 
 void UpstreamResolver::lookup(Entry& e) noexcept {
-    e.lookup =
-        resolver_.resolve(e.route->upstream.host, e.route->upstream.port, SOCK_STREAM, *this);
+    e.lookup = resolver_.resolve(e.route->upstream.host, e.route->upstream.port, SOCK_STREAM, *this);
 }
 
 void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
