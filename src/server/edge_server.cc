@@ -11,6 +11,7 @@
 #include <cstring>
 #include <ctime>
 
+#include "acme/state.hh"
 #include "core/clock.hh"
 #include "sys/limits.hh"
 #include "sys/systemd.hh"
@@ -371,8 +372,9 @@ Result<void> EdgeServer::create_acme() {
 }
 
 void EdgeServer::on_acme_certificate(const acme::Certificate& cert) noexcept {
-    // Named after the state directory: that is where the manager keeps it.
-    const std::string path = cfg_.acme ? cfg_.acme->state_dir : std::string();
+    // The file the manager caches it in (the expiry lines name it).
+    const std::string path =
+        cfg_.acme ? acme::certificate_path(cfg_.acme->state_dir, cfg_.hostname) : std::string();
     if (tunnel_ != nullptr) {
         if (auto r = tunnel_->set_certificate(path, cert.cert_pem, cert.key_pem, cert.not_after);
             !r) {
