@@ -190,6 +190,10 @@ public:
             .ready_log_line = "server tunnel listener ready",
         });
     }
+    // Runs the Server in the foreground until it exits by itself (or the deadline kills it).
+    RunResult run_server_to_exit(Millis deadline) {
+        return run({runewarp_binary(), "server", "-c", dir_ / "server.ini"}, deadline, env());
+    }
     // Stops the Server (SIGTERM): it must exit 0.
     void stop_server() {
         ExitStatus st = server_->stop();
@@ -483,4 +487,19 @@ Test(server_acme, renewal_keeps_live_connections_and_serves_the_new_certificate,
                  s.logs().c_str());
     s.stop_client();
     s.stop_server();
+}
+
+// The manager cannot go on (its account key is unusable): ERROR, fast shutdown, exit 1.
+Test(server_acme, a_dead_manager_stops_the_server_with_exit_1, .timeout = 120) {
+    AcmeSetup s(AcmeOptions{});
+    write_file(s.state_dir() + "/account.key", "not a key\n", 0600);
+    RunResult r = s.run_server_to_exit(Millis{30000});
+    std::string out = r.out + r.err;
+    cr_assert(r.status.exited, "%s\n%s", r.status.describe().c_str(), out.c_str());
+    cr_assert_eq(r.status.code, 1, "%s", out.c_str());
+    // It was serving when the manager died, and stopped because of it.
+    cr_assert_neq(out.find("server public listener ready"), std::string::npos, "%s", out.c_str());
+    cr_assert_neq(out.find("ERROR server acme stopped"), std::string::npos, "%s", out.c_str());
+    cr_assert_neq(out.find("server orderly shutdown started: mode=fast"), std::string::npos, "%s",
+                  out.c_str());
 }
