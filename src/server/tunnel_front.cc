@@ -130,8 +130,13 @@ void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
     // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
     if (!info.application && info.code == quic::kCryptoErrorAccessDenied) return;
     if (registry_->sealed()) return;
-    if (handshake_failure_limit_.on_saturated().log)
-        log_.warn("server tunnel connection failed", {}, quic::describe_close(info, "the client"));
+    if (handshake_failure_limit_.on_saturated().log) {
+        std::string cause = quic::describe_close(info, "the client");
+        // ACME before the first issuance: every handshake fails until a certificate arrives.
+        if (!tls_->has_certificate())
+            cause += "; no Server certificate yet (ACME issuance pending)";
+        log_.warn("server tunnel connection failed", {}, cause);
+    }
 }
 
 void TunnelFront::on_connection(quic::Connection& c) noexcept {
