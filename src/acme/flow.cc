@@ -3,6 +3,7 @@
 #include <gnutls/x509.h>
 
 #include <algorithm>
+#include <ctime>
 #include <nlohmann/json.hpp>
 
 #include "trust/gnutls_util.hh"
@@ -91,6 +92,14 @@ std::chrono::milliseconds poll_delay(int attempt, long retry_after_s) {
         return std::chrono::seconds(std::min(retry_after_s, kMaxRetryAfterPollS));
     }
     return std::chrono::seconds(1L << std::min(attempt, 4));
+}
+
+std::int64_t backoff_seconds(int failures, long retry_after_s) {
+    constexpr int kMaxExponent = 16;
+    const std::int64_t cap = std::int64_t{1} << kMaxExponent;
+    std::int64_t delay = std::int64_t{1} << std::clamp(failures - 1, 0, kMaxExponent);
+    if (retry_after_s > delay) delay = std::min<std::int64_t>(retry_after_s, cap);
+    return delay;
 }
 
 Flow::Flow(std::string directory_url, std::string ca_file, std::string email, const EcKey& account,
@@ -319,7 +328,19 @@ bool Flow::issue(const std::string& hostname, Certificate& out, FlowError& err) 
         }
         auto key_pem = trust::export_key_pem(key->get());
         if (!key_pem) return fail(err, FailReason::kLocal, key_pem.error().message);
-        out.cert_pem = std::move(r.body);
+        std::time_t not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());
+        if (not_after <= std::time(nullptr)) {
+            return fail(err, FailReason::kResponse, "the downloaded certificate has expired");
+        }
+        // Stored and handed on as exactly the certificates, leaf first, whatever else the body
+        // held around them.
+        std::string chain_pem;
+        for (const auto& c : *chain) {
+            auto pem = trust::export_crt_pem(c.get());
+            if (!pem) return fail(err, FailReason::kLocal, pem.error().message);
+            chain_pem += *pem;
+        }
+        out.cert_pem = std::move(chain_pem);
         out.key_pem = std::move(*key_pem);
         out.not_before = gnutls_x509_crt_get_activation_time(chain->front().get());
         out.not_after = gnutls_x509_crt_get_expiration_time(chain->front().get());

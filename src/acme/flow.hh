@@ -76,7 +76,12 @@ private:
     std::string nonce_;
 };
 
-// Polling waits: 1, 2, 4, 8, 16, 16, ... s (attempt 0 is the first wait).
+// Polling waits: 1, 2, 4, 8, 16, 16, ... s (attempt 0 is the first wait); a Retry-After from
+// the last response replaces it, up to 60 s.
 std::chrono::milliseconds poll_delay(int attempt, long retry_after_s);
+
+// The wait before the next order after `failures` (>= 1) consecutive failed ones: 2^(failures-1)
+// s with the exponent capped at 16, or a larger Retry-After (up to the same cap).
+std::int64_t backoff_seconds(int failures, long retry_after_s);
 
 }  // namespace runewarp::acme

@@ -19,7 +19,6 @@ namespace runewarp::acme {
 
 namespace {
 
-constexpr int kMaxBackoffExponent = 16;
 // Long waits are cut into slices so a wall-clock jump (suspend, NTP) is noticed.
 constexpr std::chrono::seconds kMaxWaitSlice{3600};
 
@@ -187,11 +186,7 @@ void Manager::Impl::run() {
         if (!flow.issue(opts.hostname, issued, err)) {
             if (stopping.load() || err.reason == FailReason::kStopped) break;
             ++failures;
-            std::int64_t delay_s = std::int64_t{1} << std::min(failures - 1, kMaxBackoffExponent);
-            if (err.retry_after_s > delay_s) {
-                delay_s = std::min<std::int64_t>(err.retry_after_s,
-                                                 std::int64_t{1} << kMaxBackoffExponent);
-            }
+            std::int64_t delay_s = backoff_seconds(failures, err.retry_after_s);
             log->warn(event("failed"), {{host_key, opts.hostname},
                                         {"reason", reason_name(err.reason)},
                                         {"error", short_cause(err.message)},
@@ -243,7 +238,13 @@ void Manager::stop() {
         im.stopping.store(true);
     }
     im.cv.notify_all();
-    if (im.thread.joinable()) im.thread.join();
+    if (!im.thread.joinable()) return;
+    if (im.thread.get_id() == std::this_thread::get_id()) {
+        // Called from on_certificate/on_fatal: the thread ends when the callback returns.
+        im.thread.detach();
+        return;
+    }
+    im.thread.join();
 }
 
 const ManagerOptions& Manager::options() const noexcept {

@@ -35,6 +35,7 @@
 #include "tests/support/pebble.hh"
 #include "tests/support/process.hh"
 #include "trust/gnutls_util.hh"
+#include "trust/private_ca.hh"
 #include "trust/x509_util.hh"
 
 using namespace runewarp;
@@ -815,8 +816,9 @@ Test(pebble, backs_off_while_the_ca_is_down_then_issues) {
     cr_assert_eq(d.fatal.load(), 0);
 
     pebble.start();
-    // The next attempt is at most 2 s after the second failure.
-    cr_assert(d.wait_count(1, Millis{30000}), "log:\n%s", err.text().c_str());
+    // The next attempt comes at most 2 s after the second failure (4 s if starting pebble took
+    // so long that a third one happened), and an issuance takes about 2 s.
+    cr_assert(d.wait_count(1, Millis{12000}), "log:\n%s", err.text().c_str());
     auto total = std::chrono::duration_cast<std::chrono::milliseconds>(
         std::chrono::steady_clock::now() - t0);
     cr_log_info("issued %lld ms after start with the CA down at first",
@@ -930,7 +932,32 @@ Test(manager, stop_aborts_a_request_in_flight) {
     ::close(lfd);
 }
 
-Test(pebble, two_hostnames_share_one_account_key) {
+Test(state, managers_racing_on_a_fresh_directory_get_one_account_key) {
+    test::TempDir dir("rw-acme-state");
+    constexpr int kThreads = 8;
+    std::vector<std::string> jwks(kThreads);
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kThreads; ++i) {
+        threads.emplace_back([&, i] {
+            while (!go.load()) {
+            }
+            auto k = load_or_create_account_key(dir.path());
+            if (k.ok()) jwks[i] = k->jwk();
+        });
+    }
+    go.store(true);
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < kThreads; ++i) {
+        cr_assert_not(jwks[i].empty(), "thread %d got no key", i);
+        EXPECT_STR_EQ(jwks[i], jwks[0]);
+    }
+    auto k = load_or_create_account_key(dir.path());
+    cr_assert(k.ok());
+    EXPECT_STR_EQ(k->jwk(), jwks[0]);
+}
+
+Test(pebble, two_hostnames_share_one_account) {
     test::TempDir dir("rw-acme");
     StderrCapture err(dir / "stderr.log");
     test::PebbleOptions po;
@@ -945,19 +972,118 @@ Test(pebble, two_hostnames_share_one_account_key) {
     auto m1 = make_manager(o1, board, d1);
     auto m2 = make_manager(o2, board, d2);
     m1->start();
-    m2->start();
     cr_assert(d1.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    m2->start();
     cr_assert(d2.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
-    auto key = load_or_create_account_key(dir.path());
-    cr_assert(key.ok());
     EXPECT_CONTAINS(err.text(),
                     "INFO client acme certificate issued: public-hostname=second.runewarp.test");
     EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), "second.runewarp.test")),
                   d2.at(0)->cert_pem);
     cr_assert_eq(stats().orders_placed.load(), 2u);
-    // Both managers registered the same key: the second newAccount found the first account.
+    // The second manager's newAccount found the first one's account (same key in account.key).
     std::string plog = pebble.log();
     EXPECT_CONTAINS(plog, "There are now 1 accounts");
     cr_assert(plog.find("There are now 2 accounts") == std::string::npos, "two accounts:\n%s",
               plog.c_str());
+}
+
+Test(pebble, an_unwritable_cache_is_fatal) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    test::make_dirs(dir / "state");
+    test::write_file(dir / ("state/" + std::string(kHost)), "not a directory");  // blocks the cache
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m =
+        make_manager(options_for(pebble, dir / "state"), std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(test::wait_until([&] { return d.fatal.load() > 0; }, Millis{60000}), "log:\n%s",
+              err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "ERROR server acme stopped: server-hostname=" + std::string(kHost));
+    m->stop();
+    cr_assert_eq(d.fatal.load(), 1);
+    cr_assert_eq(d.count(), 0u, "on_certificate before the cache was written");
+    cr_assert_eq(stats().issue_attempts.load(), 1u, "the manager went on after a fatal error");
+    cr_assert(err.text().find("WARN server acme failed") == std::string::npos);
+}
+
+Test(manager, poll_and_back_off_schedules) {
+    const long expected_poll[] = {1, 2, 4, 8, 16, 16, 16};
+    for (int i = 0; i < 7; ++i) {
+        cr_assert_eq(poll_delay(i, -1).count(), expected_poll[i] * 1000, "poll %d", i);
+    }
+    cr_assert_eq(poll_delay(0, 3).count(), 3000);      // Retry-After replaces the schedule
+    cr_assert_eq(poll_delay(2, 1000).count(), 60000);  // within reason
+    cr_assert_eq(backoff_seconds(1, -1), 1);
+    cr_assert_eq(backoff_seconds(2, -1), 2);
+    cr_assert_eq(backoff_seconds(5, -1), 16);
+    cr_assert_eq(backoff_seconds(17, -1), 65536);
+    cr_assert_eq(backoff_seconds(40, -1), 65536);  // 2^n, n capped at 16
+    cr_assert_eq(backoff_seconds(1, 120), 120);    // a larger Retry-After is honoured
+    cr_assert_eq(backoff_seconds(10, 120), 512);   // a smaller one is not
+    cr_assert_eq(backoff_seconds(1, 10'000'000), 65536);
+}
+
+namespace {
+
+// A cached certificate for kHost from a private CA, issued as if at `issued_at` (90 days).
+void write_cached_leaf(const std::string& state_dir, std::time_t issued_at) {
+    auto ca = trust::make_private_ca("acme test CA", issued_at);
+    cr_assert(ca.ok());
+    auto leaf = trust::issue_private_leaf(*ca, kHost, issued_at, "ca.key", "ca.crt");
+    cr_assert(leaf.ok(), "%s", leaf.ok() ? "" : leaf.error().message.c_str());
+    Certificate c;
+    c.cert_pem = leaf->pem.crt;
+    c.key_pem = leaf->pem.key;
+    cr_assert(store_certificate(state_dir, kHost, c).ok());
+}
+
+}  // namespace
+
+Test(pebble, an_expired_cache_is_renewed_at_once) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    write_cached_leaf(dir.path(), std::time(nullptr) - 100 * 86'400);  // expired 10 days ago
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m = make_manager(options_for(pebble, dir.path()), std::make_shared<ChallengeBoard>(), d);
+    EXPECT_CONTAINS(err.text(), "INFO server acme renewal starting: server-hostname=" +
+                                    std::string(kHost) + " reason=expired");
+    cr_assert_null(m->cached());
+    m->start();
+    cr_assert(d.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "INFO server acme certificate renewed: server-hostname=");
+    cr_assert(err.text().find("certificate issued") == std::string::npos);
+    cr_assert_not_null(m->cached());
+    assert_chain_verifies(d.at(0)->cert_pem, pebble.issuer_root_file());
+}
+
+Test(pebble, a_cache_past_two_thirds_is_served_and_renewed) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    write_cached_leaf(dir.path(), std::time(nullptr) - 70 * 86'400);  // 20 of 90 days left
+    test::PebbleOptions po;
+    po.always_valid = true;
+    test::Pebble pebble(dir / "pebble", po);
+    pebble.start();
+    Delivered d;
+    auto m = make_manager(options_for(pebble, dir.path(), Role::kClient),
+                          std::make_shared<ChallengeBoard>(), d);
+    EXPECT_CONTAINS(err.text(), "INFO client acme cached certificate ready: public-hostname=" +
+                                    std::string(kHost) + " remaining-validity=");
+    EXPECT_CONTAINS(err.text(), " renewal=due");
+    auto old = m->cached();
+    cr_assert_not_null(old);  // served while the renewal runs
+    m->start();
+    cr_assert(d.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    EXPECT_CONTAINS(err.text(), "INFO client acme certificate renewed: public-hostname=");
+    cr_assert(d.at(0)->cert_pem != old->cert_pem);
+    cr_assert_gt(d.at(0)->not_after, old->not_after);
+    EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), kHost)), d.at(0)->cert_pem);
 }
