@@ -135,8 +135,10 @@ Result<void> store_certificate(const std::string& state_dir, const std::string& 
     const std::string dir = state_dir + "/" + hostname;
     if (::mkdir(dir.c_str(), 0700) != 0) {
         if (errno != EEXIST) return Error::sys(errno, "cannot create " + dir);
-    } else if (auto r = fsync_dir(state_dir); !r) {
-        return r;
+    } else {
+        // 0700 whatever the umask.
+        if (::chmod(dir.c_str(), 0700) != 0) return Error::sys(errno, "cannot chmod " + dir);
+        if (auto r = fsync_dir(state_dir); !r) return r;
     }
     if (auto r = write_file_atomic(private_key_path(state_dir, hostname), cert.key_pem); !r) {
         return r;

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "cli/common.hh"
+#include "obs/log.hh"
 #include "preflight/preflight.hh"
 #include "server/edge_server.hh"
 
@@ -24,6 +25,14 @@ int run_server_command(const Invocation& inv, Console& console) {
     }
     const preflight::ServerStartup& start = *checked.startup;
     configure_logging(start.config.log_level, start.config.log_format);
+    if (start.config.acme) {
+        // Runtime only: a default state directory is created now (0700), an explicit one must
+        // exist; either way a failure stops the startup.
+        if (auto r = preflight::prepare_acme_state_dir(*start.config.acme); !r) {
+            obs::process_logger().error("server startup failed", {}, r.error().message);
+            return kExitFailure;
+        }
+    }
     return server::run_server(start.config, start.tunnel_cert ? &*start.tunnel_cert : nullptr);
 }
 

@@ -19,7 +19,7 @@ Error tls_error(const char* what, int rv) {
     return Error::msg(std::string(what) + ": " + gnutls_strerror(rv));
 }
 
-gnutls_datum_t datum(const std::string& s) noexcept {
+gnutls_datum_t datum(std::string_view s) noexcept {
     return gnutls_datum_t{reinterpret_cast<unsigned char*>(const_cast<char*>(s.data())),
                           static_cast<unsigned>(s.size())};
 }
@@ -84,17 +84,33 @@ bool alpn_ok(gnutls_session_t s) noexcept {
 
 // ---- Server -------------------------------------------------------------------------------------
 
+Result<std::shared_ptr<const ServerCredentials>> ServerCredentials::create(
+    std::string_view cert_pem, std::string_view key_pem) {
+    std::shared_ptr<ServerCredentials> c(new ServerCredentials());
+    int rv = gnutls_certificate_allocate_credentials(&c->cred_);
+    if (rv != 0) return tls_error("gnutls_certificate_allocate_credentials", rv);
+    if (!cert_pem.empty() || !key_pem.empty()) {
+        gnutls_datum_t cert = datum(cert_pem), key = datum(key_pem);
+        rv = gnutls_certificate_set_x509_key_mem2(c->cred_, &cert, &key, GNUTLS_X509_FMT_PEM,
+                                                  nullptr, 0);
+        if (rv < 0) return tls_error("server certificate/key", rv);
+        c->has_cert_ = true;
+    }
+    gnutls_certificate_set_verify_function(c->cred_, verify_client);
+    return std::shared_ptr<const ServerCredentials>(std::move(c));
+}
+
+ServerCredentials::~ServerCredentials() {
+    if (cred_ != nullptr) gnutls_certificate_free_credentials(cred_);
+}
+
 Result<std::unique_ptr<ServerTls>> ServerTls::create(ServerTlsConfig cfg) {
     if (!cfg.verify) return Error::msg("server TLS: no client verifier");
     std::unique_ptr<ServerTls> t(new ServerTls());
     t->verify_ = std::move(cfg.verify);
-    int rv = gnutls_certificate_allocate_credentials(&t->cred_);
-    if (rv != 0) return tls_error("gnutls_certificate_allocate_credentials", rv);
-    gnutls_datum_t cert = datum(cfg.cert_pem), key = datum(cfg.key_pem);
-    rv = gnutls_certificate_set_x509_key_mem2(t->cred_, &cert, &key, GNUTLS_X509_FMT_PEM, nullptr,
-                                              0);
-    if (rv < 0) return tls_error("server certificate/key", rv);
-    gnutls_certificate_set_verify_function(t->cred_, verify_client);
+    auto c = ServerCredentials::create(cfg.cert_pem, cfg.key_pem);
+    if (!c) return std::move(c).error();
+    t->current_ = std::move(*c);
     auto p = make_priority();
     if (!p) return std::move(p).error();
     t->prio_ = *p;
@@ -103,7 +119,14 @@ Result<std::unique_ptr<ServerTls>> ServerTls::create(ServerTlsConfig cfg) {
 
 ServerTls::~ServerTls() {
     if (prio_ != nullptr) gnutls_priority_deinit(prio_);
-    if (cred_ != nullptr) gnutls_certificate_free_credentials(cred_);
+}
+
+Result<void> ServerTls::set_certificate(std::string_view cert_pem, std::string_view key_pem) {
+    if (cert_pem.empty() || key_pem.empty()) return Error::msg("server certificate/key: empty");
+    auto c = ServerCredentials::create(cert_pem, key_pem);
+    if (!c) return std::move(c).error();
+    current_ = std::move(*c);
+    return {};
 }
 
 Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
@@ -115,7 +138,7 @@ Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
     if (rv != 0) return tls_error("gnutls_init", rv);
     TlsSession s(raw);
     if ((rv = gnutls_priority_set(raw, prio_)) != 0) return tls_error("gnutls_priority_set", rv);
-    if ((rv = gnutls_credentials_set(raw, GNUTLS_CRD_CERTIFICATE, cred_)) != 0)
+    if ((rv = gnutls_credentials_set(raw, GNUTLS_CRD_CERTIFICATE, current_->get())) != 0)
         return tls_error("gnutls_credentials_set", rv);
     gnutls_certificate_server_set_request(raw, GNUTLS_CERT_REQUIRE);
     if (ngtcp2_crypto_gnutls_configure_server_session(raw) != 0)
@@ -123,6 +146,7 @@ Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
     gnutls_alert_set_read_function(raw, alert_hook);
     if (auto a = set_alpn(raw, GNUTLS_ALPN_SERVER_PRECEDENCE); !a) return std::move(a).error();
     state.verifier = &verify_;
+    state.credentials = current_;
     gnutls_session_set_ptr(raw, &state);
     return s;
 }

@@ -23,6 +23,8 @@ inline constexpr uint8_t kAlertCertificateRequired = 116;  // CRYPTO_ERROR 0x017
 // handshake, on the worker thread; chains, names and validity are deliberately not checked.
 using PeerVerifier = std::function<bool(std::span<const uint8_t> leaf_der)>;
 
+class ServerCredentials;
+
 // Per-connection TLS state, reachable from the GnuTLS session pointer. `conn_ref` comes first:
 // ngtcp2's GnuTLS glue reads the session pointer as an ngtcp2_crypto_conn_ref.
 struct TlsConnState {
@@ -30,6 +32,10 @@ struct TlsConnState {
     const PeerVerifier* verifier = nullptr;  // server side only
     bool access_denied = false;              // set by the verify hook, read by the alert hook
     bool had_peer_cert = false;
+    // Server side: the credentials the session was given. GnuTLS does not copy them, so the
+    // connection keeps them alive while ServerTls moves on to a newer certificate. The owner
+    // must destroy the session before this state.
+    std::shared_ptr<const ServerCredentials> credentials;
 };
 
 struct SessionDeleter {
@@ -37,27 +43,60 @@ struct SessionDeleter {
 };
 using TlsSession = std::unique_ptr<gnutls_session_int, SessionDeleter>;
 
+// One Server certificate chain + key as GnuTLS credentials (with the Client verify hook),
+// immutable once built; shared by every session that uses it.
+class ServerCredentials {
+public:
+    // Validates the pair (PEM chain leaf first, matching key); empty cert and key build
+    // credentials without a certificate, with which every handshake fails.
+    static Result<std::shared_ptr<const ServerCredentials>> create(std::string_view cert_pem,
+                                                                   std::string_view key_pem);
+    ~ServerCredentials();
+    ServerCredentials(const ServerCredentials&) = delete;
+    ServerCredentials& operator=(const ServerCredentials&) = delete;
+
+    gnutls_certificate_credentials_t get() const noexcept { return cred_; }
+    bool has_certificate() const noexcept { return has_cert_; }
+
+private:
+    ServerCredentials() = default;
+    gnutls_certificate_credentials_t cred_ = nullptr;
+    bool has_cert_ = false;
+};
+
 // Server credentials: the Server certificate chain + key, and the admission callback.
 struct ServerTlsConfig {
-    std::string cert_pem;  // leaf first, then intermediates
+    std::string cert_pem;  // leaf first, then intermediates; empty (with key_pem): none yet
     std::string key_pem;
     PeerVerifier verify;  // required
 };
 
 class ServerTls {
 public:
+    // Without a certificate (both PEMs empty) every Tunnel handshake fails with a TLS alert until
+    // set_certificate() installs one.
     static Result<std::unique_ptr<ServerTls>> create(ServerTlsConfig cfg);
     ~ServerTls();
     ServerTls(const ServerTls&) = delete;
     ServerTls& operator=(const ServerTls&) = delete;
 
     // A configured server session bound to `state` (which must outlive the session). The
-    // caller fills state.conn_ref before the handshake starts.
+    // caller fills state.conn_ref before the handshake starts. The session uses the current
+    // credentials and `state` keeps a reference to them.
     Result<TlsSession> new_session(TlsConnState& state) const;
+
+    // Validates and installs a new certificate chain + key for the handshakes that start from
+    // now on; connections already established keep the credentials they were made with. On
+    // error nothing changes.
+    Result<void> set_certificate(std::string_view cert_pem, std::string_view key_pem);
+    bool has_certificate() const noexcept { return current_->has_certificate(); }
+    const std::shared_ptr<const ServerCredentials>& credentials() const noexcept {
+        return current_;
+    }
 
 private:
     ServerTls() = default;
-    gnutls_certificate_credentials_t cred_ = nullptr;
+    std::shared_ptr<const ServerCredentials> current_;  // never null
     gnutls_priority_t prio_ = nullptr;
     PeerVerifier verify_;
 };

@@ -80,6 +80,10 @@ void AdmissionLog::rejected(CloseReason r, std::string_view hostname) noexcept {
         case CloseReason::kSourceSaturated:
         case CloseReason::kRelaySaturated:
         case CloseReason::kPendingOpenSaturated:
+        // TLS-ALPN-01 answers: DEBUG only (the ACME manager reports validation outcomes).
+        case CloseReason::kAcmeNoChallenge:
+        case CloseReason::kAcmeHandshakeFailed:
+        case CloseReason::kAcmeHandshakeTimeout:
             return;  // not intake rejections, or already covered by saturation lines
         default:
             break;

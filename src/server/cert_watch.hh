@@ -16,11 +16,18 @@ class CertExpiryWatch {
 public:
     static constexpr int64_t kCheckIntervalNs = 86'400'000'000'000;  // daily
 
+    // Where a served certificate comes from, for the operator hint: manual files are renewed
+    // by hand and loaded at startup; ACME certificates are renewed by the manager.
+    enum class Source : uint8_t { kManual, kAcme };
+
     explicit CertExpiryWatch(obs::Logger& log) noexcept : log_(log) {}
 
     // A certificate the daemon serves: its file and the notAfter of what was loaded from it
     // (the daemon keeps serving that one until it restarts, whatever the file holds later).
-    void add(std::string path, std::time_t not_after);
+    void add(std::string path, std::time_t not_after, Source source = Source::kManual);
+    // The served certificate changed at runtime (ACME issuance or renewal): the watch now holds
+    // just this one.
+    void replace(std::string path, std::time_t not_after, Source source);
     bool empty() const noexcept { return certs_.empty(); }
 
     // WARN `server certificate expiring` within the warning window, ERROR `server certificate
@@ -31,6 +38,7 @@ private:
     struct Served {
         std::string path;
         std::time_t not_after;
+        Source source;
     };
     obs::Logger& log_;
     std::vector<Served> certs_;

@@ -55,6 +55,12 @@ const char* reason_text(CloseReason r) noexcept {
             return "shutdown";
         case CloseReason::kInternal:
             return "internal-error";
+        case CloseReason::kAcmeNoChallenge:
+            return "acme-challenge-not-pending";
+        case CloseReason::kAcmeHandshakeFailed:
+            return "acme-tls-handshake-failed";
+        case CloseReason::kAcmeHandshakeTimeout:
+            return "acme-tls-handshake-timeout";
     }
     return "unknown";
 }

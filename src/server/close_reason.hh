@@ -32,6 +32,9 @@ enum class CloseReason : uint8_t {
     kPendingOpenSaturated,
     kShutdown,
     kInternal,
+    kAcmeNoChallenge,       // acme-tls/1 for the Server hostname, no challenge pending
+    kAcmeHandshakeFailed,   // the TLS-ALPN-01 handshake failed (or the socket did)
+    kAcmeHandshakeTimeout,  // the TLS-ALPN-01 handshake did not finish within 5 s
 };
 const char* reason_text(CloseReason r) noexcept;
 

@@ -7,9 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
+#include "acme/state.hh"
 #include "core/clock.hh"
 #include "sys/limits.hh"
 #include "sys/systemd.hh"
@@ -34,6 +36,9 @@ EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log)
     : cfg_(cfg), log_(log), admission_log_(log), intake_pool_(kMaxIdleIntake), cert_watch_(log) {}
 
 EdgeServer::~EdgeServer() {
+    // The manager thread posts into the mailbox and reads the board: it goes first.
+    if (acme_ != nullptr) acme_->stop();
+    acme_.reset();
     // Connections still attached are dropped without a closing period before anything they
     // call back into goes away.
     tunnel_.reset();
@@ -56,6 +61,11 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
                  s->worker_->fallback_reason());
     }
     log.info("server event backend", {{"backend", core::backend_name(s->worker_->backend())}});
+
+    // The manager reads its cache (and logs what it found) before anything is bound.
+    if (cfg.acme) {
+        if (auto r = s->create_acme(); !r) return std::move(r).error();
+    }
 
     s->routes_ = RouteTable::build(cfg);
     if (auto r = s->resolve_upstreams(); !r) return std::move(r).error();
@@ -91,6 +101,13 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         public_fd = std::move(*fd);
     }
     std::string public_text = local_text(public_fd.get());
+    {
+        sockaddr_storage ss{};
+        socklen_t sl = sizeof ss;
+        if (::getsockname(public_fd.get(), reinterpret_cast<sockaddr*>(&ss), &sl) == 0) {
+            if (auto ep = proto::from_sockaddr(ss)) s->public_port_ = ep->port;
+        }
+    }
 
     core::UniqueFd ready_fd;
     std::string ready_text;
@@ -118,13 +135,19 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
         if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
     }
     if (!cfg.tunnels.empty()) {
-        if (tunnel_cert == nullptr) return Error::msg("no checked Server certificate for the tunnel");
-        auto t =
-            TunnelFront::create(*s->worker_, cfg, *tunnel_cert, log, s->admission_log_,
-                                std::move(s->tunnel_fd_));
+        if (tunnel_cert == nullptr && s->acme_ == nullptr)
+            return Error::msg("no checked Server certificate for the tunnel");
+        // With ACME the Tunnel starts without a certificate (handshakes fail, Clients retry)
+        // unless the cache holds a usable one.
+        auto t = TunnelFront::create(*s->worker_, cfg, s->acme_ != nullptr ? nullptr : tunnel_cert,
+                                     log, s->admission_log_, std::move(s->tunnel_fd_));
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
-        s->cert_watch_.add(s->tunnel_->cert_path(), s->tunnel_->cert_not_after());
+        if (s->acme_ != nullptr) {
+            if (auto cached = s->acme_->cached()) s->on_acme_certificate(*cached);
+        } else {
+            s->cert_watch_.add(s->tunnel_->cert_path(), s->tunnel_->cert_not_after());
+        }
     } else if (s->tunnel_fd_.valid()) {
         log.warn("server tunnel listener socket-activated",
                  {{"bind-address", local_text(s->tunnel_fd_.get())}},
@@ -137,6 +160,7 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfi
 }
 
 int EdgeServer::run() noexcept {
+    running_ = true;
     public_->start();
     log_.info("server public listener ready", {{"bind-address", public_->bind_text()}});
     if (tunnel_ != nullptr)
@@ -152,6 +176,16 @@ int EdgeServer::run() noexcept {
     // An expired certificate does not stop the Server (Clients pin the CA and keep retrying);
     // the operator must see it, now and every day until it is renewed.
     if (!cert_watch_.empty()) on_cert_check();
+    if (acme_ != nullptr) {
+        // Challenges arrive on the public listener; the ACME server dials port 443.
+        if (public_port_ != 443) {
+            log_.warn("server acme challenge reachability",
+                      {{"bind-address", public_->bind_text()}},
+                      "TLS-ALPN-01 validation connects to TCP port 443 of the Server hostname; "
+                      "make sure it reaches this listener");
+        }
+        acme_->start();
+    }
     sys::notify_ready("serving: public " + public_->bind_text());
 
     while (!shutdown_->finished()) {
@@ -243,6 +277,10 @@ void EdgeServer::on_signal(const signalfd_siginfo& info) noexcept {
 }
 
 void EdgeServer::stop_ingress() noexcept {
+    // No certificate work during shutdown: the manager stops (its thread joins) and whatever it
+    // still posts is dropped.
+    if (acme_ != nullptr) acme_->stop();
+    if (mailbox_ != nullptr) mailbox_->shutdown();
     if (upstreams_ != nullptr) upstreams_->stop();
     if (resolver_ != nullptr) resolver_->shutdown();
     // No Tunnel registration after this: new connections and new streams are refused.
@@ -292,9 +330,67 @@ Result<void> EdgeServer::resolve_upstreams() {
 }
 
 void EdgeServer::on_cert_check() noexcept {
+    cert_check_armed_ = true;
     (void)cert_watch_.check(std::time(nullptr));
     control_->arm_timer(ControlSession::kOpCertCheck,
                         core::now_ns() + CertExpiryWatch::kCheckIntervalNs);
+}
+
+Result<void> EdgeServer::create_acme() {
+    const config::Acme& a = *cfg_.acme;
+    auto mb = core::Mailbox::create(*worker_);
+    if (!mb) return Error::msg("acme mailbox: " + mb.error().message);
+    mailbox_ = std::move(*mb);
+    acme_board_ = std::make_shared<acme::ChallengeBoard>();
+
+    acme::ManagerOptions mo;
+    mo.role = acme::Role::kServer;
+    mo.hostname = cfg_.hostname;
+    mo.email = a.email;
+    if (!a.directory_url.empty()) mo.directory_url = a.directory_url;
+    mo.ca_file = a.ca_file;
+    mo.state_dir = a.state_dir;
+    mo.log.level = log_.level();
+    mo.log.format =
+        cfg_.log_format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText;
+    mo.log.style = obs::detect_style(2, std::getenv("JOURNAL_STREAM"));
+
+    // Both run on the manager thread: hand over to the loop and return at once.
+    core::Mailbox* mailbox = mailbox_.get();
+    auto on_certificate = [this, mailbox](std::shared_ptr<const acme::Certificate> c) {
+        if (c == nullptr) return;
+        mailbox->post([this, c] { on_acme_certificate(*c); });
+    };
+    auto on_fatal = [this, mailbox](const std::string&) {
+        mailbox->post([this] { on_acme_fatal(); });
+    };
+    auto m = acme::Manager::create(std::move(mo), acme_board_, std::move(on_certificate),
+                                   std::move(on_fatal));
+    if (!m) return Error::msg("acme: " + m.error().message);
+    acme_ = std::move(*m);
+    return {};
+}
+
+void EdgeServer::on_acme_certificate(const acme::Certificate& cert) noexcept {
+    // The file the manager caches it in (the expiry lines name it).
+    const std::string path =
+        cfg_.acme ? acme::certificate_path(cfg_.acme->state_dir, cfg_.hostname) : std::string();
+    if (tunnel_ != nullptr) {
+        if (auto r = tunnel_->set_certificate(path, cert.cert_pem, cert.key_pem, cert.not_after);
+            !r) {
+            log_.error("server certificate load failed", {{"server-hostname", cfg_.hostname}},
+                       r.error().message);
+            return;
+        }
+    }
+    cert_watch_.replace(path, cert.not_after, CertExpiryWatch::Source::kAcme);
+    if (!cert_check_armed_ && running_) on_cert_check();
+}
+
+void EdgeServer::on_acme_fatal() noexcept {
+    // The manager logged the ERROR (spec 6.4: fast shutdown, exit 1).
+    exit_code_ = 1;
+    shutdown_->begin(OrderlyShutdown::Mode::kFast);
 }
 
 int run_server(const config::ServerConfig& cfg,

@@ -9,7 +9,10 @@
 #include <string>
 #include <vector>
 
+#include "acme/challenge.hh"
+#include "acme/manager.hh"
 #include "config/config.hh"
+#include "core/mailbox.hh"
 #include "core/pipe_pool.hh"
 #include "core/slab.hh"
 #include "core/worker.hh"
@@ -77,6 +80,8 @@ public:
     bool shutting_down() const noexcept { return shutdown_->started(); }
     // Null when no Tunnel is configured.
     TunnelRegistry* tunnels() noexcept { return tunnel_ ? &tunnel_->registry() : nullptr; }
+    // The TLS-ALPN-01 challenges pending for the Server hostname; null without [server.acme].
+    const acme::ChallengeBoard* acme_board() const noexcept { return acme_board_.get(); }
 
     // One shared scratch buffer for synchronous MSG_PEEK reads (the loop is single-threaded and
     // a peek completes before the next one starts).
@@ -94,6 +99,12 @@ public:
     // Expiry warnings for the served certificates; re-armed daily.
     void on_cert_check() noexcept;
 
+    // Loop thread: the ACME manager issued or renewed the Server certificate; the Tunnel
+    // handshakes from now on present it.
+    void on_acme_certificate(const acme::Certificate& cert) noexcept;
+    // Loop thread: the ACME manager cannot go on; fast shutdown, exit 1.
+    void on_acme_fatal() noexcept;
+
 private:
     EdgeServer(const config::ServerConfig& cfg, obs::Logger& log);
     void on_signal(const signalfd_siginfo& info) noexcept override;
@@ -101,6 +112,8 @@ private:
     // Resolves every upstream name of the route table before serving (startup fails when one
     // does not resolve) and keeps them current afterwards.
     Result<void> resolve_upstreams();
+    // [server.acme]: the challenge board, the mailbox and the manager (not started yet).
+    Result<void> create_acme();
 
     // ListenerOwner
     void on_accept(Listener& l, int fd) noexcept override;
@@ -143,7 +156,13 @@ private:
     int exit_code_ = 0;
     EdgeCounters counters_;
     CertExpiryWatch cert_watch_;
-
+    bool cert_check_armed_ = false;
+    bool running_ = false;
+    uint16_t public_port_ = 0;
+    // [server.acme]: the manager posts through the mailbox to the loop.
+    std::shared_ptr<acme::ChallengeBoard> acme_board_;
+    std::unique_ptr<core::Mailbox> mailbox_;
+    std::unique_ptr<acme::Manager> acme_;
 };
 
 // `runewarp server`: loads nothing itself; runs the edge for an already validated config.

@@ -25,13 +25,15 @@ std::string drop_cause(const quic::CloseInfo& i) {
 
 Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
                                                          const config::ServerConfig& cfg,
-                                                         const trust::ServerCertMaterial& cert,
+                                                         const trust::ServerCertMaterial* cert,
                                                          obs::Logger& log, AdmissionLog& admission,
                                                          core::UniqueFd activated) {
     std::unique_ptr<TunnelFront> f(new TunnelFront(log, admission));
     // The certificate was loaded and verified as a whole by the startup rules (preflight).
-    f->cert_path_ = cert.cert_path;
-    f->cert_not_after_ = cert.validity.not_after;
+    if (cert != nullptr) {
+        f->cert_path_ = cert->cert_path;
+        f->cert_not_after_ = cert->validity.not_after;
+    }
 
     f->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
     f->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
@@ -40,9 +42,13 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
     });
     TunnelFront* self = f.get();
     auto tls = quic::ServerTls::create(
-        {cert.cert_pem, cert.key_pem,
+        {cert != nullptr ? cert->cert_pem : std::string(),
+         cert != nullptr ? cert->key_pem : std::string(),
          [self](std::span<const uint8_t> der) { return self->admit_peer(der); }});
-    if (!tls) return Error::msg("server certificate " + cert.cert_path + ": " + tls.error().message);
+    if (!tls) {
+        return Error::msg("server certificate " + (cert != nullptr ? cert->cert_path : "") + ": " +
+                          tls.error().message);
+    }
     f->tls_ = std::move(*tls);
 
     quic::ListenerConfig lc;  // [server] tunnel-retry: when an Initial must prove its address
@@ -80,6 +86,15 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
     return f;
 }
 
+Result<void> TunnelFront::set_certificate(std::string path, std::string_view cert_pem,
+                                          std::string_view key_pem, std::time_t not_after) {
+    if (auto r = tls_->set_certificate(cert_pem, key_pem); !r)
+        return Error::msg("server certificate " + path + ": " + r.error().message);
+    cert_path_ = std::move(path);
+    cert_not_after_ = not_after;
+    return {};
+}
+
 TunnelFront::~TunnelFront() {
     listener_.reset();
 }
@@ -115,8 +130,13 @@ void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
     // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
     if (!info.application && info.code == quic::kCryptoErrorAccessDenied) return;
     if (registry_->sealed()) return;
-    if (handshake_failure_limit_.on_saturated().log)
-        log_.warn("server tunnel connection failed", {}, quic::describe_close(info, "the client"));
+    if (handshake_failure_limit_.on_saturated().log) {
+        std::string cause = quic::describe_close(info, "the client");
+        // ACME before the first issuance: every handshake fails until a certificate arrives.
+        if (!tls_->has_certificate())
+            cause += "; no Server certificate yet (ACME issuance pending)";
+        log_.warn("server tunnel connection failed", {}, cause);
+    }
 }
 
 void TunnelFront::on_connection(quic::Connection& c) noexcept {

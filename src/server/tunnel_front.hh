@@ -23,11 +23,12 @@ namespace runewarp::server {
 
 class TunnelFront final : private quic::AcceptHandler, private quic::ConnectionHandler {
 public:
-    // Serves `cert` (server.crt and server.key as the startup rules checked and loaded them),
-    // then binds tunnel-bind-address or adopts `activated` (the socket-activated `tunnel`).
+    // Serves `cert` (server.crt and server.key as the startup rules checked and loaded them;
+    // null: no certificate yet, every Tunnel handshake fails until set_certificate()), then
+    // binds tunnel-bind-address or adopts `activated` (the socket-activated `tunnel`).
     static Result<std::unique_ptr<TunnelFront>> create(core::Worker& w,
                                                        const config::ServerConfig& cfg,
-                                                       const trust::ServerCertMaterial& cert,
+                                                       const trust::ServerCertMaterial* cert,
                                                        obs::Logger& log, AdmissionLog& admission,
                                                        core::UniqueFd activated);
     // Connections still attached are dropped without a closing period.
@@ -41,6 +42,13 @@ public:
     // The certificate the Tunnel handshakes present: its file and the loaded notAfter.
     const std::string& cert_path() const noexcept { return cert_path_; }
     std::time_t cert_not_after() const noexcept { return cert_not_after_; }
+    bool has_certificate() const noexcept { return tls_->has_certificate(); }
+
+    // Serves a new certificate (chain leaf first + key, from `path`, valid until `not_after`)
+    // to the handshakes that start from now on; established connections keep theirs. On error
+    // the current certificate stays.
+    Result<void> set_certificate(std::string path, std::string_view cert_pem,
+                                 std::string_view key_pem, std::time_t not_after);
 
     // Every connection closes with application 0 `graceful shutdown` (orderly shutdown).
     void close_all() noexcept;

@@ -22,6 +22,7 @@ namespace {
 constexpr int64_t kIntakeDeadlineNs = 5'000'000'000;   // PROXY header + ClientHello
 constexpr int64_t kConnectDeadlineNs = 5'000'000'000;  // direct route upstream connect
 constexpr int64_t kOpenDeadlineNs = 5'000'000'000;     // Tunnel stream open, credit included
+constexpr int64_t kAcmeDeadlineNs = 5'000'000'000;     // TLS-ALPN-01 handshake and close
 // Bytes one pump call may move before yielding to other connections.
 constexpr uint64_t kPumpBudget = 1u << 20;
 
@@ -86,6 +87,8 @@ const char* visitor_state_name(VisitorState s) noexcept {
             return "open";
         case VisitorState::kRelay:
             return "relay";
+        case VisitorState::kAcme:
+            return "acme-tls";
         case VisitorState::kClosed:
             return "closed";
     }
@@ -96,7 +99,9 @@ VisitorSession::VisitorSession(core::Worker& w, EdgeServer& server, int fd,
                                uint64_t conn_id) noexcept
     : core::Session(w), server_(server), visitor_(fd), conn_id_(conn_id) {}
 
-VisitorSession::~VisitorSession() = default;
+VisitorSession::~VisitorSession() {
+    if (acme_tls_ != nullptr) gnutls_deinit(acme_tls_);
+}
 
 void VisitorSession::start() noexcept {
     started_ns_ = core::now_ns();
@@ -253,8 +258,11 @@ void VisitorSession::route() noexcept {
 
     const auto& cfg = server_.config();
     if (sni_ == cfg.hostname) {
-        // No ACME responder in this build: a TLS-ALPN-01 challenge cannot be answered.
-        return fail(acme ? CloseReason::kAcmeConfigMissing : CloseReason::kNonAcmeServerHostname);
+        // Only TLS-ALPN-01 challenges are served for the Server hostname, and only with
+        // [server.acme] (manual mode cannot answer one).
+        if (!acme) return fail(CloseReason::kNonAcmeServerHostname);
+        if (server_.acme_board() == nullptr) return fail(CloseReason::kAcmeConfigMissing);
+        return answer_acme_challenge();
     }
     routes_ = server_.routes();
     const RouteTarget* target = routes_->find(sni_);
@@ -462,6 +470,80 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     pump_.start(*this, visitor_.get(), s);
 }
 
+void VisitorSession::answer_acme_challenge() noexcept {
+    challenge_ = server_.acme_board()->find(sni_);
+    if (challenge_ == nullptr) return fail(CloseReason::kAcmeNoChallenge);
+    // A handshake in progress holds an active-relay slot: their number stays bounded.
+    if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
+    state_ = VisitorState::kAcme;
+    if (!worker().rearm_timer(deadline_, core::now_ns() + kAcmeDeadlineNs))
+        deadline_ = arm_timer(kOpDeadline, core::now_ns() + kAcmeDeadlineNs);
+
+    if (gnutls_init(&acme_tls_, GNUTLS_SERVER | GNUTLS_NO_TICKETS | GNUTLS_NONBLOCK) != 0) {
+        acme_tls_ = nullptr;
+        return fail(CloseReason::kInternal);
+    }
+    const auto alpn = acme::kAcmeTlsAlpn;
+    gnutls_datum_t proto{reinterpret_cast<unsigned char*>(const_cast<char*>(alpn.data())),
+                         static_cast<unsigned>(alpn.size())};
+    if (gnutls_set_default_priority(acme_tls_) != 0 ||
+        gnutls_credentials_set(acme_tls_, GNUTLS_CRD_CERTIFICATE, challenge_->credentials()) != 0 ||
+        gnutls_alpn_set_protocols(acme_tls_, &proto, 1, GNUTLS_ALPN_MANDATORY) != 0)
+        return fail(CloseReason::kInternal);
+    gnutls_certificate_server_set_request(acme_tls_, GNUTLS_CERT_IGNORE);
+    gnutls_transport_set_ptr(acme_tls_, this);
+    gnutls_transport_set_pull_function(acme_tls_, &VisitorSession::acme_pull);
+    gnutls_transport_set_push_function(acme_tls_, &VisitorSession::acme_push);
+    gnutls_handshake_set_timeout(acme_tls_, GNUTLS_INDEFINITE_TIMEOUT);  // our deadline rules
+    continue_acme();
+}
+
+ssize_t VisitorSession::acme_pull(gnutls_transport_ptr_t p, void* buf, size_t len) noexcept {
+    // The ClientHello intake peeked is still queued: GnuTLS reads it first, from the socket.
+    auto* v = static_cast<VisitorSession*>(p);
+    ssize_t n = ::recv(v->visitor_.get(), buf, len, MSG_DONTWAIT);
+    if (n < 0) gnutls_transport_set_errno(v->acme_tls_, errno == EWOULDBLOCK ? EAGAIN : errno);
+    return n;
+}
+
+ssize_t VisitorSession::acme_push(gnutls_transport_ptr_t p, const void* buf, size_t len) noexcept {
+    auto* v = static_cast<VisitorSession*>(p);
+    ssize_t n = ::send(v->visitor_.get(), buf, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n < 0) gnutls_transport_set_errno(v->acme_tls_, errno == EWOULDBLOCK ? EAGAIN : errno);
+    return n;
+}
+
+void VisitorSession::continue_acme() noexcept {
+    int rv = 0;
+    if (!acme_handshake_done_) {
+        do {
+            rv = gnutls_handshake(acme_tls_);
+        } while (rv < 0 && rv != GNUTLS_E_AGAIN && gnutls_error_is_fatal(rv) == 0);
+        if (rv == 0) {
+            acme_handshake_done_ = true;
+            server_.log().debug("server acme challenge answered", {{"server-hostname", sni_}});
+        }
+    }
+    if (acme_handshake_done_) rv = gnutls_bye(acme_tls_, GNUTLS_SHUT_WR);
+    if (rv == GNUTLS_E_AGAIN || rv == GNUTLS_E_INTERRUPTED) {
+        // Readiness through the loop, never a blocking wait.
+        if (gnutls_record_get_direction(acme_tls_) == 1) {
+            poll(kOpPollVisitorOut, visitor_.get(), POLLOUT);
+        } else {
+            visitor_poll_armed_ = true;
+            poll(kOpPollVisitor, visitor_.get(), POLLIN | POLLRDHUP);
+        }
+        return;
+    }
+    if (!acme_handshake_done_) {
+        server_.log().debug("server acme challenge handshake failed", {{"server-hostname", sni_}},
+                            gnutls_strerror(rv));
+        return fail(CloseReason::kAcmeHandshakeFailed);
+    }
+    // close_notify sent (or the peer already went): the answer is complete.
+    finish(CloseReason::kDone);
+}
+
 void VisitorSession::pump_wait_tcp(bool write) noexcept {
     relay::wait_tcp(*this, visitor_.get(), write, kOpPollVisitor, kOpPollVisitorOut);
 }
@@ -477,14 +559,25 @@ void VisitorSession::on_event(const core::Completion& c) noexcept {
     switch (c.token.op) {
         case kOpDeadline:
             if (state_ == VisitorState::kOpen) return fail(CloseReason::kNoActiveTunnel);
+            if (state_ == VisitorState::kAcme) return fail(CloseReason::kAcmeHandshakeTimeout);
             return fail(state_ == VisitorState::kConnect ? CloseReason::kUpstreamTimeout
                                                          : CloseReason::kHelloTimeout);
         case kOpPollVisitorOut:
             if (pump_started_) pump_.on_tcp_ready(true, c.result);
+            if (state_ == VisitorState::kAcme) {
+                if (c.result < 0 && c.result != -EINTR)
+                    return fail(CloseReason::kAcmeHandshakeFailed);
+                return continue_acme();
+            }
             return;
         case kOpPollVisitor:
             if (pump_started_) return pump_.on_tcp_ready(false, c.result);
             visitor_poll_armed_ = false;
+            if (state_ == VisitorState::kAcme) {
+                if (c.result < 0 && c.result != -EINTR)
+                    return fail(CloseReason::kAcmeHandshakeFailed);
+                return continue_acme();
+            }
             if (c.result < 0 && c.result != -EINTR) {
                 return fail(state_ == VisitorState::kRelay ? CloseReason::kReset
                                                            : CloseReason::kHelloIoError);
@@ -503,7 +596,7 @@ void VisitorSession::on_event(const core::Completion& c) noexcept {
 void VisitorSession::on_shutdown_started() noexcept {
     // Stream registration is sealed: a Visitor still waiting for its stream goes too.
     if (state_ == VisitorState::kProxyHeader || state_ == VisitorState::kHello ||
-        state_ == VisitorState::kOpen)
+        state_ == VisitorState::kOpen || state_ == VisitorState::kAcme)
         fail(CloseReason::kShutdown);
 }
 
@@ -556,6 +649,11 @@ void VisitorSession::on_quiesced() noexcept {
     if (counted_ && server_.tunnels() != nullptr) server_.tunnels()->stream_ended(*member_);
     counted_ = false;
     member_.reset();
+    if (acme_tls_ != nullptr) {
+        gnutls_deinit(acme_tls_);
+        acme_tls_ = nullptr;
+    }
+    challenge_.reset();
     connector_.release(*this);
     close_fd(upstream_);
     close_fd(visitor_);
@@ -592,6 +690,8 @@ void VisitorSession::on_quiesced() noexcept {
             reason_ == CloseReason::kUpstreamTimeout ||
             reason_ == CloseReason::kUpstreamWriteFailed)
             server_.admission_log().rejected(reason_, sni_);
+    } else if (last == VisitorState::kAcme && reason_ == CloseReason::kDone) {
+        // Answered: `server acme challenge answered` was logged.
     } else if (reason_ != CloseReason::kShutdown) {
         if (log.enabled(obs::Level::kDebug)) {
             if (sni_.empty()) {

@@ -4,11 +4,14 @@
 // member and relays through a StreamPump.
 #pragma once
 
+#include <gnutls/gnutls.h>
+
 #include <cstddef>
 #include <cstdint>
 #include <memory>
 #include <string>
 
+#include "acme/challenge.hh"
 #include "core/timer_heap.hh"
 #include "core/unique_fd.hh"
 #include "core/worker.hh"
@@ -28,7 +31,8 @@ namespace runewarp::server {
 
 class EdgeServer;
 
-enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kClosed };
+// kAcme: answering a TLS-ALPN-01 challenge for the Server hostname (handshake, close_notify).
+enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kAcme, kClosed };
 const char* visitor_state_name(VisitorState s) noexcept;
 
 class VisitorSession final : public core::Session,
@@ -85,6 +89,14 @@ private:
     void on_stream_opened(quic::Stream& s) noexcept;
     void refuse_stream(quic::Stream& s, CloseReason r) noexcept;
     void stop_waiting() noexcept;
+    // TLS-ALPN-01 (spec 5.4 step 7): a GnuTLS server handshake with the pending challenge
+    // certificate on the Visitor socket (the ClientHello is still queued there: intake only
+    // peeked), non-blocking, within 5 s of routing; then close_notify and close.
+    void answer_acme_challenge() noexcept;
+    void continue_acme() noexcept;
+    static ssize_t acme_pull(gnutls_transport_ptr_t p, void* buf, size_t len) noexcept;
+    static ssize_t acme_push(gnutls_transport_ptr_t p, const void* buf, size_t len) noexcept;
+
     void pump_wait_tcp(bool write) noexcept override;
     void pump_finished(bool reset) noexcept override;
     void on_stream_credit() noexcept override;
@@ -110,6 +122,10 @@ private:
     std::shared_ptr<TunnelMember> member_;
     relay::StreamPump pump_;
     size_t buffered_ = 0;  // Visitor bytes seen by intake, consumed into the stream prefix
+    // TLS-ALPN-01: the challenge (its credentials stay alive while the session uses them).
+    std::shared_ptr<const acme::ChallengeCert> challenge_;
+    gnutls_session_t acme_tls_ = nullptr;
+    bool acme_handshake_done_ = false;
     VisitorState state_ = VisitorState::kProxyHeader;
     CloseReason reason_ = CloseReason::kNone;
     bool holds_global_ = false;

@@ -932,7 +932,32 @@ Test(manager, stop_aborts_a_request_in_flight) {
     ::close(lfd);
 }
 
-Test(pebble, two_hostnames_share_one_account_key) {
+Test(state, managers_racing_on_a_fresh_directory_get_one_account_key) {
+    test::TempDir dir("rw-acme-state");
+    constexpr int kThreads = 8;
+    std::vector<std::string> jwks(kThreads);
+    std::atomic<bool> go{false};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < kThreads; ++i) {
+        threads.emplace_back([&, i] {
+            while (!go.load()) {
+            }
+            auto k = load_or_create_account_key(dir.path());
+            if (k.ok()) jwks[i] = k->jwk();
+        });
+    }
+    go.store(true);
+    for (auto& t : threads) t.join();
+    for (int i = 0; i < kThreads; ++i) {
+        cr_assert_not(jwks[i].empty(), "thread %d got no key", i);
+        EXPECT_STR_EQ(jwks[i], jwks[0]);
+    }
+    auto k = load_or_create_account_key(dir.path());
+    cr_assert(k.ok());
+    EXPECT_STR_EQ(k->jwk(), jwks[0]);
+}
+
+Test(pebble, two_hostnames_share_one_account) {
     test::TempDir dir("rw-acme");
     StderrCapture err(dir / "stderr.log");
     test::PebbleOptions po;
@@ -947,17 +972,15 @@ Test(pebble, two_hostnames_share_one_account_key) {
     auto m1 = make_manager(o1, board, d1);
     auto m2 = make_manager(o2, board, d2);
     m1->start();
-    m2->start();
     cr_assert(d1.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
+    m2->start();
     cr_assert(d2.wait_count(1, Millis{60000}), "log:\n%s", err.text().c_str());
-    auto key = load_or_create_account_key(dir.path());
-    cr_assert(key.ok());
     EXPECT_CONTAINS(err.text(),
                     "INFO client acme certificate issued: public-hostname=second.runewarp.test");
     EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), "second.runewarp.test")),
                   d2.at(0)->cert_pem);
     cr_assert_eq(stats().orders_placed.load(), 2u);
-    // Both managers registered the same key: the second newAccount found the first account.
+    // The second manager's newAccount found the first one's account (same key in account.key).
     std::string plog = pebble.log();
     EXPECT_CONTAINS(plog, "There are now 1 accounts");
     cr_assert(plog.find("There are now 2 accounts") == std::string::npos, "two accounts:\n%s",

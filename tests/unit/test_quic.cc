@@ -82,6 +82,7 @@ gnutls_x509_privkey_t new_key(gnutls_pk_algorithm_t alg, unsigned bits) {
 struct Material {
     Pem ca;           // private Server CA
     Pem server;       // leaf for tunnel.example.test, signed by ca
+    Pem server2;      // another leaf for the same name and CA (a renewed certificate)
     Pem client;       // self-signed Ed25519 Client identity
     Pem client_p256;  // a second identity (P-256) the verifier can tell apart
 };
@@ -121,7 +122,22 @@ const Material& material() {
                                                           strlen(kServerName), GNUTLS_FSAN_SET),
                      0);
         cr_assert_eq(gnutls_x509_crt_sign2(leaf, ca, ca_key, GNUTLS_DIG_SHA256, 0), 0);
-        out.server = {export_crt(leaf, GNUTLS_X509_FMT_PEM), export_key(leaf_key), {}};
+        out.server = {export_crt(leaf, GNUTLS_X509_FMT_PEM), export_key(leaf_key),
+                      export_crt(leaf, GNUTLS_X509_FMT_DER)};
+        gnutls_x509_crt_deinit(leaf);
+        gnutls_x509_privkey_deinit(leaf_key);
+
+        leaf_key = new_key(GNUTLS_PK_ECDSA, p256);
+        leaf = new_crt(leaf_key, kServerName, 3);
+        gnutls_x509_crt_set_basic_constraints(leaf, 0, -1);
+        gnutls_x509_crt_set_key_usage(leaf, GNUTLS_KEY_DIGITAL_SIGNATURE);
+        gnutls_x509_crt_set_key_purpose_oid(leaf, GNUTLS_KP_TLS_WWW_SERVER, 0);
+        cr_assert_eq(gnutls_x509_crt_set_subject_alt_name(leaf, GNUTLS_SAN_DNSNAME, kServerName,
+                                                          strlen(kServerName), GNUTLS_FSAN_SET),
+                     0);
+        cr_assert_eq(gnutls_x509_crt_sign2(leaf, ca, ca_key, GNUTLS_DIG_SHA256, 0), 0);
+        out.server2 = {export_crt(leaf, GNUTLS_X509_FMT_PEM), export_key(leaf_key),
+                       export_crt(leaf, GNUTLS_X509_FMT_DER)};
         gnutls_x509_crt_deinit(leaf);
         gnutls_x509_privkey_deinit(leaf_key);
         gnutls_x509_crt_deinit(ca);
@@ -199,12 +215,15 @@ struct Env {
     std::string seen_der;
 
     explicit Env(core::BackendChoice b = core::BackendChoice::automatic, bool with_cert = true,
-                 const Pem* identity = nullptr, const ListenerConfig& lcfg = {}) {
+                 const Pem* identity = nullptr, const ListenerConfig& lcfg = {},
+                 bool server_cert = true) {
         worker = make_worker(b, b == core::BackendChoice::automatic);
         const Material& m = material();
         ServerTlsConfig sc;
-        sc.cert_pem = m.server.cert;
-        sc.key_pem = m.server.key;
+        if (server_cert) {
+            sc.cert_pem = m.server.cert;
+            sc.key_pem = m.server.key;
+        }
         sc.verify = [this](std::span<const uint8_t> der) {
             ++verify_calls;
             seen_der.assign(reinterpret_cast<const char*>(der.data()), der.size());
@@ -450,6 +469,114 @@ void write_all(Stream& s, std::string_view text) {
 }
 
 }  // namespace
+
+// ---- the Server certificate: none yet, then swapped at runtime ----------------------------------
+
+namespace {
+
+std::string der_of(std::span<const uint8_t> d) {
+    return std::string(reinterpret_cast<const char*>(d.data()), d.size());
+}
+
+// A second client connection on the same worker, to see which certificate new handshakes get.
+struct Dialed {
+    ClientSide side;
+    Connection* conn = nullptr;
+};
+
+void dial_another(Env& env, Dialed& d) {
+    auto c = dial(*env.worker, reinterpret_cast<sockaddr*>(&env.addr), sizeof env.addr,
+                  *env.client_tls, d.side, {});
+    cr_assert(c.ok(), "dial: %s", c.ok() ? "" : c.error().message.c_str());
+    d.conn = *c;
+}
+
+void check_no_certificate_then_set(core::BackendChoice b) {
+    Env env(b, true, nullptr, {}, false);
+    cr_assert(!env.server_tls->has_certificate());
+    // Without a certificate the handshake fails with a TLS alert: the Client sees a crypto
+    // error (and retries later), the Server keeps nothing.
+    env.dial_client();
+    cr_assert(env.run_until([&] { return env.client.closed; }), "client never saw the failure");
+    cr_assert(!env.client.established);
+    cr_assert_eq(env.client.info.kind, CloseInfo::Kind::remote);
+    cr_assert(!env.client.info.application);
+    cr_assert_eq(env.client.info.code & ~0xffull, NGTCP2_CRYPTO_ERROR, "code 0x%llx",
+                 static_cast<unsigned long long>(env.client.info.code));
+    cr_assert_eq(env.verify_calls, 0);
+    cr_assert(env.server.accepted.empty());
+    cr_assert(env.run_until([&] { return env.listener->handshakes() == 0; }));
+
+    // A malformed pair is refused and changes nothing.
+    cr_assert(!env.server_tls->set_certificate("not a certificate", material().server.key).ok());
+    cr_assert(!env.server_tls->set_certificate(material().server.cert, material().server2.key).ok(),
+              "a key that does not match is refused");
+    cr_assert(!env.server_tls->has_certificate());
+
+    cr_assert(env.server_tls->set_certificate(material().server.cert, material().server.key).ok());
+    cr_assert(env.server_tls->has_certificate());
+    Dialed d;
+    dial_another(env, d);
+    cr_assert(env.run_until([&] { return d.side.established && !env.server.accepted.empty(); }),
+              "handshake after set_certificate did not finish");
+    cr_assert(der_of(d.conn->peer_certificate()) == material().server.der);
+    d.conn->terminate();
+}
+
+void check_swap_keeps_connections(core::BackendChoice b) {
+    Env env(b);
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    env.handshake();
+    cr_assert(der_of(env.client_conn->peer_certificate()) == material().server.der);
+    std::weak_ptr<const ServerCredentials> old = env.server_tls->credentials();
+
+    // Renewal: new handshakes get the new certificate ...
+    cr_assert(
+        env.server_tls->set_certificate(material().server2.cert, material().server2.key).ok());
+    cr_assert(!old.expired(), "the established connection keeps its credentials");
+    Dialed d;
+    dial_another(env, d);
+    cr_assert(env.run_until([&] { return d.side.established && env.server.accepted.size() == 2; }));
+    cr_assert(der_of(d.conn->peer_certificate()) == material().server2.der);
+
+    // ... and the connection made before it still carries data both ways.
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "after the swap");
+    (*s)->shutdown_write();
+    cr_assert(env.run_until([&] { return on_client.fin; }));
+    cr_assert_str_eq(on_client.data.c_str(), "after the swap");
+    Stream& cs = *env.client.opened.front();
+    write_all(cs, "still here");
+    cs.shutdown_write();
+    cr_assert(env.run_until([&] { return on_server.fin; }));
+    cr_assert_str_eq(on_server.data.c_str(), "still here");
+
+    // The old credentials go with the last connection that used them.
+    env.client_conn->close(kAppCloseCode, "done");
+    cr_assert(env.run_until([&] { return env.client.closed && env.server.accepted.size() == 1; }));
+    cr_assert(env.run_until([&] { return old.expired(); }), "old credentials still referenced");
+    d.conn->terminate();
+}
+
+}  // namespace
+
+Test(quic, server_without_certificate_fails_handshakes_until_one_is_set) {
+    check_no_certificate_then_set(core::BackendChoice::automatic);
+}
+
+Test(quic, server_without_certificate_fails_handshakes_until_one_is_set_epoll) {
+    check_no_certificate_then_set(core::BackendChoice::epoll);
+}
+
+Test(quic, certificate_swap_keeps_established_connections) {
+    check_swap_keeps_connections(core::BackendChoice::automatic);
+}
+
+Test(quic, certificate_swap_keeps_established_connections_epoll) {
+    check_swap_keeps_connections(core::BackendChoice::epoll);
+}
 
 Test(quic, fin_each_direction) {
     Env env;

@@ -311,3 +311,47 @@ Test(server, certificate_expiry_watch_warns_errs_and_stays_quiet_when_valid) {
                   std::string::npos,
               "%s", sink.text.c_str());
 }
+
+Test(server, certificate_expiry_watch_follows_an_acme_certificate_it_replaces) {
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    CertExpiryWatch watch(log);
+    const std::time_t now = 1'777'629'600;  // 2026-05-01T10:00:00Z
+    const std::time_t day = 86'400;
+    // Issued with 10 days left (a renewal that keeps failing): the hint points at the manager.
+    watch.replace("/var/lib/runewarp/server/acme/t.example.test/certificate.pem", now + 10 * day,
+                  CertExpiryWatch::Source::kAcme);
+    cr_assert_eq(watch.check(now), trust::ExpiryLevel::kExpiring);
+    cr_assert(sink.text.find("WARN server certificate expiring: "
+                             "path=/var/lib/runewarp/server/acme/t.example.test/certificate.pem "
+                             "expires-at=2026-05-11T10:00:00Z days-left=10: the ACME manager "
+                             "renews it") != std::string::npos,
+              "%s", sink.text.c_str());
+    cr_assert_eq(sink.text.find("runewarp server cert renew"), std::string::npos, "%s",
+                 sink.text.c_str());
+
+    // Renewed: the watch holds only the new notAfter and is quiet again.
+    sink.text.clear();
+    watch.replace("/var/lib/runewarp/server/acme/t.example.test/certificate.pem", now + 80 * day,
+                  CertExpiryWatch::Source::kAcme);
+    cr_assert_eq(watch.check(now + day), trust::ExpiryLevel::kValid);
+    cr_assert(sink.text.empty(), "%s", sink.text.c_str());
+}
+
+Test(server, acme_drop_reasons_have_texts_and_stay_out_of_the_intake_warnings) {
+    cr_assert_str_eq(reason_text(CloseReason::kAcmeNoChallenge), "acme-challenge-not-pending");
+    cr_assert_str_eq(reason_text(CloseReason::kAcmeHandshakeFailed), "acme-tls-handshake-failed");
+    cr_assert_str_eq(reason_text(CloseReason::kAcmeHandshakeTimeout), "acme-tls-handshake-timeout");
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    AdmissionLog adm(log);
+    adm.rejected(CloseReason::kAcmeNoChallenge, "t.example.test");
+    adm.rejected(CloseReason::kAcmeHandshakeFailed, "t.example.test");
+    adm.rejected(CloseReason::kAcmeHandshakeTimeout, "t.example.test");
+    cr_assert(sink.text.empty(), "%s", sink.text.c_str());
+    // Manual mode still warns about a challenge it cannot answer.
+    adm.rejected(CloseReason::kAcmeConfigMissing, "t.example.test");
+    cr_assert(sink.text.find("WARN server route rejected: reason=acme-tls-config-missing") !=
+                  std::string::npos,
+              "%s", sink.text.c_str());
+}
