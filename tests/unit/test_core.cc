@@ -21,6 +21,7 @@
 #include "core/clock.hh"
 #include "core/file.hh"
 #include "core/loop.hh"
+#include "core/mailbox.hh"
 #include "core/pipe_pool.hh"
 #include "core/slab.hh"
 #include "core/timer_heap.hh"
@@ -620,4 +621,40 @@ Test(core, read_file_is_bounded_and_refuses_what_is_not_a_regular_file) {
     unlink(fifo.c_str());
     unlink(path.c_str());
     rmdir(dir.c_str());
+}
+
+Test(core, mailbox_runs_posts_from_other_threads_on_the_loop_thread_in_order) {
+    for (BackendChoice b : kBackends) {
+        auto w = make_worker(b);
+        auto mb = Mailbox::create(*w);
+        cr_assert(mb.ok(), "%s", mb.ok() ? "" : mb.error().message.c_str());
+        Mailbox& box = **mb;
+        const std::thread::id loop_thread = std::this_thread::get_id();
+        std::vector<int> seen;
+        bool on_loop_thread = true;
+        constexpr int kPosts = 1000;
+        std::thread poster([&] {
+            for (int i = 0; i < kPosts; ++i) {
+                box.post([&, i] {
+                    seen.push_back(i);
+                    on_loop_thread = on_loop_thread && std::this_thread::get_id() == loop_thread;
+                });
+            }
+        });
+        run_until(
+            *w, [&] { return seen.size() == kPosts; }, 5000, "every post");
+        poster.join();
+        cr_assert(on_loop_thread, "[%s] a post ran off the loop thread",
+                  backend_name(w->backend()));
+        for (int i = 0; i < kPosts; ++i) cr_assert_eq(seen[i], i, "posts run in order");
+
+        // After shutdown, posts are dropped and the mailbox quiesces (its eventfd closed).
+        box.shutdown();
+        box.post([&] { seen.push_back(-1); });
+        run_until(
+            *w, [&] { return box.quiesced(); }, 3000, "quiesced");
+        auto r = w->run_once(20 * kNsPerMs);
+        cr_assert(r.ok());
+        cr_assert_eq(seen.size(), size_t{kPosts}, "a post after shutdown ran");
+    }
 }
