@@ -32,6 +32,7 @@
 #include "acme/state.hh"
 #include "tests/support/files.hh"
 #include "tests/support/net.hh"
+#include "tests/support/nginx.hh"
 #include "tests/support/pebble.hh"
 #include "tests/support/process.hh"
 #include "trust/gnutls_util.hh"
@@ -1086,4 +1087,76 @@ Test(pebble, a_cache_past_two_thirds_is_served_and_renewed) {
     cr_assert(d.at(0)->cert_pem != old->cert_pem);
     cr_assert_gt(d.at(0)->not_after, old->not_after);
     EXPECT_STR_EQ(test::read_file(certificate_path(dir.path(), kHost)), d.at(0)->cert_pem);
+}
+
+namespace {
+
+// A manager against a plain HTTPS server (nginx) serving `directory` as its "ACME directory".
+struct FakeCa {
+    test::NginxFixture nginx{test::NginxOptions{.hostnames = {"127.0.0.1"}}};
+    ManagerOptions options(const std::string& state_dir, const std::string& path) {
+        ManagerOptions o;
+        o.hostname = kHost;
+        o.email = "ops@runewarp.test";
+        o.directory_url = "https://127.0.0.1:" + std::to_string(nginx.port()) + path;
+        o.ca_file = nginx.ca_file();
+        o.state_dir = state_dir;
+        return o;
+    }
+};
+
+}  // namespace
+
+Test(manager, a_malformed_directory_is_a_failed_order_not_a_crash) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    FakeCa ca;
+    test::write_file(dir / "dir.json", R"({"newNonce": 5, "newAccount": [], "newOrder": null})");
+    ca.nginx.add_file("dir.json", dir / "dir.json");
+    Delivered d;
+    auto m = make_manager(ca.options(dir.path(), "/files/dir.json"),
+                          std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(err.wait_for("next-retry-delay=2s", Millis{10000}), "log:\n%s", err.text().c_str());
+    m->stop();
+    EXPECT_CONTAINS(err.text(), "WARN server acme failed: server-hostname=" + std::string(kHost) +
+                                    " reason=bad-acme-response");
+    cr_assert_eq(d.fatal.load(), 0);
+}
+
+Test(manager, an_http_error_is_an_acme_server_error) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    FakeCa ca;
+    Delivered d;
+    auto m = make_manager(ca.options(dir.path(), "/files/no-such-directory"),
+                          std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(err.wait_for("WARN server acme failed", Millis{10000}), "log:\n%s",
+              err.text().c_str());
+    m->stop();
+    EXPECT_CONTAINS(err.text(),
+                    "reason=acme-server-error error=HTTP_404_from_GET_/files/no-such-directory");
+}
+
+Test(manager, the_acme_server_certificate_is_verified) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    FakeCa ca;
+    test::write_file(
+        dir / "dir.json",
+        R"({"newNonce":"https://a/n","newAccount":"https://a/a","newOrder":"https://a/o"})");
+    ca.nginx.add_file("dir.json", dir / "dir.json");
+    Delivered d;
+    auto o = ca.options(dir.path(), "/files/dir.json");
+    o.ca_file.clear();  // system trust does not know the test CA
+    auto m = make_manager(o, std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(err.wait_for("WARN server acme failed", Millis{10000}), "log:\n%s",
+              err.text().c_str());
+    m->stop();
+    EXPECT_CONTAINS(err.text(), "reason=acme-server-unreachable");
+    cr_assert(ca.nginx.access_log().empty() ||
+                  test::read_file(ca.nginx.access_log()).find("dir.json") == std::string::npos,
+              "a request went through without a verified certificate");
 }
