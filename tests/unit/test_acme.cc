@@ -1219,3 +1219,23 @@ Test(pebble, a_hostname_longer_than_64_characters_is_issued) {
     cr_assert(chain.ok());
     cr_assert_neq(gnutls_x509_crt_check_hostname(chain->get(), o.hostname.c_str()), 0u);
 }
+
+Test(manager, an_unreadable_account_key_is_fatal_before_any_request) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    test::write_file(dir / "account.key", "-----BEGIN PRIVATE KEY-----\ngarbage\n", 0600);
+    ManagerOptions o;
+    o.role = Role::kClient;
+    o.hostname = kHost;
+    o.directory_url = "https://127.0.0.1:1/dir";  // never asked
+    o.state_dir = dir.path();
+    Delivered d;
+    auto m = make_manager(o, std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(test::wait_until([&] { return d.fatal.load() > 0; }, Millis{5000}));
+    m->stop();
+    EXPECT_CONTAINS(err.text(), "ERROR client acme stopped: public-hostname=" + std::string(kHost));
+    cr_assert_eq(stats().issue_attempts.load(), 0u);
+    // The broken key is left for the operator, not replaced (that would lose the account).
+    EXPECT_STR_EQ(test::read_file(dir / "account.key"), "-----BEGIN PRIVATE KEY-----\ngarbage\n");
+}
