@@ -1239,3 +1239,109 @@ Test(manager, an_unreadable_account_key_is_fatal_before_any_request) {
     // The broken key is left for the operator, not replaced (that would lose the account).
     EXPECT_STR_EQ(test::read_file(dir / "account.key"), "-----BEGIN PRIVATE KEY-----\ngarbage\n");
 }
+
+namespace {
+
+// An HTTPS server that answers every request with one canned HTTP/1.1 response.
+class CannedHttps {
+public:
+    CannedHttps(const std::string& dir, std::string response) : response_(std::move(response)) {
+        test::make_dirs(dir);
+        material_ = test::make_tls_material(dir, {"127.0.0.1"}, "canned");
+        gnutls_certificate_allocate_credentials(&cred_);
+        cr_assert_eq(
+            gnutls_certificate_set_x509_key_file(cred_, material_.leaf.cert.c_str(),
+                                                 material_.leaf.key.c_str(), GNUTLS_X509_FMT_PEM),
+            0);
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in sa{};
+        sa.sin_family = AF_INET;
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cr_assert_eq(::bind(fd_, reinterpret_cast<sockaddr*>(&sa), sizeof sa), 0);
+        cr_assert_eq(::listen(fd_, 8), 0);
+        socklen_t len = sizeof sa;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&sa), &len);
+        port_ = ntohs(sa.sin_port);
+        thread_ = std::thread([this] { loop(); });
+    }
+    ~CannedHttps() {
+        stop_.store(true);
+        thread_.join();
+        ::close(fd_);
+        gnutls_certificate_free_credentials(cred_);
+    }
+    std::string url(const std::string& path) const {
+        return "https://127.0.0.1:" + std::to_string(port_) + path;
+    }
+    const std::string& ca_file() const { return material_.ca_file; }
+    int served() const { return served_.load(); }
+
+private:
+    void loop() {
+        while (!stop_.load()) {
+            pollfd p{fd_, POLLIN, 0};
+            if (::poll(&p, 1, 50) <= 0) continue;
+            int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (c < 0) continue;
+            gnutls_session_t s = nullptr;
+            gnutls_init(&s, GNUTLS_SERVER);
+            gnutls_set_default_priority(s);
+            gnutls_credentials_set(s, GNUTLS_CRD_CERTIFICATE, cred_);
+            gnutls_transport_set_int(s, c);
+            gnutls_handshake_set_timeout(s, 5000);
+            int rc;
+            do {
+                rc = gnutls_handshake(s);
+            } while (rc < 0 && gnutls_error_is_fatal(rc) == 0);
+            if (rc == 0) {
+                std::string req;
+                char buf[4096];
+                while (req.find("\r\n\r\n") == std::string::npos) {
+                    ssize_t n = gnutls_record_recv(s, buf, sizeof buf);
+                    if (n <= 0) break;
+                    req.append(buf, static_cast<size_t>(n));
+                }
+                gnutls_record_send(s, response_.data(), response_.size());
+                served_.fetch_add(1);
+                gnutls_bye(s, GNUTLS_SHUT_WR);
+            }
+            gnutls_deinit(s);
+            ::close(c);
+        }
+    }
+
+    std::string response_;
+    test::TlsMaterial material_;
+    gnutls_certificate_credentials_t cred_ = nullptr;
+    int fd_ = -1;
+    std::uint16_t port_ = 0;
+    std::atomic<bool> stop_{false};
+    std::atomic<int> served_{0};
+    std::thread thread_;
+};
+
+}  // namespace
+
+Test(manager, a_larger_retry_after_is_honoured) {
+    test::TempDir dir("rw-acme");
+    StderrCapture err(dir / "stderr.log");
+    CannedHttps ca(dir / "ca",
+                   "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 7\r\n"
+                   "Content-Type: application/problem+json\r\nContent-Length: 0\r\n"
+                   "Connection: close\r\n\r\n");
+    ManagerOptions o;
+    o.hostname = kHost;
+    o.directory_url = ca.url("/dir");
+    o.ca_file = ca.ca_file();
+    o.state_dir = dir.path();
+    Delivered d;
+    auto m = make_manager(o, std::make_shared<ChallengeBoard>(), d);
+    m->start();
+    cr_assert(err.wait_for("WARN server acme failed", Millis{10000}), "log:\n%s",
+              err.text().c_str());
+    m->stop();
+    EXPECT_CONTAINS(err.text(),
+                    "reason=acme-server-error error=HTTP_503_from_GET_/dir "
+                    "next-retry-delay=7s");
+    cr_assert_eq(ca.served(), 1);
+}
