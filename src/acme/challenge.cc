@@ -15,6 +15,7 @@ namespace {
 constexpr const char* kAcmeIdentifierOid = "1.3.6.1.5.5.7.1.31";
 constexpr std::time_t kChallengeBackdate = 3600;
 constexpr std::time_t kChallengeLifetime = 7 * 86'400;
+constexpr std::size_t kMaxCommonName = 64;
 }  // namespace
 
 Result<std::shared_ptr<const ChallengeCert>> ChallengeCert::create(
@@ -36,9 +37,13 @@ Result<std::shared_ptr<const ChallengeCert>> ChallengeCert::create(
     gnutls_hash_fast(GNUTLS_DIG_SHA256, key_authorization.data(), key_authorization.size(),
                      ext.data() + 2);
     gnutls_datum_t ext_value{ext.data(), static_cast<unsigned>(ext.size())};
-    int rc = gnutls_x509_crt_set_dn_by_oid(crt->get(), GNUTLS_OID_X520_COMMON_NAME, 0,
+    int rc = 0;
+    // A CN only when it fits X.520's 64 characters; the SAN is what the validator checks.
+    if (hostname.size() <= kMaxCommonName) {
+        rc = gnutls_x509_crt_set_dn_by_oid(crt->get(), GNUTLS_OID_X520_COMMON_NAME, 0,
                                            hostname.data(), static_cast<unsigned>(hostname.size()));
-    if (rc < 0) return trust::gnutls_error("cannot set challenge subject", rc);
+        if (rc < 0) return trust::gnutls_error("cannot set challenge subject", rc);
+    }
     rc = gnutls_x509_crt_set_subject_alt_name(crt->get(), GNUTLS_SAN_DNSNAME, hostname.data(),
                                               static_cast<unsigned>(hostname.size()),
                                               GNUTLS_FSAN_SET);

@@ -24,28 +24,6 @@ struct ChallengeWithdraw {
     ~ChallengeWithdraw() { board->withdraw(hostname); }
 };
 
-Result<std::string> make_csr_der(gnutls_x509_privkey_t key, const std::string& hostname) {
-    gnutls_x509_crq_t raw = nullptr;
-    int rc = gnutls_x509_crq_init(&raw);
-    if (rc < 0) return trust::gnutls_error("cannot allocate CSR", rc);
-    std::unique_ptr<gnutls_x509_crq_int, decltype(&gnutls_x509_crq_deinit)> crq(
-        raw, gnutls_x509_crq_deinit);
-    if ((rc = gnutls_x509_crq_set_version(raw, 1)) < 0 ||
-        (rc = gnutls_x509_crq_set_key(raw, key)) < 0 ||
-        (rc = gnutls_x509_crq_set_dn_by_oid(raw, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
-                                            static_cast<unsigned>(hostname.size()))) < 0 ||
-        (rc = gnutls_x509_crq_set_subject_alt_name(raw, GNUTLS_SAN_DNSNAME, hostname.data(),
-                                                   static_cast<unsigned>(hostname.size()),
-                                                   GNUTLS_FSAN_SET)) < 0 ||
-        (rc = gnutls_x509_crq_sign2(raw, key, GNUTLS_DIG_SHA256, 0)) < 0) {
-        return trust::gnutls_error("cannot build CSR", rc);
-    }
-    trust::OwnedDatum der;
-    rc = gnutls_x509_crq_export2(raw, GNUTLS_X509_FMT_DER, der.out());
-    if (rc < 0) return trust::gnutls_error("cannot export CSR", rc);
-    return der.str();
-}
-
 bool fail(FlowError& err, FailReason reason, std::string message, long retry_after = -1) {
     err.reason = reason;
     err.message = std::move(message);
@@ -61,6 +39,32 @@ std::string short_url(const std::string& url) {
 }
 
 }  // namespace
+
+Result<std::string> make_csr_der(gnutls_x509_privkey_t key, const std::string& hostname) {
+    gnutls_x509_crq_t raw = nullptr;
+    int rc = gnutls_x509_crq_init(&raw);
+    if (rc < 0) return trust::gnutls_error("cannot allocate CSR", rc);
+    std::unique_ptr<gnutls_x509_crq_int, decltype(&gnutls_x509_crq_deinit)> crq(
+        raw, gnutls_x509_crq_deinit);
+    // CN only when it fits X.520's 64 characters (CAs refuse longer ones); the SAN names the
+    // hostname either way.
+    const bool with_cn = hostname.size() <= 64;
+    if ((rc = gnutls_x509_crq_set_version(raw, 1)) < 0 ||
+        (rc = gnutls_x509_crq_set_key(raw, key)) < 0 ||
+        (with_cn &&
+         (rc = gnutls_x509_crq_set_dn_by_oid(raw, GNUTLS_OID_X520_COMMON_NAME, 0, hostname.data(),
+                                             static_cast<unsigned>(hostname.size()))) < 0) ||
+        (rc = gnutls_x509_crq_set_subject_alt_name(raw, GNUTLS_SAN_DNSNAME, hostname.data(),
+                                                   static_cast<unsigned>(hostname.size()),
+                                                   GNUTLS_FSAN_SET)) < 0 ||
+        (rc = gnutls_x509_crq_sign2(raw, key, GNUTLS_DIG_SHA256, 0)) < 0) {
+        return trust::gnutls_error("cannot build CSR", rc);
+    }
+    trust::OwnedDatum der;
+    rc = gnutls_x509_crq_export2(raw, GNUTLS_X509_FMT_DER, der.out());
+    if (rc < 0) return trust::gnutls_error("cannot export CSR", rc);
+    return der.str();
+}
 
 const char* reason_name(FailReason r) {
     switch (r) {

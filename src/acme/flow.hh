@@ -76,6 +76,10 @@ private:
     std::string nonce_;
 };
 
+// The DER CSR sent to finalize: `key`, SAN dNSName = hostname, CN = hostname when it fits 64
+// characters, SHA-256 signature.
+Result<std::string> make_csr_der(gnutls_x509_privkey_t key, const std::string& hostname);
+
 // Polling waits: 1, 2, 4, 8, 16, 16, ... s (attempt 0 is the first wait); a Retry-After from
 // the last response replaces it, up to 60 s.
 std::chrono::milliseconds poll_delay(int attempt, long retry_after_s);

@@ -9,7 +9,6 @@
 #include <ctime>
 #include <mutex>
 
-#include "acme/messages.hh"
 #include "runewarp_version.h"
 
 namespace runewarp::acme {
