@@ -192,7 +192,10 @@ CommandSpec client_group() {
             "Connects to every Server address over QUIC with the Client identity and relays\n"
             "each stream the Server opens to the [service] whose public-hostnames holds the SNI.\n"
             "Without a config file, --server-address and --backend-address start one passthrough\n"
-            "Catch-all Service. SIGTERM, SIGINT or SIGQUIT: close the tunnel connections and exit.",
+            "Catch-all Service. A terminate-mode Service's certificates come from\n"
+            "client.public-cert-dir (`runewarp client public-cert init`) or, with [client.acme],\n"
+            "from an ACME CA. SIGHUP re-reads the manual certificates.\n"
+            "SIGTERM, SIGINT or SIGQUIT: close the tunnel connections and exit.",
         .flags =
             {
                 role_config_flag(),
@@ -248,7 +251,9 @@ CommandSpec build_tree() {
         .description =
             "Accepts Visitor TCP on server.public-bind-address, reads the TLS ClientHello and\n"
             "relays the still-encrypted bytes to the [tunnel] or [route] whose public-hostnames\n"
-            "holds the SNI; Clients connect to server.tunnel-bind-address (QUIC).\n"
+            "holds the SNI; Clients connect to server.tunnel-bind-address (QUIC). The tunnel\n"
+            "certificate comes from server.cert-dir (`runewarp server cert init`) or, with\n"
+            "[server.acme], from an ACME CA (TLS-ALPN-01 answered on the public listener).\n"
             "SIGTERM or SIGINT: graceful shutdown; SIGQUIT (or a second SIGINT): fast shutdown.",
         .flags =
             {
