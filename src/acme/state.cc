@@ -14,13 +14,6 @@ namespace runewarp::acme {
 
 namespace {
 
-std::string dir_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
-}
-
 Result<void> fsync_dir(const std::string& dir) {
     int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return Error::sys(errno, "cannot open " + dir);
@@ -62,17 +55,6 @@ Result<void> write_temp(const std::string& path, std::string_view content, std::
 }
 
 }  // namespace
-
-Result<void> write_file_atomic(const std::string& path, std::string_view content) {
-    std::string tmp;
-    if (auto r = write_temp(path, content, tmp); !r) return r;
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-        int err = errno;
-        ::unlink(tmp.c_str());
-        return Error::sys(err, "cannot rename " + tmp + " to " + path);
-    }
-    return fsync_dir(dir_of(path));
-}
 
 Result<EcKey> load_or_create_account_key(const std::string& state_dir) {
     const std::string path = state_dir + "/account.key";
@@ -132,18 +114,18 @@ CacheEntry load_cached(const std::string& state_dir, const std::string& hostname
 
 Result<void> store_certificate(const std::string& state_dir, const std::string& hostname,
                                const Certificate& cert) {
-    const std::string dir = state_dir + "/" + hostname;
-    if (::mkdir(dir.c_str(), 0700) != 0) {
-        if (errno != EEXIST) return Error::sys(errno, "cannot create " + dir);
-    } else {
-        // 0700 whatever the umask.
-        if (::chmod(dir.c_str(), 0700) != 0) return Error::sys(errno, "cannot chmod " + dir);
+    const std::string dir = trust::join_path(state_dir, hostname);
+    const bool created = !trust::path_exists(dir);
+    // 0700 whatever the umask; an existing directory keeps its mode.
+    if (auto r = trust::ensure_dir(dir, 0700); !r) return r;
+    if (created) {
         if (auto r = fsync_dir(state_dir); !r) return r;
     }
-    if (auto r = write_file_atomic(private_key_path(state_dir, hostname), cert.key_pem); !r) {
+    if (auto r = trust::replace_file(private_key_path(state_dir, hostname), cert.key_pem, 0600);
+        !r) {
         return r;
     }
-    return write_file_atomic(certificate_path(state_dir, hostname), cert.cert_pem);
+    return trust::replace_file(certificate_path(state_dir, hostname), cert.cert_pem, 0600);
 }
 
 std::time_t renewal_time(const Certificate& cert) {

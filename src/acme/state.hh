@@ -1,6 +1,6 @@
 // The ACME state directory: the account key shared by every hostname (`account.key`) and one
 // directory per hostname with `certificate.pem` (chain, leaf first) and `private.key`. Keys and
-// certificates are 0600, hostname directories 0700; every write is atomic (temp, fsync, rename).
+// certificates are 0600, hostname directories 0700; every write is atomic (trust::replace_file).
 #pragma once
 
 #include <ctime>
@@ -12,9 +12,6 @@
 #include "runewarp/result.hh"
 
 namespace runewarp::acme {
-
-// Writes `content` to `path` through a 0600 temp file in the same directory, fsync and rename.
-Result<void> write_file_atomic(const std::string& path, std::string_view content);
 
 // Reads `<dir>/account.key`, or makes a new one when there is none. Two managers racing on the
 // same directory end up with the same key (the file is published with link(2), never replaced).
