@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "trust/anchors.hh"
+#include "trust/material.hh"
 
 namespace runewarp::preflight {
 
@@ -162,25 +163,13 @@ Result<void> prepare_acme_state_dir(const config::Acme& a) {
         }
         return {};
     }
-    // Parents as an operator would make them (0755), the cache itself private (0700).
-    std::string path;
-    std::string_view rest = a.state_dir;
-    while (!rest.empty()) {
-        auto slash = rest.find('/', 1);
-        path.append(rest.substr(0, slash));
-        rest = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash);
-        bool last = rest.empty() || rest == "/";
-        if (::mkdir(path.c_str(), last ? 0700 : 0755) != 0 && errno != EEXIST) {
-            return Error::sys(errno, "cannot create ACME state directory " + path);
-        }
-        if (last) break;
+    // Created private with any missing parents; an existing one that group or others can enter
+    // is made private too, since it holds the account key.
+    if (auto r = trust::ensure_dir(a.state_dir, 0700); !r) return r;
+    if (::stat(a.state_dir.c_str(), &st) != 0) {
+        return Error::sys(errno, "cannot access ACME state directory " + a.state_dir);
     }
-    if (::stat(a.state_dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        return Error::msg("ACME state directory " + a.state_dir + " is not a directory");
-    }
-    if ((st.st_mode & 077) != 0 && ::chmod(a.state_dir.c_str(), 0700) != 0) {
-        return Error::sys(errno, "cannot make ACME state directory " + a.state_dir + " private");
-    }
+    if ((st.st_mode & 077) != 0) return trust::set_dir_mode(a.state_dir, 0700);
     return {};
 }
 

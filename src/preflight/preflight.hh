@@ -63,7 +63,8 @@ Result<ClientMaterial> load_client_material(const config::ClientConfig& cfg);
 bool email_ok(std::string_view e);
 
 // Runtime only, after the checks passed (never from config check): a default ACME state
-// directory is created with mode 0700 (parents 0755); an explicit one must exist.
+// directory is created with mode 0700 (missing parents too) or made 0700; an explicit one must
+// exist.
 Result<void> prepare_acme_state_dir(const config::Acme& a);
 
 // The Public hostnames of tls-mode = terminate Services: canonical, sorted, without duplicates.

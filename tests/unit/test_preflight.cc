@@ -211,3 +211,38 @@ Test(preflight, every_terminating_hostname_needs_its_certificate_at_startup) {
     cr_assert(certs[1].key_pem == slurp(pub + "/app.example.test/public.key"));
     cr_assert_eq(preflight::terminating_hostnames(ok.startup->config).size(), 3u);
 }
+
+Test(preflight, acme_state_directories_are_prepared_private_at_startup) {
+    auto mode_of = [](const std::string& p) {
+        struct stat st {};
+        cr_assert_eq(::stat(p.c_str(), &st), 0, "%s", p.c_str());
+        return static_cast<unsigned>(st.st_mode & 07777);
+    };
+    // The default one is created 0700 with its missing parents, whatever the umask.
+    config::Acme a;
+    a.email = "a@example.test";
+    a.state_dir = g_dir + "/acme-state/server/acme";
+    a.state_dir_is_default = true;
+    mode_t old = ::umask(0);
+    auto r = preflight::prepare_acme_state_dir(a);
+    ::umask(old);
+    cr_assert(r.ok(), "%s", r.ok() ? "" : r.error().message.c_str());
+    cr_expect_eq(mode_of(a.state_dir), 0700u);
+    cr_expect_eq(mode_of(g_dir + "/acme-state/server"), 0700u);
+    // An existing default one that others can enter is made private; running twice is fine.
+    cr_assert_eq(::chmod(a.state_dir.c_str(), 0755), 0);
+    cr_assert(preflight::prepare_acme_state_dir(a).ok());
+    cr_expect_eq(mode_of(a.state_dir), 0700u);
+
+    // An explicit one must exist and is left as it is.
+    a.state_dir = g_dir + "/acme-explicit";
+    a.state_dir_is_default = false;
+    auto missing = preflight::prepare_acme_state_dir(a);
+    cr_assert(!missing.ok());
+    cr_expect_eq(missing.error().message,
+                 "ACME state directory " + a.state_dir + " does not exist");
+    cr_assert(!trust::path_exists(a.state_dir), "an explicit directory is never created");
+    cr_assert(trust::ensure_dir(a.state_dir, 0750).ok());
+    cr_assert(preflight::prepare_acme_state_dir(a).ok());
+    cr_expect_eq(mode_of(a.state_dir), 0750u);
+}
