@@ -110,15 +110,8 @@ void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noe
     quic::Stream* s = stream_;
     stream_ = nullptr;  // the TLS pump owns the stream from here on
     tls_ = std::make_unique<relay::TlsStreamPump>();
-    if (offers_acme_tls1_ && s != nullptr) {
-        std::vector<uint8_t> initial(prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
-                                     prefix_.end());
-        initial.insert(initial.end(), rest.begin(), rest.end());
-        prefix_.clear();
-        prefix_.shrink_to_fit();
-        visitor_offset_ = 0;
-        return start_challenge(*s, std::move(initial), fin);
-    }
+    if (offers_acme_tls1_ && s != nullptr)
+        return start_challenge(*s, take_visitor_bytes(rest), fin);
     certs_ = inst_.terminate_certs();
     const TerminateCredential* cred = certs_ ? certs_->find(sni_) : nullptr;
     const TerminateTls* tt = inst_.terminate_tls();
@@ -139,13 +132,17 @@ void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noe
         return tls_->start_refusal(*this, *s);
     }
     // The ClientHello (and whatever followed it) is fed to the handshake first.
+    tls_->start_handshake(*this, *s, *session, take_visitor_bytes(rest), fin);
+}
+
+std::vector<uint8_t> StreamSession::take_visitor_bytes(std::span<const uint8_t> rest) noexcept {
     std::vector<uint8_t> initial(prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
                                  prefix_.end());
     initial.insert(initial.end(), rest.begin(), rest.end());
     prefix_.clear();
     prefix_.shrink_to_fit();
     visitor_offset_ = 0;
-    tls_->start_handshake(*this, *s, *session, initial, fin);
+    return initial;
 }
 
 void StreamSession::start_challenge(quic::Stream& s, std::vector<uint8_t> initial,

@@ -79,6 +79,9 @@ private:
     void start_terminate(std::span<const uint8_t> rest, bool fin) noexcept;
     // Terminate with acme-tls/1 offered: answers the hostname's pending challenge or refuses.
     void start_challenge(quic::Stream& s, std::vector<uint8_t> initial, bool fin) noexcept;
+    // The Visitor bytes buffered past the PROXY header plus `rest`, as the TLS pump takes them;
+    // the prefix buffer is released.
+    std::vector<uint8_t> take_visitor_bytes(std::span<const uint8_t> rest) noexcept;
     void connect_phase() noexcept;
     void connect_backend(std::vector<net::ResolvedAddress> addrs) noexcept;
     void send_initial() noexcept;
