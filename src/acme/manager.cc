@@ -247,6 +247,19 @@ void Manager::stop() {
     im.thread.join();
 }
 
+ManagerOptions manager_options(Role role, std::string hostname, const config::Acme& acme,
+                               const obs::LoggerOptions& log) {
+    ManagerOptions mo;
+    mo.role = role;
+    mo.hostname = std::move(hostname);
+    mo.email = acme.email;
+    if (!acme.directory_url.empty()) mo.directory_url = acme.directory_url;
+    mo.ca_file = acme.ca_file;
+    mo.state_dir = acme.state_dir;
+    mo.log = log;
+    return mo;
+}
+
 const ManagerOptions& Manager::options() const noexcept {
     return impl_->opts;
 }

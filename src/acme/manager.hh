@@ -13,6 +13,7 @@
 #include <string>
 
 #include "acme/challenge.hh"
+#include "config/config.hh"
 #include "obs/log.hh"
 #include "runewarp/result.hh"
 
@@ -32,6 +33,11 @@ struct ManagerOptions {
     std::string state_dir;   // exists (0700); account key and per-hostname certificate cache
     obs::LoggerOptions log;  // the manager logs through its own Logger on stderr
 };
+
+// The options a role's [server.acme] or [client.acme] section gives for `hostname`; the manager
+// logs like `log` (the role's own logger options).
+ManagerOptions manager_options(Role role, std::string hostname, const config::Acme& acme,
+                               const obs::LoggerOptions& log);
 
 // An issued certificate: chain (leaf first) and key as PEM, and the leaf's validity.
 struct Certificate {

@@ -3,8 +3,6 @@
 
 #include <signal.h>
 
-#include <cstdlib>
-
 #include "client/address_worker.hh"
 #include "client/client.hh"
 #include "client/stream_session.hh"
@@ -308,21 +306,9 @@ bool ClientInstance::create_acme_managers() noexcept {
     mailbox_ = std::move(*mb);
     acme_board_ = std::make_shared<acme::ChallengeBoard>();
     // The managers log on their own threads through their own loggers, as this one does.
-    obs::LoggerOptions lo;
-    lo.level = log_.level();
-    lo.format =
-        cfg_.log_format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText;
-    lo.style = obs::detect_style(2, std::getenv("JOURNAL_STREAM"));
     core::Mailbox* mailbox = mailbox_.get();
     for (const std::string& h : preflight::terminating_hostnames(cfg_)) {
-        acme::ManagerOptions mo;
-        mo.role = acme::Role::kClient;
-        mo.hostname = h;
-        mo.email = a.email;
-        if (!a.directory_url.empty()) mo.directory_url = a.directory_url;
-        mo.ca_file = a.ca_file;
-        mo.state_dir = a.state_dir;
-        mo.log = lo;
+        acme::ManagerOptions mo = acme::manager_options(acme::Role::kClient, h, a, log_.options());
         // Both run on the manager's thread: hand over to the loop.
         auto on_certificate = [this, mailbox, h](std::shared_ptr<const acme::Certificate> c) {
             mailbox->post([this, h, c = std::move(c)] { install_acme_certificate(h, c); });

@@ -127,6 +127,8 @@ public:
         return level != Level::kOff && level <= options_.level;
     }
     Level level() const noexcept { return options_.level; }
+    // Level, format, style and clock: for a logger of the same kind on another thread.
+    const LoggerOptions& options() const noexcept { return options_; }
     void set_level(Level level) noexcept { options_.level = level; }
     void set_format(Format format) noexcept { options_.format = format; }
 

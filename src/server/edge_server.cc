@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include <cstdlib>
 #include <cstring>
 #include <ctime>
 
@@ -343,17 +342,8 @@ Result<void> EdgeServer::create_acme() {
     mailbox_ = std::move(*mb);
     acme_board_ = std::make_shared<acme::ChallengeBoard>();
 
-    acme::ManagerOptions mo;
-    mo.role = acme::Role::kServer;
-    mo.hostname = cfg_.hostname;
-    mo.email = a.email;
-    if (!a.directory_url.empty()) mo.directory_url = a.directory_url;
-    mo.ca_file = a.ca_file;
-    mo.state_dir = a.state_dir;
-    mo.log.level = log_.level();
-    mo.log.format =
-        cfg_.log_format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText;
-    mo.log.style = obs::detect_style(2, std::getenv("JOURNAL_STREAM"));
+    acme::ManagerOptions mo =
+        acme::manager_options(acme::Role::kServer, cfg_.hostname, a, log_.options());
 
     // Both run on the manager thread: hand over to the loop and return at once.
     core::Mailbox* mailbox = mailbox_.get();
