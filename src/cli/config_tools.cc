@@ -134,10 +134,22 @@ int run_editor(const std::string& editor, const std::string& file) {
                 static_cast<char*>(nullptr));
         ::_exit(127);
     }
+    // Terminal interrupts (SIGINT, SIGQUIT) belong to the editor while it runs (vi users press
+    // insert mode): ignored here until it exits, as git does.
+    struct sigaction ignore {};
+    ignore.sa_handler = SIG_IGN;
+    sigemptyset(&ignore.sa_mask);
+    struct sigaction old_int {
+    }, old_quit{};
+    ::sigaction(SIGINT, &ignore, &old_int);
+    ::sigaction(SIGQUIT, &ignore, &old_quit);
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0) {
-        if (errno != EINTR) return -1;
+    pid_t waited = -1;
+    while ((waited = ::waitpid(pid, &status, 0)) < 0 && errno == EINTR) {
     }
+    ::sigaction(SIGINT, &old_int, nullptr);
+    ::sigaction(SIGQUIT, &old_quit, nullptr);
+    if (waited < 0) return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
