@@ -135,7 +135,7 @@ int run_editor(const std::string& editor, const std::string& file) {
         ::_exit(127);
     }
     // Terminal interrupts (SIGINT, SIGQUIT) belong to the editor while it runs (vi users press
-    // insert mode): ignored here until it exits, as git does.
+    // Ctrl-C to leave insert mode): ignored here until it exits, as git does.
     struct sigaction ignore {};
     ignore.sa_handler = SIG_IGN;
     sigemptyset(&ignore.sa_mask);
