@@ -7,6 +7,7 @@
 #include "cli/cert_cmd.hh"
 #include "cli/client_cmd.hh"
 #include "cli/config_check.hh"
+#include "cli/config_tools.hh"
 #include "cli/identity_cmd.hh"
 #include "cli/public_cert_cmd.hh"
 #include "cli/server_cmd.hh"
@@ -215,6 +216,90 @@ CommandSpec client_group() {
     };
 }
 
+FlagSpec config_file_flag(std::string_view help) {
+    return FlagSpec{.long_name = "config", .short_name = 'c', .value_name = "PATH", .help = help};
+}
+
+FlagSpec role_flag(std::string_view help) {
+    return FlagSpec{
+        .long_name = "role", .value_name = "ROLE", .help = help, .choices = {"server", "client"}};
+}
+
+CommandSpec config_show() {
+    return CommandSpec{
+        .name = "show",
+        .summary = "Print the effective configuration with the source of every value",
+        .description =
+            "Prints the configuration a role would start with, as INI that `config check`\n"
+            "accepts: every key of the role's sections after defaults, the flags below,\n"
+            "RUNEWARP_SERVER_HOSTNAME and path resolution. Each key ends with its source:\n"
+            "file:LINE, flag --NAME, env NAME or default; defaults and unset keys are commented\n"
+            "out. Only paths are printed, never key material. Without --role the role is the\n"
+            "one whose section the file has. An invalid configuration prints the `config check`\n"
+            "report instead (exit 1).",
+        .flags =
+            {
+                config_file_flag("Config file (default: found as the daemon finds it)"),
+                role_flag("Show this role's configuration"),
+                FlagSpec{.long_name = "hostname",
+                         .value_name = "HOSTNAME",
+                         .help = "As `runewarp server --hostname` (server role)"},
+                FlagSpec{.long_name = "server-address",
+                         .value_name = "HOST[:PORT]",
+                         .help = "As `runewarp client --server-address` (client role)",
+                         .repeatable = true},
+                FlagSpec{.long_name = "backend-address",
+                         .value_name = "ADDR",
+                         .help = "As `runewarp client --backend-address` (client role)"},
+                FlagSpec{.long_name = "control-address",
+                         .value_name = "HOST[:PORT]",
+                         .help = "As the runtime --control-address"},
+            },
+        .handler = run_config_show,
+    };
+}
+
+CommandSpec config_init() {
+    return CommandSpec{
+        .name = "init",
+        .summary = "Write a commented starter configuration for a role",
+        .description =
+            "Writes every key of the role's sections with a short explanation, defaults\n"
+            "commented out, to $XDG_CONFIG_HOME/runewarp/config.ini (or\n"
+            "~/.config/runewarp/config.ini; /etc/runewarp/config.ini as root) or --output. An\n"
+            "existing file is never overwritten (exit 1). The file is created with mode 0640.",
+        .flags =
+            {
+                role_flag("Role of the starter file (required)"),
+                FlagSpec{.long_name = "output",
+                         .short_name = 'o',
+                         .value_name = "PATH",
+                         .help = "Write here instead of the default config path"},
+            },
+        .handler = run_config_init,
+    };
+}
+
+CommandSpec config_edit() {
+    return CommandSpec{
+        .name = "edit",
+        .summary = "Edit the configuration safely: validated, replaced atomically",
+        .description =
+            "Opens $VISUAL, else $EDITOR, else vi (run through /bin/sh) on a copy of the file in\n"
+            "its directory. The saved copy is checked like `config check` (for --role, else for\n"
+            "every role whose section it has); on problems the report is printed and \"Edit\n"
+            "again? [Y/n]\" asked on stdin: n or end of input discards the copy (exit 1). A\n"
+            "valid copy replaces the file atomically with its mode and owner; an unchanged one\n"
+            "is discarded (exit 0).",
+        .flags =
+            {
+                config_file_flag("Config file (default: found as the daemon finds it)"),
+                role_flag("Check the edited file for this role only"),
+            },
+        .handler = run_config_edit,
+    };
+}
+
 CommandSpec build_tree() {
     CommandSpec config_check{
         .name = "check",
@@ -243,7 +328,7 @@ CommandSpec build_tree() {
     CommandSpec config{
         .name = "config",
         .summary = "Work with configuration files",
-        .subcommands = {std::move(config_check)},
+        .subcommands = {std::move(config_check), config_show(), config_init(), config_edit()},
     };
     CommandSpec server{
         .name = "server",

@@ -191,6 +191,17 @@ private:
     void server();
     void client();
 
+    // A value the flags or the environment impose on a key, for record_settings.
+    struct Forced {
+        SectionKind kind;
+        std::string_view key;
+        std::vector<std::string> values;
+        Origin origin;
+    };
+    Setting setting_of(const KeySpec& spec, const Section* s) const;
+    void record_settings(RoleConfig& cfg, const std::vector<Forced>& forced,
+                         const std::string& synthesized_service) const;
+
     const LoadOptions& opt_;
     LoadOutcome& out_;
     Roots roots_;
@@ -439,6 +450,83 @@ std::optional<Control> Loader::control(bool& managed) {
     return c;
 }
 
+// The effective value of one key in one section: the file's (paths resolved against the file),
+// else the registry's default (path defaults below the resolved roots), else unset.
+Setting Loader::setting_of(const KeySpec& spec, const Section* s) const {
+    Setting out;
+    out.key = std::string(spec.name);
+    if (s != nullptr) {
+        if (const Value* v = s->get(out.key)) {
+            out.origin = Origin{Source::kFile, v->line, {}};
+            for (const auto& item : v->items) {
+                out.values.push_back(spec.type == ValueType::kPath ? file_path(item) : item);
+            }
+            return out;
+        }
+    }
+    if (auto d = default_value(spec)) {
+        out.values.emplace_back(*d);
+    } else if (std::string p = default_path(spec, roots_); !p.empty()) {
+        out.values.push_back(std::move(p));
+    }
+    return out;
+}
+
+// Records, per section of the role and per registry key, the value the model was built from and
+// where it came from. Sections the flags imply but the file lacks ([client] for
+// --server-address, [control] for --control-address, the --backend-address Catch-all) follow
+// the file's sections.
+void Loader::record_settings(RoleConfig& cfg, const std::vector<Forced>& forced,
+                             const std::string& synthesized_service) const {
+    auto header_of = [](SectionKind kind, const std::string& label) {
+        std::string h(section_kind_name(kind));
+        if (section_is_labelled(kind)) h += " \"" + label + "\"";
+        return h;
+    };
+    auto emit = [&](SectionKind kind, const std::string& label, const Section* s,
+                    bool synthesized) {
+        SettingsSection out;
+        out.header = header_of(kind, label);
+        out.synthesized = synthesized;
+        for (const KeySpec& spec : key_registry()) {
+            if (spec.section != kind) continue;
+            auto f = std::find_if(forced.begin(), forced.end(), [&](const Forced& x) {
+                return x.kind == kind && x.key == spec.name;
+            });
+            if (f != forced.end() && !section_is_labelled(kind)) {
+                out.settings.push_back(Setting{std::string(spec.name), f->values, f->origin});
+            } else {
+                out.settings.push_back(setting_of(spec, s));
+            }
+        }
+        cfg.settings.push_back(std::move(out));
+    };
+    for (const Section& s : sections_) emit(s.kind, s.label, &s, false);
+    for (const Forced& f : forced) {
+        if (section_is_labelled(f.kind)) continue;
+        bool present = std::any_of(
+            cfg.settings.begin(), cfg.settings.end(),
+            [&](const SettingsSection& x) { return x.header == section_kind_name(f.kind); });
+        if (!present) emit(f.kind, {}, nullptr, true);
+    }
+    if (!synthesized_service.empty()) {
+        SettingsSection out;
+        out.header = header_of(SectionKind::kService, "cli");
+        out.synthesized = true;
+        for (const KeySpec& spec : key_registry()) {
+            if (spec.section != SectionKind::kService) continue;
+            if (spec.name == "backend-address") {
+                out.settings.push_back(Setting{std::string(spec.name),
+                                               {synthesized_service},
+                                               Origin{Source::kFlag, 0, "--backend-address"}});
+            } else {
+                out.settings.push_back(setting_of(spec, nullptr));
+            }
+        }
+        cfg.settings.push_back(std::move(out));
+    }
+}
+
 void Loader::run(std::string_view text) {
     RawDocument doc = parse_ini(text, opt_.path);
     out_.problems = doc.problems;
@@ -669,6 +757,22 @@ void Loader::server() {
         route.proxy_v2 = r->good("proxy-protocol") != nullptr;
         cfg.routes.push_back(std::move(route));
     }
+    std::vector<Forced> forced;
+    if (cfg.hostname_source != Source::kFile) {
+        forced.push_back(Forced{SectionKind::kServer,
+                                "hostname",
+                                {cfg.hostname},
+                                cfg.hostname_source == Source::kFlag
+                                    ? Origin{Source::kFlag, 0, "--hostname"}
+                                    : Origin{Source::kEnv, 0, "RUNEWARP_SERVER_HOSTNAME"}});
+    }
+    if (opt_.overrides.control_address && cfg.control) {
+        forced.push_back(Forced{SectionKind::kControl,
+                                "address",
+                                {cfg.control->address.text()},
+                                Origin{Source::kFlag, 0, "--control-address"}});
+    }
+    record_settings(cfg, forced, {});
     out_.server = std::move(cfg);
 }
 
@@ -885,6 +989,25 @@ void Loader::client() {
             cfg.public_cert_dir = default_path_of(SectionKind::kClient, "public-cert-dir");
         }
     }
+    std::vector<Forced> forced;
+    if (!ov.server_addresses.empty()) {
+        std::vector<std::string> texts;
+        for (const auto& a : cfg.server_addresses) texts.push_back(a.text());
+        // Both file keys are replaced: the flags' list stands in for them.
+        forced.push_back(Forced{SectionKind::kClient, "server-address", {}, Origin{}});
+        forced.push_back(Forced{SectionKind::kClient, "server-addresses", std::move(texts),
+                                Origin{Source::kFlag, 0, "--server-address"}});
+    }
+    if (ov.control_address && cfg.control) {
+        forced.push_back(Forced{SectionKind::kControl,
+                                "address",
+                                {cfg.control->address.text()},
+                                Origin{Source::kFlag, 0, "--control-address"}});
+    }
+    std::string cli_backend;
+    if (ov.backend_address && !cfg.services.empty())
+        cli_backend = cfg.services.front().backend.text();
+    record_settings(cfg, forced, cli_backend);
     out_.client = std::move(cfg);
 }
 
@@ -905,6 +1028,20 @@ LoadOutcome load(const LoadOptions& options) {
         return out;
     }
     return load_from_string(*text, options);
+}
+
+std::string origin_text(const Origin& o) {
+    switch (o.source) {
+        case Source::kFile:
+            return "file:" + std::to_string(o.line);
+        case Source::kFlag:
+            return "flag " + o.name;
+        case Source::kEnv:
+            return "env " + o.name;
+        case Source::kDefault:
+            break;
+    }
+    return "default";
 }
 
 std::string format_report(Role role, const std::string& path, const LoadOutcome& outcome) {

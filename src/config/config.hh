@@ -91,6 +91,31 @@ struct Control {
 // Where a value came from, for `config show`.
 enum class Source { kDefault, kFile, kEnv, kFlag };
 
+// The origin of one effective value: a file line, a flag, an environment variable or the key
+// registry's default.
+struct Origin {
+    Source source = Source::kDefault;
+    int line = 0;      // kFile: the key's first line
+    std::string name;  // kFlag: "--hostname"; kEnv: "RUNEWARP_SERVER_HOSTNAME"
+};
+
+// "file:12", "flag --hostname", "env RUNEWARP_SERVER_HOSTNAME" or "default".
+std::string origin_text(const Origin& o);
+
+// One registry key of one section as the loader resolved it. Only `config show` reads these;
+// the loader records them once per load (a few short strings per key).
+struct Setting {
+    std::string key;
+    std::vector<std::string> values;  // one item for scalars; empty when the key is unset
+    Origin origin;
+};
+
+struct SettingsSection {
+    std::string header;        // text between the brackets ("server", "tunnel \"apps\""); "" = top
+    bool synthesized = false;  // made from flags (no such section in the file)
+    std::vector<Setting> settings;  // every registry key of the section, in registry order
+};
+
 // The loader sets every field of a role's model, from the file or from the key registry's
 // default (the one table of defaults); the initializers are placeholders, not defaults.
 
@@ -108,6 +133,10 @@ struct RoleConfig {
     // startup (preflight).
     bool managed_requested = false;
     std::optional<Control> control;
+
+    // Every key of the role's sections (file order, then sections made from flags) with its
+    // effective value and origin: defaults applied, overrides in, paths resolved.
+    std::vector<SettingsSection> settings;
 };
 
 struct ServerConfig : RoleConfig {

@@ -303,7 +303,7 @@ Test(cli, unknown_command_is_a_usage_error) {
     cr_assert_eq(extra.exit_code, 2);
     cr_assert(ends_with(extra.err, kUsageHint));
 
-    Outcome sub = rw({"config", "show"});
+    Outcome sub = rw({"config", "frobnicate"});
     cr_assert_eq(sub.exit_code, 2);
     cr_assert(ends_with(sub.err, kUsageHint));
 }
@@ -407,6 +407,53 @@ Test(cli, config_check_broken_server_file_reports_every_problem) {
     cr_assert(contains(o.err, "no-such-key"), "unknown key reported: %s", o.err.c_str());
     cr_assert(contains(o.err, "graceful-shutdown-duration"), "bad duration: %s", o.err.c_str());
     cr_assert(contains(o.err, "hostname"), "bad hostname: %s", o.err.c_str());
+}
+
+Test(cli, config_show_marks_each_source_and_revalidates) {
+    std::string path = g_dir + "/server.ini";
+    write_file(path, valid_server_ini());
+    Outcome o = rw({"config", "show", "-c", path});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    cr_assert(contains(o.out, "\nlog-level = info  ; file:1\n"), "got: %s", o.out.c_str());
+    cr_assert(contains(o.out, "\nhostname = tunnel.example.com  ; file:3\n"), "got: %s",
+              o.out.c_str());
+    cr_assert(contains(o.out, "\n; graceful-shutdown-duration = 60s  ; default\n"), "got: %s",
+              o.out.c_str());
+    cr_assert(contains(o.out, "\n; log-format = text  ; default\n"), "got: %s", o.out.c_str());
+    cr_assert(!contains(o.out, "PRIVATE KEY"), "no key material: %s", o.out.c_str());
+
+    std::string shown = g_dir + "/shown.ini";
+    write_file(shown, o.out);
+    Outcome check = rw({"config", "check", "-c", shown});
+    cr_assert_eq(check.exit_code, 0, "show output rejected: %s\n%s", check.err.c_str(),
+                 o.out.c_str());
+
+    // The same file read as a Client is invalid: the check report, nothing on stdout.
+    Outcome client = rw({"config", "show", "-c", path, "--role", "client"});
+    cr_assert_eq(client.exit_code, 1);
+    cr_assert(client.out.empty());
+    cr_assert(client.err.starts_with("invalid client config in " + path + ":\n"), "got: %s",
+              client.err.c_str());
+}
+
+Test(cli, config_init_needs_a_role_and_never_overwrites) {
+    std::string path = g_dir + "/new/config.ini";
+    Outcome none = rw({"config", "init", "--output", path});
+    cr_assert_eq(none.exit_code, 2);
+    cr_assert(ends_with(none.err, kUsageHint));
+
+    Outcome o = rw({"config", "init", "--role", "client", "-o", path});
+    cr_assert_eq(o.exit_code, 0, "stderr: %s", o.err.c_str());
+    struct stat st {};
+    cr_assert_eq(stat(path.c_str(), &st), 0);
+    cr_expect_eq(st.st_mode & 07777, 0640u);
+    std::string text = read_all(path);
+    cr_assert(contains(text, "[service \"web\"]\n"), "got: %s", text.c_str());
+
+    Outcome again = rw({"config", "init", "--role", "server", "-o", path});
+    cr_assert_eq(again.exit_code, 1);
+    cr_assert(contains(again.err, "already exists"), "got: %s", again.err.c_str());
+    expect_eq(read_all(path), text);
 }
 
 Test(cli, config_check_missing_explicit_file_fails) {

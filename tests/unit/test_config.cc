@@ -5,14 +5,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
 
 #include "config/config.hh"
+#include "config/ini_document.hh"
 #include "config/paths.hh"
 #include "config/registry.hh"
+#include "config/render.hh"
 #include "config/values.hh"
 #include "core/file.hh"
 
@@ -988,4 +991,303 @@ Test(config, registry_defaults_are_what_the_loader_applies) {
     cr_expect_eq(default_path(SectionKind::kServer, "hostname", r), "", "not a path default");
     r.data.clear();
     cr_expect_eq(default_server_cert_dir(r), "", "an unresolved root has no default path");
+}
+
+// ---- Effective values and their origins (`config show`), starter files (`config init`) --------
+
+namespace {
+
+const SettingsSection* find_section(const RoleConfig& cfg, const std::string& header) {
+    for (const auto& sec : cfg.settings) {
+        if (sec.header == header) return &sec;
+    }
+    return nullptr;
+}
+
+const Setting& find_setting(const RoleConfig& cfg, const std::string& header,
+                            const std::string& key) {
+    const SettingsSection* sec = find_section(cfg, header);
+    cr_assert(sec != nullptr, "no section [%s] recorded", header.c_str());
+    for (const auto& st : sec->settings) {
+        if (st.key == key) return st;
+    }
+    cr_assert_fail("no key %s in [%s]", key.c_str(), header.c_str());
+    return sec->settings.front();
+}
+
+std::string origin_of(const RoleConfig& cfg, const std::string& header, const std::string& key) {
+    return origin_text(find_setting(cfg, header, key).origin);
+}
+
+std::string first_value(const RoleConfig& cfg, const std::string& header, const std::string& key) {
+    const Setting& st = find_setting(cfg, header, key);
+    return st.values.empty() ? std::string("<unset>") : st.values.front();
+}
+
+// Every line of a text, for the loader's line limit.
+std::size_t longest_line(const std::string& text) {
+    std::size_t longest = 0, start = 0;
+    while (start < text.size()) {
+        std::size_t end = text.find('\n', start);
+        if (end == std::string::npos) end = text.size();
+        longest = std::max(longest, end - start);
+        start = end + 1;
+    }
+    return longest;
+}
+
+}  // namespace
+
+Test(config, origin_text_forms) {
+    cr_expect_eq(origin_text(Origin{}), "default");
+    cr_expect_eq(origin_text(Origin{Source::kFile, 12, {}}), "file:12");
+    cr_expect_eq(origin_text(Origin{Source::kFlag, 0, "--hostname"}), "flag --hostname");
+    cr_expect_eq(origin_text(Origin{Source::kEnv, 0, "RUNEWARP_SERVER_HOSTNAME"}),
+                 "env RUNEWARP_SERVER_HOSTNAME");
+}
+
+Test(config, settings_record_file_lines_defaults_and_resolved_paths) {
+    Scratch s;
+    auto out = load_text(s, Role::kServer,
+                         "log-level = debug\n"  // 1
+                         "[server]\n"           // 2
+                         "hostname = tunnel.example.com\n"
+                         "cert-dir = cert\n"  // 4
+                         "graceful-shutdown-duration = 5s\n" TUN);
+    cr_assert(out.ok(), "%s", dump(out).c_str());
+    const ServerConfig& c = *out.server;
+    cr_expect_eq(origin_of(c, "", "log-level"), "file:1");
+    cr_expect_eq(first_value(c, "", "log-level"), "debug");
+    cr_expect_eq(origin_of(c, "", "log-format"), "default");
+    cr_expect_eq(first_value(c, "", "log-format"), "text");
+    cr_expect_eq(origin_of(c, "server", "hostname"), "file:3");
+    cr_expect_eq(origin_of(c, "server", "cert-dir"), "file:4");
+    cr_expect_eq(first_value(c, "server", "cert-dir"), s.dir + "/cert",
+                 "resolved against the file");
+    cr_expect_eq(origin_of(c, "server", "graceful-shutdown-duration"), "file:5");
+    cr_expect_eq(origin_of(c, "server", "public-bind-address"), "default");
+    cr_expect_eq(first_value(c, "server", "public-bind-address"), "0.0.0.0:443");
+    cr_expect_eq(origin_of(c, "server", "readiness-bind-address"), "default");
+    cr_expect(find_setting(c, "server", "readiness-bind-address").values.empty());
+    cr_expect_eq(first_value(c, "server", "identity-dir"),
+                 s.dir + "/home/.local/share/runewarp/server/identity",
+                 "path default below <data>");
+    cr_expect_eq(origin_of(c, "tunnel \"apps\"", "public-hostnames"), "file:7");
+    cr_expect_eq(origin_of(c, "tunnel \"apps\"", "client-identity"), "file:8");
+    cr_expect(find_setting(c, "tunnel \"apps\"", "client-identities").values.empty());
+    // Every registry key of every recorded section, nothing else.
+    for (const auto& sec : c.settings) {
+        std::size_t want = 0;
+        SectionKind kind = sec.header.empty()       ? SectionKind::kTop
+                           : sec.header == "server" ? SectionKind::kServer
+                                                    : SectionKind::kTunnel;
+        for (const auto& k : key_registry()) want += k.section == kind ? 1 : 0;
+        cr_expect_eq(sec.settings.size(), want, "[%s]", sec.header.c_str());
+    }
+    cr_expect_eq(c.settings.size(), 3u);
+}
+
+Test(config, settings_record_env_and_flag_overrides) {
+    Scratch s;
+    LoadOptions o;
+    o.role = Role::kServer;
+    o.path = s.path();
+    o.env = s.env();
+    o.env.server_hostname = "Env.Example.com";
+    const std::string ini = subst(S_HEAD TUN, s.dir);
+    auto env = load_from_string(ini, o);
+    cr_assert(env.ok(), "%s", dump(env).c_str());
+    cr_expect_eq(origin_of(*env.server, "server", "hostname"), "env RUNEWARP_SERVER_HOSTNAME");
+    cr_expect_eq(first_value(*env.server, "server", "hostname"), "env.example.com");
+
+    o.overrides.hostname = "flag.example.com";
+    auto flag = load_from_string(ini, o);
+    cr_assert(flag.ok(), "%s", dump(flag).c_str());
+    cr_expect_eq(origin_of(*flag.server, "server", "hostname"), "flag --hostname");
+    cr_expect_eq(first_value(*flag.server, "server", "hostname"), "flag.example.com");
+    cr_expect_eq(origin_of(*flag.server, "server", "cert-dir"), "file:3");
+
+    // Client: --server-address replaces both file keys; --backend-address makes the Catch-all.
+    Overrides ov;
+    ov.server_addresses = {"b.example.com:8443", "a.example.com"};
+    ov.backend_address = "127.0.0.1:9000";
+    auto cli = load_text(s, Role::kClient, C_HEAD, ov);
+    cr_assert(cli.ok(), "%s", dump(cli).c_str());
+    const ClientConfig& c = *cli.client;
+    const Setting& many = find_setting(c, "client", "server-addresses");
+    cr_expect_eq(origin_text(many.origin), "flag --server-address");
+    cr_expect(many.values == std::vector<std::string>({"b.example.com:8443", "a.example.com:443"}));
+    cr_expect(find_setting(c, "client", "server-address").values.empty(),
+              "the file's server-address is replaced");
+    cr_expect_eq(origin_of(c, "client", "identity-dir"), "file:3");
+    const SettingsSection* svc = find_section(c, "service \"cli\"");
+    cr_assert(svc != nullptr);
+    cr_expect(svc->synthesized);
+    cr_expect_eq(origin_of(c, "service \"cli\"", "backend-address"), "flag --backend-address");
+    cr_expect_eq(origin_of(c, "service \"cli\"", "tls-mode"), "default");
+}
+
+Test(config, repeated_sections_are_recorded_in_file_order) {
+    Scratch s;
+    auto out = load_text(s, Role::kServer,
+                         S_HEAD
+                         "[route \"zz\"]\npublic-hostnames = r.example.com\n"
+                         "upstream-address = 127.0.0.1:8443\n" TUN
+                         "[tunnel \"aa\"]\npublic-hostnames = b.example.com\n"
+                         "client-identities = @ID2@\n"
+                         "[client]\nserver-address = ignored.example.com\n");
+    cr_assert(out.ok(), "%s", dump(out).c_str());
+    std::vector<std::string> headers;
+    for (const auto& sec : out.server->settings) headers.push_back(sec.header);
+    cr_expect(headers == std::vector<std::string>(
+                             {"", "server", "route \"zz\"", "tunnel \"apps\"", "tunnel \"aa\""}),
+              "the Server records only its own sections, in file order");
+}
+
+Test(config, rendered_effective_config_validates_to_the_same_model) {
+    Scratch s;
+    // Six identities on one key: a rendered list longer than a line must wrap onto repeated keys.
+    std::string ids_lines;
+    for (int i = 0; i < 6; ++i) {
+        std::string id(64, static_cast<char>('a' + i));
+        ids_lines += "client-identities = " + id + "\n";
+    }
+    const std::string ini =
+        "log-level = warn\n"
+        "[server]\nhostname = Tunnel.Example.com\ncert-dir = cert\n"
+        "readiness-bind-address = 127.0.0.1:9000\n"
+        "[tunnel \"apps\"]\npublic-hostnames = app.example.com, "
+        "api.example.com\n" +
+        ids_lines +
+        "[route \"r\"]\npublic-hostnames = r.example.com\n"
+        "upstream-address = 127.0.0.1:8443\nproxy-protocol = v2\n";
+    Overrides ov;
+    ov.hostname = "flag.example.com";
+    auto out = load_text(s, Role::kServer, ini, ov);
+    cr_assert(out.ok(), "%s", dump(out).c_str());
+    std::string text = render_effective(Role::kServer, *out.server);
+    cr_expect_leq(longest_line(text), kMaxLineBytes, "%s", text.c_str());
+    cr_expect(text.find("hostname = flag.example.com  ; flag --hostname\n") != std::string::npos,
+              "%s", text.c_str());
+    cr_expect(text.find("log-level = warn  ; file:1\n") != std::string::npos, "%s", text.c_str());
+    cr_expect(text.find("; log-format = text  ; default\n") != std::string::npos, "%s",
+              text.c_str());
+    cr_expect(text.find("cert-dir = " + s.dir + "/cert  ; file:4\n") != std::string::npos, "%s",
+              text.c_str());
+    cr_expect(text.find("; client-identity = (unset)  ; default\n") != std::string::npos, "%s",
+              text.c_str());
+    // Every registry key of the role's sections appears.
+    for (const auto& k : key_registry()) {
+        if (k.section == SectionKind::kClient || k.section == SectionKind::kClientAcme ||
+            k.section == SectionKind::kService || k.section == SectionKind::kControl ||
+            k.section == SectionKind::kServerAcme) {
+            continue;
+        }
+        cr_expect(text.find(std::string(k.name) + " =") != std::string::npos, "%.*s missing",
+                  static_cast<int>(k.name.size()), k.name.data());
+    }
+
+    // Fed back without the flag, the text gives the same model.
+    LoadOptions o;
+    o.role = Role::kServer;
+    o.path = s.path();
+    o.env = s.env();
+    auto again = load_from_string(text, o);
+    cr_assert(again.ok(), "%s\n%s", dump(again).c_str(), text.c_str());
+    const ServerConfig& a = *again.server;
+    const ServerConfig& b = *out.server;
+    cr_expect_eq(a.hostname, b.hostname);
+    cr_expect_eq(a.cert_dir, b.cert_dir);
+    cr_expect(a.log_level == b.log_level);
+    cr_expect(a.readiness_bind.has_value());
+    cr_assert_eq(a.tunnels.size(), 1u);
+    cr_expect(a.tunnels[0].identities == b.tunnels[0].identities);
+    cr_expect_eq(a.tunnels[0].identities.size(), 6u);
+    cr_expect(a.tunnels[0].public_hostnames == b.tunnels[0].public_hostnames);
+    cr_assert_eq(a.routes.size(), 1u);
+    cr_expect(a.routes[0].proxy_v2);
+    std::size_t at = text.find("\nhostname = ");
+    cr_assert(at != std::string::npos);
+    int line = 2 + static_cast<int>(std::count(text.begin(), text.begin() + at, '\n'));
+    cr_expect_eq(origin_of(a, "server", "hostname"), "file:" + std::to_string(line),
+                 "now from the rendered file");
+}
+
+Test(config, rendered_client_config_validates) {
+    Scratch s;
+    auto out = load_text(s, Role::kClient,
+                         C_HEAD
+                         "server-trust = ca-file\nserver-ca-file = ca.crt\n"
+                         "[service \"web\"]\npublic-hostnames = app.example.com\n"
+                         "backend-address = 127.0.0.1:8080\ntls-mode = terminate\n"
+                         "alpn = h2, http/1.1\npublic-cert-dir = x\n");
+    // public-cert-dir in a [service] is unknown: proves the fixture is checked at all.
+    cr_assert(!out.ok());
+    out = load_text(s, Role::kClient,
+                    C_HEAD
+                    "server-trust = ca-file\nserver-ca-file = ca.crt\n"
+                    "public-cert-dir = public-cert\n"
+                    "[service \"web\"]\npublic-hostnames = app.example.com\n"
+                    "backend-address = 127.0.0.1:8080\ntls-mode = terminate\n"
+                    "alpn = h2, http/1.1\n"
+                    "[service \"plain\"]\npublic-hostnames = wiki.example.com\n"
+                    "backend-address = localhost:8443\n");
+    cr_assert(out.ok(), "%s", dump(out).c_str());
+    std::string text = render_effective(Role::kClient, *out.client);
+    cr_expect(text.find("; alpn = http/1.1  ; default\n") != std::string::npos, "%s", text.c_str());
+    LoadOptions o;
+    o.role = Role::kClient;
+    o.path = s.path();
+    o.env = s.env();
+    auto again = load_from_string(text, o);
+    cr_assert(again.ok(), "%s\n%s", dump(again).c_str(), text.c_str());
+    cr_assert_eq(again.client->services.size(), 2u);
+    cr_expect(again.client->services[0].alpn == std::vector<std::string>({"h2", "http/1.1"}));
+    cr_expect_eq(again.client->services[1].label, "plain");
+    cr_expect_eq(again.client->server_ca_file, s.dir + "/ca.crt");
+}
+
+Test(config, starter_files_parse_with_only_material_missing) {
+    for (Role role : {Role::kServer, Role::kClient}) {
+        Scratch s;
+        Roots roots = resolve_roots(s.path(), s.env());
+        std::string text = render_starter(role, roots);
+        cr_expect_leq(longest_line(text), kMaxLineBytes);
+        LoadOptions o;
+        o.role = role;
+        o.path = s.path();
+        o.env = s.env();
+        auto out = load_from_string(text, o);
+        cr_assert(!out.ok(), "the default material does not exist yet");
+        for (const auto& p : out.problems) {
+            cr_expect(p.message.find("does not exist") != std::string::npos ||
+                          p.message.find("is missing") != std::string::npos,
+                      "not a material problem: %s", p.message.c_str());
+        }
+        // Once the material exists at the default places the starter names, it is valid.
+        if (role == Role::kServer) {
+            s.touch_all("home/.local/share/runewarp/server/cert",
+                        {"server.crt", "server.key", "server-ca.crt"});
+        } else {
+            s.touch_all("home/.local/share/runewarp/client/identity",
+                        {"client.crt", "client.key", "client-identity.txt"});
+        }
+        auto ok = load_from_string(text, o);
+        cr_expect(ok.ok(), "%s", dump(ok).c_str());
+        // Every key of the role's sections is explained and shown.
+        for (const auto& k : key_registry()) {
+            bool server_key = k.section == SectionKind::kServer ||
+                              k.section == SectionKind::kServerAcme ||
+                              k.section == SectionKind::kTunnel || k.section == SectionKind::kRoute;
+            bool client_key = k.section == SectionKind::kClient ||
+                              k.section == SectionKind::kClientAcme ||
+                              k.section == SectionKind::kService;
+            if (!(k.section == SectionKind::kTop ||
+                  (role == Role::kServer ? server_key : client_key))) {
+                continue;
+            }
+            cr_expect(text.find(std::string(k.name) + " =") != std::string::npos, "%.*s missing",
+                      static_cast<int>(k.name.size()), k.name.data());
+        }
+    }
 }
