@@ -445,11 +445,13 @@ int run_config_edit(const Invocation& inv, Console& console) {
     temp.release();
     if (auto r = sync_dir(dir_of(target)); !r) return fail(console, r.error().message);
 
+    // A running daemon reads its configuration at startup: the change applies on a restart.
     std::string out = "saved " + path + "\nTo apply it to a running daemon:";
-    for (config::Role role : roles) {
-        out += std::string(" systemctl reload runewarp-") + role_name(role) + " or";
+    for (size_t i = 0; i < roles.size(); ++i) {
+        if (i > 0) out += " and";
+        out += std::string(" systemctl restart runewarp-") + role_name(roles[i]);
     }
-    out += " runewarp reload\n";
+    out += "\n";
     console.out(out);
     return kExitOk;
 }
