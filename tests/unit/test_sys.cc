@@ -1,9 +1,11 @@
 // sys: the Reloader (one reload at a time, check off the loop thread, apply on it, folded
-// triggers, systemd RELOADING=1 then READY=1, shutdown answering whoever still waits).
+// triggers, systemd RELOADING=1 then READY=1, shutdown answering whoever still waits) and the
+// control socket (mode, stale and live sockets, answers now or later, peers that leave).
 #include <criterion/criterion.h>
 #include <poll.h>
 #include <stdlib.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -19,9 +21,12 @@
 #include "core/clock.hh"
 #include "core/worker.hh"
 #include "obs/log.hh"
+#include "sys/control.hh"
 #include "sys/reload.hh"
 
 using namespace runewarp;
+using runewarp::Error;
+using runewarp::Result;
 using runewarp::sys::Reloader;
 using runewarp::sys::ReloadOutcome;
 
@@ -241,4 +246,150 @@ Test(sys, shutdown_answers_everyone_still_waiting) {
     rl.request([&](const ReloadOutcome& o) { got.push_back(o); });
     cr_assert_eq(got.size(), 3u);
     cr_assert(!got[2].ok);
+}
+
+// --- control socket --------------------------------------------------------------------------
+
+namespace {
+
+struct TempDir {
+    std::string path;
+    TempDir() {
+        char tmpl[] = "/tmp/rw-control-XXXXXX";
+        cr_assert_not_null(::mkdtemp(tmpl));
+        path = tmpl;
+    }
+    ~TempDir() { (void)std::system(("rm -rf '" + path + "'").c_str()); }
+};
+
+}  // namespace
+
+Test(sys, control_answer_round_trips_and_malformed_answers_are_errors) {
+    auto a = sys::decode_reload_answer(sys::encode_reload_answer({true, 42, "note one\nnote two"}));
+    cr_assert(a.ok());
+    cr_assert(a->ok);
+    cr_assert_eq(a->generation, 42u);
+    cr_assert_str_eq(a->text.c_str(), "note one\nnote two");
+    auto f = sys::decode_reload_answer(sys::encode_reload_answer({false, 3, "line 2: bad"}));
+    cr_assert(f.ok());
+    cr_assert(!f->ok);
+    cr_assert_str_eq(f->text.c_str(), "line 2: bad");
+    for (const char* bad : {"", "ok", "ok x\n", "maybe 1\n", "failed -1\n", "ok 1x\n"})
+        cr_assert(!sys::decode_reload_answer(bad).ok(), "accepted: %s", bad);
+}
+
+Test(sys, control_socket_path_prefers_the_runtime_directory) {
+    ::setenv("RUNTIME_DIRECTORY", "/run/runewarp-server:/run/other", 1);
+    const std::string in_runtime_dir = sys::control_socket_path("server");
+    ::unsetenv("RUNTIME_DIRECTORY");
+    cr_assert_str_eq(in_runtime_dir.c_str(), "/run/runewarp-server/control.sock");
+    if (::geteuid() == 0) {
+        const std::string as_root = sys::control_socket_path("client");
+        cr_assert_str_eq(as_root.c_str(), "/run/runewarp/client.sock");
+    }
+}
+
+Test(sys, control_socket_carries_a_reload_and_its_answer) {
+    TempDir dir;
+    std::string path = dir.path + "/run/control.sock";
+    auto w = make_worker();
+    obs::StringSink sink;
+    obs::Logger log(sink, obs::LoggerOptions{});
+    std::string asked;
+    auto s = sys::ControlServer::start(*w, path, log,
+                                       [&](const std::string& cfg, sys::ReloadReply reply) {
+                                           asked = cfg;
+                                           reply({false, 7, "line 4: unknown key"});
+                                       });
+    cr_assert(s.ok(), "%s", s.ok() ? "" : s.error().message.c_str());
+    struct stat st {};
+    cr_assert_eq(::stat(path.c_str(), &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0600u, "mode %o", st.st_mode & 0777);
+    cr_assert_eq(::stat((dir.path + "/run").c_str(), &st), 0);
+    cr_assert_eq(st.st_mode & 0777, 0700u);
+
+    std::atomic<bool> done{false};
+    Result<ReloadOutcome> got = Error::msg("none");
+    std::thread cli([&] {
+        got = sys::request_reload(path, "/etc/runewarp/config.ini", std::chrono::seconds(5));
+        done = true;
+    });
+    run_until(
+        *w, [&] { return done.load(); }, 5000, "the answer");
+    cli.join();
+    cr_assert(got.ok(), "%s", got.ok() ? "" : got.error().message.c_str());
+    cr_assert(!got->ok);
+    cr_assert_eq(got->generation, 7u);
+    cr_assert_str_eq(got->text.c_str(), "line 4: unknown key");
+    cr_assert_str_eq(asked.c_str(), "/etc/runewarp/config.ini");
+    run_until(
+        *w, [&] { return (*s)->peers() == 0; }, 3000, "the peer released");
+
+    // A second daemon may not take a live socket over.
+    auto second = sys::ControlServer::start(*w, path, log, {});
+    cr_assert(!second.ok());
+    cr_assert(second.error().message.find("in use") != std::string::npos);
+
+    (*s)->stop();
+    cr_assert_neq(::access(path.c_str(), F_OK), 0, "the socket file stays after stop");
+    auto none = sys::request_reload(path, "", std::chrono::seconds(1));
+    cr_assert(!none.ok());
+    cr_assert(none.error().message.find("no running daemon") != std::string::npos, "%s",
+              none.error().message.c_str());
+}
+
+Test(sys, control_socket_answers_later_and_survives_a_peer_that_left) {
+    TempDir dir;
+    std::string path = dir.path + "/control.sock";
+    // A stale file from a daemon that died is replaced.
+    {
+        int fd = ::socket(AF_UNIX, SOCK_SEQPACKET, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::memcpy(a.sun_path, path.data(), path.size());
+        cr_assert_eq(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        ::close(fd);
+    }
+    auto w = make_worker();
+    obs::StringSink sink;
+    obs::Logger log(sink, obs::LoggerOptions{});
+    std::vector<sys::ReloadReply> owed;
+    auto s = sys::ControlServer::start(
+        *w, path, log,
+        [&](const std::string&, sys::ReloadReply reply) { owed.push_back(std::move(reply)); });
+    cr_assert(s.ok(), "%s", s.ok() ? "" : s.error().message.c_str());
+
+    // A peer that asks and leaves at once: its slot goes, answering it later changes nothing.
+    {
+        int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::memcpy(a.sun_path, path.data(), path.size());
+        cr_assert_eq(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        cr_assert_eq(::send(fd, "reload\n", 7, 0), 7);
+        run_until(
+            *w, [&] { return owed.size() == 1; }, 3000, "the first request");
+        ::close(fd);
+    }
+    run_until(
+        *w, [&] { return (*s)->peers() == 0; }, 3000, "the departed peer released");
+    owed[0]({true, 2, ""});
+
+    std::atomic<bool> done{false};
+    Result<ReloadOutcome> got = Error::msg("none");
+    std::thread cli([&] {
+        got = sys::request_reload(path, "x.ini", std::chrono::seconds(5));
+        done = true;
+    });
+    run_until(
+        *w, [&] { return owed.size() == 2; }, 3000, "the second request");
+    owed[1]({true, 3, "public-bind-address changed: needs a restart"});
+    run_until(
+        *w, [&] { return done.load(); }, 3000, "the answer");
+    cli.join();
+    cr_assert(got.ok(), "%s", got.ok() ? "" : got.error().message.c_str());
+    cr_assert(got->ok);
+    cr_assert_eq(got->generation, 3u);
+    cr_assert(got->text.find("needs a restart") != std::string::npos);
+    (*s)->stop();
 }
