@@ -26,20 +26,11 @@ namespace runewarp::cli {
 
 namespace {
 
+using core::base_of;
+using core::dir_of;
+
 const char* role_name(config::Role r) {
     return r == config::Role::kServer ? "server" : "client";
-}
-
-std::string dir_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 void replace_all(std::string& s, const std::string& from, const std::string& to) {

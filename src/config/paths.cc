@@ -7,10 +7,13 @@
 #include <cstdlib>
 
 #include "config/registry.hh"
+#include "core/file.hh"
 
 namespace runewarp::config {
 
 namespace {
+
+using core::dir_of;
 
 std::string env_or_empty(const char* name) {
     const char* v = std::getenv(name);
@@ -27,14 +30,6 @@ std::string join(const std::string& base, const std::string& rel) {
     if (base.back() == '/') return base + rel;
     return base + "/" + rel;
 }
-
-std::string dir_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
-}
-
 }  // namespace
 
 Env Env::from_process() {

@@ -54,4 +54,16 @@ Result<std::string> read_file(const std::string& path, std::size_t max_bytes, st
     return std::move(**r);
 }
 
+std::string dir_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    if (slash == std::string::npos) return ".";
+    if (slash == 0) return "/";
+    return path.substr(0, slash);
+}
+
+std::string base_of(const std::string& path) {
+    auto slash = path.rfind('/');
+    return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
 }  // namespace runewarp::core

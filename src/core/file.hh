@@ -20,6 +20,11 @@ inline constexpr std::size_t kMaxSmallFile = std::size_t{1} << 20;
 Result<std::string> read_file(const std::string& path, std::size_t max_bytes = kMaxSmallFile,
                               struct stat* info = nullptr);
 
+// The directory part of a path ("." without a slash, "/" for a file in the root) and the last
+// component.
+std::string dir_of(const std::string& path);
+std::string base_of(const std::string& path);
+
 // Like read_file, but a missing file is nullopt instead of an error.
 Result<std::optional<std::string>> read_file_if_exists(const std::string& path,
                                                        std::size_t max_bytes = kMaxSmallFile,

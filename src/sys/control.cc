@@ -15,6 +15,7 @@
 #include <unordered_map>
 
 #include "core/clock.hh"
+#include "core/file.hh"
 #include "core/unique_fd.hh"
 
 namespace runewarp::sys {
@@ -32,13 +33,6 @@ Result<sockaddr_un> unix_address(const std::string& path) {
         return Error::msg("control socket path too long or empty: " + path);
     std::memcpy(a.sun_path, path.data(), path.size());
     return a;
-}
-
-std::string parent_dir(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
 }
 
 class ControlServerImpl;
@@ -168,7 +162,7 @@ void Peer::on_quiesced() noexcept {
 Result<void> ControlServerImpl::bind_and_listen() {
     auto addr = unix_address(path_);
     if (!addr) return std::move(addr).error();
-    std::string dir = parent_dir(path_);
+    std::string dir = core::dir_of(path_);
     if (::mkdir(dir.c_str(), 0700) != 0 && errno != EEXIST)
         return Error::sys(errno, "cannot create the control socket directory " + dir);
 

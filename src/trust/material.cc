@@ -16,24 +16,15 @@ namespace runewarp::trust {
 
 namespace {
 
+using core::base_of;
+using core::dir_of;
+
 std::atomic<unsigned> g_tmp_counter{0};
 
 // close(2) reports deferred write errors on some filesystems (NFS): a file that was written must
 // be closed explicitly and the result checked, not left to the destructor.
 int close_reporting(core::UniqueFd& fd) noexcept {
     return ::close(fd.release());
-}
-
-std::string dir_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    if (slash == std::string::npos) return ".";
-    if (slash == 0) return "/";
-    return path.substr(0, slash);
-}
-
-std::string base_of(const std::string& path) {
-    auto slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 Result<void> write_all_and_sync(int fd, std::string_view content, const std::string& path) {
