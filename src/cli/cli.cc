@@ -10,6 +10,7 @@
 #include "cli/config_tools.hh"
 #include "cli/identity_cmd.hh"
 #include "cli/public_cert_cmd.hh"
+#include "cli/reload_cmd.hh"
 #include "cli/server_cmd.hh"
 #include "runewarp_version.h"
 
@@ -352,6 +353,26 @@ CommandSpec build_tree() {
         .subcommands = {server_cert_group()},
         .handler = run_server_command,
     };
+    CommandSpec reload{
+        .name = "reload",
+        .summary = "Apply a changed configuration to the running daemon without a restart",
+        .description =
+            "Checks the file by the `config check` rules (problems: the report, exit 1), then "
+            "asks\n"
+            "the running daemon of the role over its control socket ($RUNTIME_DIRECTORY/\n"
+            "control.sock, else /run/runewarp-ROLE/control.sock as root, else\n"
+            "$XDG_RUNTIME_DIR/runewarp-ROLE/control.sock) to reload it, and waits for the answer:\n"
+            "`reloaded: generation N` and any notes (exit 0), or the daemon's problems (exit 1;\n"
+            "the previous configuration keeps serving). Without --role the role is the one whose\n"
+            "section the file has. SIGHUP reloads too, without an answer.",
+        .flags =
+            {
+                config_file_flag("Config file the daemon runs with (default: found as the "
+                                 "daemon finds it)"),
+                role_flag("Reload this role's daemon"),
+            },
+        .handler = run_reload,
+    };
     CommandSpec help{
         .name = "help",
         .summary = "Print help for runewarp or for a command",
@@ -368,8 +389,8 @@ CommandSpec build_tree() {
         .summary = {},
         .description = kTopDescription,
         .flags = {FlagSpec{.long_name = "version", .short_name = 'V', .help = "Print version"}},
-        .subcommands = {std::move(server), client_group(), std::move(config), std::move(help),
-                        std::move(version)},
+        .subcommands = {std::move(server), client_group(), std::move(config), std::move(reload),
+                        std::move(help), std::move(version)},
         .handler = run_root,
     };
 }

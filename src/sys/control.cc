@@ -253,9 +253,11 @@ std::string control_socket_path(std::string_view role) {
         if (auto colon = dir.find(':'); colon != std::string::npos) dir.resize(colon);
         return dir + "/control.sock";
     }
-    if (::geteuid() == 0) return "/run/runewarp/" + std::string(role) + ".sock";
+    // The same directory the unit's RuntimeDirectory=runewarp-<role> names, so a shell
+    // `runewarp reload` finds a daemon systemd started.
+    if (::geteuid() == 0) return "/run/runewarp-" + std::string(role) + "/control.sock";
     if (const char* x = std::getenv("XDG_RUNTIME_DIR"); x != nullptr && *x != '\0')
-        return std::string(x) + "/runewarp/" + std::string(role) + ".sock";
+        return std::string(x) + "/runewarp-" + std::string(role) + "/control.sock";
     return {};
 }
 

@@ -18,7 +18,8 @@ namespace runewarp::sys {
 
 // Where the control socket of `role` ("server" or "client") lives:
 // $RUNTIME_DIRECTORY/control.sock when the service manager set RUNTIME_DIRECTORY (its first
-// entry), else /run/runewarp/<role>.sock for root, else $XDG_RUNTIME_DIR/runewarp/<role>.sock;
+// entry), else /run/runewarp-<role>/control.sock for root, else
+// $XDG_RUNTIME_DIR/runewarp-<role>/control.sock;
 // empty when none applies.
 std::string control_socket_path(std::string_view role);
 

@@ -285,7 +285,7 @@ Test(sys, control_socket_path_prefers_the_runtime_directory) {
     cr_assert_str_eq(in_runtime_dir.c_str(), "/run/runewarp-server/control.sock");
     if (::geteuid() == 0) {
         const std::string as_root = sys::control_socket_path("client");
-        cr_assert_str_eq(as_root.c_str(), "/run/runewarp/client.sock");
+        cr_assert_str_eq(as_root.c_str(), "/run/runewarp-client/control.sock");
     }
 }
 
