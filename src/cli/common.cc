@@ -3,6 +3,7 @@
 #include "cli/common.hh"
 
 #include "obs/log.hh"
+#include "sys/role_reload.hh"
 
 namespace runewarp::cli {
 
@@ -43,27 +44,7 @@ config::LoadOptions load_options(config::Role role, const config::ConfigSelectio
 }
 
 void configure_logging(config::LogLevel level, config::LogFormat format) noexcept {
-    obs::Level l = obs::Level::kInfo;
-    switch (level) {
-        case config::LogLevel::kOff:
-            l = obs::Level::kOff;
-            break;
-        case config::LogLevel::kError:
-            l = obs::Level::kError;
-            break;
-        case config::LogLevel::kWarn:
-            l = obs::Level::kWarn;
-            break;
-        case config::LogLevel::kInfo:
-            l = obs::Level::kInfo;
-            break;
-        case config::LogLevel::kDebug:
-        case config::LogLevel::kTrace:
-            l = obs::Level::kDebug;
-            break;  // trace equals debug
-    }
-    obs::configure_process_logger(
-        l, format == config::LogFormat::kJson ? obs::Format::kJson : obs::Format::kText);
+    sys::configure_logging(level, format);
 }
 
 }  // namespace runewarp::cli

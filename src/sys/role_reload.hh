@@ -9,6 +9,7 @@
 #include <string>
 #include <string_view>
 
+#include "config/config.hh"
 #include "core/worker.hh"
 #include "obs/log.hh"
 #include "runewarp/result.hh"
@@ -48,6 +49,10 @@ private:
     std::unique_ptr<Reloader> reloader_;
     std::unique_ptr<ControlServer> control_;
 };
+
+// The process logger's level and format from a validated config (startup, and every reload:
+// log-level applies at once).
+void configure_logging(config::LogLevel level, config::LogFormat format) noexcept;
 
 // Whether `a` and `b` name the same existing file (same device and inode); false when either
 // cannot be read.

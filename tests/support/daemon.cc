@@ -14,11 +14,20 @@ std::string runewarp_binary() {
     return b && *b ? std::string(b) : std::string("build/runewarp");
 }
 
+std::string Daemon::runtime_dir() const {
+    return opts_.log_path + ".run";
+}
+
 Daemon::Daemon(DaemonOptions opts) : opts_(std::move(opts)) {
     if (opts_.log_path.empty()) throw std::runtime_error("Daemon: log_path is required");
     SpawnOptions so;
     so.argv = opts_.argv;
     so.env = opts_.env;
+    // Every daemon gets a runtime directory of its own, as systemd's RuntimeDirectory= gives
+    // each unit: daemons of parallel tests never share a control socket.
+    bool has_runtime_dir = false;
+    for (const auto& e : so.env) has_runtime_dir |= e.rfind("RUNTIME_DIRECTORY=", 0) == 0;
+    if (!has_runtime_dir) so.env.push_back("RUNTIME_DIRECTORY=" + runtime_dir());
     so.out = Output::file(opts_.log_path);
     so.err = Output::same_as_stdout();
     proc_ = Process::spawn(std::move(so));

@@ -38,6 +38,9 @@ public:
     const std::string& log_path() const { return opts_.log_path; }
     std::string log() const;
     bool wait_log(std::string_view needle, Millis deadline) const;
+    // RUNTIME_DIRECTORY the daemon got (<log_path>.run, unless opts.env set one): its control
+    // socket is control.sock in there.
+    std::string runtime_dir() const;
 
     // SIGTERM (graceful), then SIGKILL after `grace`; returns how it ended.
     ExitStatus stop(Millis grace = Millis{5000}) { return proc_.stop(grace); }
