@@ -23,7 +23,7 @@ int run_server_command(const Invocation& inv, Console& console) {
         console.err(config::format_report(config::Role::kServer, selection->path, checked.report));
         return kExitFailure;
     }
-    const preflight::ServerStartup& start = *checked.startup;
+    preflight::ServerStartup& start = *checked.startup;
     configure_logging(start.config.log_level, start.config.log_format);
     if (start.config.acme) {
         // Runtime only: a default state directory is created now (0700), an explicit one must
@@ -33,7 +33,7 @@ int run_server_command(const Invocation& inv, Console& console) {
             return kExitFailure;
         }
     }
-    return server::run_server(start.config, start.tunnel_cert ? &*start.tunnel_cert : nullptr);
+    return server::run_server(options, std::move(start));
 }
 
 }  // namespace runewarp::cli

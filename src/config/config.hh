@@ -80,6 +80,7 @@ struct Acme {
     bool state_dir_is_default = true;  // default dirs are created at startup after validation
     std::string directory_url;         // https:// URL; default Let's Encrypt production
     std::string ca_file;               // PEM roots for the ACME HTTPS; empty = system trust
+    bool operator==(const Acme&) const = default;
 };
 
 struct Control {

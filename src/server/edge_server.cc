@@ -12,6 +12,7 @@
 
 #include "acme/state.hh"
 #include "core/clock.hh"
+#include "server/reload_plan.hh"
 #include "sys/limits.hh"
 #include "sys/systemd.hh"
 
@@ -24,15 +25,24 @@ constexpr uint32_t kPipeSize = 256 * 1024;
 constexpr int64_t kCloseFlushNs = 100'000'000;
 // Sessions of the server itself that outlive the Visitors: control and shutdown.
 constexpr uint32_t kOwnSessions = 2;
+// How long a reload waits for its upstream names before it gives up (as at startup).
+constexpr int64_t kReloadResolveNs = 10'000'000'000;
 
 }  // namespace
 
 void ControlSession::on_event(const core::Completion& c) noexcept {
     if (c.token.op == kOpCertCheck) server_.on_cert_check();
+    if (c.token.op == kOpReloadDeadline) server_.on_reload_deadline();
 }
 
-EdgeServer::EdgeServer(const config::ServerConfig& cfg, obs::Logger& log)
-    : cfg_(cfg), log_(log), admission_log_(log), intake_pool_(kMaxIdleIntake), cert_watch_(log) {}
+EdgeServer::EdgeServer(std::shared_ptr<const config::ServerConfig> cfg, obs::Logger& log,
+                       config::LoadOptions options)
+    : cfg_(std::move(cfg)),
+      log_(log),
+      options_(std::move(options)),
+      admission_log_(log),
+      intake_pool_(kMaxIdleIntake),
+      cert_watch_(log) {}
 
 EdgeServer::~EdgeServer() {
     // The manager thread posts into the mailbox and reads the board: it goes first.
@@ -43,11 +53,12 @@ EdgeServer::~EdgeServer() {
     tunnel_.reset();
 }
 
-Result<std::unique_ptr<EdgeServer>> EdgeServer::create(const config::ServerConfig& cfg,
-                                                       const trust::ServerCertMaterial* tunnel_cert,
-                                                       obs::Logger& log) {
+Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
+    std::shared_ptr<const config::ServerConfig> cfg_ptr,
+    const trust::ServerCertMaterial* tunnel_cert, obs::Logger& log, config::LoadOptions options) {
     sys::raise_nofile_limit();
-    std::unique_ptr<EdgeServer> s(new EdgeServer(cfg, log));
+    std::unique_ptr<EdgeServer> s(new EdgeServer(cfg_ptr, log, std::move(options)));
+    const config::ServerConfig& cfg = *cfg_ptr;
 
     core::WorkerOptions wo;
     wo.loop.choice = sys::backend_choice(cfg.event_backend);
@@ -185,7 +196,8 @@ int EdgeServer::run() noexcept {
         }
         acme_->start();
     }
-    sys::notify_ready("serving: public " + public_->bind_text());
+    start_reload();
+    sys::notify_ready(status_text());
 
     while (!shutdown_->finished()) {
         auto r = worker_->run_once(-1);
@@ -272,10 +284,19 @@ void EdgeServer::on_listener_closed(Listener& l) noexcept {
 }
 
 void EdgeServer::on_signal(const signalfd_siginfo& info) noexcept {
+    if (info.ssi_signo == SIGHUP) {
+        // Reload (spec 10.1); ignored once shutdown began.
+        if (reload_ != nullptr && !shutting_down()) reload_->on_sighup();
+        return;
+    }
     shutdown_->on_signal(static_cast<int>(info.ssi_signo));
 }
 
 void EdgeServer::stop_ingress() noexcept {
+    // No reload during shutdown: requesters still waiting are told so, a half-done one is
+    // dropped (the running configuration stays until the end).
+    if (reload_ != nullptr) reload_->stop();
+    if (pending_reload_ != nullptr) abandon_reload("the daemon is shutting down");
     // No certificate work during shutdown: the manager stops (its thread joins) and whatever it
     // still posts is dropped.
     if (acme_ != nullptr) acme_->stop();
@@ -336,14 +357,14 @@ void EdgeServer::on_cert_check() noexcept {
 }
 
 Result<void> EdgeServer::create_acme() {
-    const config::Acme& a = *cfg_.acme;
+    const config::Acme& a = *cfg_->acme;
     auto mb = core::Mailbox::create(*worker_);
     if (!mb) return Error::msg("acme mailbox: " + mb.error().message);
     mailbox_ = std::move(*mb);
     acme_board_ = std::make_shared<acme::ChallengeBoard>();
 
     acme::ManagerOptions mo =
-        acme::manager_options(acme::Role::kServer, cfg_.hostname, a, log_.options());
+        acme::manager_options(acme::Role::kServer, cfg_->hostname, a, log_.options());
 
     // Both run on the manager thread: hand over to the loop and return at once.
     core::Mailbox* mailbox = mailbox_.get();
@@ -364,11 +385,11 @@ Result<void> EdgeServer::create_acme() {
 void EdgeServer::on_acme_certificate(const acme::Certificate& cert) noexcept {
     // The file the manager caches it in (the expiry lines name it).
     const std::string path =
-        cfg_.acme ? acme::certificate_path(cfg_.acme->state_dir, cfg_.hostname) : std::string();
+        cfg_->acme ? acme::certificate_path(cfg_->acme->state_dir, cfg_->hostname) : std::string();
     if (tunnel_ != nullptr) {
         if (auto r = tunnel_->set_certificate(path, cert.cert_pem, cert.key_pem, cert.not_after);
             !r) {
-            log_.error("server certificate load failed", {{"server-hostname", cfg_.hostname}},
+            log_.error("server certificate load failed", {{"server-hostname", cfg_->hostname}},
                        r.error().message);
             return;
         }
@@ -383,10 +404,154 @@ void EdgeServer::on_acme_fatal() noexcept {
     shutdown_->begin(OrderlyShutdown::Mode::kFast);
 }
 
-int run_server(const config::ServerConfig& cfg,
-               const trust::ServerCertMaterial* tunnel_cert) noexcept {
+std::string EdgeServer::status_text() const {
+    std::string s = "serving: public " + (public_ != nullptr ? public_->bind_text() : "closed");
+    if (reload_ != nullptr && reload_->generation() > 1)
+        s += "; config generation " + std::to_string(reload_->generation());
+    return s;
+}
+
+void EdgeServer::start_reload() noexcept {
+    config::LoadOptions options = options_;
+    auto check = [options]() -> sys::Reloader::Prepared {
+        auto c = preflight::check_server(options);
+        if (!c.ok())
+            return {nullptr, config::format_report(config::Role::kServer, options.path, c.report)};
+        return {std::make_shared<preflight::ServerStartup>(std::move(*c.startup)), {}};
+    };
+    auto apply = [this](std::shared_ptr<void> snap, sys::Reloader::Done done) {
+        apply_reload(std::static_pointer_cast<preflight::ServerStartup>(std::move(snap)),
+                     std::move(done));
+    };
+    auto r = sys::RoleReload::start(*worker_, log_, "server", cfg_->config_path, std::move(check),
+                                    std::move(apply), [this] { return status_text(); });
+    if (!r) {
+        log_.warn("server reload unavailable", {}, r.error().message);
+        return;
+    }
+    reload_ = std::move(*r);
+}
+
+void EdgeServer::apply_reload(std::shared_ptr<preflight::ServerStartup> snap,
+                              sys::Reloader::Done done) noexcept {
+    if (shutting_down()) return done(Error::msg("the daemon is shutting down"));
+    // Replaced resolvers quiesced long ago (a reload check runs on another thread first).
+    retired_upstreams_.clear();
+    auto p = std::make_unique<PendingReload>();
+    auto next = std::make_shared<config::ServerConfig>(std::move(snap->config));
+    p->notes = keep_restart_only(*cfg_, *next, tunnel_ != nullptr);
+    for (const std::string& n : p->notes) log_.warn("server reload needs a restart", {}, n);
+    p->tunnel_cert = std::move(snap->tunnel_cert);
+    p->routes = RouteTable::build(*next);
+    p->cfg = std::move(next);
+    p->done = std::move(done);
+    // Every upstream name is looked up again; one that fails keeps the addresses it had.
+    p->upstreams =
+        std::make_unique<UpstreamResolver>(*worker_, *resolver_, log_, p->routes, routes_);
+    if (!p->upstreams->start()) {
+        auto d = std::move(p->done);
+        return d(Error::msg("event loop: no slot for the upstream resolver"));
+    }
+    pending_reload_ = std::move(p);
+    if (pending_reload_->upstreams->initial_done()) return finish_reload();
+    pending_reload_->upstreams->on_initial_done([this] { finish_reload(); });
+    reload_deadline_ =
+        control_->arm_timer(ControlSession::kOpReloadDeadline, core::now_ns() + kReloadResolveNs);
+    reload_deadline_armed_ = true;
+}
+
+void EdgeServer::on_reload_deadline() noexcept {
+    reload_deadline_armed_ = false;
+    if (pending_reload_ != nullptr)
+        abandon_reload("upstream addresses did not resolve within 10 s; nothing was changed");
+}
+
+void EdgeServer::abandon_reload(std::string why) noexcept {
+    if (reload_deadline_armed_) {
+        worker_->cancel_timer(reload_deadline_);
+        reload_deadline_armed_ = false;
+    }
+    std::unique_ptr<PendingReload> p = std::move(pending_reload_);
+    p->upstreams->stop();
+    retired_upstreams_.push_back(std::move(p->upstreams));
+    if (p->done) p->done(Error::msg(std::move(why)));
+}
+
+void EdgeServer::finish_reload() noexcept {
+    if (pending_reload_ == nullptr) return;
+    if (!pending_reload_->upstreams->initial_error().empty())
+        return abandon_reload(pending_reload_->upstreams->initial_error());
+    if (reload_deadline_armed_) {
+        worker_->cancel_timer(reload_deadline_);
+        reload_deadline_armed_ = false;
+    }
+    std::unique_ptr<PendingReload> p = std::move(pending_reload_);
+    const config::ServerConfig& next = *p->cfg;
+    auto fail = [&](std::string why) {
+        p->upstreams->stop();
+        retired_upstreams_.push_back(std::move(p->upstreams));
+        p->done(Error::msg(std::move(why)));
+    };
+
+    // First what can fail, so a failure leaves the running configuration whole.
+    bool new_front = false;
+    const bool manual_cert = acme_ == nullptr && p->tunnel_cert.has_value();
+    if (!next.tunnels.empty() && tunnel_ == nullptr) {
+        // The first [tunnel]: the tunnel listener starts now.
+        if (acme_ == nullptr && !manual_cert)
+            return fail("no checked Server certificate for the tunnel");
+        auto t = TunnelFront::create(*worker_, next, manual_cert ? &*p->tunnel_cert : nullptr, log_,
+                                     admission_log_, core::UniqueFd());
+        if (!t) return fail(t.error().message);
+        tunnel_ = std::move(*t);
+        new_front = true;
+        log_.info("server tunnel listener ready", {{"bind-address", tunnel_->bind_text()}});
+        if (acme_ != nullptr) {
+            if (auto cached = acme_->cached()) on_acme_certificate(*cached);
+        }
+    } else if (tunnel_ != nullptr && manual_cert) {
+        // Manual cert-dir: the certificate as the check loaded it serves new handshakes;
+        // established Tunnel connections keep theirs.
+        const trust::ServerCertMaterial& c = *p->tunnel_cert;
+        if (auto r =
+                tunnel_->set_certificate(c.cert_path, c.cert_pem, c.key_pem, c.validity.not_after);
+            !r)
+            return fail(r.error().message);
+    }
+    if (tunnel_ != nullptr && manual_cert) {
+        cert_watch_.replace(tunnel_->cert_path(), tunnel_->cert_not_after(),
+                            CertExpiryWatch::Source::kManual);
+        if (!cert_check_armed_) on_cert_check();
+    }
+
+    // Then the swap: new Visitors see the new routes, Tunnels and pins together; Visitors in
+    // flight keep the table and configuration they started with.
+    routes_ = p->routes;
+    if (upstreams_ != nullptr) {
+        upstreams_->stop();
+        retired_upstreams_.push_back(std::move(upstreams_));
+    }
+    upstreams_ = std::move(p->upstreams);
+    size_t revoked = 0;
+    if (tunnel_ != nullptr && !new_front) revoked = tunnel_->set_auth_table(AuthTable::build(next));
+    sys::configure_logging(next.log_level, next.log_format);
+    shutdown_->set_graceful_ms(next.graceful_shutdown_ms);
+    cfg_ = p->cfg;
+    log_.info("server configuration applied",
+              {{"routes", static_cast<uint64_t>(next.routes.size())},
+               {"tunnels", static_cast<uint64_t>(next.tunnels.size())},
+               {"revoked-connections", static_cast<uint64_t>(revoked)}});
+    std::string notes;
+    for (const std::string& n : p->notes) notes += n + "\n";
+    p->done(std::move(notes));
+}
+
+int run_server(const config::LoadOptions& options, preflight::ServerStartup startup) noexcept {
     obs::Logger& log = obs::process_logger();
-    auto s = EdgeServer::create(cfg, tunnel_cert, log);
+    auto cfg = std::make_shared<const config::ServerConfig>(std::move(startup.config));
+    const trust::ServerCertMaterial* tunnel_cert =
+        startup.tunnel_cert ? &*startup.tunnel_cert : nullptr;
+    auto s = EdgeServer::create(cfg, tunnel_cert, log, options);
     if (!s) {
         log.error("server startup failed", {}, s.error().message);
         return 1;

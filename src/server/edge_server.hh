@@ -6,6 +6,7 @@
 #include <array>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -18,6 +19,7 @@
 #include "core/worker.hh"
 #include "net/resolver.hh"
 #include "obs/log.hh"
+#include "preflight/preflight.hh"
 #include "server/admission.hh"
 #include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
@@ -28,6 +30,7 @@
 #include "server/tunnel_registry.hh"
 #include "server/upstream_resolver.hh"
 #include "server/visitor.hh"
+#include "sys/role_reload.hh"
 #include "sys/watchdog.hh"
 
 namespace runewarp::server {
@@ -40,7 +43,7 @@ class ControlSession final : public core::Session {
 public:
     ControlSession(core::Worker& w, EdgeServer& server) noexcept
         : core::Session(w), server_(server) {}
-    enum Op : uint8_t { kOpCertCheck = 2 };
+    enum Op : uint8_t { kOpCertCheck = 2, kOpReloadDeadline = 3 };
 
 protected:
     void on_event(const core::Completion& c) noexcept override;
@@ -61,9 +64,12 @@ public:
     // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
     // `tunnel_cert`: the Server certificate as the startup rules checked and loaded it (required
     // when a Tunnel is configured).
-    static Result<std::unique_ptr<EdgeServer>> create(const config::ServerConfig& cfg,
-                                                      const trust::ServerCertMaterial* tunnel_cert,
-                                                      obs::Logger& log);
+    // `options`: how the config was loaded, to load it again on reload (SIGHUP, `runewarp
+    // reload`).
+    static Result<std::unique_ptr<EdgeServer>> create(
+        std::shared_ptr<const config::ServerConfig> cfg,
+        const trust::ServerCertMaterial* tunnel_cert, obs::Logger& log,
+        config::LoadOptions options = {});
     ~EdgeServer();
 
     // Serves until orderly shutdown completes. Returns the process exit code.
@@ -75,7 +81,13 @@ public:
     Admission& admission() noexcept { return admission_; }
     AdmissionLog& admission_log() noexcept { return admission_log_; }
     core::PipePool& pipes() noexcept { return *pipes_; }
-    const config::ServerConfig& config() const noexcept { return cfg_; }
+    // The configuration serving now; a Visitor keeps the snapshot it started with.
+    const config::ServerConfig& config() const noexcept { return *cfg_; }
+    const std::shared_ptr<const config::ServerConfig>& config_snapshot() const noexcept {
+        return cfg_;
+    }
+    // The configuration generation (1 = as started; each applied reload adds one).
+    uint64_t generation() const noexcept { return reload_ ? reload_->generation() : 1; }
     const std::shared_ptr<const RouteTable>& routes() const noexcept { return routes_; }
     bool shutting_down() const noexcept { return shutdown_->started(); }
     // Null when no Tunnel is configured.
@@ -104,9 +116,12 @@ public:
     void on_acme_certificate(const acme::Certificate& cert) noexcept;
     // Loop thread: the ACME manager cannot go on; fast shutdown, exit 1.
     void on_acme_fatal() noexcept;
+    // The 10 s bound on resolving a reload's new upstream names ran out.
+    void on_reload_deadline() noexcept;
 
 private:
-    EdgeServer(const config::ServerConfig& cfg, obs::Logger& log);
+    EdgeServer(std::shared_ptr<const config::ServerConfig> cfg, obs::Logger& log,
+               config::LoadOptions options);
     void on_signal(const signalfd_siginfo& info) noexcept override;
 
     // Resolves every upstream name of the route table before serving (startup fails when one
@@ -114,6 +129,24 @@ private:
     Result<void> resolve_upstreams();
     // [server.acme]: the challenge board, the mailbox and the manager (not started yet).
     Result<void> create_acme();
+
+    // Reload (spec 10.1): the checked snapshot is applied in two steps — its upstream names are
+    // resolved first (the old configuration serves meanwhile, at most 10 s), then everything
+    // is swapped at once.
+    void start_reload() noexcept;
+    void apply_reload(std::shared_ptr<preflight::ServerStartup> snap,
+                      sys::Reloader::Done done) noexcept;
+    void finish_reload() noexcept;
+    void abandon_reload(std::string why) noexcept;
+    std::string status_text() const;
+    struct PendingReload {
+        std::shared_ptr<const config::ServerConfig> cfg;
+        std::optional<trust::ServerCertMaterial> tunnel_cert;
+        std::shared_ptr<const RouteTable> routes;
+        std::unique_ptr<UpstreamResolver> upstreams;
+        std::vector<std::string> notes;
+        sys::Reloader::Done done;
+    };
 
     // ListenerOwner
     void on_accept(Listener& l, int fd) noexcept override;
@@ -129,8 +162,9 @@ private:
     uint64_t tunnel_connections() const noexcept override;
     void close_tunnel_connections() noexcept override;
 
-    const config::ServerConfig& cfg_;
+    std::shared_ptr<const config::ServerConfig> cfg_;
     obs::Logger& log_;
+    config::LoadOptions options_;
     std::unique_ptr<core::Worker> worker_;
     std::unique_ptr<net::Resolver> resolver_;
     std::shared_ptr<const RouteTable> routes_;
@@ -163,12 +197,17 @@ private:
     std::shared_ptr<acme::ChallengeBoard> acme_board_;
     std::unique_ptr<core::Mailbox> mailbox_;
     std::unique_ptr<acme::Manager> acme_;
+    std::unique_ptr<sys::RoleReload> reload_;
+    std::unique_ptr<PendingReload> pending_reload_;
+    core::TimerHandle reload_deadline_{};
+    bool reload_deadline_armed_ = false;
+    // Resolvers of replaced route tables: stopped, freed once they have quiesced.
+    std::vector<std::unique_ptr<UpstreamResolver>> retired_upstreams_;
 };
 
-// `runewarp server`: loads nothing itself; runs the edge for an already validated config.
-// Runs the Server for a config that passed preflight::check_server, serving `tunnel_cert` (the
-// certificate it loaded; null without a Tunnel). Returns the process exit code.
-int run_server(const config::ServerConfig& cfg,
-               const trust::ServerCertMaterial* tunnel_cert) noexcept;
+// `runewarp server`: runs the edge for what preflight::check_server(options) accepted (the
+// config and the certificate it loaded; no certificate without a Tunnel). A reload applies
+// check_server(options) again. Returns the process exit code.
+int run_server(const config::LoadOptions& options, preflight::ServerStartup startup) noexcept;
 
 }  // namespace runewarp::server

@@ -31,10 +31,6 @@ void OrderlyShutdown::on_signal(int signo) noexcept {
                 escalate_fast();
             }
             break;
-        case SIGHUP:
-            log_.warn("server config reload not supported", {},
-                      "restart the service to apply configuration changes");
-            break;
         default:
             break;
     }

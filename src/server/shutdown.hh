@@ -49,6 +49,10 @@ public:
     void on_signal(int signo) noexcept;
     // Starts the sequence (once); a graceful window of 0 makes graceful behave like fast.
     void begin(Mode mode) noexcept;
+    // Reload: the graceful window for a shutdown that has not begun yet.
+    void set_graceful_ms(uint64_t ms) noexcept {
+        if (!started()) graceful_ms_ = ms;
+    }
     // Something the sequence waits for went away: take the next step if it can.
     void progress() noexcept;
 

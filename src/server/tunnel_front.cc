@@ -103,6 +103,16 @@ void TunnelFront::close_all() noexcept {
     if (listener_ != nullptr) listener_->close_all(quic::kAppCloseCode, "graceful shutdown");
 }
 
+size_t TunnelFront::set_auth_table(std::shared_ptr<const AuthTable> table) noexcept {
+    auto revoked = registry_->replace_table(std::move(table));
+    for (auto& m : revoked) {
+        auto* c = static_cast<quic::Connection*>(m->connection);
+        revoked_.push_back(m);
+        if (c != nullptr) c->close(quic::kAppCloseCode, "authorization revoked");
+    }
+    return revoked.size();
+}
+
 bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
     // Decided inside the handshake: a refusal reaches the Client as CRYPTO_ERROR 0x0131.
     auto id = trust::identity_of_certificate_der(leaf_der);
@@ -191,6 +201,16 @@ void TunnelFront::on_closed(quic::Connection& c, const quic::CloseInfo& info) no
     std::shared_ptr<TunnelMember> hold;
     for (auto& p : registry_->all())
         if (p.get() == m) hold = p;
+    for (auto it = revoked_.begin(); it != revoked_.end(); ++it) {
+        if (it->get() == m) {
+            hold = std::move(*it);
+            revoked_.erase(it);
+            m->connection = nullptr;
+            log_.info("server tunnel connection closed",
+                      {{"client-identity", m->identity}, {"reason", "authorization-revoked"}});
+            break;
+        }
+    }
     registry_->leave(*m, drop_cause(info));
     wake_waiters(*m);  // each sees a dead member and drops its Visitor
 }

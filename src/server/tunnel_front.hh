@@ -8,6 +8,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "config/config.hh"
 #include "core/unique_fd.hh"
@@ -50,6 +51,11 @@ public:
     Result<void> set_certificate(std::string path, std::string_view cert_pem,
                                  std::string_view key_pem, std::time_t not_after);
 
+    // Reload: the new authorization table for handshakes and pools; connections of identities
+    // it no longer authorizes close with application 0 `authorization revoked` (spec 5.9).
+    // Returns how many were closed.
+    size_t set_auth_table(std::shared_ptr<const AuthTable> table) noexcept;
+
     // Every connection closes with application 0 `graceful shutdown` (orderly shutdown).
     void close_all() noexcept;
     // Drops the listener and whatever lingers in a closing period (after the close flush).
@@ -77,6 +83,8 @@ private:
     std::unique_ptr<TunnelRegistry> registry_;
     std::unique_ptr<quic::ServerTls> tls_;
     std::unique_ptr<quic::Listener> listener_;
+    // Revoked members stay alive until their connection reports closed (it points at them).
+    std::vector<std::shared_ptr<TunnelMember>> revoked_;
     std::string bind_text_;
     std::string cert_path_;
     std::time_t cert_not_after_ = 0;

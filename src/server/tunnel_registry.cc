@@ -131,6 +131,49 @@ void TunnelRegistry::leave(TunnelMember& m, std::string_view cause) {
     }
 }
 
+std::vector<std::shared_ptr<TunnelMember>> TunnelRegistry::replace_table(
+    std::shared_ptr<const AuthTable> table) {
+    std::vector<std::shared_ptr<TunnelMember>> revoked;
+    std::vector<Pool> pools(table->tunnel_count());
+    // Placement counters follow their Tunnel's label.
+    for (size_t i = 0; i < pools.size(); ++i) {
+        int old = table_->tunnel_index(table->label(i));
+        if (old >= 0) pools[i].counter = pools_[static_cast<size_t>(old)].counter;
+    }
+    for (Pool& pool : pools_) {
+        for (auto& m : pool.members) {
+            int t = table->tunnel_of(m->identity);
+            if (t >= 0) {
+                if (log_ != nullptr && table->label(static_cast<size_t>(t)) !=
+                                           table_->label(static_cast<size_t>(m->tunnel))) {
+                    log_->info("server tunnel connection moved",
+                               {{"client-identity", m->identity},
+                                {"from-tunnel", table_->label(static_cast<size_t>(m->tunnel))},
+                                {"tunnel", table->label(static_cast<size_t>(t))}});
+                }
+                m->tunnel = t;
+                pools[static_cast<size_t>(t)].members.push_back(std::move(m));
+                continue;
+            }
+            m->alive = false;
+            auto id = per_identity_.find(m->identity);
+            if (id != per_identity_.end() && --id->second == 0) per_identity_.erase(id);
+            if (total_ > 0) --total_;
+            if (log_ != nullptr) {
+                log_->warn("server tunnel connection revoked",
+                           {{"client-identity", m->identity},
+                            {"tunnel", table_->label(static_cast<size_t>(m->tunnel))}},
+                           "the identity is no longer in any [tunnel]; closing with "
+                           "\"authorization revoked\"");
+            }
+            revoked.push_back(std::move(m));
+        }
+    }
+    pools_ = std::move(pools);
+    table_ = std::move(table);
+    return revoked;
+}
+
 std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel) {
     if (tunnel < 0 || static_cast<size_t>(tunnel) >= pools_.size()) return nullptr;
     Pool& pool = pools_[static_cast<size_t>(tunnel)];

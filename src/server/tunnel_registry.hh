@@ -100,6 +100,12 @@ public:
     Join join(const std::string& identity, void* connection);
     // The member's connection ended; `cause` empty = clean close (INFO), else dropped (WARN).
     void leave(TunnelMember& m, std::string_view cause);
+    // Reload: handshakes and joins from now on use `table`. Members are re-indexed by the new
+    // table (an identity moved to another Tunnel moves with its connection); members whose
+    // identity no longer has a Tunnel leave the pools at once (WARN `server tunnel connection
+    // revoked`) and are returned, still holding their connection, for the caller to close.
+    std::vector<std::shared_ptr<TunnelMember>> replace_table(
+        std::shared_ptr<const AuthTable> table);
     // No registration after this (shutdown began).
     void seal() noexcept { sealed_ = true; }
     bool sealed() const noexcept { return sealed_; }

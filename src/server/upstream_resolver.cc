@@ -34,8 +34,13 @@ bool same_set(const std::vector<net::ResolvedAddress>& a,
 }  // namespace
 
 UpstreamResolver::UpstreamResolver(core::Worker& w, net::Resolver& resolver, obs::Logger& log,
-                                   std::shared_ptr<const RouteTable> table) noexcept
-    : core::Session(w), resolver_(resolver), log_(log), table_(std::move(table)) {}
+                                   std::shared_ptr<const RouteTable> table,
+                                   std::shared_ptr<const RouteTable> previous) noexcept
+    : core::Session(w),
+      resolver_(resolver),
+      log_(log),
+      table_(std::move(table)),
+      previous_(std::move(previous)) {}
 
 UpstreamResolver::~UpstreamResolver() = default;
 
@@ -51,7 +56,8 @@ bool UpstreamResolver::start() noexcept {
 }
 
 void UpstreamResolver::lookup(Entry& e) noexcept {
-    e.lookup = resolver_.resolve(e.route->upstream.host, e.route->upstream.port, SOCK_STREAM, *this);
+    e.lookup =
+        resolver_.resolve(e.route->upstream.host, e.route->upstream.port, SOCK_STREAM, *this);
 }
 
 void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
@@ -67,7 +73,13 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
     const DirectRoute& route = *e.route;
     if (!r.error.empty()) {
         e.due_ns = now + kRetryNs;
-        if (first && initial_error_.empty()) {
+        AddressSet kept = first ? previous_addresses(route) : nullptr;
+        if (kept != nullptr) {
+            route.addresses = std::move(kept);
+            log_.warn("server route upstream resolution failed",
+                      {{"route", route.label}, {"upstream-address", route.upstream_text}},
+                      r.error + "; the previous addresses stay in use");
+        } else if (first && initial_error_.empty()) {
             initial_error_ = "route \"" + route.label + "\": upstream-address " +
                              route.upstream_text + ": cannot resolve " + route.upstream.host +
                              ": " + r.error;
@@ -100,6 +112,22 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
         }
     }
     arm();
+    if (first && initial_left_ == 0) {
+        // Whatever the hook does (a reload swapping tables), the first round is over; the
+        // previous table is no longer needed.
+        previous_.reset();
+        if (auto f = std::move(initial_done_fn_)) f();
+    }
+}
+
+AddressSet UpstreamResolver::previous_addresses(const DirectRoute& route) const noexcept {
+    if (previous_ == nullptr) return nullptr;
+    for (const auto& r : previous_->routes()) {
+        if (r->addresses != nullptr && r->upstream.host == route.upstream.host &&
+            r->upstream.port == route.upstream.port)
+            return r->addresses;
+    }
+    return nullptr;
 }
 
 void UpstreamResolver::arm() noexcept {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -18,8 +19,12 @@ namespace runewarp::server {
 
 class UpstreamResolver final : public core::Session, private net::ResolveListener {
 public:
+    // `previous` (reload): the table serving until this one replaces it. A name whose first
+    // lookup fails keeps the addresses the previous table has for the same upstream (WARN)
+    // instead of failing; only a name new to this table fails.
     UpstreamResolver(core::Worker& w, net::Resolver& resolver, obs::Logger& log,
-                     std::shared_ptr<const RouteTable> table) noexcept;
+                     std::shared_ptr<const RouteTable> table,
+                     std::shared_ptr<const RouteTable> previous = nullptr) noexcept;
     ~UpstreamResolver() override;
 
     // Starts the first resolution of every upstream name (false: no handler slot).
@@ -28,6 +33,9 @@ public:
     bool initial_done() const noexcept { return initial_left_ == 0; }
     // The first error of that first round, naming the route ("" when every name resolved).
     const std::string& initial_error() const noexcept { return initial_error_; }
+    // Called once when the first round completes (not when start() finds no name to resolve:
+    // check initial_done() after start()).
+    void on_initial_done(std::function<void()> f) { initial_done_fn_ = std::move(f); }
     // Cancels lookups and timers; the session quiesces.
     void stop() noexcept;
 
@@ -48,11 +56,14 @@ private:
     void on_event(const core::Completion& c) noexcept override;
     void on_quiesced() noexcept override {}
     void lookup(Entry& e) noexcept;
+    AddressSet previous_addresses(const DirectRoute& route) const noexcept;
     void arm() noexcept;
 
     net::Resolver& resolver_;
     obs::Logger& log_;
     std::shared_ptr<const RouteTable> table_;
+    std::shared_ptr<const RouteTable> previous_;
+    std::function<void()> initial_done_fn_;
     std::vector<Entry> entries_;
     size_t initial_left_ = 0;
     std::string initial_error_;

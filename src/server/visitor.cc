@@ -106,7 +106,8 @@ VisitorSession::~VisitorSession() {
 void VisitorSession::start() noexcept {
     started_ns_ = core::now_ns();
     holds_global_ = true;
-    const auto& cfg = server_.config();
+    cfg_ = server_.config_snapshot();
+    const auto& cfg = *cfg_;
 
     sockaddr_storage peer{}, local{};
     socklen_t plen = sizeof(peer), llen = sizeof(local);
@@ -256,8 +257,7 @@ void VisitorSession::route() noexcept {
     int one = 1;
     (void)::setsockopt(visitor_.get(), SOL_SOCKET, SO_RCVLOWAT, &one, sizeof(one));
 
-    const auto& cfg = server_.config();
-    if (sni_ == cfg.hostname) {
+    if (sni_ == cfg_->hostname) {
         // Only TLS-ALPN-01 challenges are served for the Server hostname, and only with
         // [server.acme] (manual mode cannot answer one).
         if (!acme) return fail(CloseReason::kNonAcmeServerHostname);

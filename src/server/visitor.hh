@@ -102,6 +102,8 @@ private:
     void on_stream_credit() noexcept override;
 
     EdgeServer& server_;
+    // The configuration this Visitor started under (a reload swaps the server's, not this one).
+    std::shared_ptr<const config::ServerConfig> cfg_;
     core::UniqueFd visitor_;
     core::UniqueFd upstream_;
     uint64_t conn_id_;
