@@ -73,6 +73,12 @@ public:
             if (m.find(needle) != std::string::npos) ++n;
         return n;
     }
+    // Index of the first message at or after `from` containing needle, or npos.
+    std::size_t find(const std::string& needle, std::size_t from = 0) const {
+        for (std::size_t i = from; i < messages_.size(); ++i)
+            if (messages_[i].find(needle) != std::string::npos) return i;
+        return std::string::npos;
+    }
     std::string all() const {
         std::string s;
         for (const auto& m : messages_) s += "[" + m + "]";
@@ -172,6 +178,76 @@ Test(systemd, ready_stopping_and_watchdog_notifications) {
 
     cr_assert(p.signal(SIGTERM));
     cr_assert(notify.wait_for("STOPPING=1", Millis{5000}), "%s", notify.all().c_str());
+    auto st = p.wait_exit(Millis{10000});
+    cr_assert(st && st->success());
+}
+
+// Reload under a service manager (spec 10.1, systemd 252 has no Type=notify-reload): RELOADING=1
+// with MONOTONIC_USEC before the reload, READY=1 after it, for an applied reload and a refused
+// one alike; `runewarp reload` reports each outcome through its exit code.
+Test(systemd, reload_sends_reloading_then_ready) {
+    NginxFixture nginx({.name = "alpha", .hostnames = {kApp}});
+    TempDir dir;
+    const std::uint16_t port = free_port();
+    const std::string ini = write_config(dir, nginx, port);
+    NotifySocket notify(dir / "notify.sock");
+    const std::string runtime = "RUNTIME_DIRECTORY=" + (dir / "run");
+    Process p = Process::spawn({.argv = {runewarp_binary(), "server", "-c", ini},
+                                .env = {"NOTIFY_SOCKET=" + notify.path(), runtime},
+                                .out = Output::file(dir / "runewarp.log"),
+                                .err = Output::same_as_stdout()});
+    cr_assert(notify.wait_for("READY=1", Millis{10000}), "no READY=1: %s\n%s", notify.all().c_str(),
+              read_file(dir / "runewarp.log").c_str());
+    const std::size_t first_ready = notify.find("READY=1");
+
+    RunResult ok =
+        run({runewarp_binary(), "reload", "--role", "server", "-c", ini}, Millis{30000}, {runtime});
+    cr_assert(ok.status.success(), "%s%s\n%s", ok.out.c_str(), ok.err.c_str(),
+              read_file(dir / "runewarp.log").c_str());
+    cr_assert_eq(ok.out.rfind("reloaded: generation 2", 0), 0u, "%s", ok.out.c_str());
+    // The daemon answers after READY=1 went out, so both are there now.
+    cr_assert(notify.wait_for("RELOADING=1", Millis{5000}), "%s", notify.all().c_str());
+    const std::size_t reloading = notify.find("RELOADING=1", first_ready + 1);
+    cr_assert_neq(reloading, std::string::npos, "%s", notify.all().c_str());
+    cr_assert(notify.wait_for("MONOTONIC_USEC=", Millis{0}), "%s", notify.all().c_str());
+    cr_assert(wait_until(
+                  [&] {
+                      notify.wait_for("READY=1", Millis{0});
+                      return notify.find("READY=1", reloading + 1) != std::string::npos;
+                  },
+                  Millis{5000}),
+              "no READY=1 after RELOADING=1: %s", notify.all().c_str());
+
+    // A refused reload: the same pair, and the command fails with the problems.
+    write_file(ini, read_file(ini) + "this is not ini\n");
+    RunResult bad =
+        run({runewarp_binary(), "reload", "--role", "server", "-c", ini}, Millis{30000}, {runtime});
+    cr_assert(bad.status.exited && bad.status.code == 1, "%s", bad.status.describe().c_str());
+    cr_assert_neq(bad.err.find("syntax error"), std::string::npos, "%s", bad.err.c_str());
+    // Broken on disk is caught before the daemon is asked; SIGHUP makes the daemon find it.
+    cr_assert(p.signal(SIGHUP));
+    cr_assert(wait_until(
+                  [&] {
+                      notify.wait_for("RELOADING=1", Millis{0});
+                      return notify.find("RELOADING=1", reloading + 1) != std::string::npos;
+                  },
+                  Millis{5000}),
+              "%s", notify.all().c_str());
+    const std::size_t second = notify.find("RELOADING=1", reloading + 1);
+    cr_assert(wait_until(
+                  [&] {
+                      notify.wait_for("READY=1", Millis{0});
+                      return notify.find("READY=1", second + 1) != std::string::npos;
+                  },
+                  Millis{5000}),
+              "%s", notify.all().c_str());
+    const std::string log = read_file(dir / "runewarp.log");
+    cr_assert_neq(log.find("config reloaded: generation=2"), std::string::npos, "%s", log.c_str());
+    cr_assert_neq(log.find("config reload failed"), std::string::npos, "%s", log.c_str());
+    // Still serving on the configuration it had.
+    HttpResponse r = https_get_over(tcp_connect("127.0.0.1", port), kApp, nginx.ca_file(), "/name");
+    cr_assert(r.ok, "%s", r.error.c_str());
+    cr_assert(p.signal(SIGTERM));
     auto st = p.wait_exit(Millis{10000});
     cr_assert(st && st->success());
 }

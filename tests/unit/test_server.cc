@@ -12,6 +12,7 @@
 #include "server/admission.hh"
 #include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
+#include "server/reload_plan.hh"
 #include "server/tunnel_registry.hh"
 
 using namespace runewarp;
@@ -81,6 +82,96 @@ Test(server, join_logs_membership_and_leave_distinguishes_clean_and_dropped) {
     reg.leave(*b.member, "twice");  // a second leave changes nothing
     cr_assert_eq(reg.total(), 0u);
     cr_assert_null(reg.pick("app"));
+}
+
+// Reload (spec 10.1): identities that lost their Tunnel are handed back to be closed, the rest
+// keep their connections, re-indexed by the new table (a moved identity changes pool).
+Test(server, replacing_the_auth_table_revokes_removed_identities_and_moves_the_rest) {
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), &log);
+    auto a = reg.join(ident('a'), conn(1));
+    auto b = reg.join(ident('b'), conn(2));
+    auto c = reg.join(ident('c'), conn(3));
+    cr_assert_eq(reg.total(), 3u);
+
+    // b is removed; c moves from wiki to app; a new Tunnel "docs" comes first.
+    config::ServerConfig next;
+    next.tunnels.push_back({"docs", {"docs.example.test"}, {ident('d')}});
+    next.tunnels.push_back({"app", {"app.example.test"}, {ident('a'), ident('c')}});
+    auto revoked = reg.replace_table(AuthTable::build(next));
+    cr_assert_eq(revoked.size(), 1u);
+    cr_assert_eq(revoked[0].get(), b.member.get());
+    cr_assert_eq(revoked[0]->connection, conn(2), "the caller closes the connection");
+    cr_assert_not(b.member->alive);
+    cr_assert_eq(reg.total(), 2u);
+    cr_assert_eq(reg.members(reg.table().tunnel_index("app")), 2u);
+    cr_assert_eq(reg.members(reg.table().tunnel_index("docs")), 0u);
+    cr_assert_eq(a.member->tunnel, 1);
+    cr_assert_eq(c.member->tunnel, 1);
+    cr_assert_not(reg.admits(ident('b')));
+    cr_assert(reg.admits(ident('d')));
+    cr_assert(sink.text.find("WARN server tunnel connection revoked: client-identity=" +
+                             ident('b') + " tunnel=app") != std::string::npos,
+              "%s", sink.text.c_str());
+    cr_assert(sink.text.find("server tunnel connection moved: client-identity=" + ident('c') +
+                             " from-tunnel=wiki tunnel=app") != std::string::npos,
+              "%s", sink.text.c_str());
+    // The revoked member's close later changes nothing; the others leave their new pool.
+    reg.leave(*b.member, "");
+    cr_assert_eq(reg.total(), 2u);
+    reg.leave(*c.member, "");
+    cr_assert_eq(reg.members(1), 1u);
+    cr_assert_eq(reg.pick("app").get(), a.member.get());
+    // The identity's count was released: b may join again once it is pinned again.
+    auto b2 = reg.replace_table(AuthTable::build(two_tunnels()));
+    cr_assert_eq(b2.size(), 0u);
+    cr_assert_eq(reg.join(ident('b'), conn(4)).status, JoinStatus::kJoined);
+}
+
+Test(server, reload_keeps_restart_only_keys_and_says_so) {
+    config::ServerConfig running;
+    running.hostname = "edge.example.test";
+    running.public_bind = proto::Endpoint{};
+    config::ServerConfig next = running;
+    cr_assert(keep_restart_only(running, next, true).empty(), "nothing changed: no notes");
+
+    next.visitor_proxy_v2 = true;
+    next.event_backend = config::EventBackend::kEpoll;
+    next.graceful_shutdown_ms = 5000;      // live
+    next.hostname = "other.example.test";  // live without ACME
+    auto notes = keep_restart_only(running, next, true);
+    cr_assert_eq(notes.size(), 2u);
+    cr_assert_eq(notes[0].rfind("server.visitor-proxy-protocol: changed to v2; needs a restart", 0),
+                 0u, "%s", notes[0].c_str());
+    cr_assert_eq(notes[1].rfind("event-backend: changed to epoll", 0), 0u, "%s", notes[1].c_str());
+    cr_assert_not(next.visitor_proxy_v2, "the running value stays");
+    cr_assert_eq(next.event_backend, running.event_backend);
+    cr_assert_eq(next.graceful_shutdown_ms, 5000u);
+    cr_assert_eq(next.hostname, "other.example.test");
+
+    // With ACME the manager's hostname and settings are fixed for the process.
+    running.acme.emplace();
+    running.acme->email = "ops@example.test";
+    config::ServerConfig acme = running;
+    acme.hostname = "other.example.test";
+    acme.acme->email = "new@example.test";
+    notes = keep_restart_only(running, acme, true);
+    cr_assert_eq(notes.size(), 2u);
+    cr_assert_eq(notes[0].rfind("[server.acme]: changed; needs a restart", 0), 0u, "%s",
+                 notes[0].c_str());
+    cr_assert_eq(acme.acme->email, "ops@example.test");
+    cr_assert_eq(acme.hostname, "edge.example.test");
+
+    // A Server without a tunnel listener binds the new tunnel-bind-address when a [tunnel]
+    // arrives; with one, the address is restart-only.
+    config::ServerConfig t = running;
+    t.tunnel_bind.port = 9443;
+    cr_assert(keep_restart_only(running, t, false).empty());
+    cr_assert_eq(t.tunnel_bind.port, 9443);
+    notes = keep_restart_only(running, t, true);
+    cr_assert_eq(notes.size(), 1u);
+    cr_assert_neq(notes[0].find("server.tunnel-bind-address"), std::string::npos);
 }
 
 Test(server, unmapped_and_sealed_joins_are_refused_with_their_reasons) {
