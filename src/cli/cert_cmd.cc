@@ -82,10 +82,10 @@ int run(const Invocation& inv, Console& console, Action action) {
     if (!r) return fail(console, r.error().message);
     console.out(trust::format_server_cert_summary(*r));
     if (action == Action::kRenew) {
-        // A running Server loads its certificate at startup and serves that one until it exits.
+        // A running Server serves the certificate it loaded until it is reloaded.
         console.out(
-            "A running server keeps serving the previous certificate: restart it to load the "
-            "renewed one.\n");
+            "A running server keeps serving the previous certificate until it is reloaded "
+            "(runewarp reload, or systemctl reload runewarp-server).\n");
     }
     return kExitOk;
 }

@@ -436,12 +436,15 @@ int run_config_edit(const Invocation& inv, Console& console) {
     temp.release();
     if (auto r = sync_dir(dir_of(target)); !r) return fail(console, r.error().message);
 
-    // A running daemon reads its configuration at startup: the change applies on a restart.
+    // A running daemon applies it on reload (spec 10.1), without dropping connections.
     std::string out = "saved " + path + "\nTo apply it to a running daemon:";
     for (size_t i = 0; i < roles.size(); ++i) {
         if (i > 0) out += " and";
-        out += std::string(" systemctl restart runewarp-") + role_name(roles[i]);
+        out += std::string(" systemctl reload runewarp-") + role_name(roles[i]);
     }
+    out += "\n(or: runewarp reload";
+    if (roles.size() == 1) out += std::string(" --role ") + role_name(roles[0]);
+    out += " -c " + path + ")";
     out += "\n";
     console.out(out);
     return kExitOk;

@@ -214,7 +214,7 @@ if expect_rc "edit valid change" 0; then
     expect_in "edit valid change" "$(cat "$edited")" "log-level = warn"
     [ "$(stat -c %a "$edited")" = 600 ] || fail "edit changed the mode: $(stat -c %a "$edited")"
     [ "$(stat -c %i "$edited")" != "$ino" ] || fail "edit did not replace the file by rename"
-    expect_in "edit says what next" "$out" "systemctl restart runewarp-server"
+    expect_in "edit says what next" "$out" "systemctl reload runewarp-server"
     pass "edit saves a valid change atomically, keeping the mode"
 fi
 no_leftovers "edit valid change" "$tmp"

@@ -1071,8 +1071,8 @@ Test(cli, server_cert_init_renew_and_rotate_ca) {
                                     "tunnel.example.test\n"),
               "got: %s", renew.out.c_str());
     cr_assert(contains(renew.out,
-                       "\nA running server keeps serving the previous certificate: "
-                       "restart it to load the renewed one.\n"),
+                       "\nA running server keeps serving the previous certificate until it is "
+                       "reloaded (runewarp reload, or systemctl reload runewarp-server).\n"),
               "got: %s", renew.out.c_str());
     cr_assert(read_all(dir + "/server-ca.crt") == ca, "renew keeps the CA byte-identical");
     cr_assert(read_all(dir + "/server.crt") != leaf);
