@@ -135,6 +135,7 @@ void ClientInstance::on_signal(const signalfd_siginfo& info) noexcept {
             begin_shutdown();
             return;
         case SIGHUP:
+            log_.info("client reload requested", {{"trigger", "SIGHUP"}});
             if (reload_ != nullptr) reload_->on_sighup();
             return;
         default:
