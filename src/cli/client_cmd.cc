@@ -31,7 +31,8 @@ int run_client_command(const Invocation& inv, Console& console) {
     }
     const config::ClientConfig& cfg = checked.startup->config;
     configure_logging(cfg.log_level, cfg.log_format);
-    return client::run_client(cfg, checked.startup->terminate_certs);
+    // The options go along: a reload loads the file the same way.
+    return client::run_client(std::move(options), std::move(*checked.startup));
 }
 
 }  // namespace runewarp::cli

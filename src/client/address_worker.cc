@@ -38,7 +38,7 @@ AddressWorker::AddressWorker(core::Worker& w, ClientInstance& inst,
 AddressWorker::~AddressWorker() = default;
 
 void AddressWorker::attempt() noexcept {
-    if (stopped_) return;
+    if (stopped_ || retiring_) return;
     ++rounds_;
     round_unauthorized_ = false;
     last_failed_address_.clear();
@@ -193,6 +193,14 @@ void AddressWorker::on_closed(quic::Connection& c, const quic::CloseInfo& info) 
         conn_ = nullptr;
         inst_.on_disconnected();
         if (stopped_) return;
+        if (retiring_) {
+            inst_.log().info("client tunnel connection closed", {{"server-address", addr_text_}},
+                             cause +
+                                 "; the address was removed from the configuration, it is "
+                                 "not dialled again");
+            stop();
+            return;
+        }
         std::chrono::milliseconds delay(schedule_retry() * 1000);
         if (is_clean_close(info)) {
             inst_.log().info("client tunnel connection closed",
@@ -242,9 +250,26 @@ void AddressWorker::on_event(const core::Completion& c) noexcept {
     }
 }
 
-void AddressWorker::stop() noexcept {
-    if (stopped_) return;
-    stopped_ = true;
+void AddressWorker::retire() noexcept {
+    if (stopped_ || retiring_) return;
+    if (conn_ == nullptr) {
+        // Nothing serves through it: stop the round in progress and any retry at once.
+        stopped_ = true;
+        cancel_rounds();
+        abort(0);
+        return;
+    }
+    retiring_ = true;
+    cancel_rounds();
+}
+
+bool AddressWorker::reactivate() noexcept {
+    if (stopped_ || !retiring_) return false;
+    retiring_ = false;
+    return true;
+}
+
+void AddressWorker::cancel_rounds() noexcept {
     if (retry_armed_) {
         worker().cancel_timer(retry_timer_);
         retry_armed_ = false;
@@ -255,6 +280,13 @@ void AddressWorker::stop() noexcept {
         resolve_id_ = 0;
     }
     close_dials();
+}
+
+void AddressWorker::stop() noexcept {
+    if (stopped_) return;
+    stopped_ = true;
+    retiring_ = false;
+    cancel_rounds();
     if (conn_ != nullptr) {
         quic::Connection* c = conn_;
         conn_ = nullptr;

@@ -34,6 +34,14 @@ public:
     void start() noexcept { attempt(); }
     // Stops retrying and closes the connection (application 0, "graceful shutdown").
     void stop() noexcept;
+    // The address left the configuration (reload): no new round starts and dials in progress
+    // are closed; a live connection keeps serving until it closes and is never re-dialled.
+    void retire() noexcept;
+    // The address came back before its retired connection closed: that connection serves
+    // (and is retried) again. False when nothing is left to take back.
+    bool reactivate() noexcept;
+    // Removed by a reload, its connection still serving.
+    bool draining() const noexcept { return retiring_ && !stopped_; }
     bool connected() const noexcept { return conn_ != nullptr; }
     const std::string& address_text() const noexcept { return addr_text_; }
 
@@ -61,6 +69,8 @@ private:
     void round_failed() noexcept;
     void close_dials() noexcept;
     void cancel_stagger() noexcept;
+    // Cancels the retry timer, the stagger timer, the lookup and the dials in progress.
+    void cancel_rounds() noexcept;
     // Schedules the next round and returns its delay in whole seconds for the log line.
     int64_t schedule_retry() noexcept;
     const char* retry_kind() const noexcept { return rounds_ <= 1 ? "initial" : "retry"; }
@@ -90,6 +100,7 @@ private:
     bool stagger_armed_ = false;
     bool ever_connected_ = false;
     bool stopped_ = false;
+    bool retiring_ = false;  // removed by a reload, its connection still live
 };
 
 }  // namespace runewarp::client

@@ -18,16 +18,17 @@ const config::Service* select_service(const std::vector<config::Service>& servic
     return nullptr;
 }
 
-int run_client(const config::ClientConfig& cfg,
-               const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept {
+int run_client(config::LoadOptions options, preflight::ClientStartup startup) noexcept {
     obs::Logger& log = obs::process_logger();
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
     sys::raise_nofile_limit();
     // The instance (and with it every session) lives until process exit: closing connections
     // may still hold it when the flush window ends.
     static ClientInstance* instance = nullptr;
-    instance = new ClientInstance(cfg, log);
-    return instance->run(terminate_certs);
+    instance = new ClientInstance(
+        std::move(options), std::make_shared<const config::ClientConfig>(std::move(startup.config)),
+        log);
+    return instance->run(startup.terminate_certs);
 }
 
 }  // namespace runewarp::client

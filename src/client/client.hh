@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "config/config.hh"
+#include "preflight/preflight.hh"
 #include "runewarp/result.hh"
 #include "trust/public_cert.hh"
 
@@ -22,12 +23,11 @@ inline constexpr int64_t kCloseFlushNs = 100'000'000;
 const config::Service* select_service(const std::vector<config::Service>& services,
                                       std::string_view sni) noexcept;
 
-// Runs the Client for a config that passed preflight::check_client, until a signal stops it.
-// Every Tunnel attempt reloads the trust and identity material by the same rules
+// Runs the Client for a config that passed preflight::check_client (`startup`), until a signal
+// stops it. Every Tunnel attempt reloads the trust and identity material by the same rules
 // (preflight::load_client_material). Returns the process exit code (0 orderly, 1 fatal: broken
-// loop, local trust or identity material no longer usable). `terminate_certs` holds every
-// terminating hostname's certificate; SIGHUP re-reads them from public-cert-dir.
-int run_client(const config::ClientConfig& cfg,
-               const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept;
+// loop, local trust or identity material no longer usable). A reload (SIGHUP, `runewarp
+// reload`) loads the configuration again with `options` and applies it live.
+int run_client(config::LoadOptions options, preflight::ClientStartup startup) noexcept;
 
 }  // namespace runewarp::client

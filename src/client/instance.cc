@@ -3,8 +3,11 @@
 
 #include <signal.h>
 
+#include <algorithm>
+
 #include "client/address_worker.hh"
 #include "client/client.hh"
+#include "client/reload_plan.hh"
 #include "client/stream_session.hh"
 #include "core/clock.hh"
 #include "preflight/preflight.hh"
@@ -42,8 +45,9 @@ private:
     ClientInstance& inst_;
 };
 
-ClientInstance::ClientInstance(const config::ClientConfig& cfg, obs::Logger& log)
-    : cfg_(cfg),
+ClientInstance::ClientInstance(config::LoadOptions options, ConfigRef cfg, obs::Logger& log)
+    : options_(std::move(options)),
+      cfg_(std::move(cfg)),
       log_(log),
       streams_(std::make_unique<core::Slab<StreamSession>>(kMaxStreamHandlers)) {}
 
@@ -51,7 +55,7 @@ ClientInstance::~ClientInstance() = default;
 
 Result<std::unique_ptr<quic::ClientTls>> ClientInstance::load_tls(const std::string& server_name) {
     // Reloaded on every attempt by the rules `config check` and startup apply.
-    auto m = preflight::load_client_material(cfg_);
+    auto m = preflight::load_client_material(*cfg_);
     if (!m) return std::move(m).error();
     quic::ClientTlsConfig tc;
     tc.server_name = server_name;
@@ -74,7 +78,6 @@ void ClientInstance::fatal(const std::string&) noexcept {
 }
 
 void ClientInstance::on_connected(AddressWorker& w) noexcept {
-    ++connected_count_;
     if (!ready_logged_) {
         ready_logged_ = true;
         log_.info("client ready", {{"server-address", w.address_text()}});
@@ -83,15 +86,19 @@ void ClientInstance::on_connected(AddressWorker& w) noexcept {
 }
 
 void ClientInstance::on_disconnected() noexcept {
-    if (connected_count_ > 0) --connected_count_;
     update_status();
+}
+
+std::string ClientInstance::status_text() const {
+    size_t connected = 0;
+    for (const auto& w : workers_) connected += w->connected() ? 1 : 0;
+    return "connected " + std::to_string(connected) + "/" + std::to_string(workers_.size()) +
+           " server addresses";
 }
 
 void ClientInstance::update_status() noexcept {
     if (shutting_down_) return;
-    std::string s = "connected " + std::to_string(connected_count_) + "/" +
-                    std::to_string(workers_.size()) + " server addresses";
-    sys::notify_status(s);
+    sys::notify_status(status_text());
 }
 
 void ClientInstance::accept_stream(quic::Stream& s) noexcept {
@@ -128,8 +135,8 @@ void ClientInstance::on_signal(const signalfd_siginfo& info) noexcept {
             begin_shutdown();
             return;
         case SIGHUP:
-            // Configuration reload is not part of this build; certificates are re-read.
-            reload_terminate_certs();
+            log_.info("client reload requested", {{"trigger", "SIGHUP"}});
+            if (reload_ != nullptr) reload_->on_sighup();
             return;
         default:
             return;
@@ -139,9 +146,12 @@ void ClientInstance::on_signal(const signalfd_siginfo& info) noexcept {
 void ClientInstance::begin_shutdown() noexcept {
     if (shutting_down_) return;
     shutting_down_ = true;
+    // No reload starts from here on; requesters still waiting get "shutting down".
+    if (reload_ != nullptr) reload_->stop();
     log_.info("client instance graceful shutdown started");
     sys::notify_stopping();
     for (auto& w : workers_) w->stop();
+    for (auto& w : retired_) w->stop();
     if (resolver_ != nullptr) resolver_->shutdown();
     if (watchdog_ != nullptr) watchdog_->stop();
     if (expiry_check_ != nullptr) expiry_check_->stop();
@@ -150,48 +160,125 @@ void ClientInstance::begin_shutdown() noexcept {
     worker_->stop();
 }
 
-void ClientInstance::reload_terminate_certs() noexcept {
-    if (acme_board_ != nullptr) {
-        // [client.acme] excludes public-cert-dir: the managers renew the certificates.
-        log_.info("client reload requested", {},
-                  "ACME certificates are kept: the client renews them itself");
-        check_terminate_expiry();
-        return;
+std::unique_ptr<AddressWorker> ClientInstance::make_worker(const config::HostPort& hp) noexcept {
+    auto aw = std::make_unique<AddressWorker>(*worker_, *this, hp);
+    if (!aw->open()) return nullptr;
+    return aw;
+}
+
+sys::Reloader::Prepared ClientInstance::check_reload(const config::LoadOptions& options) {
+    auto checked = preflight::check_client(options);
+    if (!checked.ok()) {
+        std::string problems =
+            config::format_report(config::Role::kClient, options.path, checked.report);
+        while (!problems.empty() && problems.back() == '\n') problems.pop_back();
+        return {nullptr, std::move(problems)};
     }
-    if (terminate_tls_ == nullptr || cfg_.public_cert_dir.empty()) {
-        log_.info("client reload requested", {}, "nothing to re-read: no terminating service");
-        return;
+    auto snap = std::make_shared<ClientReloadSnapshot>();
+    snap->config = std::move(checked.startup->config);
+    // Loaded here, off the loop: a certificate that does not load fails the reload as a whole.
+    if (!checked.startup->terminate_certs.empty()) {
+        auto certs = TerminateCerts::build(checked.startup->terminate_certs);
+        if (!certs) return {nullptr, "terminate certificates: " + certs.error().message};
+        snap->certs = std::move(*certs);
     }
-    TerminateCertsRef snap = terminate_certs_;
-    unsigned loaded = 0, dropped = 0, failed = 0;
-    for (const std::string& h : preflight::terminating_hostnames(cfg_)) {
-        if (trust::public_cert_absent(cfg_.public_cert_dir, h)) {
-            if (snap->find(h) != nullptr) {
-                snap = TerminateCerts::with(snap, h, nullptr);
-                ++dropped;
-                log_.warn("client terminate certificate removed", {{"public-hostname", h}},
-                          "new streams for this hostname fail until a certificate is installed");
+    return {std::move(snap), {}};
+}
+
+void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
+                                  sys::Reloader::Done done) noexcept {
+    if (shutting_down_) return done(Error::msg("the client is shutting down"));
+    auto* snap = static_cast<ClientReloadSnapshot*>(snapshot.get());
+    auto next = std::make_shared<config::ClientConfig>(std::move(snap->config));
+    const RestartOnly restart_only = keep_restart_only(*cfg_, *next, acme_hostnames_);
+
+    // What can fail comes first, so a failure leaves the running configuration whole.
+    std::unique_ptr<TerminateTls> new_tls;
+    if (terminate_tls_ == nullptr && !preflight::terminating_hostnames(*next).empty()) {
+        auto t = TerminateTls::create();
+        if (!t) return done(Error::msg("terminate TLS: " + t.error().message));
+        new_tls = std::move(*t);
+    }
+    std::vector<std::string> running;
+    running.reserve(workers_.size());
+    for (const auto& w : workers_) running.push_back(w->address_text());
+    const AddressDiff diff = diff_server_addresses(running, next->server_addresses);
+    // Per added address: a retired worker whose connection still serves takes it back, else a
+    // new worker.
+    std::vector<std::unique_ptr<AddressWorker>> fresh(diff.added.size());
+    for (size_t i = 0; i < diff.added.size(); ++i) {
+        const std::string text = diff.added[i].text();
+        bool draining = std::any_of(retired_.begin(), retired_.end(), [&](const auto& w) {
+            return w->draining() && w->address_text() == text;
+        });
+        if (draining) continue;
+        fresh[i] = make_worker(diff.added[i]);
+        if (fresh[i] == nullptr) {
+            for (auto& f : fresh) {
+                if (f != nullptr) f->stop();
+            }
+            // Stopped sessions stay until exit, as retired ones do.
+            for (auto& f : fresh) {
+                if (f != nullptr) retired_.push_back(std::move(f));
+            }
+            return done(Error::msg("server address " + text + ": no handler slot"));
+        }
+    }
+
+    // Commit: restart-only settings first (they kept their running value).
+    for (const std::string& n : restart_only.notes)
+        log_.warn("client config change needs a restart", {}, n);
+    if (new_tls != nullptr) terminate_tls_ = std::move(new_tls);
+    // New streams use the new Services and certificates; streams in flight keep theirs.
+    if (!restart_only.keep_certificate_source) terminate_certs_ = snap->certs;
+    cfg_ = std::move(next);
+    sys::configure_logging(cfg_->log_level, cfg_->log_format);
+
+    for (const std::string& text : diff.removed) {
+        auto it = std::find_if(workers_.begin(), workers_.end(),
+                               [&](const auto& w) { return w->address_text() == text; });
+        if (it == workers_.end()) continue;
+        const bool live = (*it)->connected();
+        (*it)->retire();
+        log_.info("client server address removed", {{"server-address", text}},
+                  live ? "not dialled again; its connection serves until it closes"
+                       : "not dialled again");
+        retired_.push_back(std::move(*it));
+        workers_.erase(it);
+    }
+    for (size_t i = 0; i < diff.added.size(); ++i) {
+        const std::string text = diff.added[i].text();
+        if (fresh[i] == nullptr) {
+            auto it = std::find_if(retired_.begin(), retired_.end(), [&](const auto& w) {
+                return w->draining() && w->address_text() == text;
+            });
+            if (it != retired_.end() && (*it)->reactivate()) {
+                log_.info("client server address added", {{"server-address", text}},
+                          "its connection from before serves again");
+                workers_.push_back(std::move(*it));
+                retired_.erase(it);
             }
             continue;
         }
-        auto m = trust::load_public_cert(cfg_.public_cert_dir, h);
-        Result<std::unique_ptr<TerminateCredential>> c =
-            m ? TerminateCredential::load(*m)
-              : Result<std::unique_ptr<TerminateCredential>>(m.error());
-        if (!c) {
-            ++failed;
-            log_.error("client terminate certificate reload failed", {{"public-hostname", h}},
-                       c.error().message);
-            continue;
-        }
-        snap = TerminateCerts::with(snap, h,
-                                    std::shared_ptr<const TerminateCredential>(std::move(*c)));
-        ++loaded;
+        log_.info("client server address added", {{"server-address", text}});
+        AddressWorker* w = fresh[i].get();
+        workers_.push_back(std::move(fresh[i]));
+        w->start();
     }
-    terminate_certs_ = std::move(snap);
-    log_.info("client terminate certificates reloaded",
-              {{"loaded", loaded}, {"removed", dropped}, {"failed", failed}});
-    check_terminate_expiry();
+
+    if (terminate_certs_ != nullptr) {
+        check_terminate_expiry();
+        if (expiry_check_ == nullptr) {
+            expiry_check_ = std::make_unique<DailyCheck>(*worker_, *this);
+            if (!expiry_check_->start()) expiry_check_.reset();
+        }
+    }
+    log_.info("client configuration applied",
+              {{"services", cfg_->services.size()},
+               {"server-addresses", workers_.size()},
+               {"terminate-certificates", terminate_certs_ ? terminate_certs_->size() : 0}});
+    update_status();
+    done(join_notes(restart_only.notes));
 }
 
 void ClientInstance::check_terminate_expiry() noexcept {
@@ -223,7 +310,7 @@ void ClientInstance::check_terminate_expiry() noexcept {
 }
 
 int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept {
-    if (!preflight::terminating_hostnames(cfg_).empty()) {
+    if (!preflight::terminating_hostnames(*cfg_).empty()) {
         auto t = TerminateTls::create();
         if (!t) {
             log_.error("client startup failed", {}, t.error().message);
@@ -238,7 +325,7 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
         terminate_certs_ = std::move(*snap);
     }
     core::WorkerOptions wo;
-    wo.loop.choice = sys::backend_choice(cfg_.event_backend);
+    wo.loop.choice = sys::backend_choice(cfg_->event_backend);
     auto w = core::Worker::create(wo);
     if (!w) {
         log_.error("client startup failed", {}, w.error().message);
@@ -258,9 +345,9 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
         return 1;
     }
     resolver_ = std::move(*r);
-    for (const config::HostPort& hp : cfg_.server_addresses) {
-        auto aw = std::make_unique<AddressWorker>(*worker_, *this, hp);
-        if (!aw->open()) {
+    for (const config::HostPort& hp : cfg_->server_addresses) {
+        auto aw = make_worker(hp);
+        if (aw == nullptr) {
             log_.error("client startup failed", {}, "no handler slot");
             return 1;
         }
@@ -268,7 +355,22 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     watchdog_ = std::make_unique<sys::Watchdog>(*worker_);
     watchdog_->start();
-    if (cfg_.acme && !create_acme_managers()) return 1;
+    if (cfg_->acme && !create_acme_managers()) return 1;
+    {
+        // The check runs on the reload thread with its own copy of the load options.
+        auto rr = sys::RoleReload::start(
+            *worker_, log_, "client", cfg_->config_path,
+            [options = options_] { return check_reload(options); },
+            [this](std::shared_ptr<void> snap, sys::Reloader::Done done) {
+                apply_reload(std::move(snap), std::move(done));
+            },
+            [this] { return status_text(); });
+        if (!rr) {
+            log_.error("client startup failed", {}, rr.error().message);
+            return 1;
+        }
+        reload_ = std::move(*rr);
+    }
     if (terminate_certs_) {
         check_terminate_expiry();
         expiry_check_ = std::make_unique<DailyCheck>(*worker_, *this);
@@ -293,7 +395,7 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
 }
 
 bool ClientInstance::create_acme_managers() noexcept {
-    const config::Acme& a = *cfg_.acme;
+    const config::Acme& a = *cfg_->acme;
     if (auto r = preflight::prepare_acme_state_dir(a); !r) {
         log_.error("client startup failed", {}, r.error().message);
         return false;
@@ -307,7 +409,8 @@ bool ClientInstance::create_acme_managers() noexcept {
     acme_board_ = std::make_shared<acme::ChallengeBoard>();
     // The managers log on their own threads through their own loggers, as this one does.
     core::Mailbox* mailbox = mailbox_.get();
-    for (const std::string& h : preflight::terminating_hostnames(cfg_)) {
+    acme_hostnames_ = preflight::terminating_hostnames(*cfg_);
+    for (const std::string& h : acme_hostnames_) {
         acme::ManagerOptions mo = acme::manager_options(acme::Role::kClient, h, a, log_.options());
         // Both run on the manager's thread: hand over to the loop.
         auto on_certificate = [this, mailbox, h](std::shared_ptr<const acme::Certificate> c) {
@@ -332,9 +435,9 @@ bool ClientInstance::create_acme_managers() noexcept {
 
 void ClientInstance::install_acme_certificate(
     const std::string& host, const std::shared_ptr<const acme::Certificate>& cert) noexcept {
-    if (shutting_down_ || cert == nullptr || !cfg_.acme) return;
+    if (shutting_down_ || cert == nullptr || !cfg_->acme) return;
     auto c = TerminateCredential::from_acme(cert->cert_pem, cert->key_pem, cert->not_after,
-                                            cfg_.acme->state_dir);
+                                            cfg_->acme->state_dir);
     if (!c) {
         // The previous certificate (if any) keeps serving; the manager renews on schedule.
         log_.error("client acme certificate unusable", {{"public-hostname", host}},

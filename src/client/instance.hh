@@ -20,9 +20,12 @@
 #include "core/worker.hh"
 #include "net/resolver.hh"
 #include "obs/log.hh"
+#include "preflight/preflight.hh"
 #include "quic/connection.hh"
 #include "quic/tls.hh"
 #include "runewarp/result.hh"
+#include "sys/reload.hh"
+#include "sys/role_reload.hh"
 #include "sys/watchdog.hh"
 
 namespace runewarp::client {
@@ -31,18 +34,31 @@ class AddressWorker;
 class StreamSession;
 class DailyCheck;
 
+using ConfigRef = std::shared_ptr<const config::ClientConfig>;
+
+// What a reload's check produced (on the reload thread): the validated configuration and the
+// terminate certificates it names, loaded (null when no Service terminates or under ACME).
+struct ClientReloadSnapshot {
+    config::ClientConfig config;
+    TerminateCertsRef certs;
+};
+
 // The short cause of a nested error for operator lines: the text before the first ": " (the
 // whole chain goes to a DEBUG "... detail" line).
 std::string short_cause(const std::string& s);
 
 class ClientInstance final : public core::SignalListener {
 public:
-    ClientInstance(const config::ClientConfig& cfg, obs::Logger& log);
+    // `options`: how the startup configuration was loaded; every reload loads it the same way.
+    ClientInstance(config::LoadOptions options, ConfigRef cfg, obs::Logger& log);
     ~ClientInstance();
     int run(const std::vector<trust::PublicCertMaterial>& terminate_certs) noexcept;
 
     obs::Logger& log() noexcept { return log_; }
-    const config::ClientConfig& cfg() const noexcept { return cfg_; }
+    // The configuration now; a reload replaces it, and each stream keeps the one it started
+    // with (its Service stays valid until the stream ends).
+    const config::ClientConfig& cfg() const noexcept { return *cfg_; }
+    const ConfigRef& config_snapshot() const noexcept { return cfg_; }
     core::Worker& worker() noexcept { return *worker_; }
     // nullptr once shutdown began.
     net::Resolver* resolver() noexcept { return shutting_down_ ? nullptr : resolver_.get(); }
@@ -78,10 +94,16 @@ public:
 
 private:
     void begin_shutdown() noexcept;
-    // SIGHUP: re-reads every terminating hostname's certificate. One that loads replaces the
-    // old; one whose files are gone is dropped (its streams fail closed); one that exists but
-    // does not load keeps the previous certificate, with an ERROR.
-    void reload_terminate_certs() noexcept;
+    // Reload thread: the startup rules on the file again (preflight::check_client), the
+    // terminate certificates loaded; the problems as `config check` prints them otherwise.
+    static sys::Reloader::Prepared check_reload(const config::LoadOptions& options);
+    // Loop thread: applies a checked snapshot (restart-only settings keep their running value),
+    // then calls `done` with the notes.
+    void apply_reload(std::shared_ptr<void> snapshot, sys::Reloader::Done done) noexcept;
+    // Starts (and opens) the AddressWorker for `hp`; nullptr after logging when no slot is free.
+    std::unique_ptr<AddressWorker> make_worker(const config::HostPort& hp) noexcept;
+    // "connected k/n server addresses" over the configured (not retired) addresses.
+    std::string status_text() const;
     void update_status() noexcept;
     // [client.acme]: the state directory, then one manager per terminating hostname (their
     // cached certificates go into the snapshot). Needs the Worker (the managers post through
@@ -92,7 +114,8 @@ private:
                                   const std::shared_ptr<const acme::Certificate>& cert) noexcept;
     void stop_acme_managers() noexcept;
 
-    const config::ClientConfig& cfg_;
+    const config::LoadOptions options_;
+    ConfigRef cfg_;
     obs::Logger& log_;
     std::unique_ptr<core::Worker> worker_;
     // Declared before the stream slab: terminating sessions use them until they are freed.
@@ -106,11 +129,15 @@ private:
     std::unique_ptr<core::Mailbox> mailbox_;
     std::shared_ptr<acme::ChallengeBoard> acme_board_;
     std::vector<std::unique_ptr<acme::Manager>> acme_managers_;
+    std::vector<std::string> acme_hostnames_;  // sorted: the hostnames with a manager
+    // The configured Server addresses, and those a reload removed whose connection may still
+    // serve (kept until exit: a retired worker is never re-dialled).
     std::vector<std::unique_ptr<AddressWorker>> workers_;
+    std::vector<std::unique_ptr<AddressWorker>> retired_;
+    std::unique_ptr<sys::RoleReload> reload_;
     std::unique_ptr<core::Slab<StreamSession>> streams_;
     std::mt19937_64 rng_{std::random_device{}()};
     obs::RateLimiter saturation_limiter_;
-    unsigned connected_count_ = 0;
     bool ready_logged_ = false;
     bool shutting_down_ = false;
     int exit_code_ = 0;

@@ -24,6 +24,8 @@ StreamSession::~StreamSession() = default;
 void StreamSession::start(quic::Stream& s, core::SlotId slot) noexcept {
     slot_ = slot;
     stream_ = &s;
+    // The configuration now: a reload during this stream leaves its Service in place.
+    cfg_ = inst_.config_snapshot();
     decoder_ = std::make_unique<proto::StreamPrefixDecoder>();
     s.set_handler(this);
     arm_step_timer();
@@ -87,7 +89,7 @@ void StreamSession::route() noexcept {
     tuple_ = decoder_->tuple();
     visitor_offset_ = decoder_->visitor_offset();
     decoder_.reset();
-    service_ = select_service(inst_.cfg().services, sni_);
+    service_ = select_service(cfg_->services, sni_);
     if (service_ == nullptr) {
         inst_.log().warn("client route unavailable",
                          {{"public-hostname", sni_}, {"reason", "no-matching-service"}});

@@ -103,6 +103,8 @@ private:
     std::string sni_;
     bool offers_acme_tls1_ = false;
     bool challenge_answered_ = false;
+    // The configuration this stream started with; service_ points into it.
+    std::shared_ptr<const config::ClientConfig> cfg_;
     const config::Service* service_ = nullptr;
     std::string backend_text_;
     uint64_t resolve_id_ = 0;

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "client/client.hh"
+#include "client/reload_plan.hh"
 #include "client/retry.hh"
 #include "core/clock.hh"
 #include "core/worker.hh"
@@ -383,4 +384,125 @@ Test(client, challenge_sessions_negotiate_acme_tls1_only) {
                      offer.size(), gnutls_strerror(rc));
     }
     test::remove_temp_tree(dir);
+}
+
+// Reload planning: the Server address diff and the settings that keep their running value.
+
+namespace {
+
+config::HostPort hostport(std::string host, uint16_t port) {
+    config::HostPort hp;
+    hp.host = std::move(host);
+    hp.port = port;
+    return hp;
+}
+
+config::Acme acme_settings() {
+    config::Acme a;
+    a.email = "ops@example.test";
+    a.state_dir = "/var/lib/runewarp/acme";
+    return a;
+}
+
+std::vector<std::string> texts(const std::vector<config::HostPort>& v) {
+    std::vector<std::string> out;
+    for (const auto& hp : v) out.push_back(hp.text());
+    return out;
+}
+
+}  // namespace
+
+Test(client, address_diff_starts_added_and_stops_removed_keeps_the_rest) {
+    const std::vector<std::string> running = {"a.example.test:443", "b.example.test:443"};
+    auto d = client::diff_server_addresses(
+        running, {hostport("b.example.test", 443), hostport("c.example.test", 443),
+                  hostport("a.example.test", 8443)});
+    cr_assert_eq(texts(d.added),
+                 (std::vector<std::string>{"c.example.test:443", "a.example.test:8443"}));
+    cr_assert_eq(d.removed, std::vector<std::string>{"a.example.test:443"});
+}
+
+Test(client, address_diff_of_the_same_list_in_another_order_is_empty) {
+    const std::vector<std::string> running = {"a.example.test:443", "[2001:db8::1]:443"};
+    config::HostPort v6 = hostport("2001:db8::1", 443);
+    v6.host_is_literal = true;
+    auto d = client::diff_server_addresses(running, {v6, hostport("a.example.test", 443)});
+    cr_assert(d.added.empty());
+    cr_assert(d.removed.empty());
+}
+
+Test(client, address_diff_replaces_everything_and_adds_a_repeat_once) {
+    auto d = client::diff_server_addresses(
+        {"a.example.test:443"}, {hostport("b.example.test", 443), hostport("b.example.test", 443)});
+    cr_assert_eq(texts(d.added), std::vector<std::string>{"b.example.test:443"});
+    cr_assert_eq(d.removed, std::vector<std::string>{"a.example.test:443"});
+}
+
+Test(client, restart_only_settings_keep_their_running_value_with_one_note_each) {
+    config::ClientConfig running;
+    running.event_backend = config::EventBackend::kIoUring;
+    running.log_format = config::LogFormat::kText;
+    running.log_level = config::LogLevel::kInfo;
+    running.services = {service("app", {"app.example.test"})};
+    config::ClientConfig next = running;
+    next.event_backend = config::EventBackend::kEpoll;
+    next.log_format = config::LogFormat::kJson;
+    next.log_level = config::LogLevel::kDebug;
+    next.services.push_back(service("new", {"new.example.test"}));
+    auto r = client::keep_restart_only(running, next, {});
+    cr_assert_eq(r.notes, (std::vector<std::string>{"event-backend: changed; applies on restart",
+                                                    "log-format: changed; applies on restart"}));
+    cr_assert_eq(next.event_backend, config::EventBackend::kIoUring);
+    cr_assert_eq(next.log_format, config::LogFormat::kText);
+    // Live settings keep their new value.
+    cr_assert_eq(next.log_level, config::LogLevel::kDebug);
+    cr_assert_eq(next.services.size(), 2u);
+    cr_assert_not(r.keep_certificate_source);
+    cr_assert_eq(client::join_notes(r.notes),
+                 "event-backend: changed; applies on restart\n"
+                 "log-format: changed; applies on restart");
+}
+
+Test(client, unchanged_restart_only_settings_give_no_notes) {
+    config::ClientConfig running;
+    running.services = {service("app", {"app.example.test"})};
+    config::ClientConfig next = running;
+    next.services.clear();
+    auto r = client::keep_restart_only(running, next, {});
+    cr_assert(r.notes.empty());
+    cr_assert_eq(client::join_notes(r.notes), "");
+}
+
+Test(client, acme_is_restart_only_and_keeps_the_certificate_source) {
+    config::ClientConfig running;
+    running.public_cert_dir = "/etc/runewarp/public-certs";
+    config::ClientConfig next = running;
+    next.public_cert_dir.clear();
+    next.acme = acme_settings();
+    auto r = client::keep_restart_only(running, next, {});
+    cr_assert_eq(r.notes, std::vector<std::string>{"[client.acme]: changed; applies on restart"});
+    cr_assert_not(next.acme.has_value());
+    cr_assert_eq(next.public_cert_dir, "/etc/runewarp/public-certs");
+    cr_assert(r.keep_certificate_source);
+}
+
+Test(client, running_acme_has_no_manager_for_a_new_terminating_hostname) {
+    config::ClientConfig running;
+    running.acme = acme_settings();
+    config::Service app = service("app", {"app.example.test"});
+    app.tls_mode = config::TlsMode::kTerminate;
+    running.services = {app};
+    config::ClientConfig next = running;
+    next.acme->email = "other@example.test";
+    config::Service added = service("new", {"new.example.test"});
+    added.tls_mode = config::TlsMode::kTerminate;
+    next.services.push_back(added);
+    auto r = client::keep_restart_only(running, next, {"app.example.test"});
+    cr_assert_eq(r.notes,
+                 (std::vector<std::string>{
+                     "[client.acme]: changed; applies on restart",
+                     "[client.acme]: no certificate manager for new hostname new.example.test "
+                     "(its Visitors are refused); applies on restart"}));
+    cr_assert_eq(next.acme->email, "ops@example.test");
+    cr_assert(r.keep_certificate_source);
 }
