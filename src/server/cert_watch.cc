@@ -9,7 +9,8 @@ namespace {
 
 // The renewed files are read at startup only, so renewing is not enough by itself.
 constexpr const char* kRenewHint =
-    "renew it with `runewarp server cert renew`, then reload the server (`runewarp reload`) to load it";
+    "renew it with `runewarp server cert renew`, then reload the server (`runewarp reload`) to "
+    "load it";
 constexpr const char* kAcmeHint =
     "the ACME manager renews it; see the `server acme` lines for why it has not";
 

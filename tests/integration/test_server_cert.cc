@@ -38,7 +38,9 @@ std::string expiry_line(const std::string& cert_dir, std::time_t not_after,
         days_left ? " WARN server certificate expiring: " : "ERROR server certificate expired: ";
     l += "path=" + cert_dir + "/server.crt expires-at=" + rfc3339(not_after);
     l += days_left ? " days-left=" + std::to_string(*days_left) + ": " : ": Clients refuse it; ";
-    return l + "renew it with `runewarp server cert renew`, then reload the server (`runewarp reload`) to load it\n";
+    return l +
+           "renew it with `runewarp server cert renew`, then reload the server (`runewarp reload`) "
+           "to load it\n";
 }
 
 // A Server with one Tunnel (so it loads cert-dir) on free loopback ports. Its certificate comes

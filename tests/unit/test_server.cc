@@ -386,9 +386,10 @@ Test(server, certificate_expiry_watch_warns_errs_and_stays_quiet_when_valid) {
 
     watch.add("/srv/b.crt", now + 12 * day + 7200);
     cr_assert_eq(watch.check(now), trust::ExpiryLevel::kExpiring);
-    cr_assert(sink.text.find("WARN server certificate expiring: path=/srv/b.crt "
-                             "expires-at=2026-05-13T12:00:00Z days-left=12: renew it with "
-                             "`runewarp server cert renew`, then reload the server (`runewarp reload`)") !=
+    cr_assert(sink.text.find(
+                  "WARN server certificate expiring: path=/srv/b.crt "
+                  "expires-at=2026-05-13T12:00:00Z days-left=12: renew it with "
+                  "`runewarp server cert renew`, then reload the server (`runewarp reload`)") !=
                   std::string::npos,
               "%s", sink.text.c_str());
     cr_assert_eq(sink.text.find("/etc/runewarp/server.crt"), std::string::npos, "%s",
