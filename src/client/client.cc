@@ -21,7 +21,12 @@ const config::Service* select_service(const std::vector<config::Service>& servic
 int run_client(config::LoadOptions options, preflight::ClientStartup startup) noexcept {
     obs::Logger& log = obs::process_logger();
     // Every Visitor stream holds a backend socket: up to 1024 per connection.
-    sys::raise_nofile_limit();
+    if (std::uint64_t nofile = sys::raise_nofile_limit(); nofile < sys::kMinimumNofile)
+        log.warn(
+            "client open file limit low",
+            {{"limit", std::to_string(nofile)}, {"wanted", std::to_string(sys::kWantedNofile)}},
+            "streams past the limit fail their backend connect; raise LimitNOFILE= or "
+            "`ulimit -Hn`");
     // The instance (and with it every session) lives until process exit: closing connections
     // may still hold it when the flush window ends.
     static ClientInstance* instance = nullptr;

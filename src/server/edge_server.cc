@@ -56,7 +56,11 @@ EdgeServer::~EdgeServer() {
 Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
     std::shared_ptr<const config::ServerConfig> cfg_ptr,
     const trust::ServerCertMaterial* tunnel_cert, obs::Logger& log, config::LoadOptions options) {
-    sys::raise_nofile_limit();
+    if (std::uint64_t nofile = sys::raise_nofile_limit(); nofile < sys::kMinimumNofile)
+        log.warn(
+            "server open file limit low",
+            {{"limit", std::to_string(nofile)}, {"wanted", std::to_string(sys::kWantedNofile)}},
+            "Visitors past the limit are refused; raise LimitNOFILE= or `ulimit -Hn`");
     std::unique_ptr<EdgeServer> s(new EdgeServer(cfg_ptr, log, std::move(options)));
     const config::ServerConfig& cfg = *cfg_ptr;
 

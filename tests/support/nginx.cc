@@ -1,6 +1,8 @@
 // An HTTPS backend for end-to-end tests: Debian's nginx in the foreground, one process.
 #include "tests/support/nginx.hh"
 
+#include <sys/resource.h>
+
 #include <signal.h>
 #include <unistd.h>
 
@@ -113,8 +115,16 @@ NginxFixture::NginxFixture(NginxOptions opts) : opts_(std::move(opts)), dir_("ru
     write_file(conf, render_config(opts_, dir_.path(), tls_));
 
     SpawnOptions so;
-    so.argv = {opts_.binary, "-p", dir_.path() + "/", "-c", conf, "-e",
-               error_log(),  "-g", "daemon off;"};
+    // With master_process off nginx never applies worker_rlimit_nofile: it would serve with the
+    // soft limit it inherits (1024 on a stock host) and refuse connections past a thousand. It
+    // starts through prlimit (same pid) with the soft limit at the hard one instead.
+    rlimit rl{};
+    if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+        std::string hard = rl.rlim_max == RLIM_INFINITY ? "unlimited" : std::to_string(rl.rlim_max);
+        so.argv = {"prlimit", "--nofile=" + hard + ":" + hard, "--"};
+    }
+    so.argv.insert(so.argv.end(), {opts_.binary, "-p", dir_.path() + "/", "-c", conf, "-e",
+                                   error_log(), "-g", "daemon off;"});
     so.out = Output::file(dir_ / "stdout.log");
     so.err = Output::file(dir_ / "stderr.log");
     proc_ = Process::spawn(std::move(so));

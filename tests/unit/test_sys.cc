@@ -1,12 +1,15 @@
 // sys: the Reloader (one reload at a time, check off the loop thread, apply on it, folded
 // triggers, systemd RELOADING=1 then READY=1, shutdown answering whoever still waits) and the
-// control socket (mode, stale and live sockets, answers now or later, peers that leave).
+// control socket (mode, stale and live sockets, answers now or later, peers that leave); the
+// descriptor limit raised at startup.
 #include <criterion/criterion.h>
 #include <poll.h>
 #include <stdlib.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -22,6 +25,7 @@
 #include "core/worker.hh"
 #include "obs/log.hh"
 #include "sys/control.hh"
+#include "sys/limits.hh"
 #include "sys/reload.hh"
 
 using namespace runewarp;
@@ -392,4 +396,32 @@ Test(sys, control_socket_answers_later_and_survives_a_peer_that_left) {
     cr_assert_eq(got->generation, 3u);
     cr_assert(got->text.find("needs a restart") != std::string::npos);
     (*s)->stop();
+}
+
+// A daemon started with `ulimit -Sn 1024` under a higher hard limit serves with the hard one; the
+// result is the limit now in force. Runs in a child: the limit is process-wide.
+Test(sys, nofile_limit_rises_to_the_hard_limit_and_reports_it) {
+    pid_t pid = ::fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        rlimit rl{};
+        if (::getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_max < 2048) _exit(10);
+        rl.rlim_cur = 512;
+        rl.rlim_max = 2048;  // lowering the hard limit needs no privilege
+        if (::setrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(11);
+        // 2048 < wanted: a process without CAP_SYS_RESOURCE keeps the hard limit, and the soft
+        // one rises to it; with the capability both rise to `wanted`.
+        std::uint64_t now = sys::raise_nofile_limit(4096);
+        if (::getrlimit(RLIMIT_NOFILE, &rl) != 0) _exit(12);
+        if (now != rl.rlim_cur) _exit(13);
+        if (rl.rlim_cur != 2048 && rl.rlim_cur != 4096) _exit(14);
+        if (rl.rlim_cur != rl.rlim_max) _exit(15);
+        // Already above what is wanted: nothing is lowered.
+        if (sys::raise_nofile_limit(1024) != rl.rlim_cur) _exit(16);
+        _exit(0);
+    }
+    int status = 0;
+    cr_assert_eq(::waitpid(pid, &status, 0), pid);
+    cr_assert(WIFEXITED(status));
+    cr_assert_eq(WEXITSTATUS(status), 0, "step %d failed", WEXITSTATUS(status));
 }
