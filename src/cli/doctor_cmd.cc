@@ -128,6 +128,7 @@ std::string verify_chain(const std::vector<trust::Crt>& chain, const std::string
         return "verification failed";
     std::string s(reinterpret_cast<const char*>(out.data), out.size);
     gnutls_free(out.data);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\n')) s.pop_back();
     return s;
 }
 

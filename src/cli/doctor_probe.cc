@@ -145,6 +145,7 @@ std::string verify_text(unsigned status) {
         return "verification failed";
     std::string s(reinterpret_cast<const char*>(out.data), out.size);
     gnutls_free(out.data);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\n')) s.pop_back();
     return s;
 }
 
@@ -277,12 +278,13 @@ Finding check_tcp_reachable(const config::HostPort& target, std::chrono::millise
     if (r.addrs.empty()) return {Verdict::kFail, target.text() + ": " + r.error};
     std::vector<std::string> good, bad;
     for (std::size_t i = 0; i < r.addrs.size(); ++i) {
-        std::string a = address_text(r.addrs[i]);
+        // A literal target names its one address already.
+        std::string a = target.host_is_literal ? std::string() : address_text(r.addrs[i]);
         std::string why = tcp_connect(r.addrs[i], r.lens[i], timeout);
         if (why.empty()) {
             good.push_back(a);
         } else {
-            bad.push_back(a + ": " + why);
+            bad.push_back(a.empty() ? why : a + ": " + why);
         }
     }
     auto join = [](const std::vector<std::string>& v) {
