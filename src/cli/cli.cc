@@ -8,6 +8,7 @@
 #include "cli/client_cmd.hh"
 #include "cli/config_check.hh"
 #include "cli/config_tools.hh"
+#include "cli/doctor_cmd.hh"
 #include "cli/identity_cmd.hh"
 #include "cli/public_cert_cmd.hh"
 #include "cli/reload_cmd.hh"
@@ -301,6 +302,79 @@ CommandSpec config_edit() {
     };
 }
 
+CommandSpec doctor_group() {
+    CommandSpec server{
+        .name = "server",
+        .summary = "Check the Server's config, material, listener ports and upstreams",
+        .description =
+            "Checks, in order: the config (the `config check` rules; a broken file stops\n"
+            "here), the tunnel certificate in server.cert-dir (files, key mode 0600,\n"
+            "certificate/key match, chain to server-ca.crt, names, expiry: warn within 21\n"
+            "days, fail once expired), each listener address (bindable, or held by the running\n"
+            "runewarp server), and a TCP connect (3 s) to every address of each [route]\n"
+            "upstream.\n\n"
+            "One line per check (`ok`, `warn` or `FAIL` and the reason), then a verdict line;\n"
+            "exit 0 when nothing failed (warnings allowed), 1 otherwise. Nothing is served:\n"
+            "listener addresses are bound and released at once.",
+        .flags = {FlagSpec{.long_name = "config",
+                           .short_name = 'c',
+                           .value_name = "PATH",
+                           .help = "Config file (default: found as the daemon finds it)"}},
+        .handler = run_doctor_server,
+    };
+    CommandSpec client{
+        .name = "client",
+        .summary = "Check the Client's config, material, Server handshake and backends",
+        .description =
+            "Checks, in order: the config (the `config check` rules; a broken file stops\n"
+            "here), the Client identity (key mode 0600, key match), the Server trust, the\n"
+            "certificates of terminating Public hostnames, then for each Server address its\n"
+            "DNS and a QUIC handshake (5 s) with the configured identity and trust, naming the\n"
+            "cause of a failure (DNS, no route, timeout, port unreachable, certificate not\n"
+            "trusted, identity not pinned), and a TCP connect (3 s) to each backend.\n\n"
+            "One line per check (`ok`, `warn` or `FAIL` and the reason), then a verdict line;\n"
+            "exit 0 when nothing failed (warnings allowed), 1 otherwise. The handshake is\n"
+            "closed at once (application code 0); no stream is opened.",
+        .flags = {FlagSpec{.long_name = "config",
+                           .short_name = 'c',
+                           .value_name = "PATH",
+                           .help = "Config file (default: found as the daemon finds it)"}},
+        .handler = run_doctor_client,
+    };
+    return CommandSpec{
+        .name = "doctor",
+        .summary = "Check that a role can start and reach its peers, without serving",
+        .subcommands = {std::move(server), std::move(client)},
+    };
+}
+
+CommandSpec lint_command() {
+    return CommandSpec{
+        .name = "lint",
+        .summary = "Warn about valid but doubtful configuration (exit 1 when any)",
+        .description =
+            "Prints one `warn RULE: ...` line per finding, or `lint: no warnings`; exit 0 when\n"
+            "there is none, 1 when there is any (or a file is invalid: the `config check`\n"
+            "report). With --config, every role whose section the file has is linted (and the\n"
+            "pair, when it has both). Rules: route-tunnel-overlap, public-port (not 443),\n"
+            "readiness-exposed (not loopback), single-member-pool (a [tunnel] with one\n"
+            "identity), proxy-to-public (PROXY v2 to a public upstream or backend); with both\n"
+            "roles: service-not-tunneled, tunnel-without-service (not with a Catch-all\n"
+            "Service) and identity-not-pinned (the Client's identity in no [tunnel]).",
+        .flags =
+            {
+                config_file_flag("Config file (default: found as the daemon finds it)"),
+                FlagSpec{.long_name = "server-config",
+                         .value_name = "PATH",
+                         .help = "The Server's config file (with --client-config: both compared)"},
+                FlagSpec{.long_name = "client-config",
+                         .value_name = "PATH",
+                         .help = "The Client's config file"},
+            },
+        .handler = run_lint,
+    };
+}
+
 CommandSpec build_tree() {
     CommandSpec config_check{
         .name = "check",
@@ -390,7 +464,7 @@ CommandSpec build_tree() {
         .description = kTopDescription,
         .flags = {FlagSpec{.long_name = "version", .short_name = 'V', .help = "Print version"}},
         .subcommands = {std::move(server), client_group(), std::move(config), std::move(reload),
-                        std::move(help), std::move(version)},
+                        doctor_group(), lint_command(), std::move(help), std::move(version)},
         .handler = run_root,
     };
 }
