@@ -248,6 +248,7 @@ void StreamSession::send_initial() noexcept {
         out_.insert(out_.end(), hdr, hdr + n);
     }
     if (tls_ == nullptr && visitor_offset_ < prefix_.size()) {
+        initial_bytes_ = prefix_.size() - visitor_offset_;
         out_.insert(out_.end(), prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
                     prefix_.end());
     }
@@ -421,7 +422,7 @@ void StreamSession::on_quiesced() noexcept {
             counts_->bytes_in.add(tls_->bytes_to_tcp());
             counts_->bytes_out.add(tls_->bytes_to_stream());
         } else {
-            counts_->bytes_in.add(pump_.bytes_to_tcp());
+            counts_->bytes_in.add(initial_bytes_ + pump_.bytes_to_tcp());
             counts_->bytes_out.add(pump_.bytes_to_stream());
         }
         counts_ = nullptr;

@@ -96,6 +96,7 @@ private:
     core::SlotId slot_{};
     ServiceCounts* counts_ = nullptr;  // the Service's counters once routed
     int64_t connect_started_ns_ = 0;
+    uint64_t initial_bytes_ = 0;  // Visitor bytes written with the first send (before the pump)
     quic::Stream* stream_ = nullptr;
     Phase phase_ = Phase::intake;
     // Needed only until the ClientHello is complete (it carries a 16 KiB reassembly buffer).
