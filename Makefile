@@ -7,7 +7,7 @@ MESON      ?= meson
 PREFIX     ?= /usr/local
 SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config fuzz_der
+FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config fuzz_der fuzz_http_request
 
 .PHONY: all deps bench-deps bench deb demo build check check-asan asan fuzz install clean
 

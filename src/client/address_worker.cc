@@ -172,6 +172,11 @@ void AddressWorker::on_established(quic::Connection& c) noexcept {
     // First authenticated connection wins the race: the other dials are closed.
     cancel_stagger();
     close_dials();
+    if (size_t i = inst_.metrics().servers.find(addr_text_); i != SIZE_MAX) {
+        ServerAddressCounts& sc = inst_.metrics().servers.at(i);
+        sc.connects.add();
+        if (ever_connected_) sc.reconnects.add();
+    }
     ever_connected_ = true;
     retry_.reset();
     inst_.log().info("client tunnel connection connected",

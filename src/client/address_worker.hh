@@ -44,6 +44,9 @@ public:
     bool draining() const noexcept { return retiring_ && !stopped_; }
     bool connected() const noexcept { return conn_ != nullptr; }
     const std::string& address_text() const noexcept { return addr_text_; }
+    // The authenticated connection (null while not connected) and the address it reached.
+    quic::Connection* connection() const noexcept { return conn_; }
+    const std::string& resolved_text() const noexcept { return resolved_text_; }
 
     // quic::ConnectionHandler
     void on_established(quic::Connection& c) noexcept override;

@@ -153,6 +153,7 @@ void ClientInstance::begin_shutdown() noexcept {
     for (auto& w : workers_) w->stop();
     for (auto& w : retired_) w->stop();
     if (resolver_ != nullptr) resolver_->shutdown();
+    if (metrics_http_ != nullptr) metrics_http_->stop();
     if (watchdog_ != nullptr) watchdog_->stop();
     if (expiry_check_ != nullptr) expiry_check_->stop();
     // What the managers post from now on is dropped; they are joined after the loop ended.
@@ -232,6 +233,7 @@ void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
     // New streams use the new Services and certificates; streams in flight keep theirs.
     if (!restart_only.keep_certificate_source) terminate_certs_ = snap->certs;
     cfg_ = std::move(next);
+    metrics_.add_labels(*cfg_);
     sys::configure_logging(cfg_->log_level, cfg_->log_format);
 
     for (const std::string& text : diff.removed) {
@@ -345,6 +347,9 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
         return 1;
     }
     resolver_ = std::move(*r);
+    metrics_.add_labels(*cfg_);
+    started_unix_ = static_cast<int64_t>(std::time(nullptr));
+    if (!start_metrics()) return 1;
     for (const config::HostPort& hp : cfg_->server_addresses) {
         auto aw = make_worker(hp);
         if (aw == nullptr) {

@@ -13,12 +13,14 @@
 
 #include "acme/challenge.hh"
 #include "acme/manager.hh"
+#include "client/client_metrics.hh"
 #include "client/terminate_tls.hh"
 #include "config/config.hh"
 #include "core/mailbox.hh"
 #include "core/slab.hh"
 #include "core/worker.hh"
 #include "net/resolver.hh"
+#include "obs/http_server.hh"
 #include "obs/log.hh"
 #include "preflight/preflight.hh"
 #include "quic/connection.hh"
@@ -92,7 +94,15 @@ public:
 
     void on_signal(const signalfd_siginfo& info) noexcept override;
 
+    ClientMetrics& metrics() noexcept { return metrics_; }
+    // The metrics listener's answers (loop thread): /metrics, /status.json and the status page.
+    obs::HttpResponse serve_http(std::string_view path);
+    std::string render_metrics() const;
+    std::string render_status_json() const;
+
 private:
+    // [metrics]: the socket-activated `metrics` or prometheus-bind-address; false after logging.
+    bool start_metrics() noexcept;
     void begin_shutdown() noexcept;
     // Reload thread: the startup rules on the file again (preflight::check_client), the
     // terminate certificates loaded; the problems as `config check` prints them otherwise.
@@ -138,6 +148,9 @@ private:
     std::unique_ptr<core::Slab<StreamSession>> streams_;
     std::mt19937_64 rng_{std::random_device{}()};
     obs::RateLimiter saturation_limiter_;
+    ClientMetrics metrics_;
+    std::unique_ptr<obs::HttpServer> metrics_http_;
+    int64_t started_unix_ = 0;
     bool ready_logged_ = false;
     bool shutting_down_ = false;
     int exit_code_ = 0;

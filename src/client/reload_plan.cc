@@ -44,6 +44,11 @@ AddressDiff diff_server_addresses(const std::vector<std::string>& running,
 RestartOnly keep_restart_only(const config::ClientConfig& running, config::ClientConfig& next,
                               const std::vector<std::string>& acme_hostnames) {
     RestartOnly r;
+    // The metrics listener is bound once per process.
+    if (next.metrics_bind != running.metrics_bind) {
+        r.notes.push_back(changed("metrics.prometheus-bind-address"));
+        next.metrics_bind = running.metrics_bind;
+    }
     // The event loop is created once per process.
     if (next.event_backend != running.event_backend) {
         r.notes.push_back(changed("event-backend"));

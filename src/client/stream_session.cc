@@ -91,11 +91,17 @@ void StreamSession::route() noexcept {
     decoder_.reset();
     service_ = select_service(cfg_->services, sni_);
     if (service_ == nullptr) {
+        inst_.metrics().unmatched_streams.add();
         inst_.log().warn("client route unavailable",
                          {{"public-hostname", sni_}, {"reason", "no-matching-service"}});
         return finish(true);
     }
     backend_text_ = service_->backend.text();
+    if (size_t i = inst_.metrics().services.find(service_->label); i != SIZE_MAX) {
+        counts_ = &inst_.metrics().services.at(i);
+        counts_->streams.add();
+        counts_->active.add(1);
+    }
     if (service_->tls_mode == config::TlsMode::kTerminate) {
         inst_.log().debug("client route terminate",
                           {{"public-hostname", sni_}, {"backend-address", backend_text_}});
@@ -200,6 +206,7 @@ void StreamSession::tls_handshake_done() noexcept {
 
 void StreamSession::connect_phase() noexcept {
     arm_step_timer();  // 5 s for resolution and connect together
+    connect_started_ns_ = core::now_ns();
     net::ResolvedAddress lit;
     if (net::literal_address(service_->backend.host, service_->backend.port, lit)) {
         return connect_backend({lit});
@@ -241,6 +248,7 @@ void StreamSession::send_initial() noexcept {
         out_.insert(out_.end(), hdr, hdr + n);
     }
     if (tls_ == nullptr && visitor_offset_ < prefix_.size()) {
+        initial_bytes_ = prefix_.size() - visitor_offset_;
         out_.insert(out_.end(), prefix_.begin() + static_cast<ptrdiff_t>(visitor_offset_),
                     prefix_.end());
     }
@@ -272,6 +280,7 @@ void StreamSession::start_relay() noexcept {
 }
 
 void StreamSession::backend_failed(const char* reason, const std::string& detail) noexcept {
+    if (counts_ != nullptr && phase_ != Phase::write) counts_->backend_failures.add();
     inst_.log().warn(
         "client route unavailable",
         {{"public-hostname", sni_}, {"backend-address", backend_text_}, {"reason", reason}},
@@ -344,6 +353,7 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
                 return;
             case net::Connector::Status::kConnected:
                 fd_ = connector_.take_socket();
+                inst_.metrics().backend_connect.observe_ns(core::now_ns() - connect_started_ns_);
                 return send_initial();
             case net::Connector::Status::kFailed:
                 return backend_failed("backend-connect-failed",
@@ -406,6 +416,17 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
 }
 
 void StreamSession::on_quiesced() noexcept {
+    if (counts_ != nullptr) {
+        counts_->active.add(-1);
+        if (tls_ != nullptr) {
+            counts_->bytes_in.add(tls_->bytes_to_tcp());
+            counts_->bytes_out.add(tls_->bytes_to_stream());
+        } else {
+            counts_->bytes_in.add(initial_bytes_ + pump_.bytes_to_tcp());
+            counts_->bytes_out.add(pump_.bytes_to_stream());
+        }
+        counts_ = nullptr;
+    }
     connector_.release(*this);
     if (fd_ && linger_reset_) {
         linger l{1, 0};

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "acme/challenge.hh"
+#include "client/client_metrics.hh"
 #include "client/terminate_tls.hh"
 #include "config/config.hh"
 #include "core/slab.hh"
@@ -93,6 +94,9 @@ private:
 
     ClientInstance& inst_;
     core::SlotId slot_{};
+    ServiceCounts* counts_ = nullptr;  // the Service's counters once routed
+    int64_t connect_started_ns_ = 0;
+    uint64_t initial_bytes_ = 0;  // Visitor bytes written with the first send (before the pump)
     quic::Stream* stream_ = nullptr;
     Phase phase_ = Phase::intake;
     // Needed only until the ClientHello is complete (it carries a 16 KiB reassembly buffer).

@@ -214,6 +214,7 @@ bool Loader::own_section(SectionKind k) const {
     switch (k) {
         case SectionKind::kTop:
         case SectionKind::kControl:
+        case SectionKind::kMetrics:
             return true;
         case SectionKind::kServer:
         case SectionKind::kServerAcme:
@@ -339,6 +340,13 @@ void Loader::role_common(RoleConfig& cfg, const Section* role_section, SectionKi
     }
     if (auto v = setting(&top, SectionKind::kTop, "log-format")) {
         cfg.log_format = named(*v, {LogFormat::kText, LogFormat::kJson}, log_format_name);
+    }
+    for (const auto& sec : sections_) {
+        if (sec.kind != SectionKind::kMetrics) continue;
+        if (const Value* v = sec.good("prometheus-bind-address")) {
+            auto parsed = parse_socket_address(v->one());
+            if (auto* ep = std::get_if<proto::Endpoint>(&parsed)) cfg.metrics_bind = *ep;
+        }
     }
     if (auto v = setting(role_section, role_kind, "event-backend")) {
         cfg.event_backend =

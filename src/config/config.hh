@@ -129,6 +129,8 @@ struct RoleConfig {
     LogLevel log_level{};
     LogFormat log_format{};
     EventBackend event_backend{};
+    // [metrics] prometheus-bind-address: the metrics listener (restart-only); unset = off.
+    std::optional<proto::Endpoint> metrics_bind;
 
     // Managed mode ([control] or --control-address): validated here, refused by this build at
     // startup (preflight).

@@ -55,7 +55,7 @@ HeaderCheck check_header(std::string_view name) {
     static constexpr std::pair<std::string_view, SectionKind> kPlain[] = {
         {"server", SectionKind::kServer},   {"server.acme", SectionKind::kServerAcme},
         {"client", SectionKind::kClient},   {"client.acme", SectionKind::kClientAcme},
-        {"control", SectionKind::kControl},
+        {"control", SectionKind::kControl}, {"metrics", SectionKind::kMetrics},
     };
     for (const auto& [text, kind] : kPlain) {
         if (name == text) {

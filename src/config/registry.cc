@@ -223,6 +223,13 @@ const std::array kKeys = {
             "(required)",
             "Control endpoint, hostname[:port] (Managed mode)",
             {}},
+    KeySpec{K::kMetrics,
+            "prometheus-bind-address",
+            T::kSocketAddress,
+            "(unset)",
+            "HTTP listener for /metrics (Prometheus text), /status.json and the status page",
+            {}},
+
     KeySpec{K::kControl, "trust", T::kEnum, "system", "how the Control certificate is verified",
             kTrust},
     KeySpec{K::kControl,
@@ -290,6 +297,8 @@ std::string_view section_kind_name(SectionKind k) noexcept {
             return "service";
         case K::kControl:
             return "control";
+        case K::kMetrics:
+            return "metrics";
     }
     return "";
 }

@@ -20,6 +20,7 @@ enum class SectionKind {
     kClientAcme,
     kService,
     kControl,
+    kMetrics,  // both roles: the metrics listener
 };
 
 enum class ValueType {

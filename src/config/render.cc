@@ -26,7 +26,7 @@ SectionKind kind_of(std::string_view header) {
     static constexpr std::array kAll = {
         SectionKind::kServer,  SectionKind::kServerAcme, SectionKind::kTunnel,
         SectionKind::kRoute,   SectionKind::kClient,     SectionKind::kClientAcme,
-        SectionKind::kService, SectionKind::kControl,
+        SectionKind::kService, SectionKind::kControl,    SectionKind::kMetrics,
     };
     for (SectionKind k : kAll) {
         std::string_view name = section_kind_name(k);
@@ -150,6 +150,7 @@ std::string_view example_value(SectionKind kind, std::string_view key) {
         {SectionKind::kClient, "server-addresses",
          "tunnel-a.example.com, tunnel-b.example.com:8443"},
         {SectionKind::kService, "proxy-protocol", "v2"},
+        {SectionKind::kMetrics, "prometheus-bind-address", "127.0.0.1:9100"},
     };
     for (const Row& r : kRows) {
         if (r.kind == kind && r.key == key) return r.value;
@@ -304,6 +305,13 @@ std::string render_starter(Role role, const Roots& roots) {
                     "public-hostnames takes every hostname (Catch-all).");
         starter_section(out, SectionKind::kService, "web", true, roots);
     }
+    out += "\n";
+    put_comment(out,
+                "Optional: metrics and a status page over HTTP (/metrics in the Prometheus text "
+                "format, /status.json, and a live page at /). Keep it on a loopback or private "
+                "address: it has no authentication. Remove the `;` before the header and the key "
+                "to use it.");
+    starter_section(out, SectionKind::kMetrics, {}, false, roots);
     return out;
 }
 

@@ -60,6 +60,7 @@ const char* scope_name(AdmissionScope s) noexcept {
 }
 
 void AdmissionLog::saturated(AdmissionScope scope, uint64_t active, uint64_t limit) noexcept {
+    saturation_events_[static_cast<size_t>(scope)].add();
     if (saturation_[static_cast<size_t>(scope)].on_saturated().log) {
         log_.warn("server admission saturated",
                   {{"scope", scope_name(scope)}, {"active-work", active}, {"limit", limit}});

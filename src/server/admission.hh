@@ -9,6 +9,7 @@
 #include <unordered_map>
 
 #include "obs/log.hh"
+#include "obs/metrics.hh"
 #include "proto/endpoint.hh"
 #include "server/close_reason.hh"
 
@@ -109,7 +110,13 @@ public:
     // route unavailable`, `server route rejected`); reasons covered elsewhere are ignored.
     void rejected(CloseReason r, std::string_view hostname = {}) noexcept;
 
+    // Saturation events per scope since start (every refusal, not only the logged ones).
+    const obs::Counter& saturations(AdmissionScope s) const noexcept {
+        return saturation_events_[static_cast<size_t>(s)];
+    }
+
 private:
+    std::array<obs::Counter, static_cast<size_t>(AdmissionScope::kCount)> saturation_events_;
     obs::Logger& log_;
     std::array<obs::RateLimiter, static_cast<size_t>(AdmissionScope::kCount)> saturation_;
     std::array<obs::RateLimiter, 32> rejection_;

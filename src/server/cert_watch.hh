@@ -34,12 +34,15 @@ public:
     // expired` past notAfter, nothing otherwise; returns the worst level seen.
     trust::ExpiryLevel check(std::time_t now) noexcept;
 
-private:
     struct Served {
         std::string path;
         std::time_t not_after;
         Source source;
     };
+    // The certificates served now (the metrics and the status page show their expiry).
+    const std::vector<Served>& served() const noexcept { return certs_; }
+
+private:
     obs::Logger& log_;
     std::vector<Served> certs_;
 };

@@ -81,6 +81,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
         if (auto r = s->create_acme(); !r) return std::move(r).error();
     }
 
+    s->metrics_.add_labels(cfg);
+    s->started_unix_ = static_cast<int64_t>(std::time(nullptr));
     s->routes_ = RouteTable::build(cfg);
     if (auto r = s->resolve_upstreams(); !r) return std::move(r).error();
 
@@ -93,13 +95,18 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
     s->live_.reserve(lim.pre_routing_global + lim.active_relays + 64);
 
     // Socket activation replaces binding the configured addresses.
-    auto activated =
-        sys::collect_activated_sockets({{"public", SOCK_STREAM}, {"tunnel", SOCK_DGRAM}});
+    auto activated = sys::collect_activated_sockets(
+        {{"public", SOCK_STREAM}, {"tunnel", SOCK_DGRAM}, {"metrics", SOCK_STREAM}});
     if (!activated) return std::move(activated).error();
     core::UniqueFd public_fd;
+    core::UniqueFd metrics_fd;
     for (auto& a : *activated) {
         if (a.name == "public") {
             public_fd.reset(a.fd);
+            int fl = ::fcntl(a.fd, F_GETFL);
+            if (fl >= 0) (void)::fcntl(a.fd, F_SETFL, fl | O_NONBLOCK);
+        } else if (a.name == "metrics") {
+            metrics_fd.reset(a.fd);
             int fl = ::fcntl(a.fd, F_GETFL);
             if (fl >= 0) (void)::fcntl(a.fd, F_SETFL, fl | O_NONBLOCK);
         } else {
@@ -132,6 +139,22 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
         ready_text = local_text(ready_fd.get());
     }
 
+    // The metrics listener: the activated `metrics` socket, else the configured address.
+    if (metrics_fd.valid()) {
+        std::string got = obs::socket_local_text(metrics_fd.get());
+        log.info("server metrics listener socket-activated", {{"bind-address", got}});
+    } else if (cfg.metrics_bind) {
+        auto fd = obs::bind_metrics_listener(*cfg.metrics_bind);
+        if (!fd) return std::move(fd).error();
+        metrics_fd = std::move(*fd);
+    }
+    if (metrics_fd.valid()) {
+        EdgeServer* self = s.get();
+        s->metrics_http_ = std::make_unique<obs::HttpServer>(
+            *s->worker_, std::move(metrics_fd),
+            [self](std::string_view path) { return self->serve_http(path); });
+    }
+
     s->control_ = std::make_unique<ControlSession>(*s->worker_, *s);
     if (!s->control_->open()) return Error::msg("event loop: no slot for the control session");
     s->shutdown_ = std::make_unique<OrderlyShutdown>(*s->worker_, static_cast<ShutdownHost&>(*s),
@@ -157,6 +180,7 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
                                      log, s->admission_log_, std::move(s->tunnel_fd_));
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
+        s->tunnel_->set_metrics(&s->metrics_);
         if (s->acme_ != nullptr) {
             if (auto cached = s->acme_->cached()) s->on_acme_certificate(*cached);
         } else {
@@ -184,6 +208,13 @@ int EdgeServer::run() noexcept {
         log_.info("server readiness listener enabled",
                   {{"bind-address", readiness_->bind_text()}, {"kind", "tcp-probe-only"}});
         log_.info("server readiness gained", {{"bind-address", readiness_->bind_text()}});
+    }
+    if (metrics_http_ != nullptr) {
+        if (!metrics_http_->start()) {
+            log_.error("server metrics listener failed", {}, "no event loop slot");
+            return 1;
+        }
+        log_.info("server metrics listener ready", {{"bind-address", metrics_http_->bind_text()}});
     }
     watchdog_ = std::make_unique<sys::Watchdog>(*worker_);
     watchdog_->start();
@@ -227,12 +258,15 @@ void EdgeServer::on_accept(Listener& l, int fd) noexcept {
         return;
     }
     counters_.accepted++;
+    metrics_.accepted.add();
     if (shutting_down()) {
+        metrics_.dropped[static_cast<size_t>(CloseReason::kShutdown)].add();
         ::close(fd);
         return;
     }
     // The global pre-routing slot comes before any per-connection work.
     if (!admission_.try_pre_routing_global()) {
+        metrics_.dropped[kDropGlobalSaturated].add();
         ::close(fd);
         admission_log_.saturated(AdmissionScope::kVisitorGlobal, admission_.pre_routing(),
                                  admission_.limits().pre_routing_global);
@@ -241,6 +275,7 @@ void EdgeServer::on_accept(Listener& l, int fd) noexcept {
     admission_log_.admitted(AdmissionScope::kVisitorGlobal);
     auto id = visitors_->alloc(*worker_, *this, fd, ++next_conn_id_);
     if (!id) {
+        metrics_.dropped[kDropGlobalSaturated].add();
         admission_.release_pre_routing_global();
         ::close(fd);
         admission_log_.saturated(AdmissionScope::kVisitorGlobal, visitors_->size(),
@@ -252,6 +287,7 @@ void EdgeServer::on_accept(Listener& l, int fd) noexcept {
     v->slab_id_ = *id;
     if (!v->open()) {
         // No handler slot: undo by hand (nothing was submitted).
+        metrics_.dropped[kDropGlobalSaturated].add();
         admission_.release_pre_routing_global();
         visitors_->free(*id);
         admission_log_.saturated(AdmissionScope::kVisitorGlobal, worker_->attached_count(),
@@ -315,6 +351,7 @@ void EdgeServer::stop_ingress() noexcept {
         readiness_->stop();
     }
     if (public_ != nullptr) public_->stop();
+    if (metrics_http_ != nullptr) metrics_http_->stop();
     // Visitors still in intake are cancelled; routed ones keep running for now. Iterate over a
     // copy: on_shutdown_started() only queues teardown, but be robust anyway.
     std::vector<VisitorSession*> snapshot(live_);
@@ -508,6 +545,7 @@ void EdgeServer::finish_reload() noexcept {
                                      admission_log_, core::UniqueFd());
         if (!t) return fail(t.error().message);
         tunnel_ = std::move(*t);
+        tunnel_->set_metrics(&metrics_);
         new_front = true;
         log_.info("server tunnel listener ready", {{"bind-address", tunnel_->bind_text()}});
         if (acme_ != nullptr) {
@@ -530,6 +568,7 @@ void EdgeServer::finish_reload() noexcept {
 
     // Then the swap: new Visitors see the new routes, Tunnels and pins together; Visitors in
     // flight keep the table and configuration they started with.
+    metrics_.add_labels(next);
     routes_ = p->routes;
     if (upstreams_ != nullptr) {
         upstreams_->stop();

@@ -18,12 +18,14 @@
 #include "core/slab.hh"
 #include "core/worker.hh"
 #include "net/resolver.hh"
+#include "obs/http_server.hh"
 #include "obs/log.hh"
 #include "preflight/preflight.hh"
 #include "server/admission.hh"
 #include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
 #include "server/route_table.hh"
+#include "server/server_metrics.hh"
 #include "server/shutdown.hh"
 #include "server/tcp_listener.hh"
 #include "server/tunnel_front.hh"
@@ -107,6 +109,12 @@ public:
 
     void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
     EdgeCounters& counters() noexcept { return counters_; }
+    ServerMetrics& metrics() noexcept { return metrics_; }
+
+    // The metrics listener's answers (loop thread): /metrics, /status.json and the status page.
+    obs::HttpResponse serve_http(std::string_view path);
+    std::string render_metrics() const;
+    std::string render_status_json() const;
 
     // Expiry warnings for the served certificates; re-armed daily.
     void on_cert_check() noexcept;
@@ -189,6 +197,10 @@ private:
     uint64_t next_conn_id_ = 0;
     int exit_code_ = 0;
     EdgeCounters counters_;
+    ServerMetrics metrics_;
+    // [metrics] prometheus-bind-address (or the socket-activated `metrics`); null when off.
+    std::unique_ptr<obs::HttpServer> metrics_http_;
+    int64_t started_unix_ = 0;
     CertExpiryWatch cert_watch_;
     bool cert_check_armed_ = false;
     bool running_ = false;

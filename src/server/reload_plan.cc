@@ -50,6 +50,11 @@ std::vector<std::string> keep_restart_only(const config::ServerConfig& running,
                              name(running.visitor_proxy_v2)));
         next.visitor_proxy_v2 = running.visitor_proxy_v2;
     }
+    if (next.metrics_bind != running.metrics_bind) {
+        notes.push_back(note("metrics.prometheus-bind-address", endpoint_text(next.metrics_bind),
+                             endpoint_text(running.metrics_bind)));
+        next.metrics_bind = running.metrics_bind;
+    }
     if (next.event_backend != running.event_backend) {
         notes.push_back(note("event-backend", config::event_backend_name(next.event_backend),
                              config::event_backend_name(running.event_backend)));

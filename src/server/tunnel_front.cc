@@ -128,6 +128,7 @@ bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
 }
 
 void TunnelFront::on_handshake_refused(size_t in_flight) noexcept {
+    count(HandshakeFailure::kSaturated);
     admission_.saturated(AdmissionScope::kQuicHandshakeGlobal, in_flight, in_flight);
 }
 
@@ -138,8 +139,10 @@ void TunnelFront::on_handshake_admitted() noexcept {
 void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
     const quic::CloseInfo& info = c.close_info();
     // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
-    if (!info.application && info.code == quic::kCryptoErrorAccessDenied) return;
+    if (!info.application && info.code == quic::kCryptoErrorAccessDenied)
+        return count(HandshakeFailure::kUnauthorized);
     if (registry_->sealed()) return;
+    count(tls_->has_certificate() ? HandshakeFailure::kError : HandshakeFailure::kNoCertificate);
     if (handshake_failure_limit_.on_saturated().log) {
         std::string cause = quic::describe_close(info, "the client");
         // ACME before the first issuance: every handshake fails until a certificate arrives.
@@ -154,11 +157,17 @@ void TunnelFront::on_connection(quic::Connection& c) noexcept {
         log_.info("server admission recovered", {{"scope", "quic-handshake-failure"}});
     auto id = trust::identity_of_certificate_der(c.peer_certificate());
     if (!id) {
+        count(HandshakeFailure::kUnauthorized);
         c.close(quic::kAppCloseCode, join_close_reason(JoinStatus::kUnmapped));
         return;
     }
     auto j = registry_->join(*id, &c);
     if (j.status != JoinStatus::kJoined) {
+        if (j.status == JoinStatus::kUnmapped) {
+            count(HandshakeFailure::kUnauthorized);
+        } else if (j.status != JoinStatus::kShuttingDown) {
+            count(HandshakeFailure::kJoinRefused);
+        }
         if (auto scope = join_scope(j.status)) {
             const TunnelLimits& lim = registry_->limits();
             uint64_t limit = j.status == JoinStatus::kGlobalSaturated ? lim.global
@@ -173,6 +182,8 @@ void TunnelFront::on_connection(quic::Connection& c) noexcept {
          {JoinStatus::kGlobalSaturated, JoinStatus::kPoolSaturated, JoinStatus::kIdentitySaturated})
         admission_.admitted(*join_scope(st));
     // The pool keeps the member alive as long as the connection is; the connection points back.
+    j.member->joined_unix = static_cast<int64_t>(std::time(nullptr));
+    if (metrics_ != nullptr) metrics_->tunnel_connections_accepted.add();
     c.set_user_data(j.member.get());
     c.set_handler(this);
 }

@@ -17,6 +17,7 @@
 #include "quic/listener.hh"
 #include "quic/tls.hh"
 #include "server/admission.hh"
+#include "server/server_metrics.hh"
 #include "server/tunnel_registry.hh"
 #include "trust/server_cert.hh"
 
@@ -44,6 +45,12 @@ public:
     const std::string& cert_path() const noexcept { return cert_path_; }
     std::time_t cert_not_after() const noexcept { return cert_not_after_; }
     bool has_certificate() const noexcept { return tls_->has_certificate(); }
+    // Where handshake failures are counted (the EdgeServer's metrics; may stay null).
+    void set_metrics(ServerMetrics* m) noexcept { metrics_ = m; }
+    // QUIC handshakes in progress now.
+    size_t handshakes_in_flight() const noexcept {
+        return listener_ != nullptr ? listener_->handshakes() : 0;
+    }
 
     // Serves a new certificate (chain leaf first + key, from `path`, valid until `not_after`)
     // to the handshakes that start from now on; established connections keep theirs. On error
@@ -90,6 +97,10 @@ private:
     std::time_t cert_not_after_ = 0;
     obs::RateLimiter unauthorized_limit_;
     obs::RateLimiter handshake_failure_limit_;
+    ServerMetrics* metrics_ = nullptr;
+    void count(HandshakeFailure f) noexcept {
+        if (metrics_ != nullptr) metrics_->count_handshake_failure(f);
+    }
 };
 
 }  // namespace runewarp::server

@@ -52,6 +52,10 @@ struct TunnelMember {
     int tunnel = -1;
     void* connection = nullptr;  // quic::Connection* (opaque here)
     uint32_t active_streams = 0;
+    // Bytes of the streams that ended on this member (the status page adds the live ones).
+    uint64_t bytes_in = 0;
+    uint64_t bytes_out = 0;
+    int64_t joined_unix = 0;  // when the connection joined its pool (unix seconds)
     bool alive = false;
     bool unresponsive = false;           // as last seen by pick(): takes no new Visitors
     std::vector<StreamWaiter*> waiters;  // Visitors waiting for stream credit

@@ -246,7 +246,18 @@ void VisitorSession::release_pre_routing() noexcept {
     if (intake_ != nullptr) server_.intake_pool().give_back(std::move(intake_));
 }
 
+uint64_t VisitorSession::bytes_in() const noexcept {
+    if (state_ != VisitorState::kRelay) return 0;
+    return tunnel_ ? pump_.bytes_to_stream() + buffered_ : to_upstream_.bytes();
+}
+
+uint64_t VisitorSession::bytes_out() const noexcept {
+    if (state_ != VisitorState::kRelay) return 0;
+    return tunnel_ ? pump_.bytes_to_tcp() : to_visitor_.bytes();
+}
+
 void VisitorSession::route() noexcept {
+    server_.metrics().intake.observe_ns(core::now_ns() - started_ns_);
     sni_ = intake_->hello.sni();
     bool acme = intake_->hello.offers_acme_tls1();
     // Everything intake saw (the ClientHello and whatever followed) is still queued in the
@@ -269,6 +280,8 @@ void VisitorSession::route() noexcept {
     if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
     if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
     route_ = target->direct;
+    if (size_t i = server_.metrics().direct.find(route_->label); i != SIZE_MAX)
+        counts_ = &server_.metrics().direct.at(i);
     if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
     connect_upstream();
 }
@@ -327,6 +340,8 @@ void VisitorSession::on_connected() noexcept {
 void VisitorSession::start_relay() noexcept {
     state_ = VisitorState::kRelay;
     server_.counters().relayed++;
+    relay_started_ns_ = core::now_ns();
+    if (counts_ != nullptr) counts_->relays.add();
     set_nodelay(visitor_.get());
     to_upstream_ = relay::SplicePump(visitor_.get(), upstream_.get());
     to_visitor_ = relay::SplicePump(upstream_.get(), visitor_.get());
@@ -370,6 +385,8 @@ void VisitorSession::drive_relay(bool up, bool down) noexcept {
 void VisitorSession::route_tunnel(std::string_view label) noexcept {
     tunnel_ = true;
     tunnel_label_ = label;
+    if (size_t i = server_.metrics().tunnel.find(label); i != SIZE_MAX)
+        counts_ = &server_.metrics().tunnel.at(i);
     TunnelRegistry* reg = server_.tunnels();
     if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
     Admission& adm = server_.admission();
@@ -464,6 +481,8 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     counted_ = true;
     state_ = VisitorState::kRelay;
     server_.counters().relayed++;
+    relay_started_ns_ = core::now_ns();
+    if (counts_ != nullptr) counts_->relays.add();
     set_nodelay(visitor_.get());
     server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
     pump_started_ = true;
@@ -632,6 +651,24 @@ void VisitorSession::finish(CloseReason r) noexcept {
 void VisitorSession::on_quiesced() noexcept {
     // Nothing is in flight any more: pipes, fds and slots can go.
     VisitorState last = state_;
+    // The counts move from the live relay to its label in the same loop step that removes the
+    // session from the live list, so a scrape never sees them twice or not at all.
+    ServerMetrics& m = server_.metrics();
+    if (last == VisitorState::kRelay) {
+        const uint64_t in = bytes_in(), out = bytes_out();
+        if (counts_ != nullptr) {
+            counts_->bytes_in.add(in);
+            counts_->bytes_out.add(out);
+            if (reason_ == CloseReason::kReset) counts_->resets.add();
+        }
+        if (tunnel_ && member_ != nullptr) {
+            member_->bytes_in += in;
+            member_->bytes_out += out;
+        }
+        m.relay.observe_ns(core::now_ns() - relay_started_ns_);
+    } else if (!(last == VisitorState::kAcme && reason_ == CloseReason::kDone)) {
+        m.dropped[static_cast<size_t>(reason_) % kDropSlots].add();
+    }
     state_ = VisitorState::kClosed;
     to_upstream_.release(server_.pipes());
     to_visitor_.release(server_.pipes());

@@ -25,6 +25,7 @@
 #include "server/close_reason.hh"
 #include "server/intake_pool.hh"
 #include "server/route_table.hh"
+#include "server/server_metrics.hh"
 #include "server/tunnel_registry.hh"
 
 namespace runewarp::server {
@@ -51,6 +52,13 @@ public:
 
     VisitorState state() const noexcept { return state_; }
     bool relaying() const noexcept { return state_ == VisitorState::kRelay; }
+    // While relaying: the label's counters (null before routing) and the bytes relayed so far,
+    // which the scrape adds to the counts of finished relays.
+    const RouteCounts* route_counts() const noexcept { return counts_; }
+    bool tunnel_target() const noexcept { return tunnel_; }
+    const TunnelMember* member() const noexcept { return member_.get(); }
+    uint64_t bytes_in() const noexcept;
+    uint64_t bytes_out() const noexcept;
 
 protected:
     void on_event(const core::Completion& c) noexcept override;
@@ -108,6 +116,8 @@ private:
     core::UniqueFd upstream_;
     uint64_t conn_id_;
     int64_t started_ns_ = 0;
+    int64_t relay_started_ns_ = 0;
+    RouteCounts* counts_ = nullptr;  // the route or Tunnel label's counters, set at routing
     core::TimerHandle deadline_{};
     std::unique_ptr<IntakeState> intake_;
     proto::Tuple tuple_{};

@@ -82,6 +82,7 @@ void Reloader::finish(Result<std::string> r) noexcept {
         log_.error("config reload failed", {{"generation", std::to_string(generation_)}}, o.text);
     }
     o.generation = generation_;
+    last_ok_ = o.ok;
     notify_ready(status_ ? status_() : std::string());
     running_ = false;
     std::vector<ReloadReply> replies;

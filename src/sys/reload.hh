@@ -62,6 +62,8 @@ public:
     // failure ("shutting down"); a check in progress is waited for.
     void shutdown() noexcept;
     uint64_t generation() const noexcept { return generation_; }
+    // Whether the last reload succeeded (true before any reload), for the metrics.
+    bool last_ok() const noexcept { return last_ok_; }
     bool busy() const noexcept { return running_; }
 
 private:
@@ -83,6 +85,7 @@ private:
     uint64_t generation_ = 1;
     uint64_t apply_seq_ = 0;  // guards against a late `done` after shutdown
     bool running_ = false;
+    bool last_ok_ = true;
     bool pending_ = false;
     bool stopped_ = false;
 };

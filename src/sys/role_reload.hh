@@ -36,6 +36,7 @@ public:
     // the control socket goes away.
     void stop() noexcept;
     uint64_t generation() const noexcept { return reloader_->generation(); }
+    bool last_reload_ok() const noexcept { return reloader_->last_ok(); }
     // Empty when the daemon runs without a control socket.
     std::string socket_path() const;
 

@@ -115,7 +115,11 @@ const Case kCases[] = {
     {Role::kServer, S_HEAD TUN "[tunnel \"apps\"]\n", 7,
      "duplicate section [tunnel \"apps\"] (first at line 4)", nullptr},
     {Role::kServer, S_HEAD "garbage\n" TUN, 4, "syntax error at line 4", nullptr},
-    {Role::kServer, S_HEAD TUN "[metrics]\n", 7, "unknown section [metrics]", nullptr},
+    {Role::kServer, S_HEAD TUN "[statsd]\n", 7, "unknown section [statsd]", nullptr},
+    {Role::kServer, S_HEAD TUN "[metrics]\nprometheus-bind-address = localhost:9100\n", 8,
+     "metrics.prometheus-bind-address: invalid value \"localhost:9100\": must be a literal "
+     "socket address such as 0.0.0.0:443 or [::]:443 (no hostnames)",
+     nullptr},
     {Role::kServer, S_HEAD TUN "[server.cert]\n", 7, "unknown section [server.cert]", nullptr},
     {Role::kServer, S_HEAD TUN "[route \"Web\"]\n", 7,
      "invalid route label \"Web\": labels match [a-z0-9][a-z0-9_-]{0,62}", nullptr},
@@ -1180,7 +1184,7 @@ Test(config, rendered_effective_config_validates_to_the_same_model) {
     for (const auto& k : key_registry()) {
         if (k.section == SectionKind::kClient || k.section == SectionKind::kClientAcme ||
             k.section == SectionKind::kService || k.section == SectionKind::kControl ||
-            k.section == SectionKind::kServerAcme) {
+            k.section == SectionKind::kServerAcme || k.section == SectionKind::kMetrics) {
             continue;
         }
         cr_expect(text.find(std::string(k.name) + " =") != std::string::npos, "%.*s missing",
@@ -1289,5 +1293,29 @@ Test(config, starter_files_parse_with_only_material_missing) {
             cr_expect(text.find(std::string(k.name) + " =") != std::string::npos, "%.*s missing",
                       static_cast<int>(k.name.size()), k.name.data());
         }
+    }
+}
+
+// [metrics] is accepted by both roles, appears in `config show` when the file has it and in the
+// starter file as a commented example on loopback.
+Test(config, metrics_section_for_both_roles) {
+    Scratch s;
+    auto srv = load_text(s, Role::kServer,
+                         S_HEAD TUN "[metrics]\nprometheus-bind-address = 127.0.0.1:9100\n");
+    cr_assert(srv.ok(), "%s", dump(srv).c_str());
+    cr_assert(srv.server->metrics_bind.has_value());
+    cr_expect_eq(proto::format_endpoint(*srv.server->metrics_bind), "127.0.0.1:9100");
+    std::string shown = render_effective(Role::kServer, *srv.server);
+    cr_expect(shown.find("[metrics]\nprometheus-bind-address = 127.0.0.1:9100  ; file:") !=
+                  std::string::npos,
+              "%s", shown.c_str());
+    auto none = load_text(s, Role::kServer, S_HEAD TUN);
+    cr_assert(none.ok());
+    cr_expect(!none.server->metrics_bind.has_value());
+    for (Role role : {Role::kServer, Role::kClient}) {
+        std::string starter = render_starter(role, Roots{});
+        cr_expect(starter.find("; [metrics]\n") != std::string::npos, "%s", starter.c_str());
+        cr_expect(starter.find("; prometheus-bind-address = 127.0.0.1:9100\n") != std::string::npos,
+                  "%s", starter.c_str());
     }
 }

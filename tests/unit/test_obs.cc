@@ -11,7 +11,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "obs/http_request.hh"
 #include "obs/log.hh"
+#include "obs/metrics.hh"
 
 using namespace runewarp::obs;
 using namespace std::chrono_literals;
@@ -395,4 +397,107 @@ Test(obs, detect_style_matches_journal_stream) {
     cr_assert_eq(detect_style(fds[1], "garbage"), Style::kPlain);
     close(fds[0]);
     close(fds[1]);
+}
+
+// ---- metrics: exposition writer ------------------------------------------------------------
+
+Test(obs_metrics, exposition_families_samples_and_escaping) {
+    Exposition x;
+    x.family("runewarp_x_total", "Help with \\ and\nnewline.", "counter");
+    x.sample("runewarp_x_total", {{"route", "a\"b\\c\nd"}}, uint64_t{42});
+    x.sample("runewarp_x_total", {}, uint64_t{7});
+    x.family("runewarp_g", "A gauge.", "gauge");
+    x.sample("runewarp_g", {{"a", "1"}, {"b", "2"}}, int64_t{-3});
+    x.sample("runewarp_g", {}, 0.25);
+    cr_assert_str_eq(x.text().c_str(),
+                     "# HELP runewarp_x_total Help with \\\\ and\\nnewline.\n"
+                     "# TYPE runewarp_x_total counter\n"
+                     "runewarp_x_total{route=\"a\\\"b\\\\c\\nd\"} 42\n"
+                     "runewarp_x_total 7\n"
+                     "# HELP runewarp_g A gauge.\n"
+                     "# TYPE runewarp_g gauge\n"
+                     "runewarp_g{a=\"1\",b=\"2\"} -3\n"
+                     "runewarp_g 0.25\n");
+}
+
+Test(obs_metrics, sample_values) {
+    cr_assert_str_eq(format_sample_value(3.0).c_str(), "3");
+    cr_assert_str_eq(format_sample_value(0.001).c_str(), "0.001");
+    cr_assert_str_eq(format_sample_value(1.0 / 0.0).c_str(), "+Inf");
+    cr_assert_str_eq(format_sample_value(-1.0 / 0.0).c_str(), "-Inf");
+    cr_assert_str_eq(format_sample_value(0.0 / 0.0).c_str(), "NaN");
+}
+
+Test(obs_metrics, histogram_buckets_are_cumulative) {
+    static constexpr double kBounds[] = {0.01, 0.1, 1.0};
+    Histogram h(kBounds);
+    h.observe_ns(5'000'000);      // 5 ms -> le 0.01
+    h.observe_ns(10'000'000);     // exactly 10 ms -> le 0.01 (bounds are inclusive)
+    h.observe_ns(50'000'000);     // 50 ms -> le 0.1
+    h.observe_ns(3'000'000'000);  // 3 s -> +Inf
+    h.observe_ns(-1);             // clock skew counts as zero
+    Exposition x;
+    x.histogram("d_seconds", {{"k", "v"}}, h);
+    cr_assert_str_eq(x.text().c_str(),
+                     "d_seconds_bucket{k=\"v\",le=\"0.01\"} 3\n"
+                     "d_seconds_bucket{k=\"v\",le=\"0.1\"} 4\n"
+                     "d_seconds_bucket{k=\"v\",le=\"1\"} 4\n"
+                     "d_seconds_bucket{k=\"v\",le=\"+Inf\"} 5\n"
+                     "d_seconds_sum{k=\"v\"} 3.065\n"
+                     "d_seconds_count{k=\"v\"} 5\n");
+}
+
+Test(obs_metrics, label_slots_survive_growth) {
+    LabelSlots<Counter> slots;
+    size_t a = slots.index("apps");
+    Counter& ca = slots.at(a);
+    ca.add(5);
+    for (int i = 0; i < 1000; ++i) slots.index("label-" + std::to_string(i));
+    cr_assert_eq(slots.index("apps"), a);
+    cr_assert_eq(&slots.at(a), &ca);  // references held by sessions stay valid
+    cr_assert_eq(slots.at(slots.find("apps")).value(), 5u);
+    cr_assert_eq(slots.find("never-configured"), SIZE_MAX);
+    cr_assert_str_eq(slots.name(a).c_str(), "apps");
+}
+
+Test(obs_metrics, process_figures) {
+    cr_assert_gt(process_open_fds(), 2);
+    cr_assert_gt(process_resident_memory_bytes(), 1 << 20);
+}
+
+// ---- metrics: HTTP request head parser ---------------------------------------------------
+
+Test(obs_http, parses_a_scrape) {
+    HttpRequest r;
+    std::string head =
+        "GET /metrics?x=1 HTTP/1.1\r\nHost: 127.0.0.1:9100\r\nAccept: */*\r\n\r\nbody";
+    cr_assert_eq(parse_http_request(head, r), HttpParse::kOk);
+    cr_assert(r.method == "GET");
+    cr_assert(r.target == "/metrics?x=1");
+    cr_assert(r.path == "/metrics");
+    cr_assert(r.version == "HTTP/1.1");
+    cr_assert_eq(r.head_length, head.size() - 4);
+    cr_assert_eq(parse_http_request("HEAD / HTTP/1.0\n\n", r), HttpParse::kOk);
+    cr_assert(r.method == "HEAD");
+}
+
+Test(obs_http, incomplete_bad_and_too_large) {
+    HttpRequest r;
+    cr_assert_eq(parse_http_request("", r), HttpParse::kIncomplete);
+    cr_assert_eq(parse_http_request("GET /metr", r), HttpParse::kIncomplete);
+    cr_assert_eq(parse_http_request("GET /metrics HTTP/1.1\r\nHost: a\r\n", r),
+                 HttpParse::kIncomplete);
+    for (const char* bad :
+         {"GET\r\n\r\n", "GET /metrics\r\n\r\n", "GET metrics HTTP/1.1\r\n\r\n",
+          "GET /a b HTTP/1.1\r\n\r\n", "GET /metrics HTTP/2.0\r\n\r\n",
+          "G(T /metrics HTTP/1.1\r\n\r\n", "GET /metrics HTTP/1.1\r\nNoColon\r\n\r\n",
+          "GET /metrics HTTP/1.1\r\nX : y\r\n\r\n", "GET /metrics HTTP/1.1\r\n folded\r\n\r\n",
+          "\x16\x03\x01"}) {
+        cr_assert_eq(parse_http_request(bad, r), HttpParse::kBad, "%s", bad);
+    }
+    std::string big = "GET /metrics HTTP/1.1\r\nX: " + std::string(kMaxRequestHead, 'a');
+    cr_assert_eq(parse_http_request(big, r), HttpParse::kTooLarge);
+    std::string ok = "GET /metrics HTTP/1.1\r\nX: " + std::string(100, 'a') + "\r\n\r\n";
+    cr_assert_eq(parse_http_request(ok, r, 64), HttpParse::kTooLarge);
+    cr_assert_eq(parse_http_request(ok, r), HttpParse::kOk);
 }

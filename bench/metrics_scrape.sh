@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# What scraping costs the data path: the same bulk download through a direct route, once with
+# nobody scraping and once with /metrics scraped 100 times per second; prints both throughputs and
+# their ratio. Not part of `make check`.
+#
+#   RUNEWARP_BIN=build/runewarp bench/metrics_scrape.sh        # 1 GiB per run, 3 runs each
+#   BULK_MIB=256 RUNS=1 bench/metrics_scrape.sh
+#
+# Needs python3 and curl. Everything listens on loopback ports picked at start.
+set -euo pipefail
+
+BIN=${RUNEWARP_BIN:-build/runewarp}
+BULK_MIB=${BULK_MIB:-1024}
+RUNS=${RUNS:-3}
+RATE=${SCRAPES_PER_SECOND:-100}
+[ -x "$BIN" ] || { echo "metrics_scrape: $BIN not found (set RUNEWARP_BIN)" >&2; exit 1; }
+
+DIR=$(mktemp -d /tmp/runewarp-metrics-bench.XXXXXX)
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    wait 2>/dev/null || true
+    rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+free_port() {
+    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+PUBLIC=$(free_port); UPSTREAM=$(free_port); METRICS=$(free_port)
+
+# The upstream: takes the ClientHello (a close with unread bytes would be a reset) and sends
+# BULK_MIB MiB to every connection.
+cat > "$DIR/upstream.py" <<PY
+import socket, threading
+chunk = b"x" * (1 << 20)
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", $UPSTREAM)); s.listen(16)
+def serve(c):
+    try:
+        c.recv(65536)
+        for _ in range($BULK_MIB): c.sendall(chunk)
+    finally:
+        c.close()
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+PY
+python3 "$DIR/upstream.py" & PIDS+=($!)
+
+cat > "$DIR/server.ini" <<INI
+log-level = warn
+[server]
+hostname = tunnel.bench.test
+public-bind-address = 127.0.0.1:$PUBLIC
+[route "bulk"]
+public-hostnames = bulk.bench.test
+upstream-address = 127.0.0.1:$UPSTREAM
+[metrics]
+prometheus-bind-address = 127.0.0.1:$METRICS
+INI
+"$BIN" server -c "$DIR/server.ini" > "$DIR/server.log" 2>&1 & PIDS+=($!)
+for _ in $(seq 100); do curl -sf "http://127.0.0.1:$METRICS/metrics" >/dev/null && break; sleep 0.1; done
+
+# One download: a real ClientHello for the route's hostname, then read until the upstream closes.
+cat > "$DIR/visitor.py" <<PY
+import socket, ssl, time
+ctx = ssl.create_default_context()
+inc, out = ssl.MemoryBIO(), ssl.MemoryBIO()
+obj = ctx.wrap_bio(inc, out, server_hostname="bulk.bench.test")
+try:
+    obj.do_handshake()
+except ssl.SSLWantReadError:
+    pass
+hello = out.read()
+s = socket.create_connection(("127.0.0.1", $PUBLIC))
+start = time.monotonic()
+s.sendall(hello)
+buf = bytearray(1 << 20); got = 0
+while True:
+    n = s.recv_into(buf)
+    if n == 0: break
+    got += n
+secs = time.monotonic() - start
+assert got == $BULK_MIB << 20, got
+print("%.1f" % (got / secs / (1 << 20)))
+PY
+
+scraper() {
+    local period
+    period=$(python3 -c "print(1/$RATE)")
+    while :; do curl -s "http://127.0.0.1:$METRICS/metrics" >/dev/null; sleep "$period"; done
+}
+
+median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+
+quiet=(); scraped=()
+for r in $(seq "$RUNS"); do
+    quiet+=("$(python3 "$DIR/visitor.py")")
+    scraper & SP=$!
+    scraped+=("$(python3 "$DIR/visitor.py")")
+    kill "$SP"; wait "$SP" 2>/dev/null || true
+    echo "run $r: ${quiet[-1]} MiB/s without scraping, ${scraped[-1]} MiB/s at $RATE scrapes/s"
+done
+Q=$(printf '%s\n' "${quiet[@]}" | median)
+S=$(printf '%s\n' "${scraped[@]}" | median)
+echo "median: $Q MiB/s without scraping, $S MiB/s while scraped $RATE times per second"
+python3 -c "print('throughput ratio (scraped / quiet): %.3f' % ($S / $Q))"

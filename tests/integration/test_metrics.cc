@@ -1,0 +1,437 @@
+// The metrics listener end to end with the real binaries: a Server with a direct route and a
+// Tunnel, a Client whose Service backend is a byte sink owned by the test, raw Visitors. /metrics
+// is parsed by the reference parser (prometheus_client.parser, run by /usr/bin/python3); the
+// status page is rendered by headless Chromium.
+#include <criterion/criterion.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tests/integration/tunnel_support.hh"
+#include "tests/support/tls.hh"
+
+using namespace runewarp;
+using namespace runewarp::test;
+using nlohmann::json;
+
+namespace {
+
+const std::string kDirect = "direct.example.test";
+constexpr std::size_t kReply = 3000;  // what the sink answers each connection after its EOF
+
+// A TCP upstream/backend owned by the test: per connection, reads until EOF, counts the bytes,
+// answers kReply bytes and closes.
+class Sink {
+public:
+    Sink() {
+        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        sockaddr_in a{};
+        a.sin_family = AF_INET;
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        int one = 1;
+        ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        cr_assert_eq(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        cr_assert_eq(::listen(fd_, 128), 0);
+        socklen_t len = sizeof a;
+        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+        port_ = ntohs(a.sin_port);
+        thread_ = std::thread([this] { serve(); });
+    }
+    ~Sink() {
+        stop_ = true;
+        ::shutdown(fd_, SHUT_RDWR);
+        thread_.join();
+        for (auto& t : conns_) t.join();
+        ::close(fd_);
+    }
+    std::uint16_t port() const { return port_; }
+    std::uint64_t received() const { return received_; }
+
+private:
+    void serve() {
+        while (!stop_) {
+            int c = ::accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+            if (c < 0) {
+                if (stop_) return;
+                continue;
+            }
+            conns_.emplace_back([this, c] {
+                char buf[65536];
+                for (;;) {
+                    ssize_t n = ::recv(c, buf, sizeof buf, 0);
+                    if (n <= 0) break;
+                    received_ += static_cast<std::uint64_t>(n);
+                }
+                std::string reply(kReply, 'r');
+                (void)send_all(c, reply);
+                ::close(c);
+            });
+        }
+    }
+    int fd_ = -1;
+    std::uint16_t port_ = 0;
+    std::atomic<bool> stop_{false};
+    std::atomic<std::uint64_t> received_{0};
+    std::thread thread_;
+    std::vector<std::thread> conns_;
+};
+
+std::string trim(std::string s) {
+    while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) s.pop_back();
+    return s;
+}
+
+struct HttpAnswer {
+    int status = 0;
+    std::string head;
+    std::string body;
+};
+
+HttpAnswer http_get(std::uint16_t port, const std::string& path,
+                    const std::string& method = "GET") {
+    RawConnection c("127.0.0.1", port);
+    c.send(method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    PeerReaction r = c.wait_closed(Millis{10000});
+    HttpAnswer a;
+    auto end = r.received.find("\r\n\r\n");
+    if (end == std::string::npos) return a;
+    a.head = r.received.substr(0, end);
+    a.body = r.received.substr(end + 4);
+    if (a.head.starts_with("HTTP/1.1 ")) a.status = std::stoi(a.head.substr(9, 3));
+    return a;
+}
+
+// Every sample of a scrape as the reference parser reads it: [[name, {labels}, value], ...].
+json parse_exposition(const std::string& text, const std::string& dir) {
+    const std::string file = dir + "/scrape.txt";
+    write_file(file, text);
+    const char* script = R"PY(
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+out = {"families": [], "samples": []}
+for fam in text_string_to_metric_families(open(sys.argv[1]).read()):
+    out["families"].append([fam.name, fam.type])
+    for s in fam.samples:
+        out["samples"].append([s.name, s.labels, s.value])
+print(json.dumps(out))
+)PY";
+    RunResult r = run({"/usr/bin/python3", "-c", script, file}, Millis{30000});
+    cr_assert(r.status.success(), "prometheus parser failed: %s\n%s", r.err.c_str(), text.c_str());
+    return json::parse(r.out);
+}
+
+double sample(const json& parsed, const std::string& name, const json& labels) {
+    for (const auto& s : parsed["samples"]) {
+        if (s[0] != name) continue;
+        bool match = true;
+        for (auto it = labels.begin(); it != labels.end(); ++it) {
+            if (!s[1].contains(it.key()) || s[1][it.key()] != it.value()) match = false;
+        }
+        if (match) return s[2].get<double>();
+    }
+    cr_assert_fail("no sample %s %s", name.c_str(), labels.dump().c_str());
+    return 0;
+}
+
+// One raw Visitor: a ClientHello for `sni` plus `extra` bytes, half-close, read until closed.
+PeerReaction visit(std::uint16_t port, const std::string& hello, std::size_t extra) {
+    RawConnection c("127.0.0.1", port);
+    c.send(hello + std::string(extra, 'v'));
+    c.shutdown_write();
+    return c.wait_closed(Millis{15000});
+}
+
+struct Setup {
+    Sink sink;
+    std::uint16_t server_metrics = free_port();
+    std::uint16_t client_metrics = free_port();
+    Tunnel t;
+    Setup()
+        : t(Tunnel::Options{
+              .backend_override = hp("127.0.0.1", sink.port()),
+              .server_extra = "\n[route \"web\"]\npublic-hostnames = " + kDirect +
+                              "\nupstream-address = " + hp("127.0.0.1", sink.port()) +
+                              "\n\n[metrics]\nprometheus-bind-address = " +
+                              hp("127.0.0.1", server_metrics) + "\n",
+              .client_extra = "\n[metrics]\nprometheus-bind-address = " +
+                              hp("127.0.0.1", client_metrics) + "\n",
+          }) {
+        cr_assert(t.wait_client("client tunnel connection connected"), "%s",
+                  t.client_log().c_str());
+        t.wait_pool_ready();
+    }
+};
+
+}  // namespace
+
+Test(metrics, scrape_parses_and_counts_exactly, .timeout = 240) {
+    Setup s;
+    Tunnel& t = s.t;
+    cr_assert(t.server().wait_log("server metrics listener ready", Millis{5000}));
+
+    json before = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+    // Every family the brief names is there and typed.
+    std::set<std::string> families;
+    for (const auto& f : before["families"]) families.insert(f[0].get<std::string>());
+    for (const char* f : {"runewarp_visitor_connections_accepted",
+                          "runewarp_visitor_connections_dropped",
+                          "runewarp_visitor_connections_active",
+                          "runewarp_relayed_bytes",
+                          "runewarp_tunnel_connections",
+                          "runewarp_tunnel_handshakes_in_flight",
+                          "runewarp_tunnel_handshake_failures",
+                          "runewarp_tunnel_streams_opened",
+                          "runewarp_tunnel_streams_active",
+                          "runewarp_tunnel_streams_reset",
+                          "runewarp_tunnel_connection_rtt_seconds",
+                          "runewarp_tunnel_connection_cwnd_bytes",
+                          "runewarp_visitor_intake_duration_seconds",
+                          "runewarp_relay_duration_seconds",
+                          "runewarp_admission_saturation_events",
+                          "runewarp_certificate_expiry_timestamp_seconds",
+                          "runewarp_build_info",
+                          "runewarp_config_reload_success",
+                          "runewarp_config_generation",
+                          "process_open_fds",
+                          "process_resident_memory_bytes"}) {
+        cr_assert(families.count(f), "family %s missing", f);
+    }
+    cr_assert_eq(sample(before, "runewarp_tunnel_connections", {{"tunnel", "app"}}), 1.0);
+    cr_assert_gt(sample(before, "runewarp_certificate_expiry_timestamp_seconds", {}), 1.6e9);
+
+    // N Visitors through the direct route and N through the Tunnel, M bytes each.
+    constexpr int kN = 5;
+    constexpr std::size_t kM = 100000;
+    const std::string direct_hello = capture_client_hello(kDirect);
+    const std::string tunnel_hello = capture_client_hello(kApp);
+    // The counters must match what the Visitors actually got back, byte for byte.
+    std::uint64_t direct_back = 0, tunnel_back = 0;
+    for (int i = 0; i < kN; ++i) {
+        PeerReaction r = visit(t.public_port(), direct_hello, kM);
+        cr_assert_eq(r.received.size(), kReply, "direct visit %d got %zu bytes", i,
+                     r.received.size());
+        direct_back += r.received.size();
+        r = visit(t.public_port(), tunnel_hello, kM);
+        cr_assert_gt(r.received.size(), 0u, "tunnel visit %d got nothing\n%s", i,
+                     t.client_log().c_str());
+        tunnel_back += r.received.size();
+    }
+    // Closed Visitors are counted once their sessions end: wait for the gauge to settle.
+    json after;
+    cr_assert(wait_until(
+        [&] {
+            after = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+            return sample(after, "runewarp_visitor_connections_active", {}) == 0 &&
+                   sample(after, "runewarp_tunnel_streams_active", {{"tunnel", "app"}}) == 0;
+        },
+        Millis{10000}));
+    auto delta = [&](const std::string& name, const json& labels) {
+        return sample(after, name, labels) - sample(before, name, labels);
+    };
+    cr_assert_eq(delta("runewarp_visitor_connections_accepted_total", {}), 2.0 * kN);
+    const double sent = static_cast<double>(direct_hello.size() + kM);
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "in"}, {"target_kind", "direct"}, {"route", "web"}}),
+                 kN * sent);
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "out"}, {"target_kind", "direct"}, {"route", "web"}}),
+                 static_cast<double>(direct_back));
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "in"}, {"target_kind", "tunnel"}, {"route", "app"}}),
+                 kN * static_cast<double>(tunnel_hello.size() + kM));
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "out"}, {"target_kind", "tunnel"}, {"route", "app"}}),
+                 static_cast<double>(tunnel_back));
+    cr_assert_eq(delta("runewarp_tunnel_streams_opened_total", {{"tunnel", "app"}}), kN);
+    cr_assert_eq(delta("runewarp_relay_duration_seconds_count", {}), 2.0 * kN);
+    cr_assert_eq(delta("runewarp_visitor_intake_duration_seconds_count", {}), 2.0 * kN);
+
+    // The Client's side of the same streams.
+    json client = parse_exposition(http_get(s.client_metrics, "/metrics").body, t.out(""));
+    cr_assert_eq(sample(client, "runewarp_client_streams_total", {{"service", "app"}}), kN);
+    cr_assert_eq(sample(client, "runewarp_client_streams_active", {{"service", "app"}}), 0);
+    cr_assert_eq(sample(client, "runewarp_client_backend_connect_duration_seconds_count", {}), kN);
+    cr_assert_eq(sample(client, "runewarp_client_connected_servers", {}), 1);
+    cr_assert_eq(sample(client, "runewarp_client_relayed_bytes_total",
+                        {{"direction", "in"}, {"service", "app"}}),
+                 kN * static_cast<double>(tunnel_hello.size() + kM));
+    cr_assert_eq(
+        sample(client, "runewarp_client_backend_connect_failures_total", {{"service", "app"}}), 0);
+    t.stop_client_cleanly();
+}
+
+Test(metrics, labels_never_carry_visitor_data, .timeout = 240) {
+    Setup s;
+    Tunnel& t = s.t;
+    std::mt19937_64 rng(std::random_device{}());
+    std::vector<std::string> snis;
+    for (int i = 0; i < 20; ++i) {
+        std::string sni = "v" + std::to_string(rng() % 1000000000) + ".random.example.test";
+        snis.push_back(sni);
+        (void)visit(t.public_port(), capture_client_hello(sni), 10);
+    }
+    cr_assert(wait_until(
+        [&] {
+            json p = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+            return sample(p, "runewarp_visitor_connections_dropped_total",
+                          {{"reason", "unauthorized-public-hostname"}}) == 20;
+        },
+        Millis{10000}));
+    const std::set<std::string> routes = {"web", "app"};
+    const std::string identity = trim(read_file(t.identity_dir() + "/client-identity.txt"));
+    for (std::uint16_t port : {s.server_metrics, s.client_metrics}) {
+        std::string text = http_get(port, "/metrics").body;
+        std::string status = http_get(port, "/status.json").body;
+        for (const auto& sni : snis) {
+            cr_assert_eq(text.find(sni), std::string::npos, "%s leaked", sni.c_str());
+            cr_assert_eq(status.find(sni), std::string::npos, "%s leaked", sni.c_str());
+        }
+        // No Visitor address either (they all come from 127.0.0.1; the only address allowed in
+        // /status.json is the Client's, which is a member's `address`).
+        cr_assert_eq(text.find("127.0.0.1"), std::string::npos);
+        json parsed = parse_exposition(text, t.out(""));
+        for (const auto& smp : parsed["samples"]) {
+            for (auto it = smp[1].begin(); it != smp[1].end(); ++it) {
+                const std::string k = it.key(), v = it.value().get<std::string>();
+                if (k == "route" || k == "tunnel" || k == "service") {
+                    cr_assert(routes.count(v), "label %s=%s", k.c_str(), v.c_str());
+                } else if (k == "reason" || k == "scope" || k == "direction" ||
+                           k == "target_kind" || k == "role") {
+                    for (char c : v) {
+                        cr_assert((c >= 'a' && c <= 'z') || c == '-', "label %s=%s", k.c_str(),
+                                  v.c_str());
+                    }
+                } else if (k == "client_identity") {
+                    cr_assert_eq(v, identity);
+                } else if (k == "member") {
+                    cr_assert_eq(v, "0");
+                } else if (k == "server_address") {
+                    cr_assert_eq(v, hp(kServerName, t.tunnel_port()));
+                } else if (k == "cert") {
+                    cr_assert(v.starts_with(t.out("")), "cert %s", v.c_str());
+                } else {
+                    cr_assert(k == "version" || k == "le", "unexpected label %s=%s", k.c_str(),
+                              v.c_str());
+                }
+            }
+        }
+    }
+    t.stop_client_cleanly();
+}
+
+Test(metrics, http_answers_and_refusals, .timeout = 120) {
+    Setup s;
+    HttpAnswer m = http_get(s.server_metrics, "/metrics");
+    cr_assert_eq(m.status, 200);
+    cr_assert_neq(m.head.find("Content-Type: text/plain; version=0.0.4"), std::string::npos);
+    cr_assert_eq(http_get(s.server_metrics, "/nope").status, 404);
+    cr_assert_eq(http_get(s.server_metrics, "/metrics", "POST").status, 405);
+    HttpAnswer page = http_get(s.server_metrics, "/");
+    cr_assert_eq(page.status, 200);
+    cr_assert_neq(page.head.find("text/html"), std::string::npos);
+    // Self-contained: no external scripts, styles or images.
+    cr_assert_eq(page.body.find("src=\"http"), std::string::npos);
+    cr_assert_eq(page.body.find("href=\"http"), std::string::npos);
+    json st = json::parse(http_get(s.server_metrics, "/status.json").body);
+    cr_assert_eq(st["role"], "server");
+    cr_assert_eq(st["tunnels"][0]["label"], "app");
+    cr_assert_eq(st["tunnels"][0]["members"].size(), 1u);
+    // A request head over 8 KiB is refused, and so is garbage.
+    {
+        RawConnection c("127.0.0.1", s.server_metrics);
+        c.send("GET /metrics HTTP/1.1\r\nX: " + std::string(9000, 'a') + "\r\n\r\n");
+        PeerReaction r = c.wait_closed(Millis{10000});
+        cr_assert(r.received.starts_with("HTTP/1.1 431"), "%s", r.received.substr(0, 40).c_str());
+    }
+    {
+        RawConnection c("127.0.0.1", s.server_metrics);
+        c.send("\x16\x03\x01 junk\r\n\r\n");
+        PeerReaction r = c.wait_closed(Millis{10000});
+        cr_assert(r.received.starts_with("HTTP/1.1 400"), "%s", r.received.substr(0, 40).c_str());
+    }
+    // A silent connection is closed after 5 s and the listener still answers meanwhile.
+    {
+        RawConnection idle("127.0.0.1", s.server_metrics);
+        cr_assert_eq(http_get(s.server_metrics, "/metrics").status, 200);
+        PeerReaction r = idle.wait_closed(Millis{9000});
+        cr_assert(r.closed, "an idle scraper is cut after 5 s");
+    }
+    json c = json::parse(http_get(s.client_metrics, "/status.json").body);
+    cr_assert_eq(c["role"], "client");
+    cr_assert_eq(c["servers"][0]["connected"], true);
+    s.t.stop_client_cleanly();
+}
+
+// The status page in headless Chromium: route and member rows, and figures that move while a
+// transfer runs.
+Test(metrics, status_page_in_headless_chromium, .timeout = 300) {
+    const std::string chromium = "/usr/bin/chromium";
+    cr_assert(file_exists(chromium), "%s is required", chromium.c_str());
+    Setup s;
+    Tunnel& t = s.t;
+    const std::string identity = trim(read_file(t.identity_dir() + "/client-identity.txt"));
+    // A slow Visitor through the Tunnel for the whole test: 64 KiB every 50 ms.
+    std::atomic<bool> done{false};
+    const std::string hello = capture_client_hello(kApp);
+    std::thread visitor([&] {
+        RawConnection c("127.0.0.1", t.public_port());
+        c.send(hello);
+        const std::string chunk(65536, 'x');
+        while (!done) {
+            if (!c.send(chunk)) break;
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+        c.shutdown_write();
+        (void)c.wait_closed(Millis{10000});
+    });
+    auto dump = [&] {
+        RunResult r =
+            run({chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--user-data-dir=" + t.out("chromium"), "--virtual-time-budget=5000", "--dump-dom",
+                 "http://127.0.0.1:" + std::to_string(s.server_metrics) + "/"},
+                Millis{90000});
+        cr_assert(r.status.success(), "chromium: %s\n%s", r.status.describe().c_str(),
+                  r.err.c_str());
+        return r.out;
+    };
+    auto between = [](const std::string& dom, const std::string& from) {
+        auto a = dom.find(from);
+        if (a == std::string::npos) return std::string();
+        auto b = dom.find('<', a);
+        return dom.substr(a, b - a);
+    };
+    // Wait until the relay carries bytes, then dump twice.
+    cr_assert(wait_until(
+        [&] {
+            json st = json::parse(http_get(s.server_metrics, "/status.json").body);
+            return st["totals"]["bytes_in"].get<std::uint64_t>() > 0;
+        },
+        Millis{10000}));
+    std::string first = dump();
+    std::string second = dump();
+    done = true;
+    visitor.join();
+    for (const std::string* dom : {&first, &second}) {
+        cr_assert_neq(dom->find("class=\"route\" data-label=\"web\""), std::string::npos, "%s",
+                      dom->c_str());
+        cr_assert_neq(dom->find("class=\"route\" data-label=\"app\""), std::string::npos);
+        cr_assert_neq(
+            dom->find("class=\"member\" data-tunnel=\"app\" data-identity=\"" + identity + "\""),
+            std::string::npos, "%s", dom->c_str());
+    }
+    std::string a = between(first, "id=\"total-bytes_in\">");
+    std::string b = between(second, "id=\"total-bytes_in\">");
+    cr_assert(!a.empty() && !b.empty(), "%s", first.c_str());
+    cr_assert_neq(a, b, "the totals did not move during the transfer: %s", a.c_str());
+    t.stop_client_cleanly();
+}
