@@ -342,6 +342,42 @@ Stream* Connection::add_stream(int64_t id) noexcept {
 void Connection::remove_stream(int64_t id, uint64_t code) noexcept {
     auto it = streams_.find(id);
     if (it == streams_.end()) return;
+    Stream& st = *it->second;
+    if (code == 0 && st.handler_ != nullptr && !st.reset_ && st.undelivered()) {
+        // ngtcp2 closes a stream once every byte arrived and ours were acknowledged, whether
+        // or not the handler took them: a consumer behind a full socket would lose the tail of
+        // a response (and see a close without FIN). The stream stays, detached from ngtcp2,
+        // until the handler has taken everything.
+        st.transport_closed_ = true;
+        lingering_.push_back(id);
+        return;
+    }
+    drop_stream(id, code);
+}
+
+void Connection::finish_lingering_streams() noexcept {
+    for (size_t i = 0; i < lingering_.size();) {
+        auto it = streams_.find(lingering_[i]);
+        if (it == streams_.end()) {
+            lingering_[i] = lingering_.back();
+            lingering_.pop_back();
+            continue;
+        }
+        Stream& st = *it->second;
+        if (st.handler_ != nullptr && !st.reset_ && st.undelivered()) {
+            ++i;
+            continue;
+        }
+        int64_t id = lingering_[i];
+        lingering_[i] = lingering_.back();
+        lingering_.pop_back();
+        drop_stream(id, st.reset_ ? kStreamErrorCode : 0);
+    }
+}
+
+void Connection::drop_stream(int64_t id, uint64_t code) noexcept {
+    auto it = streams_.find(id);
+    if (it == streams_.end()) return;
     std::unique_ptr<Stream> s = std::move(it->second);
     streams_.erase(it);
     update_keep_alive();
@@ -369,7 +405,7 @@ void Connection::update_keep_alive() noexcept {
 }
 
 void Connection::queue_stream(Stream& s) noexcept {
-    if (s.closed_ || s.reset_ || s.queued_) return;
+    if (s.closed_ || s.reset_ || s.queued_ || s.transport_closed_) return;
     s.queued_ = true;
     send_queue_.push_back(&s);
 }
@@ -521,6 +557,7 @@ void Connection::after_processing() noexcept {
 void Connection::flush() noexcept {
     graveyard_.clear();
     if (state_ != State::open || aborting()) return;
+    if (!lingering_.empty()) finish_lingering_streams();
     after_processing();
     if (state_ != State::open) return;
     write_pending_ = false;
@@ -766,7 +803,8 @@ void Connection::notify_closed() noexcept {
 
 void Connection::close_all_streams() noexcept {
     // Losing the connection aborts its streams (each reset with code 1).
-    while (!streams_.empty()) remove_stream(streams_.begin()->first, kStreamErrorCode);
+    while (!streams_.empty()) drop_stream(streams_.begin()->first, kStreamErrorCode);
+    lingering_.clear();
     for (Stream* s : send_queue_) s->queued_ = false;
     send_queue_.clear();
 }

@@ -183,7 +183,13 @@ private:
     void update_keep_alive() noexcept;
     Stream* stream(int64_t id) noexcept;
     Stream* add_stream(int64_t id) noexcept;
+    // ngtcp2 closed stream `id` (both FINs, or a reset). A clean close that finds received
+    // bytes (or the FIN) not yet taken by the handler keeps the stream until they are.
     void remove_stream(int64_t id, uint64_t code) noexcept;
+    void drop_stream(int64_t id, uint64_t code) noexcept;
+    // Streams ngtcp2 closed while their handler still had bytes to take, finished once taken
+    // (or once the handler lets go or resets): checked at each flush.
+    void finish_lingering_streams() noexcept;
     void after_processing() noexcept;
 
     ConnectionOwner* owner_;
@@ -225,6 +231,7 @@ private:
     size_t send_rr_ = 0;
     // Closed streams wait here until no caller can be on their stack (freed at the next flush).
     std::vector<std::unique_ptr<Stream>> graveyard_;
+    std::vector<int64_t> lingering_;  // ids of streams ngtcp2 closed before their bytes were taken
 };
 
 }  // namespace runewarp::quic

@@ -96,7 +96,7 @@ void Stream::commit_write(size_t n) noexcept {
 }
 
 uint64_t Stream::peer_credit() const noexcept {
-    if (closed_ || reset_ || conn_.closed()) return 0;
+    if (closed_ || reset_ || transport_closed_ || conn_.closed()) return 0;
     return ngtcp2_conn_get_max_stream_data_left(conn_.conn_, id_);
 }
 
@@ -131,19 +131,28 @@ void Stream::shutdown_write() noexcept {
     conn_.want_write();
 }
 
+void Stream::set_handler(StreamHandler* h) noexcept {
+    handler_ = h;
+    // A stream ngtcp2 already closed is finished at the next flush once nobody reads it.
+    if (h == nullptr && transport_closed_) conn_.want_write();
+}
+
 void Stream::reset(uint64_t code) noexcept {
     if (reset_ || closed_) return;
     reset_ = true;
     want_writable_ = false;
-    if (!conn_.closed()) ngtcp2_conn_shutdown_stream(conn_.conn_, 0, id_, code);
+    // A stream ngtcp2 already closed has nothing left to abort on the wire.
+    if (!conn_.closed() && !transport_closed_)
+        ngtcp2_conn_shutdown_stream(conn_.conn_, 0, id_, code);
     conn_.want_write();
 }
 
 void Stream::consume(size_t n) noexcept {
     if (n == 0 || conn_.closed()) return;
     // Credit goes back to the peer only for bytes the consumer took: a slow consumer slows the
-    // sender instead of growing a buffer here.
-    ngtcp2_conn_extend_max_stream_offset(conn_.conn_, id_, n);
+    // sender instead of growing a buffer here. A stream ngtcp2 closed needs no stream credit,
+    // but the connection's window still counts its bytes.
+    if (!transport_closed_) ngtcp2_conn_extend_max_stream_offset(conn_.conn_, id_, n);
     ngtcp2_conn_extend_max_offset(conn_.conn_, n);
     conn_.want_write();
 }
@@ -206,6 +215,7 @@ void Stream::resume_read() noexcept {
         t_rx_pool.give(std::move(rx_), rx_cap_);  // drained: an idle stream holds no receive buffer
     }
     delivering_ = false;
+    if (transport_closed_ && !undelivered()) conn_.want_write();  // finished at the next flush
 }
 
 }  // namespace runewarp::quic

@@ -48,7 +48,7 @@ public:
     // The receive buffer is held only while the consumer has bytes left to take.
     bool holds_receive_buffer() const noexcept { return rx_ != nullptr; }
     Connection& connection() noexcept { return conn_; }
-    void set_handler(StreamHandler* h) noexcept { handler_ = h; }
+    void set_handler(StreamHandler* h) noexcept;
     void* user_data() const noexcept { return user_; }
     void set_user_data(void* p) noexcept { user_ = p; }
 
@@ -96,6 +96,8 @@ private:
     void on_data(std::span<const uint8_t> data, bool fin) noexcept;
     bool rx_push(std::span<const uint8_t> data) noexcept;
     void consume(size_t n) noexcept;
+    // Received bytes (or the FIN) the handler has not taken yet.
+    bool undelivered() const noexcept { return rx_len_ > 0 || (fin_recv_ && !fin_delivered_); }
 
     Connection& conn_;
     int64_t id_;
@@ -123,6 +125,7 @@ private:
     bool fin_delivered_ = false;
     bool reset_ = false;
     bool closed_ = false;
+    bool transport_closed_ = false;  // ngtcp2 closed it; only undelivered bytes keep it here
     bool delivering_ = false;
 };
 

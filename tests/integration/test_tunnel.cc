@@ -14,12 +14,14 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/clock.hh"
@@ -29,6 +31,7 @@
 #include "quic/listener.hh"
 #include "quic/tls.hh"
 #include "tests/integration/tunnel_support.hh"
+#include "tests/support/files.hh"
 #include "tests/support/tls.hh"
 
 using namespace runewarp;
@@ -445,6 +448,61 @@ Test(tunnel, a_thousand_concurrent_visitor_streams, .timeout = 300) {
                  1000u);
     cr_assert_eq(t.client_log().find("saturated"), std::string::npos, "%s", t.client_log().c_str());
     cr_assert_eq(t.server().log().find("saturated"), std::string::npos);
+    t.stop_client_cleanly();
+}
+
+// A backend that answers only after the Visitor's half-close and then closes at once: the
+// whole answer reaches the Visitor. ngtcp2 closes a stream as soon as every byte arrived and the
+// other direction was acknowledged; bytes still waiting for a full socket (or for the next loop
+// iteration) must be delivered all the same, with the FIN after them, not cut by a reset.
+Test(tunnel, an_answer_after_the_visitors_half_close_arrives_whole, .timeout = 120) {
+    int lfd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    cr_assert_eq(::bind(lfd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+    cr_assert_eq(::listen(lfd, 64), 0);
+    socklen_t alen = sizeof a;
+    ::getsockname(lfd, reinterpret_cast<sockaddr*>(&a), &alen);
+    const std::uint16_t port = ntohs(a.sin_port);
+    // Answers of several sizes: one packet, a few packets, more than a stream window.
+    const std::vector<std::size_t> sizes = {3000, 3000, 3000, 70000, 3000, 1u << 20, 3000};
+    std::vector<std::string> answers;
+    for (std::size_t i = 0; i < sizes.size(); ++i) {
+        std::string b(sizes[i], '\0');
+        for (std::size_t k = 0; k < b.size(); ++k)
+            b[k] = static_cast<char>((k * 131 + i * 17 + (k >> 9)) & 0xff);
+        answers.push_back(std::move(b));
+    }
+    std::atomic<bool> stop{false};
+    std::thread backend([&] {
+        for (std::size_t i = 0; i < answers.size() && !stop; ++i) {
+            int c = ::accept4(lfd, nullptr, nullptr, SOCK_CLOEXEC);
+            if (c < 0) return;
+            char buf[65536];
+            while (::recv(c, buf, sizeof buf, 0) > 0) {
+            }
+            (void)send_all(c, answers[i]);
+            ::close(c);
+        }
+    });
+    Tunnel t({.backend_override = hp("127.0.0.1", port)});
+    cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
+    const std::string hello = capture_client_hello(kApp);
+    for (std::size_t i = 0; i < answers.size(); ++i) {
+        RawConnection c("127.0.0.1", t.public_port());
+        c.send(hello + std::string(20000, 'v'));
+        c.shutdown_write();
+        PeerReaction r = c.wait_closed(Millis{20000});
+        cr_assert(r.closed && !r.reset, "visit %zu: closed %d reset %d after %zu bytes\n%s", i,
+                  r.closed, r.reset, r.received.size(), t.client_log().c_str());
+        cr_assert_eq(r.received.size(), answers[i].size(), "visit %zu", i);
+        cr_assert_eq(sha256_hex(r.received), sha256_hex(answers[i]), "visit %zu", i);
+    }
+    stop = true;
+    ::shutdown(lfd, SHUT_RDWR);
+    backend.join();
+    ::close(lfd);
     t.stop_client_cleanly();
 }
 
