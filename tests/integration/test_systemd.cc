@@ -1,4 +1,5 @@
-// The Server under a service manager (spec 5.14, 12.2): socket activation by name, sd_notify
+// The Server under a service manager (spec 5.14, 12.2): socket activation by name (public and
+// metrics), sd_notify
 // READY/STOPPING/WATCHDOG, and the epoll fallback when a seccomp filter blocks io_uring.
 #include <criterion/criterion.h>
 #include <poll.h>
@@ -125,6 +126,36 @@ Test(systemd, socket_activated_public_listener_serves_and_the_configured_address
     cr_assert_not(tcp_accepting("127.0.0.1", configured), "the configured address was bound");
     cr_assert_neq(d.log().find("server public listener socket-activated"), std::string::npos,
                   "the differing address is a warning: %s", d.log().c_str());
+    ExitStatus st = d.stop(Millis{10000});
+    cr_assert(st.success(), "%s", st.describe().c_str());
+}
+
+// Two named sockets from the service manager: `public` serves Visitors and `metrics` answers
+// /metrics, while the configured metrics address stays unbound.
+Test(systemd, socket_activated_metrics_listener_answers_and_the_configured_address_is_ignored) {
+    NginxFixture nginx({.name = "alpha", .hostnames = {kApp}});
+    TempDir dir;
+    const std::uint16_t activated = free_port();
+    const std::uint16_t metrics = free_port();
+    const std::uint16_t configured_metrics = free_port();
+    const std::string ini = write_config(dir, nginx, free_port());
+    write_file(ini, read_file(ini) + "\n[metrics]\nprometheus-bind-address = " +
+                        host_port("127.0.0.1", configured_metrics) + "\n");
+    Daemon d({.argv = {socket_activate(), "-l", host_port("127.0.0.1", activated), "-l",
+                       host_port("127.0.0.1", metrics), "--fdname=public:metrics",
+                       runewarp_binary(), "server", "-c", ini},
+              .log_path = dir / "runewarp.log",
+              .ready_ports = {{"127.0.0.1", activated}},
+              .ready_log_line = "server metrics listener ready"});
+    cr_assert(d.wait_log("server metrics listener socket-activated", Millis{5000}), "%s",
+              d.log().c_str());
+    RawConnection c("127.0.0.1", metrics);
+    c.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    PeerReaction r = c.wait_closed(Millis{10000});
+    cr_assert(r.received.starts_with("HTTP/1.1 200"), "%s", r.received.substr(0, 200).c_str());
+    cr_assert_neq(r.received.find("runewarp_build_info{"), std::string::npos);
+    cr_assert_not(tcp_accepting("127.0.0.1", configured_metrics),
+                  "the configured metrics address was bound");
     ExitStatus st = d.stop(Millis{10000});
     cr_assert(st.success(), "%s", st.describe().c_str());
 }
