@@ -421,11 +421,17 @@ Test(obs_metrics, exposition_families_samples_and_escaping) {
 }
 
 Test(obs_metrics, sample_values) {
-    cr_assert_str_eq(format_sample_value(3.0).c_str(), "3");
-    cr_assert_str_eq(format_sample_value(0.001).c_str(), "0.001");
-    cr_assert_str_eq(format_sample_value(1.0 / 0.0).c_str(), "+Inf");
-    cr_assert_str_eq(format_sample_value(-1.0 / 0.0).c_str(), "-Inf");
-    cr_assert_str_eq(format_sample_value(0.0 / 0.0).c_str(), "NaN");
+    // The formatted string is bound to a name: Criterion's string assertions keep the pointer
+    // past the end of the full expression that made it.
+    const auto expect = [](double v, const char* want) {
+        const std::string got = format_sample_value(v);
+        cr_assert_str_eq(got.c_str(), want);
+    };
+    expect(3.0, "3");
+    expect(0.001, "0.001");
+    expect(1.0 / 0.0, "+Inf");
+    expect(-1.0 / 0.0, "-Inf");
+    expect(0.0 / 0.0, "NaN");
 }
 
 Test(obs_metrics, histogram_buckets_are_cumulative) {
