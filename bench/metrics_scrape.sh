@@ -59,7 +59,7 @@ upstream-address = 127.0.0.1:$UPSTREAM
 [metrics]
 prometheus-bind-address = 127.0.0.1:$METRICS
 INI
-"$BIN" server -c "$DIR/server.ini" > "$DIR/server.log" 2>&1 & PIDS+=($!)
+"$BIN" server -c "$DIR/server.ini" > "$DIR/server.log" 2>&1 & SERVER=$!; PIDS+=($SERVER)
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$METRICS/metrics" >/dev/null && break; sleep 0.1; done
 
 # One download: a real ClientHello for the route's hostname, then read until the upstream closes.
@@ -86,23 +86,24 @@ assert got == $BULK_MIB << 20, got
 print("%.1f" % (got / secs / (1 << 20)))
 PY
 
-# One process scraping at a fixed rate over fresh connections, as Prometheus does: forking curl
-# and sleep 100 times a second would measure process creation on the benchmark's cores instead of
-# the daemon's cost.
+# One process scraping at a fixed rate over one kept-alive connection, as Prometheus does: forking
+# curl and sleep 100 times a second would measure process creation on the benchmark's cores
+# instead of the daemon's cost.
 cat > "$DIR/scraper.py" <<PY
 import socket, time
 period = 1.0 / $RATE
 req = b"GET /metrics HTTP/1.1\\r\\nHost: 127.0.0.1\\r\\n\\r\\n"
-buf = bytearray(1 << 16)
-n = 0
+s = socket.create_connection(("127.0.0.1", $METRICS))
+f = s.makefile("rb")
 next_at = time.monotonic()
 while True:
-    s = socket.create_connection(("127.0.0.1", $METRICS))
     s.sendall(req)
-    while s.recv_into(buf) > 0:
-        pass
-    s.close()
-    n += 1
+    length = 0
+    while True:
+        line = f.readline()
+        if line in (b"\\r\\n", b""): break
+        if line.lower().startswith(b"content-length:"): length = int(line.split(b":")[1])
+    if len(f.read(length)) != length: raise SystemExit("short answer")
     next_at += period
     delay = next_at - time.monotonic()
     if delay > 0:
@@ -112,15 +113,27 @@ scraper() { exec python3 "$DIR/scraper.py"; }
 
 median() { sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
-quiet=(); scraped=()
+# The daemon's CPU time (user + system, clock ticks) so far.
+ticks() { awk '{print $14 + $15}' "/proc/$SERVER/stat"; }
+HZ=$(getconf CLK_TCK)
+
+quiet=(); scraped=(); quiet_ticks=0; scraped_ticks=0
 for r in $(seq "$RUNS"); do
+    t0=$(ticks)
     quiet+=("$(python3 "$DIR/visitor.py")")
+    t1=$(ticks)
     scraper & SP=$!
     scraped+=("$(python3 "$DIR/visitor.py")")
+    t2=$(ticks)
     kill "$SP"; wait "$SP" 2>/dev/null || true
+    quiet_ticks=$((quiet_ticks + t1 - t0)); scraped_ticks=$((scraped_ticks + t2 - t1))
     echo "run $r: ${quiet[-1]} MiB/s without scraping, ${scraped[-1]} MiB/s at $RATE scrapes/s"
 done
 Q=$(printf '%s\n' "${quiet[@]}" | median)
 S=$(printf '%s\n' "${scraped[@]}" | median)
 echo "median: $Q MiB/s without scraping, $S MiB/s while scraped $RATE times per second"
 python3 -c "print('throughput ratio (scraped / quiet): %.3f' % ($S / $Q))"
+python3 -c "
+gib = $RUNS * $BULK_MIB / 1024
+print('daemon CPU per GiB relayed: %.0f ms without scraping, %.0f ms while scraped'
+      % ($quiet_ticks * 1000 / $HZ / gib, $scraped_ticks * 1000 / $HZ / gib))"

@@ -68,6 +68,34 @@ bool next_line(std::string_view buf, size_t& pos, std::string_view& line) noexce
     return true;
 }
 
+bool ascii_iequal(std::string_view a, std::string_view b) noexcept {
+    if (a.size() != b.size()) return false;
+    for (size_t i = 0; i < a.size(); ++i) {
+        char x = a[i], y = b[i];
+        if (x >= 'A' && x <= 'Z') x = static_cast<char>(x - 'A' + 'a');
+        if (y >= 'A' && y <= 'Z') y = static_cast<char>(y - 'A' + 'a');
+        if (x != y) return false;
+    }
+    return true;
+}
+
+std::string_view trim_ows(std::string_view s) noexcept {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t')) s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t')) s.remove_suffix(1);
+    return s;
+}
+
+// Whether a comma-separated header value lists `token` (case-insensitive).
+bool lists_token(std::string_view value, std::string_view token) noexcept {
+    while (!value.empty()) {
+        size_t comma = value.find(',');
+        if (ascii_iequal(trim_ows(value.substr(0, comma)), token)) return true;
+        if (comma == std::string_view::npos) break;
+        value.remove_prefix(comma + 1);
+    }
+    return false;
+}
+
 }  // namespace
 
 HttpParse parse_http_request(std::string_view buf, HttpRequest& out, size_t limit) noexcept {
@@ -95,6 +123,7 @@ HttpParse parse_http_request(std::string_view buf, HttpRequest& out, size_t limi
     if (!is_token(method) || !is_target(target)) return HttpParse::kBad;
     if (version != "HTTP/1.1" && version != "HTTP/1.0") return HttpParse::kBad;
     // header-field lines up to the blank line.
+    bool close = false, keep_alive = false, body = false;
     while (true) {
         if (!next_line(buf, pos, line)) {
             return truncated || buf.size() >= limit ? HttpParse::kTooLarge : HttpParse::kIncomplete;
@@ -104,13 +133,24 @@ HttpParse parse_http_request(std::string_view buf, HttpRequest& out, size_t limi
         if (colon == std::string_view::npos) return HttpParse::kBad;
         // No whitespace before the colon, no obsolete line folding.
         if (!is_token(line.substr(0, colon))) return HttpParse::kBad;
-        if (!is_field_value(line.substr(colon + 1))) return HttpParse::kBad;
+        std::string_view name = line.substr(0, colon);
+        std::string_view value = line.substr(colon + 1);
+        if (!is_field_value(value)) return HttpParse::kBad;
+        if (ascii_iequal(name, "connection")) {
+            close = close || lists_token(value, "close");
+            keep_alive = keep_alive || lists_token(value, "keep-alive");
+        } else if (ascii_iequal(name, "transfer-encoding")) {
+            body = true;
+        } else if (ascii_iequal(name, "content-length")) {
+            body = body || trim_ows(value) != "0";
+        }
     }
     out.method = method;
     out.target = target;
     out.path = target.substr(0, target.find('?'));
     out.version = version;
     out.head_length = pos;
+    out.keep_alive = !close && !body && (version == "HTTP/1.1" || keep_alive);
     return HttpParse::kOk;
 }
 

@@ -1,4 +1,4 @@
-// HttpServer: accept, read one bounded request head, answer, close — all as loop ops.
+// HttpServer: accept, read bounded request heads, answer, keep alive or close — all as loop ops.
 #include "obs/http_server.hh"
 
 #include <fcntl.h>
@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstring>
 
 #include "core/clock.hh"
 
@@ -35,7 +36,7 @@ const char* http_status_text(int status) noexcept {
     }
 }
 
-std::string http_response_text(const HttpResponse& r, bool head_only) {
+std::string http_response_text(const HttpResponse& r, bool head_only, bool keep_alive) {
     std::string out =
         "HTTP/1.1 " + std::to_string(r.status) + " " + http_status_text(r.status) + "\r\n";
     out += "Content-Type: " +
@@ -45,7 +46,7 @@ std::string http_response_text(const HttpResponse& r, bool head_only) {
     out += "Cache-Control: no-store\r\n";
     out += "X-Content-Type-Options: nosniff\r\n";
     if (r.status == 405) out += "Allow: GET, HEAD\r\n";
-    out += "Connection: close\r\n\r\n";
+    out += keep_alive ? "\r\n" : "Connection: close\r\n\r\n";
     if (!head_only) out += r.body;
     return out;
 }
@@ -102,7 +103,9 @@ private:
     bool closed_ = false;
 };
 
-// One client connection: read the head (bounded, 5 s), answer, close.
+// One client connection: read a head (bounded, 5 s from its first byte), answer, and either close
+// or, when the request allows it, wait up to kIdleTimeoutNs for the next one on the same
+// connection (Prometheus keeps its scrape connection open between scrapes).
 class HttpServer::Conn final : public core::Session {
 public:
     Conn(core::Worker& w, HttpServer& owner, int fd) noexcept
@@ -114,13 +117,16 @@ public:
         read_more();
     }
     void cut() noexcept { abort(1); }
+    // Between requests with nothing buffered: may be closed to make room for a new connection.
+    bool idle() const noexcept { return idle_ && !aborting(); }
+    int64_t idle_since() const noexcept { return idle_since_; }
 
 protected:
     void on_event(const core::Completion& c) noexcept override {
         if (aborting()) return;
         switch (c.token.op) {
             case kOpTimeout:
-                return abort(1);
+                return abort(idle_ ? 0 : 1);
             case kOpRecv:
                 return on_read(c.result);
             case kOpSend:
@@ -141,11 +147,32 @@ private:
         recv(kOpRecv, fd_.get(), buf_ + len_, static_cast<uint32_t>(sizeof buf_ - len_));
     }
 
+    void set_deadline(int64_t in_ns) noexcept {
+        const int64_t at = core::now_ns() + in_ns;
+        if (worker().rearm_timer(deadline_, at)) return;
+        try {
+            deadline_ = arm_timer(kOpTimeout, at);
+        } catch (...) {
+            abort(1);
+        }
+    }
+
     void on_read(int result) noexcept {
         if (result == -EAGAIN || result == -EINTR) return read_more();
-        if (result <= 0) return abort(1);  // closed or broken before a whole request
+        // Closed between requests is the normal end of a kept-alive connection.
+        if (result <= 0) return abort(idle_ && result == 0 ? 0 : 1);
         len_ += static_cast<size_t>(result);
+        if (idle_) {
+            idle_ = false;
+            set_deadline(kTimeoutNs);
+            if (aborting()) return;
+        }
+        handle_buffered();
+    }
+
+    void handle_buffered() noexcept {
         HttpRequest req;
+        keep_alive_ = false;
         switch (parse_http_request(std::string_view(reinterpret_cast<char*>(buf_), len_), req)) {
             case HttpParse::kIncomplete:
                 if (len_ < sizeof buf_) return read_more();
@@ -158,14 +185,16 @@ private:
                 break;
         }
         owner_.requests_++;
+        consumed_ = req.head_length;
         const bool head = req.method == "HEAD";
         if (req.method != "GET" && !head) return answer({405, {}, "method not allowed\n"}, false);
+        keep_alive_ = req.keep_alive && !owner_.stopping_;
         answer(owner_.handler_(req.path), head);
     }
 
     void answer(const HttpResponse& r, bool head_only) noexcept {
         try {
-            out_ = http_response_text(r, head_only);
+            out_ = http_response_text(r, head_only, keep_alive_);
         } catch (...) {
             return abort(1);
         }
@@ -183,10 +212,25 @@ private:
         if (result <= 0) return abort(1);
         sent_ += static_cast<size_t>(result);
         if (sent_ < out_.size()) return send_more();
-        // Everything queued: FIN after the bytes, then close.
-        (void)::shutdown(fd_.get(), SHUT_WR);
-        worker().cancel_timer(deadline_);
-        abort(0);
+        if (!keep_alive_ || owner_.stopping_) {
+            // Everything queued: FIN after the bytes, then close.
+            (void)::shutdown(fd_.get(), SHUT_WR);
+            worker().cancel_timer(deadline_);
+            return abort(0);
+        }
+        // The next request: already buffered (pipelined), or wait for it.
+        std::memmove(buf_, buf_ + consumed_, len_ - consumed_);
+        len_ -= consumed_;
+        consumed_ = 0;
+        if (len_ > 0) {
+            set_deadline(kTimeoutNs);
+            if (!aborting()) handle_buffered();
+            return;
+        }
+        idle_ = true;
+        idle_since_ = core::now_ns();
+        set_deadline(kIdleTimeoutNs);
+        if (!aborting()) read_more();
     }
 
     HttpServer& owner_;
@@ -194,8 +238,12 @@ private:
     core::TimerHandle deadline_{};
     uint8_t buf_[kMaxRequestHead];
     size_t len_ = 0;
+    size_t consumed_ = 0;
     std::string out_;
     size_t sent_ = 0;
+    int64_t idle_since_ = 0;
+    bool keep_alive_ = false;
+    bool idle_ = false;
 };
 
 HttpServer::HttpServer(core::Worker& w, core::UniqueFd listen_fd, HttpHandler handler)
@@ -226,14 +274,33 @@ bool HttpServer::stopped() const noexcept {
 }
 
 void HttpServer::on_accept(int fd) noexcept {
-    if (stopping_ || conns_.size() >= kMaxConnections) {
-        ::close(fd);  // bounded: a scraper that floods gets refused, the loop is unharmed
+    if (stopping_) {
+        ::close(fd);
         return;
+    }
+    // Full: the connection idle the longest between requests makes room (its client reconnects);
+    // with none idle the new one is refused. Bounded either way: a scraper that floods gets
+    // refused, the loop is unharmed. Connections already closing do not count.
+    size_t open_conns = 0;
+    Conn* oldest = nullptr;
+    for (auto& c : conns_) {
+        if (c->aborting()) continue;
+        ++open_conns;
+        if (c->idle() && (oldest == nullptr || c->idle_since() < oldest->idle_since())) {
+            oldest = c.get();
+        }
+    }
+    if (open_conns >= kMaxConnections) {
+        if (oldest == nullptr) {
+            ::close(fd);
+            return;
+        }
+        oldest->cut();
     }
     std::unique_ptr<Conn> c;
     try {
         c = std::make_unique<Conn>(worker_, *this, fd);
-        conns_.reserve(kMaxConnections);
+        conns_.reserve(2 * kMaxConnections);  // open ones plus those closing
     } catch (...) {
         ::close(fd);
         return;

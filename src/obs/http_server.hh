@@ -1,6 +1,9 @@
-// HttpServer: the metrics listener — a small HTTP/1.1 server on the event loop. One request per
-// connection (GET only, head bounded to 8 KiB, 5 s to send it and read the answer), then
-// `Connection: close`. Nothing blocks the loop: accept, recv and send are loop ops.
+// HttpServer: the metrics listener — a small HTTP/1.1 server on the event loop. GET and HEAD only,
+// each head bounded to 8 KiB with 5 s to send it and read the answer. HTTP/1.1 connections stay
+// open for the next request (up to 60 s idle; pipelined heads are answered in order) unless the
+// request says `Connection: close`, is HTTP/1.0 without keep-alive, announces a body, or was
+// refused (400, 405, 431). At most 32 connections: when full, the one idle the longest is closed
+// to make room. Nothing blocks the loop: accept, recv and send are loop ops.
 #pragma once
 
 #include <cstdint>
@@ -28,13 +31,17 @@ struct HttpResponse {
 using HttpHandler = std::function<HttpResponse(std::string_view path)>;
 
 // The whole response for a status and body, with the headers the listener always sends.
-std::string http_response_text(const HttpResponse& r, bool head_only);
+// `keep_alive` leaves out `Connection: close`.
+std::string http_response_text(const HttpResponse& r, bool head_only, bool keep_alive = false);
 const char* http_status_text(int status) noexcept;
 
 class HttpServer {
 public:
     static constexpr size_t kMaxConnections = 32;
+    // A request head must arrive within this from its first byte (or from accept).
     static constexpr int64_t kTimeoutNs = 5'000'000'000;
+    // A kept-alive connection may wait this long for its next request.
+    static constexpr int64_t kIdleTimeoutNs = 60'000'000'000;
 
     // Serves on `listen_fd` (a bound, listening, non-blocking TCP socket).
     HttpServer(core::Worker& w, core::UniqueFd listen_fd, HttpHandler handler);

@@ -2,6 +2,7 @@
 #include "obs/metrics.hh"
 
 #include <dirent.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <array>
@@ -182,6 +183,23 @@ int64_t process_resident_memory_bytes() noexcept {
     std::fclose(f);
     if (got != 2) return -1;
     return static_cast<int64_t>(resident) * ::sysconf(_SC_PAGESIZE);
+}
+
+ProcessGauges process_gauges() noexcept {
+    static constexpr int64_t kMaxAgeNs = 1'000'000'000;
+    thread_local ProcessGauges cached;
+    thread_local int64_t read_at = 0;
+    thread_local bool valid = false;
+    timespec ts{};
+    ::clock_gettime(CLOCK_MONOTONIC, &ts);
+    const int64_t now = int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
+    if (!valid || now - read_at >= kMaxAgeNs) {
+        cached.open_fds = process_open_fds();
+        cached.resident_memory_bytes = process_resident_memory_bytes();
+        read_at = now;
+        valid = true;
+    }
+    return cached;
 }
 
 }  // namespace runewarp::obs

@@ -149,4 +149,13 @@ std::string format_sample_value(double v);
 int64_t process_open_fds() noexcept;
 int64_t process_resident_memory_bytes() noexcept;
 
+// Both, read at most once per second per thread and reused in between: listing /proc/self/fd
+// costs about a microsecond per descriptor, so with tens of thousands of connections a fast
+// scraper would otherwise spend the loop's time counting them.
+struct ProcessGauges {
+    int64_t open_fds = -1;
+    int64_t resident_memory_bytes = -1;
+};
+ProcessGauges process_gauges() noexcept;
+
 }  // namespace runewarp::obs

@@ -313,10 +313,12 @@ std::string EdgeServer::render_metrics() const {
         x.sample("runewarp_certificate_expiry_timestamp_seconds", {{"cert", c.path}},
                  static_cast<int64_t>(c.not_after));
 
-    x.family("process_open_fds", "Open file descriptors of the process.", "gauge");
-    x.sample("process_open_fds", {}, obs::process_open_fds());
+    const obs::ProcessGauges proc = obs::process_gauges();
+    x.family("process_open_fds",
+             "Open file descriptors of the process (read at most once a second).", "gauge");
+    x.sample("process_open_fds", {}, proc.open_fds);
     x.family("process_resident_memory_bytes", "Resident memory of the process in bytes.", "gauge");
-    x.sample("process_resident_memory_bytes", {}, obs::process_resident_memory_bytes());
+    x.sample("process_resident_memory_bytes", {}, proc.resident_memory_bytes);
     return x.take();
 }
 

@@ -100,7 +100,7 @@ struct HttpAnswer {
 HttpAnswer http_get(std::uint16_t port, const std::string& path,
                     const std::string& method = "GET") {
     RawConnection c("127.0.0.1", port);
-    c.send(method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    c.send(method + " " + path + " HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     PeerReaction r = c.wait_closed(Millis{10000});
     HttpAnswer a;
     auto end = r.received.find("\r\n\r\n");
@@ -171,6 +171,33 @@ struct Setup {
         t.wait_pool_ready();
     }
 };
+
+// Reads one whole response (head and Content-Length body) off a kept-alive connection; bytes past
+// it stay in `carry` for the next call.
+HttpAnswer read_response(RawConnection& c, std::string& carry) {
+    HttpAnswer a;
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+    for (;;) {
+        auto end = carry.find("\r\n\r\n");
+        if (end != std::string::npos) {
+            std::string head = carry.substr(0, end);
+            auto cl = head.find("Content-Length: ");
+            cr_assert_neq(cl, std::string::npos, "%s", head.c_str());
+            std::size_t len = std::stoul(head.substr(cl + 16));
+            if (carry.size() >= end + 4 + len) {
+                a.head = head;
+                a.body = carry.substr(end + 4, len);
+                carry.erase(0, end + 4 + len);
+                a.status = std::stoi(head.substr(9, 3));
+                return a;
+            }
+        }
+        cr_assert(std::chrono::steady_clock::now() < deadline, "no whole response: %s",
+                  carry.substr(0, 200).c_str());
+        std::string more = c.recv_at_least(1, Millis{1000});
+        carry += more;
+    }
+}
 
 }  // namespace
 
@@ -369,6 +396,69 @@ Test(metrics, http_answers_and_refusals, .timeout = 120) {
     json c = json::parse(http_get(s.client_metrics, "/status.json").body);
     cr_assert_eq(c["role"], "client");
     cr_assert_eq(c["servers"][0]["connected"], true);
+    s.t.stop_client_cleanly();
+}
+
+// Prometheus keeps its scrape connection open: HTTP/1.1 requests are answered on one connection,
+// pipelined heads in order, until one says `Connection: close`; when all 32 places are taken, the
+// connection idle the longest makes room for a new scraper.
+Test(metrics, keep_alive_pipelining_and_room_for_new_scrapers, .timeout = 120) {
+    Setup s;
+    const std::string get = " HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n";
+    {
+        RawConnection c("127.0.0.1", s.server_metrics);
+        std::string carry;
+        c.send("GET /metrics" + get);
+        HttpAnswer first = read_response(c, carry);
+        cr_assert_eq(first.status, 200);
+        cr_assert_eq(first.head.find("Connection: close"), std::string::npos, "%s",
+                     first.head.c_str());
+        cr_assert_neq(first.body.find("runewarp_build_info{"), std::string::npos);
+        c.send("GET /status.json" + get);
+        HttpAnswer second = read_response(c, carry);
+        cr_assert_eq(second.status, 200);
+        cr_assert_eq(json::parse(second.body)["role"], "server");
+        // Three heads in one write: answered in order, the last one closes.
+        c.send("GET /nope" + get + "HEAD /metrics" + get +
+               "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+        cr_assert_eq(read_response(c, carry).status, 404);
+        // HEAD: the head announces the length of the body it leaves out.
+        PeerReaction rest = c.wait_closed(Millis{10000});
+        cr_assert(rest.closed, "Connection: close is honoured");
+        carry += rest.received;
+        cr_assert(carry.starts_with("HTTP/1.1 200"), "%s", carry.substr(0, 80).c_str());
+        auto second_head = carry.find("HTTP/1.1 200", 1);
+        cr_assert_neq(second_head, std::string::npos, "the third answer is missing");
+        cr_assert_gt(carry.find("runewarp_build_info"), second_head, "HEAD sent a body");
+        cr_assert_neq(carry.find("Connection: close", second_head), std::string::npos);
+    }
+    // HTTP/1.0 without keep-alive, and a request announcing a body: answered, then closed.
+    for (const char* head : {"GET /metrics HTTP/1.0\r\n\r\n",
+                             "GET /metrics HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc"}) {
+        RawConnection c("127.0.0.1", s.server_metrics);
+        c.send(head);
+        PeerReaction r = c.wait_closed(Millis{10000});
+        cr_assert(r.closed, "%s", head);
+        cr_assert(r.received.starts_with("HTTP/1.1 200"), "%s", r.received.substr(0, 40).c_str());
+    }
+    // 32 scrapers that keep their connections open, then one more: it is answered and the
+    // first (idle the longest) is closed; the others stay.
+    std::vector<std::unique_ptr<RawConnection>> kept;
+    for (int i = 0; i < 32; ++i) {
+        kept.push_back(std::make_unique<RawConnection>("127.0.0.1", s.server_metrics));
+        std::string carry;
+        kept.back()->send("GET /status.json" + get);
+        cr_assert_eq(read_response(*kept.back(), carry).status, 200, "scraper %d", i);
+    }
+    cr_assert_eq(http_get(s.server_metrics, "/metrics").status, 200,
+                 "a new scraper gets in when 32 connections sit idle");
+    PeerReaction oldest = kept.front()->wait_closed(Millis{10000});
+    cr_assert(oldest.closed, "the connection idle the longest made room");
+    {
+        std::string carry;
+        kept.back()->send("GET /metrics" + get);
+        cr_assert_eq(read_response(*kept.back(), carry).status, 200, "the newest stays open");
+    }
     s.t.stop_client_cleanly();
 }
 

@@ -150,7 +150,7 @@ Test(systemd, socket_activated_metrics_listener_answers_and_the_configured_addre
     cr_assert(d.wait_log("server metrics listener socket-activated", Millis{5000}), "%s",
               d.log().c_str());
     RawConnection c("127.0.0.1", metrics);
-    c.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n");
+    c.send("GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
     PeerReaction r = c.wait_closed(Millis{10000});
     cr_assert(r.received.starts_with("HTTP/1.1 200"), "%s", r.received.substr(0, 200).c_str());
     cr_assert_neq(r.received.find("runewarp_build_info{"), std::string::npos);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "obs/http_request.hh"
+#include "obs/http_server.hh"
 #include "obs/log.hh"
 #include "obs/metrics.hh"
 
@@ -485,6 +486,47 @@ Test(obs_http, parses_a_scrape) {
     cr_assert_eq(r.head_length, head.size() - 4);
     cr_assert_eq(parse_http_request("HEAD / HTTP/1.0\n\n", r), HttpParse::kOk);
     cr_assert(r.method == "HEAD");
+}
+
+Test(obs_http, keep_alive_follows_version_connection_and_body) {
+    struct Case {
+        const char* head;
+        bool keep_alive;
+    };
+    for (const Case& c : std::initializer_list<Case>{
+             {"GET / HTTP/1.1\r\n\r\n", true},
+             {"GET / HTTP/1.1\r\nConnection: close\r\n\r\n", false},
+             {"GET / HTTP/1.1\r\nconnection:  Upgrade , CLOSE\r\n\r\n", false},
+             {"GET / HTTP/1.1\r\nConnection: closed\r\n\r\n", true},
+             {"GET / HTTP/1.0\r\n\r\n", false},
+             {"GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n", true},
+             {"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true},
+             {"GET / HTTP/1.1\r\nContent-Length: 5\r\n\r\n", false},
+             {"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", false},
+         }) {
+        HttpRequest r;
+        cr_assert_eq(parse_http_request(c.head, r), HttpParse::kOk, "%s", c.head);
+        cr_assert_eq(r.keep_alive, c.keep_alive, "%s", c.head);
+    }
+    // Pipelined: the head ends where the next request starts.
+    const std::string two = "GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n";
+    HttpRequest r;
+    cr_assert_eq(parse_http_request(two, r), HttpParse::kOk);
+    cr_assert(r.path == "/a");
+    cr_assert_eq(parse_http_request(std::string_view(two).substr(r.head_length), r),
+                 HttpParse::kOk);
+    cr_assert(r.path == "/b");
+}
+
+Test(obs_http, response_says_close_only_when_closing) {
+    HttpResponse ok{200, {}, "x\n"};
+    const std::string closing = http_response_text(ok, false);
+    const std::string kept = http_response_text(ok, false, true);
+    cr_assert_neq(closing.find("\r\nConnection: close\r\n"), std::string::npos);
+    cr_assert_eq(kept.find("Connection:"), std::string::npos);
+    cr_assert(kept.ends_with("Content-Length: 2\r\nCache-Control: no-store\r\n"
+                             "X-Content-Type-Options: nosniff\r\n\r\nx\n"),
+              "%s", kept.c_str());
 }
 
 Test(obs_http, incomplete_bad_and_too_large) {
