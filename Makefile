@@ -9,7 +9,7 @@ SUDO       := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
 FUZZERS := fuzz_clienthello fuzz_proxy_v2 fuzz_hostname fuzz_config fuzz_der fuzz_http_request
 
-.PHONY: all deps bench-deps bench deb demo build check check-asan asan fuzz install clean
+.PHONY: all deps bench-deps bench deb rpm image check-dist demo build check check-asan asan fuzz install clean
 
 all: build
 
@@ -65,8 +65,19 @@ bench: build
 	RUNEWARP_BIN=$(BUILD)/runewarp bench/run
 
 # A binary Debian package from this tree (packaging/deb/build).
+# Packages and the container image land in dist/ (see packaging/README.md).
 deb:
 	packaging/deb/build
+
+rpm:
+	packaging/rpm/build
+
+image: deb
+	packaging/image/build
+
+# Builds all three and checks each the way a user's machine would see it (scripts/check-dist).
+check-dist:
+	bash scripts/check-dist
 
 install: build
 	$(MESON) install -C $(BUILD) --destdir "$(DESTDIR)"
