@@ -398,6 +398,28 @@ std::size_t tcp_sockets_on(std::uint16_t port, const char* state = "01") {
     return n;
 }
 
+// The lines of a daemon log that say why something ended early (warnings, errors, closes with a
+// reason other than done), at most `max` of them: the diagnosis a failed load test prints.
+std::string notable_lines(const std::string& log, std::size_t max = 40) {
+    std::string out;
+    std::size_t n = 0, pos = 0;
+    while (pos < log.size() && n < max) {
+        std::size_t end = log.find('\n', pos);
+        if (end == std::string::npos) end = log.size();
+        std::string_view line(log.data() + pos, end - pos);
+        const bool closed_early = line.find(" closed") != std::string_view::npos &&
+                                  line.find("reason=") != std::string_view::npos &&
+                                  line.find("reason=done") == std::string_view::npos;
+        if (line.find("WARN") != std::string_view::npos ||
+            line.find("ERROR") != std::string_view::npos || closed_early) {
+            out.append(line).push_back('\n');
+            ++n;
+        }
+        pos = end + 1;
+    }
+    return out;
+}
+
 }  // namespace
 
 // 1000 Visitors at once through one tunnel connection, each its own QUIC stream and backend
@@ -431,8 +453,9 @@ Test(tunnel, a_thousand_concurrent_visitor_streams, .timeout = 300) {
             return peak >= 1000;
         },
         Millis{60000}, Millis{50});
-    cr_assert(all_open, "peak %zu concurrent backend connections\n%s", peak,
-              read_file(t.out("err-0")).c_str());
+    cr_assert(all_open, "peak %zu concurrent backend connections\n%s\nserver:\n%s\nclient:\n%s",
+              peak, read_file(t.out("err-0")).substr(0, 2000).c_str(),
+              notable_lines(t.server().log()).c_str(), notable_lines(t.client_log()).c_str());
     for (int c = 0; c < 4; ++c) {
         std::optional<ExitStatus> st = curls[static_cast<std::size_t>(c)].wait_exit(Millis{150000});
         cr_assert(st.has_value() && st->success(), "curl %d: %s %s", c,

@@ -30,7 +30,11 @@ std::string server_block(const NginxOptions& o, const std::string& dir, const Tl
     std::ostringstream c;
     c << "    server {\n"
       << "        listen " << listen_addr(o.address, l.port) << (l.tls ? " ssl" : "")
-      << (l.http2 ? " http2" : "") << (l.proxy ? " proxy_protocol" : "") << ";\n"
+      << (l.http2 ? " http2" : "")
+      << (l.proxy ? " proxy_protocol" : "")
+      // Tests open a thousand backend connections at once; nginx's default accept queue (511)
+      // would make a starved single worker drop some of them.
+      << " backlog=4096;\n"
       << "        server_name";
     for (const auto& h : o.hostnames) c << " " << h;
     c << ";\n";
