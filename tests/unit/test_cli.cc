@@ -288,6 +288,42 @@ Test(cli, version_forms_print_exact_version) {
     }
 }
 
+// The binary names the same release and commit as the packages built from this tree
+// (scripts/version, run from the source checkout): "X.Y.Z~dev+g<commit>" prints as
+// "runewarp X.Y.Z-dev (<commit>)", a release "X.Y.Z" as "runewarp X.Y.Z". An incremental build
+// after a new commit must report that commit, not the one seen when the build was set up.
+Test(cli, version_matches_package_version) {
+    const std::string script = std::string(RUNEWARP_TEST_DATA) + "/../../scripts/version";
+    std::vector<std::string> env = {"PATH=/usr/bin:/bin", "LC_ALL=C", "HOME=" + g_dir + "/home"};
+    if (const char* pinned = std::getenv("RUNEWARP_BUILD_COMMIT")) {
+        env.push_back(std::string("RUNEWARP_BUILD_COMMIT=") + pinned);
+    }
+    Outcome pkg = run_program({"/bin/sh", script}, env);
+    cr_assert_eq(pkg.exit_code, 0, "scripts/version: %s", pkg.err.c_str());
+    Outcome upstream = run_program({"/bin/sh", script, "--upstream"}, env);
+    cr_assert_eq(upstream.exit_code, 0, "scripts/version --upstream: %s", upstream.err.c_str());
+    cr_assert(ends_with(pkg.out, "\n") && ends_with(upstream.out, "\n"));
+    const std::string package = pkg.out.substr(0, pkg.out.size() - 1);
+    const std::string declared = upstream.out.substr(0, upstream.out.size() - 1);
+
+    std::string expected = "runewarp " + declared + "\n";
+    if (ends_with(declared, "-dev")) {
+        const std::string release = declared.substr(0, declared.size() - 4);
+        const std::string prefix = release + "~dev+g";
+        cr_assert(package.starts_with(prefix), "package version %s", package.c_str());
+        const std::string commit = package.substr(prefix.size());
+        cr_assert_eq(commit.size(), 12u, "package version %s", package.c_str());
+        cr_assert_eq(commit.find_first_not_of("0123456789abcdef"), std::string::npos,
+                     "package version %s", package.c_str());
+        expected = "runewarp " + declared + " (" + commit + ")\n";
+    } else {
+        cr_assert_str_eq(package.c_str(), declared.c_str());
+    }
+    Outcome o = rw({"--version"});
+    cr_assert_eq(o.exit_code, 0);
+    cr_assert_str_eq(o.out.c_str(), expected.c_str(), "scripts/version says %s", package.c_str());
+}
+
 Test(cli, unknown_command_is_a_usage_error) {
     for (const char* cmd : {"keygen", "tunnel", "frobnicate"}) {
         Outcome o = rw({cmd});
