@@ -65,7 +65,7 @@ bench: build
 	RUNEWARP_BIN=$(BUILD)/runewarp bench/run
 
 # A binary Debian package from this tree (packaging/deb/build).
-# Packages and the container image land in dist/ (see packaging/README.md).
+# Packages (debhelper, rpmbuild) and the container image land in dist/ (see packaging/README.md).
 deb:
 	packaging/deb/build
 
@@ -83,4 +83,4 @@ install: build
 	$(MESON) install -C $(BUILD) --destdir "$(DESTDIR)"
 
 clean:
-	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-deb fuzz-out
+	rm -rf $(BUILD) $(ASAN_BUILD) $(FUZZ_BUILD) build-deb fuzz-out dist build-dist-cache
