@@ -9,16 +9,21 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/epoll.h>
+#include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <csignal>
+#include <new>
 
 #include <atomic>
 #include <cerrno>
 #include <cstring>
 #include <string>
 #include <thread>
-#include <unordered_map>
 #include <vector>
 
 #include "tests/integration/tunnel_support.hh"
@@ -35,58 +40,77 @@ constexpr std::size_t kRequest = 64;
 // Both daemons together, user space: what one more idle stream may cost.
 constexpr long kMaxBytesPerIdleStream = 8 * 1024;
 
-// An echo backend on its own epoll thread: every byte a connection sends comes back.
+// An echo backend in a process of its own (so neither process needs more than ten thousand
+// descriptors): every byte a connection sends comes back. Its counters live in shared memory.
 class EchoBackend {
 public:
     EchoBackend() {
-        fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         sockaddr_in a{};
         a.sin_family = AF_INET;
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         int one = 1;
-        ::setsockopt(fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-        cr_assert_eq(::bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
-        cr_assert_eq(::listen(fd_, 4096), 0);
+        ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+        cr_assert_eq(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a), 0);
+        cr_assert_eq(::listen(fd, 4096), 0);
         socklen_t len = sizeof a;
-        ::getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len);
         port_ = ntohs(a.sin_port);
-        ep_ = ::epoll_create1(EPOLL_CLOEXEC);
-        epoll_event ev{};
-        ev.events = EPOLLIN;
-        ev.data.fd = fd_;
-        ::epoll_ctl(ep_, EPOLL_CTL_ADD, fd_, &ev);
-        thread_ = std::thread([this] { run(); });
+        void* m = ::mmap(nullptr, sizeof(Shared), PROT_READ | PROT_WRITE,
+                         MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+        cr_assert_neq(m, MAP_FAILED);
+        shared_ = new (m) Shared{};
+        pid_ = ::fork();
+        cr_assert_geq(pid_, 0, "fork: %s", std::strerror(errno));
+        if (pid_ == 0) {
+            ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+            run(fd);
+            ::_exit(0);
+        }
+        ::close(fd);
     }
     ~EchoBackend() {
-        stop_ = true;
-        thread_.join();
-        for (auto& [fd, pending] : conns_) ::close(fd);
-        ::close(ep_);
-        ::close(fd_);
+        shared_->stop = 1;
+        int st = 0;
+        ::waitpid(pid_, &st, 0);
+        ::munmap(shared_, sizeof(Shared));
     }
     std::uint16_t port() const { return port_; }
-    int accepted() const { return accepted_; }
-    int open() const { return open_; }
+    int accepted() const { return shared_->accepted.load(); }
+    int open() const { return shared_->open.load(); }
 
 private:
-    void run() {
+    struct Shared {
+        std::atomic<int> accepted{0};
+        std::atomic<int> open{0};
+        std::atomic<int> stop{0};
+    };
+    void run(int lfd) {
+        rlimit rl{};
+        ::getrlimit(RLIMIT_NOFILE, &rl);
+        rl.rlim_cur = rl.rlim_max;
+        ::setrlimit(RLIMIT_NOFILE, &rl);
+        int ep = ::epoll_create1(EPOLL_CLOEXEC);
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.fd = lfd;
+        ::epoll_ctl(ep, EPOLL_CTL_ADD, lfd, &ev);
         epoll_event evs[256];
         std::vector<char> buf(65536);
-        while (!stop_) {
-            int n = ::epoll_wait(ep_, evs, 256, 50);
+        while (!shared_->stop.load()) {
+            int n = ::epoll_wait(ep, evs, 256, 50);
             for (int i = 0; i < n; ++i) {
                 int fd = evs[i].data.fd;
-                if (fd == fd_) {
+                if (fd == lfd) {
                     for (;;) {
-                        int c = ::accept4(fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+                        int c = ::accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
                         if (c < 0) break;
-                        epoll_event ev{};
-                        ev.events = EPOLLIN | EPOLLRDHUP;
-                        ev.data.fd = c;
-                        ::epoll_ctl(ep_, EPOLL_CTL_ADD, c, &ev);
-                        conns_[c] = {};
-                        ++accepted_;
-                        ++open_;
+                        epoll_event cev{};
+                        cev.events = EPOLLIN | EPOLLRDHUP;
+                        cev.data.fd = c;
+                        ::epoll_ctl(ep, EPOLL_CTL_ADD, c, &cev);
+                        ++shared_->accepted;
+                        ++shared_->open;
                     }
                     continue;
                 }
@@ -98,21 +122,17 @@ private:
                         continue;
                     }
                     if (r < 0 && (errno == EAGAIN || errno == EINTR)) break;
-                    ::epoll_ctl(ep_, EPOLL_CTL_DEL, fd, nullptr);
+                    ::epoll_ctl(ep, EPOLL_CTL_DEL, fd, nullptr);
                     ::close(fd);
-                    conns_.erase(fd);
-                    --open_;
+                    --shared_->open;
                     break;
                 }
             }
         }
     }
-    int fd_ = -1, ep_ = -1;
     std::uint16_t port_ = 0;
-    std::atomic<bool> stop_{false};
-    std::atomic<int> accepted_{0}, open_{0};
-    std::unordered_map<int, int> conns_;
-    std::thread thread_;
+    pid_t pid_ = -1;
+    Shared* shared_ = nullptr;
 };
 
 long rss_bytes(pid_t pid) {
@@ -142,12 +162,13 @@ std::string read_exactly(int fd, std::size_t n) {
 
 Test(tunnel_scale, ten_thousand_idle_streams_through_one_client_then_each_one_request,
      .timeout = 600) {
-    // The test holds both ends of every Visitor and backend connection.
+    // The test process holds the Visitor ends, the backend process the backend ends; each
+    // daemon holds one end per stream too.
     rlimit rl{};
     cr_assert_eq(::getrlimit(RLIMIT_NOFILE, &rl), 0);
-    cr_assert_geq(rl.rlim_max, 3u * kVisitors,
+    cr_assert_geq(rl.rlim_max, kVisitors + 1000u,
                   "this test needs a hard open file limit of at least %d (ulimit -Hn)",
-                  3 * kVisitors);
+                  kVisitors + 1000);
     rl.rlim_cur = rl.rlim_max;
     cr_assert_eq(::setrlimit(RLIMIT_NOFILE, &rl), 0);
 
