@@ -21,6 +21,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <thread>
@@ -226,9 +227,13 @@ Test(tunnel_scale, ten_thousand_idle_streams_through_one_client_then_each_one_re
     const long per_stream = (rss_idle - rss_before) / kVisitors;
     cr_log_info("both daemons: %ld KiB before, %ld KiB with %d idle streams: %ld bytes per stream",
                 rss_before / 1024, rss_idle / 1024, kVisitors, per_stream);
-    cr_assert_leq(per_stream, kMaxBytesPerIdleStream,
-                  "%ld bytes of daemon memory per idle stream (both ends), at most %ld", per_stream,
-                  kMaxBytesPerIdleStream);
+    // Sanitizer builds pad every allocation; the bound is about the daemons as shipped.
+    const char* sanitized = std::getenv("RUNEWARP_SANITIZED");
+    if (sanitized == nullptr || std::string_view(sanitized) != "1") {
+        cr_assert_leq(per_stream, kMaxBytesPerIdleStream,
+                      "%ld bytes of daemon memory per idle stream (both ends), at most %ld",
+                      per_stream, kMaxBytesPerIdleStream);
+    }
 
     // One request each: distinct bytes per Visitor, the answer checked by hash over all.
     std::string sent_all, echoed_all;
