@@ -93,7 +93,9 @@ void AddressWorker::start_next_dial() noexcept {
         inst_.log().info(
             "client tunnel connection connecting",
             {{"server-address", addr_text_}, {"resolved-address", text}, {"retry", retry_kind()}});
-        auto c = quic::dial(inst_.worker(), a.sa(), a.len, *tls_.back(), *this);
+        quic::DialOptions opts;
+        opts.conn.max_streams_bidi = inst_.cfg().max_streams;
+        auto c = quic::dial(inst_.worker(), a.sa(), a.len, *tls_.back(), *this, opts);
         if (!c) {
             log_attempt_failure(text, c.error().message);
             continue;  // this address cannot even be dialled: the next one starts now

@@ -20,7 +20,7 @@ const config::Service* select_service(const std::vector<config::Service>& servic
 
 int run_client(config::LoadOptions options, preflight::ClientStartup startup) noexcept {
     obs::Logger& log = obs::process_logger();
-    // Every Visitor stream holds a backend socket: up to 1024 per connection.
+    // Every Visitor stream holds a backend socket: up to [client] max-streams of them.
     if (std::uint64_t nofile = sys::raise_nofile_limit(); nofile < sys::kMinimumNofile)
         log.warn(
             "client open file limit low",

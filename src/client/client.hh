@@ -12,8 +12,8 @@
 
 namespace runewarp::client {
 
-// Fixed limits: stream handlers per process, the 5 s step deadlines, the 100 ms close flush.
-inline constexpr unsigned kMaxStreamHandlers = 1024;
+// Fixed limits: the 5 s step deadlines, the 100 ms close flush (stream handlers per process are
+// [client] max-streams).
 // intake / terminate handshake / connect / write
 inline constexpr int64_t kStreamStepTimeoutNs = 5'000'000'000;
 inline constexpr int64_t kCloseFlushNs = 100'000'000;

@@ -49,7 +49,7 @@ ClientInstance::ClientInstance(config::LoadOptions options, ConfigRef cfg, obs::
     : options_(std::move(options)),
       cfg_(std::move(cfg)),
       log_(log),
-      streams_(std::make_unique<core::Slab<StreamSession>>(kMaxStreamHandlers)) {}
+      streams_(std::make_unique<core::Slab<StreamSession>>(cfg_->max_streams)) {}
 
 ClientInstance::~ClientInstance() = default;
 
@@ -107,7 +107,7 @@ void ClientInstance::accept_stream(quic::Stream& s) noexcept {
         if (!shutting_down_) {
             if (auto d = saturation_limiter_.on_saturated(); d.log) {
                 log_.warn("client stream handlers saturated",
-                          {{"active-work", streams_->size()}, {"limit", kMaxStreamHandlers}});
+                          {{"active-work", streams_->size()}, {"limit", streams_->capacity()}});
             }
         }
         return;
@@ -328,6 +328,8 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     }
     core::WorkerOptions wo;
     wo.loop.choice = sys::backend_choice(cfg_->event_backend);
+    // Every stream handler is a session; connections, timers and listeners take the rest.
+    wo.max_slots = std::max<uint32_t>(wo.max_slots, cfg_->max_streams + 4096);
     auto w = core::Worker::create(wo);
     if (!w) {
         log_.error("client startup failed", {}, w.error().message);

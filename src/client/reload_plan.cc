@@ -49,6 +49,12 @@ RestartOnly keep_restart_only(const config::ClientConfig& running, config::Clien
         r.notes.push_back(changed("metrics.prometheus-bind-address"));
         next.metrics_bind = running.metrics_bind;
     }
+    // The stream table is sized once, and every Server connection granted its stream limit in
+    // its handshake.
+    if (next.max_streams != running.max_streams) {
+        r.notes.push_back(changed("client.max-streams"));
+        next.max_streams = running.max_streams;
+    }
     // The event loop is created once per process.
     if (next.event_backend != running.event_backend) {
         r.notes.push_back(changed("event-backend"));

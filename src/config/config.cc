@@ -181,6 +181,9 @@ private:
 
     std::optional<std::string> setting(const Section* s, SectionKind kind,
                                        std::string_view key) const;
+    // A kCount key's value (already checked against its range), or `fallback` when unset.
+    std::uint32_t count_setting(const Section* s, SectionKind kind, std::string_view key,
+                                std::uint32_t fallback) const;
     void role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind);
     std::optional<Acme> acme(const Section* s);
     std::optional<Control> control(bool& managed);
@@ -311,6 +314,15 @@ void Loader::collect(const RawDocument& doc) {
 // The value of a scalar key: the file's when present and well formed, else the registry's
 // default. Nothing when the file's value is invalid (already reported) or the key has no
 // default ("(unset)", "(required)").
+std::uint32_t Loader::count_setting(const Section* s, SectionKind kind, std::string_view key,
+                                    std::uint32_t fallback) const {
+    auto v = setting(s, kind, key);
+    const KeySpec* spec = find_key(kind, key);
+    if (!v || spec == nullptr) return fallback;
+    auto n = parse_count(*v, spec->min, spec->max);
+    return std::holds_alternative<std::uint32_t>(n) ? std::get<std::uint32_t>(n) : fallback;
+}
+
 std::optional<std::string> Loader::setting(const Section* s, SectionKind kind,
                                            std::string_view key) const {
     if (s != nullptr) {
@@ -624,6 +636,10 @@ void Loader::server() {
     if (auto v = setting(srv, SectionKind::kServer, "graceful-shutdown-duration")) {
         cfg.graceful_shutdown_ms = std::get<std::uint64_t>(parse_duration_ms(*v));
     }
+    cfg.max_active_streams =
+        count_setting(srv, SectionKind::kServer, "max-active-streams", cfg.max_active_streams);
+    cfg.max_pending_stream_opens = count_setting(
+        srv, SectionKind::kServer, "max-pending-stream-opens", cfg.max_pending_stream_opens);
 
     // PROXY v2 ingress: networks required with v2 and forbidden without it.
     const Value* vpp = srv->get("visitor-proxy-protocol");
@@ -943,6 +959,7 @@ void Loader::client() {
 
     // Trust, identity and certificate sources ([client] keys; defaults when CLI-only).
     auto val = [&](const char* k) -> const Value* { return cli ? cli->get(k) : nullptr; };
+    cfg.max_streams = count_setting(cli, SectionKind::kClient, "max-streams", cfg.max_streams);
     if (auto v = setting(cli, SectionKind::kClient, "server-trust")) {
         cfg.server_trust = named(*v, {Trust::kSystem, Trust::kCaFile}, trust_name);
     }

@@ -151,6 +151,10 @@ struct ServerConfig : RoleConfig {
     TunnelRetry tunnel_retry = TunnelRetry::kAuto;
     std::optional<proto::Endpoint> readiness_bind;
     std::uint64_t graceful_shutdown_ms = 0;
+    // [server] max-active-streams / max-pending-stream-opens (spec 5.11 values by default;
+    // restart-only).
+    std::uint32_t max_active_streams = 4096;
+    std::uint32_t max_pending_stream_opens = 1024;
     bool visitor_proxy_v2 = false;
     std::vector<Cidr> visitor_proxy_trusted_networks;
     std::optional<Acme> acme;
@@ -179,6 +183,9 @@ struct ClientConfig : RoleConfig {
     std::string public_cert_dir;  // set when a terminate Service exists and no ACME
     std::optional<Acme> acme;
     std::vector<Service> services;
+    // [client] max-streams: stream handlers per instance and the QUIC stream limit granted to
+    // each Server (spec 5.11's 1024 by default; restart-only).
+    std::uint32_t max_streams = 1024;
 };
 
 struct LoadOutcome {

@@ -23,6 +23,10 @@ constexpr std::array<std::string_view, 3> kRetry = {"auto", "always", "never"};
 using K = SectionKind;
 using T = ValueType;
 
+// The largest stream limit a key accepts: beyond it the preallocated tables alone would take
+// gigabytes.
+constexpr std::uint32_t kMaxCountLimit = 262'144;
+
 const std::array kKeys = {
     KeySpec{K::kTop, "log-level", T::kEnum, "info", "log verbosity (trace currently equals debug)",
             kLogLevels},
@@ -85,6 +89,22 @@ const std::array kKeys = {
             {}},
     KeySpec{K::kServer, "event-backend", T::kEnum, "auto",
             "event loop backend: io_uring when a probe ring works, else epoll", kBackends},
+    KeySpec{K::kServer,
+            "max-active-streams",
+            T::kCount,
+            "4096",
+            "Visitors relayed at once, direct and through Tunnels; the newest beyond is reset",
+            {},
+            1,
+            kMaxCountLimit},
+    KeySpec{K::kServer,
+            "max-pending-stream-opens",
+            T::kCount,
+            "1024",
+            "Tunnel stream opens in progress at once; the newest Visitor beyond is dropped",
+            {},
+            1,
+            kMaxCountLimit},
 
     KeySpec{K::kServerAcme, "email", T::kString, "(required)", "ACME account contact", {}},
     KeySpec{K::kServerAcme,
@@ -173,6 +193,15 @@ const std::array kKeys = {
             "manual certificates for terminate-mode Services",
             {}},
     KeySpec{K::kClient, "event-backend", T::kEnum, "auto", "event loop backend", kBackends},
+    KeySpec{K::kClient,
+            "max-streams",
+            T::kCount,
+            "1024",
+            "Visitor streams handled at once per Server connection set; granted to each Server as "
+            "its QUIC stream limit, the newest beyond is reset",
+            {},
+            1,
+            kMaxCountLimit},
 
     KeySpec{K::kClientAcme, "email", T::kString, "(required)", "ACME account contact", {}},
     KeySpec{K::kClientAcme,
@@ -342,6 +371,8 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
             return problem_of(parse_duration_ms(value));
         case T::kCidrList:
             return problem_of(parse_cidr(value));
+        case T::kCount:
+            return problem_of(parse_count(value, spec.min, spec.max));
         case T::kAlpnList:
             if (value.empty() || value.size() > 255) {
                 return err("an ALPN protocol id is 1 to 255 bytes");

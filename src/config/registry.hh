@@ -38,6 +38,7 @@ enum class ValueType {
     kCidrList,  // list of addr/prefix
     kAlpnList,  // list of ALPN protocol ids: h2, http/1.1
     kPath,      // file or directory, relative to the config file
+    kCount,     // whole number within KeySpec::min .. KeySpec::max
 };
 
 struct KeySpec {
@@ -47,6 +48,8 @@ struct KeySpec {
     std::string_view default_text;              // human text for docs and `config show`
     std::string_view doc;                       // one line
     std::span<const std::string_view> choices;  // kEnum only
+    std::uint32_t min = 0;                      // kCount only
+    std::uint32_t max = 0;                      // kCount only
 };
 
 bool is_list(ValueType t) noexcept;

@@ -68,6 +68,19 @@ Parsed<std::uint64_t> parse_duration_ms(std::string_view s) {
     return v * scale;
 }
 
+Parsed<std::uint32_t> parse_count(std::string_view s, std::uint32_t min, std::uint32_t max) {
+    const std::string form =
+        "must be a whole number from " + std::to_string(min) + " to " + std::to_string(max);
+    if (s.empty() || s.size() > 10) return form;
+    std::uint64_t v = 0;
+    for (char c : s) {
+        if (c < '0' || c > '9') return form;
+        v = v * 10 + static_cast<std::uint64_t>(c - '0');
+    }
+    if (v < min || v > max) return form;
+    return static_cast<std::uint32_t>(v);
+}
+
 Parsed<proto::Endpoint> parse_socket_address(std::string_view s) {
     auto ep = proto::parse_endpoint(s);
     if (!ep) {

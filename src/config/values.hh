@@ -15,6 +15,8 @@ template <typename T>
 using Parsed = std::variant<T, std::string>;
 
 Parsed<std::uint64_t> parse_duration_ms(std::string_view s);
+// A count limit: a plain decimal integer within [min, max].
+Parsed<std::uint32_t> parse_count(std::string_view s, std::uint32_t min, std::uint32_t max);
 Parsed<proto::Endpoint> parse_socket_address(std::string_view s);  // port 0 allowed
 Parsed<HostPort> parse_server_address(std::string_view s);         // hostname[:port], default 443
 Parsed<HostPort> parse_host_port(std::string_view s);  // literal or host:port, port 1-65535

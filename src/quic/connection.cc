@@ -231,8 +231,8 @@ void Connection::settings_and_params(ngtcp2_settings& s,
     p.initial_max_stream_data_bidi_remote = cfg_.stream_window;
     p.initial_max_stream_data_uni = 0;
     p.initial_max_data = cfg_.conn_window;
-    // Only the Server opens streams: it grants none, the Client grants 1024.
-    p.initial_max_streams_bidi = role_ == Role::server ? 0 : 1024;
+    // Only the Server opens streams: it grants none, the Client its [client] max-streams.
+    p.initial_max_streams_bidi = role_ == Role::server ? 0 : cfg_.max_streams_bidi;
     p.initial_max_streams_uni = 0;
     p.max_idle_timeout = static_cast<ngtcp2_duration>(cfg_.idle_timeout_ns);
     p.active_connection_id_limit = 4;  // spare connection IDs for migration

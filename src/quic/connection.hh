@@ -31,6 +31,9 @@ struct ConnectionConfig {
     int64_t keep_alive_ns = 20 * core::kNsPerSec;
     int64_t handshake_timeout_ns = 10 * core::kNsPerSec;
     size_t send_buffer = kStreamSendBuffer;
+    // Client: the streams the Server may have open at once (initial_max_streams_bidi; ngtcp2
+    // grants more as streams close). The Server grants none.
+    uint64_t max_streams_bidi = 1024;
 };
 
 // A client Initial that carried a valid Retry token: its DCID is the Retry's source CID, and the

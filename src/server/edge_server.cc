@@ -28,6 +28,14 @@ constexpr uint32_t kOwnSessions = 2;
 // How long a reload waits for its upstream names before it gives up (as at startup).
 constexpr int64_t kReloadResolveNs = 10'000'000'000;
 
+// The configurable admission limits (spec 12.5); the others keep spec 5.11's values.
+AdmissionLimits limits_of(const config::ServerConfig& cfg) noexcept {
+    AdmissionLimits lim;
+    lim.active_relays = cfg.max_active_streams;
+    lim.pending_opens = cfg.max_pending_stream_opens;
+    return lim;
+}
+
 }  // namespace
 
 void ControlSession::on_event(const core::Completion& c) noexcept {
@@ -40,6 +48,7 @@ EdgeServer::EdgeServer(std::shared_ptr<const config::ServerConfig> cfg, obs::Log
     : cfg_(std::move(cfg)),
       log_(log),
       options_(std::move(options)),
+      admission_(limits_of(*cfg_)),
       admission_log_(log),
       intake_pool_(kMaxIdleIntake),
       cert_watch_(log) {}
@@ -66,6 +75,12 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
 
     core::WorkerOptions wo;
     wo.loop.choice = sys::backend_choice(cfg.event_backend);
+    // Every Visitor is a session (intake and relay); connections and listeners take the rest.
+    {
+        const AdmissionLimits& lim = s->admission_.limits();
+        wo.max_slots =
+            std::max<uint32_t>(wo.max_slots, lim.pre_routing_global + lim.active_relays + 4096);
+    }
     auto w = core::Worker::create(wo);
     if (!w) return Error::msg("event loop: " + w.error().message);
     s->worker_ = std::move(*w);

@@ -60,6 +60,18 @@ std::vector<std::string> keep_restart_only(const config::ServerConfig& running,
                              config::event_backend_name(running.event_backend)));
         next.event_backend = running.event_backend;
     }
+    // The session and pipe tables are sized for these limits at startup.
+    if (next.max_active_streams != running.max_active_streams) {
+        notes.push_back(note("server.max-active-streams", std::to_string(next.max_active_streams),
+                             std::to_string(running.max_active_streams)));
+        next.max_active_streams = running.max_active_streams;
+    }
+    if (next.max_pending_stream_opens != running.max_pending_stream_opens) {
+        notes.push_back(note("server.max-pending-stream-opens",
+                             std::to_string(next.max_pending_stream_opens),
+                             std::to_string(running.max_pending_stream_opens)));
+        next.max_pending_stream_opens = running.max_pending_stream_opens;
+    }
     // The ACME manager runs for one hostname and one account for the whole process.
     const bool acme = running.acme.has_value() || next.acme.has_value();
     if (next.acme != running.acme) {

@@ -463,6 +463,17 @@ Test(client, restart_only_settings_keep_their_running_value_with_one_note_each) 
                  "log-format: changed; applies on restart");
 }
 
+Test(client, max_streams_is_restart_only) {
+    config::ClientConfig running;
+    running.services = {service("app", {"app.example.test"})};
+    config::ClientConfig next = running;
+    next.max_streams = 20000;
+    auto r = client::keep_restart_only(running, next, {});
+    cr_assert_eq(r.notes,
+                 (std::vector<std::string>{"client.max-streams: changed; applies on restart"}));
+    cr_assert_eq(next.max_streams, 1024u, "the running value stays");
+}
+
 Test(client, unchanged_restart_only_settings_give_no_notes) {
     config::ClientConfig running;
     running.services = {service("app", {"app.example.test"})};

@@ -209,6 +209,18 @@ const Case kCases[] = {
      "server.tunnel-retry: invalid value \"Always\": must be one of auto, always, never", nullptr},
     {Role::kServer, S_HEAD "tunnel-retry =\n" TUN, 4,
      "server.tunnel-retry: invalid value \"\": must be one of auto, always, never", nullptr},
+    {Role::kServer, S_HEAD "max-active-streams = 0\n" TUN, 4,
+     "server.max-active-streams: invalid value \"0\": must be a whole number from 1 to 262144",
+     nullptr},
+    {Role::kServer, S_HEAD "max-pending-stream-opens = 262145\n" TUN, 4,
+     "server.max-pending-stream-opens: invalid value \"262145\": must be a whole number from 1 "
+     "to 262144",
+     nullptr},
+    {Role::kServer, S_HEAD "max-active-streams = 10k\n" TUN, 4,
+     "server.max-active-streams: invalid value \"10k\": must be a whole number from 1 to 262144",
+     nullptr},
+    {Role::kClient, C_HEAD "max-streams = -1\n" SVC, 4,
+     "client.max-streams: invalid value \"-1\": must be a whole number from 1 to 262144", nullptr},
     // material and ACME
     {Role::kServer, "[server]\nhostname = tunnel.example.com\ncert-dir = empty\n" TUN, 3,
      "server.cert-dir: @DIR@/empty is missing server.crt, server.key, server-ca.crt",
@@ -602,6 +614,25 @@ Test(config, tunnel_retry_values) {
         cr_assert(out.ok(), "%s: %s", text, dump(out).c_str());
         cr_expect(out.server->tunnel_retry == want, "%s", text);
     }
+}
+
+Test(config, stream_limits_default_to_the_reference_and_take_counts) {
+    Scratch s;
+    auto def = load_text(s, Role::kServer, S_HEAD TUN);
+    cr_assert(def.ok(), "%s", dump(def).c_str());
+    cr_expect_eq(def.server->max_active_streams, 4096u);
+    cr_expect_eq(def.server->max_pending_stream_opens, 1024u);
+    auto set = load_text(s, Role::kServer,
+                         S_HEAD "max-active-streams = 262144\nmax-pending-stream-opens = 1\n" TUN);
+    cr_assert(set.ok(), "%s", dump(set).c_str());
+    cr_expect_eq(set.server->max_active_streams, 262144u);
+    cr_expect_eq(set.server->max_pending_stream_opens, 1u);
+    auto cdef = load_text(s, Role::kClient, C_HEAD SVC);
+    cr_assert(cdef.ok(), "%s", dump(cdef).c_str());
+    cr_expect_eq(cdef.client->max_streams, 1024u);
+    auto cset = load_text(s, Role::kClient, C_HEAD "max-streams = 10000\n" SVC);
+    cr_assert(cset.ok(), "%s", dump(cset).c_str());
+    cr_expect_eq(cset.client->max_streams, 10000u);
 }
 
 Test(config, terminate_alpn_values) {

@@ -129,6 +129,23 @@ Test(server, replacing_the_auth_table_revokes_removed_identities_and_moves_the_r
     cr_assert_eq(reg.join(ident('b'), conn(4)).status, JoinStatus::kJoined);
 }
 
+Test(server, stream_limits_are_restart_only) {
+    config::ServerConfig running;
+    config::ServerConfig next = running;
+    next.max_active_streams = 20000;
+    next.max_pending_stream_opens = 3000;
+    auto notes = keep_restart_only(running, next, true);
+    cr_assert_eq(notes.size(), 2u);
+    cr_assert_eq(notes[0],
+                 "server.max-active-streams: changed to 20000; needs a restart, the running value "
+                 "4096 stays");
+    cr_assert_eq(notes[1],
+                 "server.max-pending-stream-opens: changed to 3000; needs a restart, the running "
+                 "value 1024 stays");
+    cr_assert_eq(next.max_active_streams, 4096u);
+    cr_assert_eq(next.max_pending_stream_opens, 1024u);
+}
+
 Test(server, reload_keeps_restart_only_keys_and_says_so) {
     config::ServerConfig running;
     running.hostname = "edge.example.test";
