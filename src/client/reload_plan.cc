@@ -55,6 +55,11 @@ RestartOnly keep_restart_only(const config::ClientConfig& running, config::Clien
         r.notes.push_back(changed("client.max-streams"));
         next.max_streams = running.max_streams;
     }
+    // The worker threads are started once.
+    if (next.workers != running.workers) {
+        r.notes.push_back(changed("client.workers"));
+        next.workers = running.workers;
+    }
     // The event loop is created once per process.
     if (next.event_backend != running.event_backend) {
         r.notes.push_back(changed("event-backend"));

@@ -1,7 +1,9 @@
 // Config loading: registry-driven key checks, CLI overlays, cross-field rules, model building.
 #include "config/config.hh"
 
+#include <sched.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <map>
@@ -184,6 +186,8 @@ private:
     // A kCount key's value (already checked against its range), or `fallback` when unset.
     std::uint32_t count_setting(const Section* s, SectionKind kind, std::string_view key,
                                 std::uint32_t fallback) const;
+    // `workers` (0 = auto), or 0 when unset.
+    std::uint32_t workers_setting(const Section* s, SectionKind kind) const;
     void role_common(RoleConfig& cfg, const Section* role_section, SectionKind role_kind);
     std::optional<Acme> acme(const Section* s);
     std::optional<Control> control(bool& managed);
@@ -321,6 +325,13 @@ std::uint32_t Loader::count_setting(const Section* s, SectionKind kind, std::str
     if (!v || spec == nullptr) return fallback;
     auto n = parse_count(*v, spec->min, spec->max);
     return std::holds_alternative<std::uint32_t>(n) ? std::get<std::uint32_t>(n) : fallback;
+}
+
+std::uint32_t Loader::workers_setting(const Section* s, SectionKind kind) const {
+    auto v = setting(s, kind, "workers");
+    if (!v) return 0;
+    auto n = parse_workers(*v);
+    return std::holds_alternative<std::uint32_t>(n) ? std::get<std::uint32_t>(n) : 0;
 }
 
 std::optional<std::string> Loader::setting(const Section* s, SectionKind kind,
@@ -636,6 +647,7 @@ void Loader::server() {
     if (auto v = setting(srv, SectionKind::kServer, "graceful-shutdown-duration")) {
         cfg.graceful_shutdown_ms = std::get<std::uint64_t>(parse_duration_ms(*v));
     }
+    cfg.workers = workers_setting(srv, SectionKind::kServer);
     cfg.max_active_streams =
         count_setting(srv, SectionKind::kServer, "max-active-streams", cfg.max_active_streams);
     cfg.max_pending_stream_opens = count_setting(
@@ -960,6 +972,7 @@ void Loader::client() {
     // Trust, identity and certificate sources ([client] keys; defaults when CLI-only).
     auto val = [&](const char* k) -> const Value* { return cli ? cli->get(k) : nullptr; };
     cfg.max_streams = count_setting(cli, SectionKind::kClient, "max-streams", cfg.max_streams);
+    cfg.workers = workers_setting(cli, SectionKind::kClient);
     if (auto v = setting(cli, SectionKind::kClient, "server-trust")) {
         cfg.server_trust = named(*v, {Trust::kSystem, Trust::kCaFile}, trust_name);
     }
@@ -1132,6 +1145,25 @@ const char* event_backend_name(EventBackend b) noexcept {
             return "epoll";
     }
     return "auto";
+}
+
+}  // namespace runewarp::config
+
+namespace runewarp::config {
+
+std::string workers_text(std::uint32_t workers) {
+    return workers == 0 ? std::string("auto") : std::to_string(workers);
+}
+
+std::uint32_t resolve_workers(std::uint32_t workers) noexcept {
+    if (workers != 0) return std::min(workers, kMaxWorkers);
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    long n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n <= 0) n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n <= 0) n = 1;
+    return static_cast<std::uint32_t>(std::min<long>(n, kMaxWorkers));
 }
 
 }  // namespace runewarp::config

@@ -154,6 +154,8 @@ struct ServerConfig : RoleConfig {
     // [server] max-active-streams / max-pending-stream-opens (spec 5.11 values by default;
     // restart-only).
     std::uint32_t max_active_streams = 4096;
+    // [server] workers: 0 = auto (one per usable core, see resolve_workers).
+    std::uint32_t workers = 0;
     std::uint32_t max_pending_stream_opens = 1024;
     bool visitor_proxy_v2 = false;
     std::vector<Cidr> visitor_proxy_trusted_networks;
@@ -186,6 +188,8 @@ struct ClientConfig : RoleConfig {
     // [client] max-streams: stream handlers per instance and the QUIC stream limit granted to
     // each Server (spec 5.11's 1024 by default; restart-only).
     std::uint32_t max_streams = 1024;
+    // [client] workers: 0 = auto (one per usable core, see resolve_workers).
+    std::uint32_t workers = 0;
 };
 
 struct LoadOutcome {
@@ -217,5 +221,11 @@ SectionsPresent sections_present_in(std::string_view text);
 const char* log_level_name(LogLevel l) noexcept;
 const char* log_format_name(LogFormat f) noexcept;
 const char* event_backend_name(EventBackend b) noexcept;
+
+// `workers` as written: "auto" for 0, else the number.
+std::string workers_text(std::uint32_t workers);
+// The number of worker threads to run for `workers`: the configured number, or for 0 (auto)
+// the CPUs this process may run on (sched_getaffinity), at most kMaxWorkers (64).
+std::uint32_t resolve_workers(std::uint32_t workers) noexcept;
 
 }  // namespace runewarp::config

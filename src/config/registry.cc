@@ -90,6 +90,12 @@ const std::array kKeys = {
     KeySpec{K::kServer, "event-backend", T::kEnum, "auto",
             "event loop backend: io_uring when a probe ring works, else epoll", kBackends},
     KeySpec{K::kServer,
+            "workers",
+            T::kWorkers,
+            "auto",
+            "event loop threads, shared-nothing: auto = one per usable core, or 1 to 64",
+            {}},
+    KeySpec{K::kServer,
             "max-active-streams",
             T::kCount,
             "4096",
@@ -193,6 +199,13 @@ const std::array kKeys = {
             "manual certificates for terminate-mode Services",
             {}},
     KeySpec{K::kClient, "event-backend", T::kEnum, "auto", "event loop backend", kBackends},
+    KeySpec{K::kClient,
+            "workers",
+            T::kWorkers,
+            "auto",
+            "event loop threads, each with its own connection to every Server address: auto = "
+            "one per usable core, or 1 to 64",
+            {}},
     KeySpec{K::kClient,
             "max-streams",
             T::kCount,
@@ -373,6 +386,8 @@ std::optional<std::string> check_value(const KeySpec& spec, std::string_view val
             return problem_of(parse_cidr(value));
         case T::kCount:
             return problem_of(parse_count(value, spec.min, spec.max));
+        case T::kWorkers:
+            return problem_of(parse_workers(value));
         case T::kAlpnList:
             if (value.empty() || value.size() > 255) {
                 return err("an ALPN protocol id is 1 to 255 bytes");

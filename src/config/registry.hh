@@ -39,6 +39,7 @@ enum class ValueType {
     kAlpnList,  // list of ALPN protocol ids: h2, http/1.1
     kPath,      // file or directory, relative to the config file
     kCount,     // whole number within KeySpec::min .. KeySpec::max
+    kWorkers,   // `auto` (one per usable core) or 1..kMaxWorkers
 };
 
 struct KeySpec {

@@ -81,6 +81,13 @@ Parsed<std::uint32_t> parse_count(std::string_view s, std::uint32_t min, std::ui
     return static_cast<std::uint32_t>(v);
 }
 
+Parsed<std::uint32_t> parse_workers(std::string_view s) {
+    if (s == "auto") return std::uint32_t{0};
+    auto n = parse_count(s, 1, kMaxWorkers);
+    if (std::holds_alternative<std::uint32_t>(n)) return n;
+    return std::string("must be auto or a whole number from 1 to ") + std::to_string(kMaxWorkers);
+}
+
 Parsed<proto::Endpoint> parse_socket_address(std::string_view s) {
     auto ep = proto::parse_endpoint(s);
     if (!ep) {

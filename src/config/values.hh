@@ -17,6 +17,9 @@ using Parsed = std::variant<T, std::string>;
 Parsed<std::uint64_t> parse_duration_ms(std::string_view s);
 // A count limit: a plain decimal integer within [min, max].
 Parsed<std::uint32_t> parse_count(std::string_view s, std::uint32_t min, std::uint32_t max);
+// `workers`: `auto` is 0 (one per usable core, resolved at startup), else 1..kMaxWorkers.
+inline constexpr std::uint32_t kMaxWorkers = 64;
+Parsed<std::uint32_t> parse_workers(std::string_view s);
 Parsed<proto::Endpoint> parse_socket_address(std::string_view s);  // port 0 allowed
 Parsed<HostPort> parse_server_address(std::string_view s);         // hostname[:port], default 443
 Parsed<HostPort> parse_host_port(std::string_view s);  // literal or host:port, port 1-65535

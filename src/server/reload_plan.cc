@@ -60,6 +60,12 @@ std::vector<std::string> keep_restart_only(const config::ServerConfig& running,
                              config::event_backend_name(running.event_backend)));
         next.event_backend = running.event_backend;
     }
+    // The worker threads and their sockets are set up once.
+    if (next.workers != running.workers) {
+        notes.push_back(note("server.workers", config::workers_text(next.workers),
+                             config::workers_text(running.workers)));
+        next.workers = running.workers;
+    }
     // The session and pipe tables are sized for these limits at startup.
     if (next.max_active_streams != running.max_active_streams) {
         notes.push_back(note("server.max-active-streams", std::to_string(next.max_active_streams),

@@ -1,6 +1,7 @@
 // Config module tests: broken-config table with exact messages, examples, paths, overlays,
 // registry.
 #include <criterion/criterion.h>
+#include <sched.h>
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -221,6 +222,13 @@ const Case kCases[] = {
      nullptr},
     {Role::kClient, C_HEAD "max-streams = -1\n" SVC, 4,
      "client.max-streams: invalid value \"-1\": must be a whole number from 1 to 262144", nullptr},
+    {Role::kServer, S_HEAD "workers = 0\n" TUN, 4,
+     "server.workers: invalid value \"0\": must be auto or a whole number from 1 to 64", nullptr},
+    {Role::kClient, C_HEAD "workers = 65\n" SVC, 4,
+     "client.workers: invalid value \"65\": must be auto or a whole number from 1 to 64", nullptr},
+    {Role::kClient, C_HEAD "workers = Auto\n" SVC, 4,
+     "client.workers: invalid value \"Auto\": must be auto or a whole number from 1 to 64",
+     nullptr},
     // material and ACME
     {Role::kServer, "[server]\nhostname = tunnel.example.com\ncert-dir = empty\n" TUN, 3,
      "server.cert-dir: @DIR@/empty is missing server.crt, server.key, server-ca.crt",
@@ -633,6 +641,28 @@ Test(config, stream_limits_default_to_the_reference_and_take_counts) {
     auto cset = load_text(s, Role::kClient, C_HEAD "max-streams = 10000\n" SVC);
     cr_assert(cset.ok(), "%s", dump(cset).c_str());
     cr_expect_eq(cset.client->max_streams, 10000u);
+}
+
+Test(config, workers_auto_or_count) {
+    Scratch s;
+    auto def = load_text(s, Role::kServer, S_HEAD TUN);
+    cr_assert(def.ok(), "%s", dump(def).c_str());
+    cr_expect_eq(def.server->workers, 0u);
+    auto two = load_text(s, Role::kServer, S_HEAD "workers = 2\n" TUN);
+    cr_assert(two.ok(), "%s", dump(two).c_str());
+    cr_expect_eq(two.server->workers, 2u);
+    auto cmax = load_text(s, Role::kClient, C_HEAD "workers = 64\n" SVC);
+    cr_assert(cmax.ok(), "%s", dump(cmax).c_str());
+    cr_expect_eq(cmax.client->workers, 64u);
+    auto cauto = load_text(s, Role::kClient, C_HEAD "workers = auto\n" SVC);
+    cr_assert(cauto.ok(), "%s", dump(cauto).c_str());
+    cr_expect_eq(cauto.client->workers, 0u);
+    // auto: the CPUs this process may run on.
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    cr_assert_eq(sched_getaffinity(0, sizeof set, &set), 0);
+    cr_expect_eq(resolve_workers(0), static_cast<uint32_t>(CPU_COUNT(&set)));
+    cr_expect_eq(resolve_workers(3), 3u);
 }
 
 Test(config, terminate_alpn_values) {
