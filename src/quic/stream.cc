@@ -1,6 +1,8 @@
 // Stream: send ring freed by ACKs, receive buffer credited only for consumed bytes, buffer pools.
 #include "quic/stream.hh"
 
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cstring>
 #include <new>
@@ -9,6 +11,10 @@
 #include "quic/connection.hh"
 
 namespace runewarp::quic {
+
+void MappedBytesFree::operator()(uint8_t* p) const noexcept {
+    if (p != nullptr) ::munmap(p, len);
+}
 
 size_t Stream::write_space() const noexcept {
     if (reset_ || fin_queued_ || closed_) return 0;
@@ -20,21 +26,28 @@ namespace {
 // Per-worker pools of stream buffers (a Worker runs on one thread, hence thread_local): a stream
 // holds its send ring (256 KiB) or receive buffer (one window) only while it has bytes in it, so
 // an idle stream costs no buffer (idle connections must stay cheap), and a busy worker reuses
-// buffers instead of allocating one per burst. Only buffers of the pool's size are kept.
+// buffers instead of mapping one per burst. Only buffers of the pool's size are kept.
+//
+// Each buffer is a mapping of its own rather than heap memory: after a burst of thousands of
+// streams, freed heap chunks would keep every page a ClientHello once touched resident (the
+// allocator returns only the top of its heap, and it serves large sizes from the heap once one
+// such chunk was freed), and idle streams would appear to cost tens of KiB each.
 struct BufferPool {
     size_t size;
     size_t max_kept;
-    std::vector<std::unique_ptr<uint8_t[]>> kept{};
+    std::vector<MappedBytes> kept{};
 
-    std::unique_ptr<uint8_t[]> take(size_t cap) noexcept {
+    MappedBytes take(size_t cap) noexcept {
         if (cap == size && !kept.empty()) {
             auto r = std::move(kept.back());
             kept.pop_back();
             return r;
         }
-        return std::unique_ptr<uint8_t[]>(new (std::nothrow) uint8_t[cap]);
+        void* p = ::mmap(nullptr, cap, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (p == MAP_FAILED) return MappedBytes(nullptr, MappedBytesFree{0});
+        return MappedBytes(static_cast<uint8_t*>(p), MappedBytesFree{cap});
     }
-    void give(std::unique_ptr<uint8_t[]> r, size_t cap) noexcept {
+    void give(MappedBytes r, size_t cap) noexcept {
         if (r && cap == size && kept.size() < max_kept) kept.push_back(std::move(r));
     }
 };

@@ -16,6 +16,14 @@ class Stream;
 inline constexpr uint64_t kStreamErrorCode = 1;          // every stream-level abort
 inline constexpr size_t kStreamSendBuffer = 256 * 1024;  // unacknowledged bytes per stream
 
+// A stream buffer with a mapping of its own (see stream.cc): freeing it gives its pages back to
+// the kernel at once, whatever else the heap holds.
+struct MappedBytesFree {
+    size_t len = 0;
+    void operator()(uint8_t* p) const noexcept;
+};
+using MappedBytes = std::unique_ptr<uint8_t[], MappedBytesFree>;
+
 // The relay side of one stream. Callbacks run on the worker thread, sometimes from inside
 // ngtcp2 processing: they may call any Stream method (writes are queued and sent afterwards).
 class StreamHandler {
@@ -104,7 +112,7 @@ private:
     StreamHandler* handler_ = nullptr;
     void* user_ = nullptr;
 
-    std::unique_ptr<uint8_t[]> tx_;  // ring of tx_cap_ bytes, allocated on first write
+    MappedBytes tx_;  // ring of tx_cap_ bytes, mapped on first write
     size_t tx_cap_;
     uint64_t acked_ = 0;  // stream offsets: [acked_, sent_) in flight, [sent_, end_) unsent
     uint64_t sent_ = 0;
@@ -116,7 +124,7 @@ private:
         false;             // ngtcp2 said STREAM_DATA_BLOCKED; cleared on extend_max_stream_data
     bool queued_ = false;  // in the connection's send queue
 
-    std::unique_ptr<uint8_t[]> rx_;  // ring for bytes the handler has not taken yet
+    MappedBytes rx_;  // ring for bytes the handler has not taken yet
     size_t rx_cap_ = 0;
     size_t rx_head_ = 0;
     size_t rx_len_ = 0;

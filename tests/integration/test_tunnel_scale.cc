@@ -181,7 +181,9 @@ Test(tunnel_scale, ten_thousand_idle_streams_through_one_client_then_each_one_re
     cr_assert(t.wait_client("client ready"), "%s", t.client_log().c_str());
     const pid_t server_pid = t.server().pid();
     const pid_t client_pid = t.client().pid();
-    const long rss_before = rss_bytes(server_pid) + rss_bytes(client_pid);
+    const long server_before = rss_bytes(server_pid);
+    const long client_before = rss_bytes(client_pid);
+    const long rss_before = server_before + client_before;
 
     const std::string hello = capture_client_hello(kApp);
     std::vector<int> visitors;
@@ -223,7 +225,9 @@ Test(tunnel_scale, ten_thousand_idle_streams_through_one_client_then_each_one_re
                   echo.size(), hello.size());
     }
     cr_assert_eq(backend.open(), kVisitors, "backend connections open: %d", backend.open());
-    const long rss_idle = rss_bytes(server_pid) + rss_bytes(client_pid);
+    const long server_idle = rss_bytes(server_pid);
+    const long client_idle = rss_bytes(client_pid);
+    const long rss_idle = server_idle + client_idle;
     const long per_stream = (rss_idle - rss_before) / kVisitors;
     cr_log_info("both daemons: %ld KiB before, %ld KiB with %d idle streams: %ld bytes per stream",
                 rss_before / 1024, rss_idle / 1024, kVisitors, per_stream);
@@ -231,8 +235,11 @@ Test(tunnel_scale, ten_thousand_idle_streams_through_one_client_then_each_one_re
     const char* sanitized = std::getenv("RUNEWARP_SANITIZED");
     if (sanitized == nullptr || std::string_view(sanitized) != "1") {
         cr_assert_leq(per_stream, kMaxBytesPerIdleStream,
-                      "%ld bytes of daemon memory per idle stream (both ends), at most %ld",
-                      per_stream, kMaxBytesPerIdleStream);
+                      "%ld bytes of daemon memory per idle stream (both ends), at most %ld "
+                      "(Server %ld, Client %ld bytes per stream)",
+                      per_stream, kMaxBytesPerIdleStream,
+                      (server_idle - server_before) / kVisitors,
+                      (client_idle - client_before) / kVisitors);
     }
 
     // One request each: distinct bytes per Visitor, the answer checked by hash over all.
