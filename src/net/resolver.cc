@@ -86,6 +86,14 @@ Result<std::unique_ptr<Resolver>> Resolver::create(core::Worker& w, const Resolv
     }
     r->channel_ = ch;
     ares_set_socket_functions(ch, &kSocketFunctions, r.get());
+    if (!opts.servers.empty()) {
+        rc = ares_set_servers_ports_csv(ch, opts.servers.c_str());
+        if (rc != ARES_SUCCESS) {
+            r->abort(0);
+            return Error::msg(std::string("c-ares: name servers '") + opts.servers +
+                              "': " + ares_strerror(rc));
+        }
+    }
     return r;
 }
 

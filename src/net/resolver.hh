@@ -33,6 +33,9 @@ protected:
 struct ResolverOptions {
     int timeout_ms = 2000;  // per query try (c-ares doubles it per retry round)
     int tries = 2;
+    // Comma-separated "host:port" name servers used instead of /etc/resolv.conf's; empty keeps
+    // the system's.
+    std::string servers;
 };
 
 class Resolver final : public core::Session {

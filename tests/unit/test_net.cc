@@ -210,11 +210,24 @@ Test(net, resolver_reports_a_name_that_does_not_resolve) {
 
 Test(net, resolver_cancel_and_shutdown_call_nobody_and_close_every_socket) {
     for (auto b : kBackends) {
+        // A name server that never answers: the second query is certainly still outstanding
+        // when the resolver stops, whatever the host's resolv.conf holds (a server that refuses
+        // at once would answer it within the first loop turn).
+        int mute = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        cr_assert_geq(mute, 0);
+        sockaddr_in ma{};
+        ma.sin_family = AF_INET;
+        ma.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        cr_assert_eq(::bind(mute, reinterpret_cast<sockaddr*>(&ma), sizeof ma), 0);
+        socklen_t ml = sizeof ma;
+        cr_assert_eq(::getsockname(mute, reinterpret_cast<sockaddr*>(&ma), &ml), 0);
+        net::ResolverOptions ro;
+        ro.servers = "127.0.0.1:" + std::to_string(ntohs(ma.sin_port));
         size_t before = open_fds();
         {
             auto w = make_worker(b);
             size_t with_worker = open_fds();
-            auto r = net::Resolver::create(*w);
+            auto r = net::Resolver::create(*w, ro);
             cr_assert(r.ok());
             Catcher a, c;
             uint64_t id = (*r)->resolve("localhost", 1, SOCK_STREAM, a);
@@ -229,6 +242,7 @@ Test(net, resolver_cancel_and_shutdown_call_nobody_and_close_every_socket) {
             cr_assert_eq(open_fds(), with_worker, "every c-ares socket is closed");
         }
         cr_assert_eq(open_fds(), before);
+        ::close(mute);
     }
 }
 
