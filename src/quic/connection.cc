@@ -152,10 +152,17 @@ struct Connection::Callbacks {
     static int path_validation(ngtcp2_conn*, uint32_t, const ngtcp2_path* path, const ngtcp2_path*,
                                ngtcp2_path_validation_result res, void* ud) noexcept {
         Connection& c = self(ud);
-        if (c.role_ == Role::client && c.old_ep_ != nullptr &&
-            res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS &&
-            same_port(path->local.addr, c.ep_->local_addr()))
+        if (c.role_ != Role::client || c.old_ep_ == nullptr || c.ep_ == nullptr) return 0;
+        if (res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS &&
+            same_port(path->local.addr, c.ep_->local_addr())) {
             c.migration_done_pending_ = true;
+        } else if (res == NGTCP2_PATH_VALIDATION_RESULT_FAILURE &&
+                   same_port(path->local.addr, c.ep_->local_addr())) {
+            // The new path never answered: ngtcp2 stays on the old one (it only probed the
+            // new path), and so do we; the new socket is released, a later migration may try
+            // again.
+            c.migration_failed_pending_ = true;
+        }
         return 0;
     }
     static int stateless_reset(ngtcp2_conn*, const ngtcp2_pkt_stateless_reset*, void* ud) noexcept {
@@ -538,12 +545,7 @@ void Connection::after_processing() noexcept {
         owner_->on_handshake_finished(*this, true);
         if (handler_ != nullptr && state_ == State::open) handler_->on_established(*this);
     }
-    if (migration_done_pending_ && old_ep_ != nullptr) {
-        migration_done_pending_ = false;
-        UdpEndpoint* old = old_ep_;
-        old_ep_ = nullptr;
-        owner_->on_migrated(*this, *old);
-    }
+    settle_migration();
     if (streams_available_pending_ && state_ == State::open) {
         streams_available_pending_ = false;
         if (handler_ != nullptr && established_) handler_->on_streams_available(*this);
@@ -554,6 +556,22 @@ void Connection::after_processing() noexcept {
     }
 }
 
+void Connection::settle_migration() noexcept {
+    if (!migration_done_pending_ && !migration_failed_pending_) return;
+    const bool failed = migration_failed_pending_ && !migration_done_pending_;
+    migration_done_pending_ = false;
+    migration_failed_pending_ = false;
+    if (old_ep_ == nullptr || ep_ == nullptr) return;
+    UdpEndpoint* unused = old_ep_;
+    if (failed) {
+        unused = ep_;
+        ep_ = old_ep_;
+        ++failed_migrations_;
+    }
+    old_ep_ = nullptr;
+    owner_->on_migrated(*this, *unused);
+}
+
 void Connection::flush() noexcept {
     graveyard_.clear();
     if (state_ != State::open || aborting()) return;
@@ -562,6 +580,8 @@ void Connection::flush() noexcept {
     if (state_ != State::open) return;
     write_pending_ = false;
     write_streams();
+    // A path validation can also end inside a write (its deadline is checked there).
+    if (state_ == State::open) settle_migration();
     update_timer();
 }
 
@@ -822,9 +842,12 @@ Result<void> Connection::migrate(UdpEndpoint& ep) noexcept {
     if (rv == NGTCP2_ERR_CONN_ID_BLOCKED) return Error{EAGAIN, "migration: no spare connection ID"};
     if (rv != 0) return Error{EIO, std::string("migration: ") + ngtcp2_strerror(rv)};
     if (old_ep_ != nullptr && old_ep_ != ep_) {
-        UdpEndpoint* stale = old_ep_;
+        // A move still being validated was aborted: ngtcp2 never left the old path, so the
+        // socket that goes is the unvalidated one.
+        UdpEndpoint* probe = ep_;
+        ep_ = old_ep_;
         old_ep_ = nullptr;
-        owner_->on_migrated(*this, *stale);
+        owner_->on_migrated(*this, *probe);
     }
     old_ep_ = ep_;
     ep_ = &ep;

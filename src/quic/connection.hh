@@ -70,7 +70,8 @@ public:
     virtual void on_handshake_finished(Connection& c, bool ok) noexcept = 0;
     // The connection is finished for good; the owner frees it (not from inside this call).
     virtual void on_retired(Connection& c) noexcept = 0;
-    // Client migration finished: `old` no longer carries this connection.
+    // Client migration settled: `old` no longer carries this connection (the replaced socket,
+    // or the new one when its path failed validation).
     virtual void on_migrated(Connection& c, UdpEndpoint& old) noexcept = 0;
     // Secret for stateless reset tokens.
     virtual std::span<const uint8_t> reset_secret() const noexcept = 0;
@@ -122,7 +123,10 @@ public:
 
     // Client: move to a new local socket (connection migration with path validation). The
     // endpoint must be connected to the same remote; the old one is released once validated.
+    // If the new path fails validation, the connection returns to the old socket and the new
+    // one is released (counted by failed_migrations()).
     Result<void> migrate(UdpEndpoint& ep) noexcept;
+    uint64_t failed_migrations() const noexcept { return failed_migrations_; }
     UdpEndpoint* endpoint() const noexcept { return ep_; }
     // The endpoint dropped out (closed by its owner); packets are no longer sent through it.
     void forget_endpoint(UdpEndpoint& ep) noexcept;
@@ -194,6 +198,7 @@ private:
     // (or once the handler lets go or resets): checked at each flush.
     void finish_lingering_streams() noexcept;
     void after_processing() noexcept;
+    void settle_migration() noexcept;
 
     ConnectionOwner* owner_;
     UdpEndpoint* ep_;
@@ -211,6 +216,7 @@ private:
     bool closed_notified_ = false;
     bool write_pending_ = false;
     bool migration_done_pending_ = false;
+    bool migration_failed_pending_ = false;  // path validation failed: back to old_ep_
     bool streams_available_pending_ = false;
     bool close_pending_ = false;
     bool stateless_reset_ = false;
@@ -227,6 +233,7 @@ private:
     int64_t in_flight_since_ns_ = 0;  // the last write round that began with nothing in flight
     std::vector<uint8_t> close_pkt_;  // CONNECTION_CLOSE to repeat during the closing period
     uint64_t close_answers_ = 0;
+    uint64_t failed_migrations_ = 0;
     ngtcp2_path_storage close_ps_{};
     CloseInfo close_info_;
     std::unordered_map<int64_t, std::unique_ptr<Stream>> streams_;

@@ -798,10 +798,17 @@ struct LossyRelay final : DatagramSink {
     sockaddr_storage client{};
     socklen_t client_len = 0;
     uint64_t every = 0, seen = 0, dropped = 0;
+    uint16_t only_port = 0;  // network order; 0: any
 
     void on_datagram(UdpEndpoint& ep, const ngtcp2_path& path,
                      std::span<const uint8_t> data) noexcept override {
         if (every != 0 && ++seen % every == 0) {
+            ++dropped;
+            return;
+        }
+        // A path that only lets the client's first socket through: a migration never validates.
+        if (&ep == front && only_port != 0 &&
+            reinterpret_cast<const sockaddr_in*>(path.remote.addr)->sin_port != only_port) {
             ++dropped;
             return;
         }
@@ -997,24 +1004,101 @@ Test(quic, migrating_connection_keeps_a_bounded_cid_list) {
     const size_t initial = env.listener->cid_count(*sc);
     cr_assert_gt(initial, 0u);
     constexpr int kMigrations = 16;
-    for (int i = 0; i < kMigrations; ++i) {
+    // Moves follow each other as fast as spare connection IDs allow. One that comes while the
+    // server still validates the previous address can find the server without a spare client
+    // connection ID to answer the new path from: its validation fails, the client stays on its
+    // socket (failed_migration_returns_to_the_old_socket) and tries again.
+    int moved = 0, attempts = 0;
+    while (moved < kMigrations) {
+        cr_assert_lt(attempts++, 2 * kMigrations, "%d of %d moves validated (%llu failed)", moved,
+                     kMigrations,
+                     static_cast<unsigned long long>(env.client_conn->failed_migrations()));
+        const uint64_t failed = env.client_conn->failed_migrations();
         // A spare connection ID for the new path arrives a round trip after the last move.
         cr_assert(env.run_until([&] {
             auto r = rebind(*env.client_conn);
-            cr_assert(r.ok() || r.error().code == EAGAIN, "rebind %d: %s", i,
-                      r.ok() ? "" : r.error().message.c_str());
+            cr_assert(r.ok() || r.error().code == EAGAIN, "rebind %d: %s (%s)", attempts,
+                      r.ok() ? "" : r.error().message.c_str(),
+                      env.client.closed ? describe_close(env.client.info, "server").c_str()
+                                        : "client open");
             return r.ok();
         }),
-                  "no spare connection ID for migration %d", i);
-        // Path validated and the old socket released: listener + both connections + one socket.
+                  "no spare connection ID for move %d", attempts);
+        // Settled (validated, or failed and back on the old socket): the listener, both
+        // connections and one socket.
         cr_assert(env.run_until([&] { return env.worker->attached_count() == 4; }),
-                  "migration %d did not finish", i);
+                  "move %d did not settle", attempts);
+        if (env.client_conn->failed_migrations() == failed) ++moved;
     }
     // Retired IDs are removed a few PTO after retirement; then the list is back to its size.
     cr_assert(env.run_until([&] { return env.listener->cid_count(*sc) <= initial + 2; }, 5000),
               "%zu connection IDs kept after %d migrations (%zu at the start)",
               env.listener->cid_count(*sc), kMigrations, initial);
     cr_assert_eq(env.listener->routed_cids(), env.listener->cid_count(*sc));
+    cr_assert(!env.client.closed);
+}
+
+// A new path that never answers: path validation fails, the connection goes on over the old
+// socket, the new one is released, and a later migration over a working path succeeds.
+Test(quic, failed_migration_returns_to_the_old_socket) {
+    Env env;
+    Collector on_client, on_server;
+    env.client.stream_handler = &on_client;
+    LossyRelay relay;
+    relay.server = env.addr;
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto f = UdpEndpoint::bind(*env.worker, reinterpret_cast<sockaddr*>(&lo), sizeof lo, relay);
+    auto bk = UdpEndpoint::bind(*env.worker, reinterpret_cast<sockaddr*>(&lo), sizeof lo, relay);
+    cr_assert(f.ok() && bk.ok());
+    relay.front = *f;
+    relay.back = *bk;
+    std::memcpy(&env.dial_addr, relay.front->local_addr(), sizeof(sockaddr_in));
+    env.dial_len = sizeof(sockaddr_in);
+    env.handshake();
+    // Listener, two connections, the relay's two sockets and the client's one.
+    const size_t settled = env.worker->attached_count();
+    cr_assert_eq(settled, 6u);
+    UdpEndpoint* first = env.client_conn->endpoint();
+    relay.only_port = reinterpret_cast<const sockaddr_in*>(first->local_addr())->sin_port;
+    cr_assert(env.run_until([&] {
+        auto r = rebind(*env.client_conn);
+        cr_assert(r.ok() || r.error().code == EAGAIN, "rebind: %s",
+                  r.ok() ? "" : r.error().message.c_str());
+        return r.ok();
+    }));
+    cr_assert_eq(env.worker->attached_count(), settled + 1, "the new socket is open");
+    cr_assert(env.run_until([&] { return env.client_conn->failed_migrations() == 1; }, 20000),
+              "path validation over the dead path did not fail");
+    cr_assert(env.run_until([&] { return env.worker->attached_count() == settled; }),
+              "the new socket was not released");
+    cr_assert_eq(env.client_conn->endpoint(), first, "back on the first socket");
+    cr_assert(!env.client.closed);
+    // The old path still carries data both ways.
+    auto s = env.server.accepted.front()->open_stream(on_server);
+    cr_assert(s.ok());
+    write_all(**s, "after the failed move");
+    (*s)->shutdown_write();
+    cr_assert(env.run_until([&] { return on_client.fin; }), "nothing reached the client");
+    cr_assert_str_eq(on_client.data.c_str(), "after the failed move");
+    Stream& cs = *env.client.opened.front();
+    write_all(cs, "still here");
+    cs.shutdown_write();
+    cr_assert(env.run_until([&] { return on_server.fin; }), "nothing reached the server");
+    cr_assert_str_eq(on_server.data.c_str(), "still here");
+    // With the path open again, a migration goes through and releases the first socket.
+    relay.only_port = 0;
+    cr_assert(env.run_until([&] {
+        auto r = rebind(*env.client_conn);
+        cr_assert(r.ok() || r.error().code == EAGAIN, "rebind: %s",
+                  r.ok() ? "" : r.error().message.c_str());
+        return r.ok();
+    }));
+    cr_assert(env.run_until([&] {
+        return env.worker->attached_count() == settled && env.client_conn->endpoint() != first;
+    }), "the second migration did not finish");
+    cr_assert_eq(env.client_conn->failed_migrations(), 1u);
     cr_assert(!env.client.closed);
 }
 
