@@ -152,17 +152,14 @@ struct Connection::Callbacks {
     static int path_validation(ngtcp2_conn*, uint32_t, const ngtcp2_path* path, const ngtcp2_path*,
                                ngtcp2_path_validation_result res, void* ud) noexcept {
         Connection& c = self(ud);
-        if (c.role_ != Role::client || c.old_ep_ == nullptr || c.ep_ == nullptr) return 0;
-        if (res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS &&
-            same_port(path->local.addr, c.ep_->local_addr())) {
-            c.migration_done_pending_ = true;
-        } else if (res == NGTCP2_PATH_VALIDATION_RESULT_FAILURE &&
-                   same_port(path->local.addr, c.ep_->local_addr())) {
-            // The new path never answered: ngtcp2 stays on the old one (it only probed the
-            // new path), and so do we; the new socket is released, a later migration may try
-            // again.
-            c.migration_failed_pending_ = true;
-        }
+        // Only the client's own move (the path of its newest socket) is settled here.
+        if (c.role_ != Role::client || c.old_ep_ == nullptr || c.ep_ == nullptr ||
+            !same_port(path->local.addr, c.ep_->local_addr()))
+            return 0;
+        if (res == NGTCP2_PATH_VALIDATION_RESULT_SUCCESS) c.migration_done_pending_ = true;
+        // The new path never answered: ngtcp2 stays on the old one (it only probed the new
+        // path), and so do we; the new socket is released, a later migration may try again.
+        if (res == NGTCP2_PATH_VALIDATION_RESULT_FAILURE) c.migration_failed_pending_ = true;
         return 0;
     }
     static int stateless_reset(ngtcp2_conn*, const ngtcp2_pkt_stateless_reset*, void* ud) noexcept {
