@@ -1097,7 +1097,8 @@ Test(quic, failed_migration_returns_to_the_old_socket) {
     }));
     cr_assert(env.run_until([&] {
         return env.worker->attached_count() == settled && env.client_conn->endpoint() != first;
-    }), "the second migration did not finish");
+    }),
+              "the second migration did not finish");
     cr_assert_eq(env.client_conn->failed_migrations(), 1u);
     cr_assert(!env.client.closed);
 }
