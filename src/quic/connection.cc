@@ -228,8 +228,15 @@ void Connection::settings_and_params(ngtcp2_settings& s,
     s.initial_ts = ts_now();
     s.handshake_timeout = static_cast<ngtcp2_duration>(cfg_.handshake_timeout_ns);
     s.max_window = cfg_.max_conn_window;  // connection window auto-tuning up to this
-    s.max_tx_udp_payload_size =
-        std::min<size_t>(s.max_tx_udp_payload_size, UdpEndpoint::kMaxPacket);
+    if (cfg_.pmtud) {
+        s.pmtud_probes = kPmtudProbes;
+        s.pmtud_probeslen = std::size(kPmtudProbes);
+        s.max_tx_udp_payload_size = kPmtudProbes[std::size(kPmtudProbes) - 1];
+        static_assert(kPmtudProbes[std::size(kPmtudProbes) - 1] <= UdpEndpoint::kMaxPacket);
+    } else {
+        s.max_tx_udp_payload_size = std::min<size_t>(s.max_tx_udp_payload_size, 1452);
+        s.no_pmtud = 1;
+    }
     ngtcp2_transport_params_default(&p);
     p.initial_max_stream_data_bidi_local = cfg_.stream_window;
     p.initial_max_stream_data_bidi_remote = cfg_.stream_window;
@@ -602,9 +609,13 @@ void Connection::write_streams() noexcept {
     // Nothing in flight before this round: what it sends starts a new wait for the peer.
     const bool idle_before = bytes_in_flight(conn_) == 0;
     uint8_t* buf = ep_->tx_buffer();
+    // Packets are as large as the path's proven size (path_pkt); a PMTUD probe may be larger
+    // (up to max_pkt), so every write may take that much, and a batch of path-sized packets
+    // stays within one GSO send.
     const size_t max_pkt =
         std::min(ngtcp2_conn_get_max_tx_udp_payload_size(conn_), UdpEndpoint::kMaxPacket);
-    const size_t max_pkts = std::clamp<size_t>(ngtcp2_conn_get_send_quantum(conn_) / max_pkt, 1,
+    const size_t path_pkt = std::min(ngtcp2_conn_get_path_max_tx_udp_payload_size(conn_), max_pkt);
+    const size_t max_pkts = std::clamp<size_t>(ngtcp2_conn_get_send_quantum(conn_) / path_pkt, 1,
                                                UdpEndpoint::kMaxSegments);
     ngtcp2_path_storage ps, batch;
     ngtcp2_path_storage_zero(&ps);
@@ -641,7 +652,8 @@ void Connection::write_streams() noexcept {
         }
         ngtcp2_ssize ndatalen = -1;
         ngtcp2_pkt_info pi{};
-        ngtcp2_ssize n = ngtcp2_conn_writev_stream(conn_, &ps.path, &pi, buf + off, max_pkt,
+        const size_t room = std::min(max_pkt, UdpEndpoint::kTxCapacity - off);
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(conn_, &ps.path, &pi, buf + off, room,
                                                    &ndatalen, flags, sid, vec, nvec, ts);
         if (s != nullptr && ndatalen >= 0) {
             s->sent_ += static_cast<uint64_t>(ndatalen);
@@ -681,7 +693,7 @@ void Connection::write_streams() noexcept {
         ++in_batch;
         ++total;
         if (len < seg || in_batch >= UdpEndpoint::kMaxSegments ||
-            off + max_pkt > UdpEndpoint::kTxCapacity) {
+            off + path_pkt > UdpEndpoint::kBatchBytes) {
             if (!send_now()) break;
         }
         if (total >= max_pkts) {

@@ -102,7 +102,7 @@ Result<UdpEndpoint*> UdpEndpoint::adopt(core::Worker& w, core::UniqueFd fd, Data
     ep->gro_ = opts.gro && ::setsockopt(ep->fd_.get(), SOL_UDP, UDP_GRO, &one, sizeof one) == 0;
     if (opts.gso) {
         // Probe: setting a per-socket segment size works iff the kernel knows UDP_SEGMENT.
-        int seg = static_cast<int>(kMaxPacket);
+        int seg = 1452;
         ep->gso_ = ::setsockopt(ep->fd_.get(), SOL_UDP, UDP_SEGMENT, &seg, sizeof seg) == 0;
         int zero = 0;
         if (ep->gso_) (void)::setsockopt(ep->fd_.get(), SOL_UDP, UDP_SEGMENT, &zero, sizeof zero);
@@ -321,6 +321,9 @@ SendStatus UdpEndpoint::send_one(const ngtcp2_path& path, const uint8_t* data, s
             gso_ = false;
             return SendStatus::dropped;  // caller retries packet by packet
         }
+        // Larger than the device's MTU (IP_PMTUDISC_PROBE): a Path MTU probe that cannot leave
+        // this host; to ngtcp2 it is lost like any failed probe.
+        if (errno == EMSGSIZE) return SendStatus::dropped;
         ++send_errors_;
         return SendStatus::dropped;
     }

@@ -53,10 +53,14 @@ enum class SendStatus { sent, blocked, dropped };
 
 class UdpEndpoint final : public core::Session {
 public:
-    // Largest UDP payload a QUIC packet from us may have, and the most segments per GSO send.
-    static constexpr size_t kMaxPacket = 1472;
-    static constexpr size_t kMaxSegments = 44;  // 44 * 1472 < 65507
-    static constexpr size_t kTxCapacity = kMaxPacket * kMaxSegments;
+    // Largest UDP payload a QUIC packet from us may have: the largest Path MTU probe (a path
+    // starts at 1200 bytes and grows only by probes its far end acknowledged).
+    static constexpr size_t kMaxPacket = 64768;
+    // One GSO send holds at most this many packets and bytes (the kernel's limits are 64
+    // segments and a 64 KiB datagram).
+    static constexpr size_t kMaxSegments = 44;
+    static constexpr size_t kBatchBytes = 44 * 1472;
+    static constexpr size_t kTxCapacity = kBatchBytes > kMaxPacket ? kBatchBytes : kMaxPacket;
 
     // Binds a fresh non-blocking UDP socket (any family; port 0 = ephemeral) and starts reading.
     // The endpoint frees itself after close(); the pointer stays valid until then.

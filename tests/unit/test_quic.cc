@@ -799,6 +799,10 @@ struct LossyRelay final : DatagramSink {
     socklen_t client_len = 0;
     uint64_t every = 0, seen = 0, dropped = 0;
     uint16_t only_port = 0;  // network order; 0: any
+    // A link MTU: datagrams with a larger UDP payload are dropped (0: no limit).
+    size_t max_payload = 0;
+    uint64_t too_big = 0;
+    size_t largest = 0;  // the largest datagram forwarded
 
     void on_datagram(UdpEndpoint& ep, const ngtcp2_path& path,
                      std::span<const uint8_t> data) noexcept override {
@@ -806,6 +810,11 @@ struct LossyRelay final : DatagramSink {
             ++dropped;
             return;
         }
+        if (max_payload != 0 && data.size() > max_payload) {
+            ++too_big;
+            return;
+        }
+        largest = std::max(largest, data.size());
         // A path that only lets the client's first socket through: a migration never validates.
         if (&ep == front && only_port != 0 &&
             reinterpret_cast<const sockaddr_in*>(path.remote.addr)->sin_port != only_port) {
@@ -841,7 +850,7 @@ struct LossyRelay final : DatagramSink {
 };
 
 void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
-                  uint64_t drop_every = 0) {
+                  uint64_t drop_every = 0, size_t link_payload = 0) {
     ListenerConfig lc;
     DialOptions dopt;
     if (socket_buffer > 0) {
@@ -850,8 +859,9 @@ void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
     }
     Env env(b, true, nullptr, lc);
     LossyRelay relay;
-    if (drop_every != 0) {
+    if (drop_every != 0 || link_payload != 0) {
         relay.every = drop_every;
+        relay.max_payload = link_payload;
         relay.server = env.addr;
         sockaddr_in lo{};
         lo.sin_family = AF_INET;
@@ -928,9 +938,26 @@ void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
         cr_assert(lep.multishot(), "server endpoint fell back to single reads");
         cr_assert(env.client_conn->endpoint()->multishot(), "client endpoint: single reads");
     }
-    if (drop_every == 0) {
+    if (drop_every == 0 && link_payload == 0) {
+        // The relay forwards datagram by datagram: only a direct path sees coalesced reads.
         cr_assert_gt(lep.gro_reads() + env.client_conn->endpoint()->gro_reads(), 0u,
                      "GRO coalesced some reads");
+    }
+    // Path MTU discovery: on loopback (MTU 65536) the probes up to the largest one succeed and
+    // the bulk of the transfer rides in large packets; on a path with a 1500-byte MTU the
+    // larger probes are lost, the path stays at 1472 bytes, and no data was lost with them.
+    const size_t spath = ngtcp2_conn_get_path_max_tx_udp_payload_size(
+        env.server.accepted.front()->raw());
+    const size_t cpath = ngtcp2_conn_get_path_max_tx_udp_payload_size(env.client_conn->raw());
+    if (link_payload != 0) {
+        cr_assert_eq(spath, link_payload, "server path payload %zu", spath);
+        cr_assert_eq(cpath, link_payload, "client path payload %zu", cpath);
+        cr_assert_gt(relay.too_big, 0u, "no probe beyond the link MTU was tried");
+        cr_assert_leq(relay.largest, link_payload);
+    } else if (drop_every == 0 && !migrate) {
+        const size_t top = kPmtudProbes[std::size(kPmtudProbes) - 1];
+        cr_assert_eq(spath, top, "server path payload %zu", spath);
+        cr_assert_eq(cpath, top, "client path payload %zu", cpath);
     }
     cr_assert_eq(src->back, kTransfer);
     cr_assert_eq(echo->received, kTransfer);
@@ -951,9 +978,12 @@ void run_transfer(core::BackendChoice b, bool migrate, int socket_buffer = 0,
                       ->sin_port);
         cr_assert_neq(new_port, old_port, "the client moved to a new port");
     }
-    std::fprintf(stderr, "quic transfer (%s%s%s): 2 x %zu MiB in %.1f ms = %.0f MB/s\n",
+    std::fprintf(stderr,
+                 "quic transfer (%s%s%s, packets up to %zu bytes): 2 x %zu MiB in %.1f ms = %.0f "
+                 "MB/s\n",
                  core::backend_name(env.worker->backend()), migrate ? ", migrating" : "",
-                 drop_every != 0 ? ", lossy" : "", kTransfer >> 20, static_cast<double>(dt) / 1e6,
+                 drop_every != 0 ? ", lossy" : "", spath, kTransfer >> 20,
+                 static_cast<double>(dt) / 1e6,
                  2.0 * static_cast<double>(kTransfer) / (static_cast<double>(dt) / 1e9) / 1e6);
 }
 
@@ -971,8 +1001,14 @@ Test(quic, migration_mid_transfer) {
     run_transfer(core::BackendChoice::automatic, true);
 }
 
+// Every 50th datagram lost on a link with a 1500-byte MTU.
 Test(quic, bulk_transfer_through_lossy_path) {
-    run_transfer(core::BackendChoice::automatic, false, 0, 50);
+    run_transfer(core::BackendChoice::automatic, false, 0, 50, 1472);
+}
+
+// A link that carries UDP payloads of at most 1472 bytes (Ethernet MTU 1500 over IPv4).
+Test(quic, path_mtu_stays_at_the_link_size_when_larger_probes_are_lost) {
+    run_transfer(core::BackendChoice::automatic, false, 0, 0, 1472);
 }
 
 // ---- listener behaviour -----------------------------------------------------------------------
