@@ -228,15 +228,11 @@ void Connection::settings_and_params(ngtcp2_settings& s,
     s.initial_ts = ts_now();
     s.handshake_timeout = static_cast<ngtcp2_duration>(cfg_.handshake_timeout_ns);
     s.max_window = cfg_.max_conn_window;  // connection window auto-tuning up to this
-    if (cfg_.pmtud) {
-        s.pmtud_probes = kPmtudProbes;
-        s.pmtud_probeslen = std::size(kPmtudProbes);
-        s.max_tx_udp_payload_size = kPmtudProbes[std::size(kPmtudProbes) - 1];
-        static_assert(kPmtudProbes[std::size(kPmtudProbes) - 1] <= UdpEndpoint::kMaxPacket);
-    } else {
-        s.max_tx_udp_payload_size = std::min<size_t>(s.max_tx_udp_payload_size, 1452);
-        s.no_pmtud = 1;
-    }
+    // Path MTU discovery (RFC 8899) through ngtcp2, with our probe list up to the largest probe.
+    s.pmtud_probes = kPmtudProbes;
+    s.pmtud_probeslen = std::size(kPmtudProbes);
+    s.max_tx_udp_payload_size = kPmtudProbes[std::size(kPmtudProbes) - 1];
+    static_assert(kPmtudProbes[std::size(kPmtudProbes) - 1] <= UdpEndpoint::kMaxPacket);
     ngtcp2_transport_params_default(&p);
     p.initial_max_stream_data_bidi_local = cfg_.stream_window;
     p.initial_max_stream_data_bidi_remote = cfg_.stream_window;
@@ -653,8 +649,8 @@ void Connection::write_streams() noexcept {
         ngtcp2_ssize ndatalen = -1;
         ngtcp2_pkt_info pi{};
         const size_t room = std::min(max_pkt, UdpEndpoint::kTxCapacity - off);
-        ngtcp2_ssize n = ngtcp2_conn_writev_stream(conn_, &ps.path, &pi, buf + off, room,
-                                                   &ndatalen, flags, sid, vec, nvec, ts);
+        ngtcp2_ssize n = ngtcp2_conn_writev_stream(conn_, &ps.path, &pi, buf + off, room, &ndatalen,
+                                                   flags, sid, vec, nvec, ts);
         if (s != nullptr && ndatalen >= 0) {
             s->sent_ += static_cast<uint64_t>(ndatalen);
             if ((flags & NGTCP2_WRITE_STREAM_FLAG_FIN) && s->sent_ == s->end_) s->fin_sent_ = true;

@@ -34,9 +34,6 @@ struct ConnectionConfig {
     // Client: the streams the Server may have open at once (initial_max_streams_bidi; ngtcp2
     // grants more as streams close). The Server grants none.
     uint64_t max_streams_bidi = 1024;
-    // Datagram Packetization Layer Path MTU Discovery (RFC 8899) up to jumbo and loopback sizes
-    // (kPmtudProbes); off: every packet stays at most 1452 bytes.
-    bool pmtud = true;
 };
 
 // The UDP payload sizes PMTUD tries, in order, once the handshake is confirmed: a 1500-byte
