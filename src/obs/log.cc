@@ -282,7 +282,7 @@ Style detect_style(int fd, const char* journal_stream) noexcept {
 }
 
 void Logger::append_timestamp() {
-    timespec ts = options_.wall_clock();
+    timespec ts = wall_clock_();
     struct tm tm {};
     time_t secs = ts.tv_sec;
     gmtime_r(&secs, &tm);
@@ -304,9 +304,10 @@ void Logger::append_timestamp() {
 
 void Logger::log(Level level, std::string_view event, Fields fields, std::string_view summary) {
     if (!enabled(level)) return;
+    std::lock_guard lock(mu_);
     line_.clear();
-    if (options_.style == Style::kJournal) line_.append(journal_prefix(level));
-    if (options_.format == Format::kJson) {
+    if (style_ == Style::kJournal) line_.append(journal_prefix(level));
+    if (format_.load(std::memory_order_relaxed) == Format::kJson) {
         format_json(level, event, fields, summary);
     } else {
         format_text(level, event, fields, summary);
@@ -318,16 +319,16 @@ void Logger::log(Level level, std::string_view event, Fields fields, std::string
 void Logger::format_text(Level level, std::string_view event, Fields fields,
                          std::string_view summary) {
     std::string_view name = level_name(level);
-    if (options_.style == Style::kJournal) {
+    if (style_ == Style::kJournal) {
         // journald keeps the priority separately; the level word stays for readers of the text.
         line_.append(name);
     } else {
         append_timestamp();
         line_.push_back(' ');
-        if (options_.style == Style::kColor) line_.append(color_of(level));
+        if (style_ == Style::kColor) line_.append(color_of(level));
         line_.append(5 - name.size(), ' ');
         line_.append(name);
-        if (options_.style == Style::kColor) line_.append("\x1b[0m");
+        if (style_ == Style::kColor) line_.append("\x1b[0m");
     }
     line_.push_back(' ');
     append_one_line(line_, event);

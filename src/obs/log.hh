@@ -2,10 +2,12 @@
 // limits.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <ctime>
 #include <initializer_list>
+#include <mutex>
 #include <string>
 #include <string_view>
 
@@ -111,7 +113,10 @@ struct LoggerOptions {
 // `fd` is a TTY, else kPlain. `journal_stream` is the variable's value or nullptr.
 Style detect_style(int fd, const char* journal_stream) noexcept;
 
-// Formats and writes log lines. Not thread-safe: one logger per worker thread, or external locking.
+// Formats and writes log lines. Thread-safe: several threads may log through one Logger; each
+// line is formatted and handed to the sink under the logger's mutex, so lines never interleave
+// (a sink shared by several loggers must be safe on its own, as FdSink is: one write(2) a line).
+// The level and format may be read and changed from any thread; enabled() takes no lock.
 //
 // Usage: log.info("server public listener ready", {{"bind-address", addr}});
 //        log.warn("server tunnel connection dropped", {{"client-identity", id}}, "idle timeout");
@@ -121,16 +126,23 @@ Style detect_style(int fd, const char* journal_stream) noexcept;
 // "message": summary}. Field keys must not be ts/level/event/message.
 class Logger {
 public:
-    Logger(Sink& sink, LoggerOptions options) noexcept : sink_(&sink), options_(options) {}
+    Logger(Sink& sink, LoggerOptions options) noexcept
+        : sink_(&sink),
+          level_(options.level),
+          format_(options.format),
+          style_(options.style),
+          wall_clock_(options.wall_clock) {}
 
     bool enabled(Level level) const noexcept {
-        return level != Level::kOff && level <= options_.level;
+        return level != Level::kOff && level <= level_.load(std::memory_order_relaxed);
     }
-    Level level() const noexcept { return options_.level; }
-    // Level, format, style and clock: for a logger of the same kind on another thread.
-    const LoggerOptions& options() const noexcept { return options_; }
-    void set_level(Level level) noexcept { options_.level = level; }
-    void set_format(Format format) noexcept { options_.format = format; }
+    Level level() const noexcept { return level_.load(std::memory_order_relaxed); }
+    // Level, format, style and clock as they are now: for a logger of the same kind elsewhere.
+    LoggerOptions options() const noexcept {
+        return LoggerOptions{level(), format_.load(std::memory_order_relaxed), style_, wall_clock_};
+    }
+    void set_level(Level level) noexcept { level_.store(level, std::memory_order_relaxed); }
+    void set_format(Format format) noexcept { format_.store(format, std::memory_order_relaxed); }
 
     void log(Level level, std::string_view event, Fields fields = {},
              std::string_view summary = {});
@@ -153,12 +165,17 @@ public:
     }
 
 private:
+    // Called with mu_ held; they append to line_.
     void format_text(Level level, std::string_view event, Fields fields, std::string_view summary);
     void format_json(Level level, std::string_view event, Fields fields, std::string_view summary);
     void append_timestamp();
 
-    Sink* sink_;
-    LoggerOptions options_;
+    Sink* const sink_;
+    std::atomic<Level> level_;
+    std::atomic<Format> format_;
+    const Style style_;
+    const WallClock wall_clock_;
+    std::mutex mu_;     // guards line_ and the sink write
     std::string line_;  // reused for every line: no allocation once it has grown
 };
 
@@ -169,7 +186,7 @@ void configure_process_logger(Level level, Format format);
 
 // At most one line per interval per scope, then one recovery line on the first success after a
 // logged saturation, so a flood of refusals costs one line per interval. Keep one RateLimiter
-// per scope.
+// per scope. Not thread-safe: a scope shared by several threads uses SharedRateLimiter.
 //
 //   if (auto d = limiter.on_saturated(); d.log) log.warn("server admission saturated", {...});
 //   if (limiter.on_success()) log.info("server admission recovered", {{"scope",
@@ -201,6 +218,35 @@ private:
     bool ever_logged_ = false;
     bool recovery_pending_ = false;
     std::uint64_t pending_count_ = 0;
+};
+
+// A RateLimiter that several threads may call: the same decisions, taken under a mutex.
+class SharedRateLimiter {
+public:
+    using TimePoint = RateLimiter::TimePoint;
+    using Clock = RateLimiter::Clock;
+    using Decision = RateLimiter::Decision;
+
+    explicit SharedRateLimiter(std::chrono::nanoseconds interval = std::chrono::seconds(10),
+                               Clock clock = RateLimiter::steady_now) noexcept
+        : limiter_(interval, clock) {}
+
+    Decision on_saturated() noexcept {
+        std::lock_guard lock(mu_);
+        return limiter_.on_saturated();
+    }
+    Decision on_saturated(TimePoint now) noexcept {
+        std::lock_guard lock(mu_);
+        return limiter_.on_saturated(now);
+    }
+    bool on_success() noexcept {
+        std::lock_guard lock(mu_);
+        return limiter_.on_success();
+    }
+
+private:
+    std::mutex mu_;
+    RateLimiter limiter_;
 };
 
 }  // namespace runewarp::obs

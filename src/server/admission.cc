@@ -23,6 +23,7 @@ size_t SourceKeyHash::operator()(const SourceKey& k) const noexcept {
 }
 
 bool Admission::try_pre_routing_source(const SourceKey& key) {
+    std::lock_guard lock(source_mu_);
     auto [it, inserted] = per_source_.try_emplace(key, 0);
     if (it->second >= limits_.pre_routing_per_source) return false;
     ++it->second;
@@ -30,9 +31,15 @@ bool Admission::try_pre_routing_source(const SourceKey& key) {
 }
 
 void Admission::release_pre_routing_source(const SourceKey& key) noexcept {
+    std::lock_guard lock(source_mu_);
     auto it = per_source_.find(key);
     if (it == per_source_.end()) return;
     if (--it->second == 0) per_source_.erase(it);
+}
+
+size_t Admission::tracked_sources() const noexcept {
+    std::lock_guard lock(source_mu_);
+    return per_source_.size();
 }
 
 const char* scope_name(AdmissionScope s) noexcept {
@@ -60,15 +67,25 @@ const char* scope_name(AdmissionScope s) noexcept {
 }
 
 void AdmissionLog::saturated(AdmissionScope scope, uint64_t active, uint64_t limit) noexcept {
-    saturation_events_[static_cast<size_t>(scope)].add();
-    if (saturation_[static_cast<size_t>(scope)].on_saturated().log) {
+    auto i = static_cast<size_t>(scope);
+    // The line is written under the lock too, so a recovery line never precedes its saturation.
+    std::lock_guard lock(mu_);
+    saturation_events_[i].add();
+    if (saturation_[i].on_saturated().log) {
+        recovery_pending_[i].store(true, std::memory_order_relaxed);
         log_.warn("server admission saturated",
                   {{"scope", scope_name(scope)}, {"active-work", active}, {"limit", limit}});
     }
 }
 
 void AdmissionLog::admitted(AdmissionScope scope) noexcept {
-    if (saturation_[static_cast<size_t>(scope)].on_success())
+    auto i = static_cast<size_t>(scope);
+    // Lock-free until a saturation line was written; one written by another thread just now is
+    // seen by a later admission.
+    if (!recovery_pending_[i].load(std::memory_order_relaxed)) return;
+    std::lock_guard lock(mu_);
+    recovery_pending_[i].store(false, std::memory_order_relaxed);
+    if (saturation_[i].on_success())
         log_.info("server admission recovered", {{"scope", scope_name(scope)}});
 }
 
@@ -89,7 +106,11 @@ void AdmissionLog::rejected(CloseReason r, std::string_view hostname) noexcept {
         default:
             break;
     }
-    auto d = rejection_[static_cast<size_t>(r) % rejection_.size()].on_saturated();
+    obs::RateLimiter::Decision d{};
+    {
+        std::lock_guard lock(mu_);
+        d = rejection_[static_cast<size_t>(r) % rejection_.size()].on_saturated();
+    }
     if (!d.log) return;
     if (r == CloseReason::kNoActiveTunnel || r == CloseReason::kUpstreamConnectFailed ||
         r == CloseReason::kUpstreamTimeout || r == CloseReason::kUpstreamWriteFailed) {

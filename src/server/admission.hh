@@ -1,10 +1,13 @@
 // Admission: the fixed Visitor limits (pre-routing global and per source, active relays, pending
 // Tunnel stream opens) as counters whose slots are released exactly once by their owners, and
-// the rate-limited saturation, recovery and rejection lines beside them.
+// the rate-limited saturation, recovery and rejection lines beside them. Both are shared by the
+// Server's workers: every member may be called from several threads.
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
+#include <mutex>
 #include <string_view>
 #include <unordered_map>
 
@@ -33,21 +36,26 @@ struct SourceKeyHash {
     size_t operator()(const SourceKey& k) const noexcept;
 };
 
-// One bounded count: take() succeeds below the limit, release() never goes below zero.
+// One bounded count: take() succeeds below the limit, release() never goes below zero. Safe from
+// several threads (compare-exchange); the count guards no other data, so ordering is relaxed.
 class SlotCounter {
 public:
     bool take(uint32_t limit) noexcept {
-        if (used_ >= limit) return false;
-        ++used_;
+        uint32_t cur = used_.load(std::memory_order_relaxed);
+        do {
+            if (cur >= limit) return false;
+        } while (!used_.compare_exchange_weak(cur, cur + 1, std::memory_order_relaxed));
         return true;
     }
     void release() noexcept {
-        if (used_ > 0) --used_;
+        uint32_t cur = used_.load(std::memory_order_relaxed);
+        while (cur > 0 && !used_.compare_exchange_weak(cur, cur - 1, std::memory_order_relaxed)) {
+        }
     }
-    uint32_t used() const noexcept { return used_; }
+    uint32_t used() const noexcept { return used_.load(std::memory_order_relaxed); }
 
 private:
-    uint32_t used_ = 0;
+    std::atomic<uint32_t> used_{0};
 };
 
 class Admission {
@@ -72,13 +80,14 @@ public:
     uint32_t pre_routing() const noexcept { return pre_routing_.used(); }
     uint32_t active_relays() const noexcept { return active_.used(); }
     uint32_t pending_opens() const noexcept { return pending_.used(); }
-    size_t tracked_sources() const noexcept { return per_source_.size(); }
+    size_t tracked_sources() const noexcept;
 
 private:
-    AdmissionLimits limits_;
+    const AdmissionLimits limits_;
     SlotCounter pre_routing_;
     SlotCounter active_;
     SlotCounter pending_;
+    mutable std::mutex source_mu_;  // guards per_source_
     std::unordered_map<SourceKey, uint32_t, SourceKeyHash> per_source_;
 };
 
@@ -98,6 +107,7 @@ const char* scope_name(AdmissionScope s) noexcept;
 
 // Saturation logs at most one line per 10 s per scope, then one recovery line on the next
 // success; rejected Visitors are summarised per reason at the same rate with their count.
+// Safe from several threads: the rate limiters and counters are updated under a mutex.
 class AdmissionLog {
 public:
     explicit AdmissionLog(obs::Logger& log) noexcept : log_(log) {}
@@ -116,10 +126,16 @@ public:
     }
 
 private:
-    std::array<obs::Counter, static_cast<size_t>(AdmissionScope::kCount)> saturation_events_;
+    static constexpr size_t kScopes = static_cast<size_t>(AdmissionScope::kCount);
+
+    std::array<obs::Counter, kScopes> saturation_events_;  // written under mu_
     obs::Logger& log_;
-    std::array<obs::RateLimiter, static_cast<size_t>(AdmissionScope::kCount)> saturation_;
+    std::mutex mu_;  // guards saturation_events_ writes, saturation_, rejection_
+    std::array<obs::RateLimiter, kScopes> saturation_;
     std::array<obs::RateLimiter, 32> rejection_;
+    // Mirrors saturation_[i]'s pending recovery (written under mu_), so that admitted(), called on
+    // every admission, takes the mutex only after a logged saturation.
+    std::array<std::atomic<bool>, kScopes> recovery_pending_{};
 };
 
 }  // namespace runewarp::server

@@ -13,7 +13,7 @@ std::shared_ptr<const RouteTable> RouteTable::build(const config::ServerConfig& 
         dr->proxy_v2 = r.proxy_v2;
         net::ResolvedAddress lit;
         if (net::literal_address(r.upstream.host, r.upstream.port, lit)) {
-            dr->addresses = std::make_shared<const std::vector<net::ResolvedAddress>>(1, lit);
+            dr->set_addresses(std::make_shared<const std::vector<net::ResolvedAddress>>(1, lit));
         }
         for (const auto& h : r.public_hostnames) {
             RouteTarget t;

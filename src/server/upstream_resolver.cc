@@ -75,7 +75,7 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
         e.due_ns = now + kRetryNs;
         AddressSet kept = first ? previous_addresses(route) : nullptr;
         if (kept != nullptr) {
-            route.addresses = std::move(kept);
+            route.set_addresses(std::move(kept));
             log_.warn("server route upstream resolution failed",
                       {{"route", route.label}, {"upstream-address", route.upstream_text}},
                       r.error + "; the previous addresses stay in use");
@@ -94,9 +94,10 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
         e.due_ns = now + ttl;
         if (failure_limit_.on_success())
             log_.info("server route upstream resolution recovered", {{"route", route.label}});
-        if (route.addresses == nullptr || !same_set(*route.addresses, r.addrs)) {
+        AddressSet current = route.addresses();
+        if (current == nullptr || !same_set(*current, r.addrs)) {
             std::string text = format_addresses(r.addrs);
-            if (route.addresses != nullptr) {
+            if (current != nullptr) {
                 log_.info("server route upstream addresses changed",
                           {{"route", route.label},
                            {"upstream-address", route.upstream_text},
@@ -107,8 +108,8 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
                             {"upstream-address", route.upstream_text},
                             {"addresses", text}});
             }
-            route.addresses =
-                std::make_shared<const std::vector<net::ResolvedAddress>>(std::move(r.addrs));
+            route.set_addresses(
+                std::make_shared<const std::vector<net::ResolvedAddress>>(std::move(r.addrs)));
         }
     }
     arm();
@@ -123,9 +124,9 @@ void UpstreamResolver::on_resolved(uint64_t id, net::Resolution& r) noexcept {
 AddressSet UpstreamResolver::previous_addresses(const DirectRoute& route) const noexcept {
     if (previous_ == nullptr) return nullptr;
     for (const auto& r : previous_->routes()) {
-        if (r->addresses != nullptr && r->upstream.host == route.upstream.host &&
-            r->upstream.port == route.upstream.port)
-            return r->addresses;
+        if (r->upstream.host != route.upstream.host || r->upstream.port != route.upstream.port)
+            continue;
+        if (AddressSet set = r->addresses(); set != nullptr) return set;
     }
     return nullptr;
 }

@@ -1,11 +1,15 @@
 // Unit tests for obs: log line formats, level filtering, rate limiting, duration formatting.
 #include <criterion/criterion.h>
 
+#include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <latch>
 #include <map>
 #include <optional>
 #include <regex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <sys/stat.h>
@@ -165,6 +169,21 @@ RateLimiter::TimePoint g_fake_now{};
 RateLimiter::TimePoint fake_now() noexcept {
     return g_fake_now;
 }
+
+// Collects lines like StringSink and counts write() calls that overlapped another one.
+class OverlapSink final : public Sink {
+public:
+    void write(std::string_view line) noexcept override {
+        if (inside_.fetch_add(1) != 0) overlaps.fetch_add(1);
+        text.append(line);
+        inside_.fetch_sub(1);
+    }
+    std::string text;
+    std::atomic<int> overlaps{0};
+
+private:
+    std::atomic<int> inside_{0};
+};
 
 }  // namespace
 
@@ -366,6 +385,134 @@ Test(obs, rate_limiter_explicit_time) {
     cr_assert(rl.on_saturated(t0).log);
     cr_assert(!rl.on_saturated(t0 + 9999ms).log);
     cr_assert(rl.on_saturated(t0 + 10s).log);
+}
+
+Test(obs, shared_rate_limiter_counts_every_event_from_several_threads) {
+    constexpr int kThreads = 4;
+    constexpr int kEvents = 20000;
+    g_fake_now = RateLimiter::TimePoint{} + 1000s;  // frozen while the threads run
+    SharedRateLimiter rl(10s, fake_now);
+    std::atomic<int> logged{0};
+    std::latch start(kThreads);  // all threads running before the first event
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            start.arrive_and_wait();
+            for (int i = 0; i < kEvents; ++i) {
+                if (rl.on_saturated().log) logged.fetch_add(1);
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    cr_assert_eq(logged.load(), 1, "one line inside the interval, got %d", logged.load());
+
+    g_fake_now += 10s;
+    auto d = rl.on_saturated();
+    cr_assert(d.log);
+    cr_assert_eq(d.count, std::uint64_t{kThreads} * kEvents, "every suppressed event counted: %llu",
+                 static_cast<unsigned long long>(d.count));
+
+    std::atomic<int> recovered{0};
+    std::latch start_again(kThreads);
+    threads.clear();
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            start_again.arrive_and_wait();
+            for (int i = 0; i < kEvents; ++i) {
+                if (rl.on_success()) recovered.fetch_add(1);
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    cr_assert_eq(recovered.load(), 1, "exactly one recovery line, got %d", recovered.load());
+
+    // With no interval every event is written, and the counts add up to the events.
+    SharedRateLimiter every(0s, fake_now);
+    std::atomic<std::uint64_t> written{0}, counted{0};
+    std::latch start_every(kThreads);
+    threads.clear();
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            start_every.arrive_and_wait();
+            for (int i = 0; i < kEvents; ++i) {
+                auto e = every.on_saturated();
+                if (e.log) written.fetch_add(1);
+                counted.fetch_add(e.count);
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    cr_assert_eq(written.load(), std::uint64_t{kThreads} * kEvents);
+    cr_assert_eq(counted.load(), std::uint64_t{kThreads} * kEvents, "counts add up to %llu",
+                 static_cast<unsigned long long>(counted.load()));
+}
+
+Test(obs, logger_lines_stay_whole_from_several_threads) {
+    constexpr int kThreads = 4;
+    constexpr int kLines = 20000;
+    OverlapSink sink;
+    Logger log(sink, opts(Level::kInfo));
+    // Level and format change while the lines are written; info stays enabled throughout.
+    std::atomic<bool> done{false};
+    std::atomic<int> bad_options{0};
+    std::latch start(kThreads + 1);
+    std::thread flipper([&] {
+        start.arrive_and_wait();
+        for (unsigned i = 0; !done.load(); ++i) {
+            log.set_level(i % 2 == 0 ? Level::kDebug : Level::kInfo);
+            log.set_format(i % 3 == 0 ? Format::kJson : Format::kText);
+            LoggerOptions o = log.options();
+            if ((o.level != Level::kInfo && o.level != Level::kDebug) ||
+                o.wall_clock != fixed_clock)
+                bad_options.fetch_add(1);
+        }
+    });
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&log, &start, t] {
+            start.arrive_and_wait();
+            for (int i = 0; i < kLines; ++i) {
+                log.info("test line", {{"thread", t}, {"seq", i}}, "a summary of some length");
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    done.store(true);
+    flipper.join();
+
+    cr_assert_eq(sink.overlaps.load(), 0, "%d sink writes overlapped", sink.overlaps.load());
+    cr_assert_eq(bad_options.load(), 0);
+    auto lines = lines_of(sink.text);
+    cr_assert_eq(lines.size(), std::size_t{kThreads} * kLines, "%zu lines", lines.size());
+    std::vector<int> next(kThreads, 0);
+    for (const std::string& line : lines) {
+        int t = -1, i = -1;
+        std::string expected;
+        char buf[256];
+        if (line.starts_with("{")) {
+            std::sscanf(line.c_str(),
+                        "{\"ts\":\"%*[^\"]\",\"level\":\"info\",\"event\":\"test line\","
+                        "\"thread\":\"%d\",\"seq\":\"%d\"",
+                        &t, &i);
+            std::snprintf(buf, sizeof buf,
+                          "{\"ts\":\"2026-05-01T10:00:00.123456Z\",\"level\":\"info\","
+                          "\"event\":\"test line\",\"thread\":\"%d\",\"seq\":\"%d\","
+                          "\"message\":\"a summary of some length\"}",
+                          t, i);
+        } else {
+            std::sscanf(line.c_str(), "%*s INFO test line: thread=%d seq=%d", &t, &i);
+            std::snprintf(buf, sizeof buf,
+                          "2026-05-01T10:00:00.123456Z  INFO test line: thread=%d seq=%d: "
+                          "a summary of some length",
+                          t, i);
+        }
+        expected = buf;
+        cr_assert_str_eq(line.c_str(), expected.c_str());
+        cr_assert(t >= 0 && t < kThreads, "%s", line.c_str());
+        cr_assert_eq(i, next[t], "thread %d: line %d after %d", t, i, next[t] - 1);
+        ++next[t];
+    }
+    for (int t = 0; t < kThreads; ++t) cr_assert_eq(next[t], kLines);
 }
 
 Test(obs, fd_sink_writes_whole_lines) {

@@ -1,10 +1,18 @@
 // server: the Tunnel authorization table, pool membership, admission limits and placement; the
-// pending-open counter of Admission; the intake parser pool.
+// pending-open counter of Admission; the intake parser pool; Admission, AdmissionLog and a direct
+// route's address set shared by several threads.
 #include <criterion/criterion.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <atomic>
+#include <cstring>
+#include <latch>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "config/config.hh"
@@ -13,6 +21,7 @@
 #include "server/cert_watch.hh"
 #include "server/intake_pool.hh"
 #include "server/reload_plan.hh"
+#include "server/route_table.hh"
 #include "server/tunnel_registry.hh"
 
 using namespace runewarp;
@@ -463,4 +472,171 @@ Test(server, acme_drop_reasons_have_texts_and_stay_out_of_the_intake_warnings) {
     cr_assert(sink.text.find("WARN server route rejected: reason=acme-tls-config-missing") !=
                   std::string::npos,
               "%s", sink.text.c_str());
+}
+
+Test(server, admission_slots_hold_their_limits_from_several_threads) {
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 20000;
+    constexpr uint32_t kLimit = 3;
+    constexpr uint32_t kPerSource = 2;
+    Admission adm({.pre_routing_global = kLimit,
+                   .pre_routing_per_source = kPerSource,
+                   .active_relays = kLimit,
+                   .pending_opens = kLimit});
+    const SourceKey sources[2] = {SourceKey::of(proto::Endpoint::v4({192, 0, 2, 1}, 1000)),
+                                  SourceKey::of(proto::Endpoint::v4({192, 0, 2, 2}, 1000))};
+    // Slots held right now, counted outside Admission: never more than the limit.
+    std::atomic<uint32_t> global{0}, relay{0}, pending{0};
+    std::atomic<uint32_t> per_source[2] = {0, 0};
+    std::atomic<int> over{0};
+    std::atomic<uint64_t> taken{0};
+    auto hold = [&](std::atomic<uint32_t>& holders, uint32_t limit, uint32_t used) {
+        if (holders.fetch_add(1) + 1 > limit || used > limit) over.fetch_add(1);
+        taken.fetch_add(1, std::memory_order_relaxed);
+    };
+    std::latch start(kThreads);  // all threads running before the first slot is taken
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            start.arrive_and_wait();
+            for (int i = 0; i < kRounds; ++i) {
+                const SourceKey& src = sources[(i + t) % 2];
+                std::atomic<uint32_t>& src_holders = per_source[(i + t) % 2];
+                bool g = adm.try_pre_routing_global();
+                if (g) hold(global, kLimit, adm.pre_routing());
+                bool s = adm.try_pre_routing_source(src);
+                if (s) hold(src_holders, kPerSource, 0);
+                bool r = adm.try_active_relay();
+                if (r) hold(relay, kLimit, adm.active_relays());
+                bool p = adm.try_pending_open();
+                if (p) hold(pending, kLimit, adm.pending_opens());
+                if (adm.tracked_sources() > 2) over.fetch_add(1);
+                if (p) {
+                    pending.fetch_sub(1);
+                    adm.release_pending_open();
+                }
+                if (r) {
+                    relay.fetch_sub(1);
+                    adm.release_active_relay();
+                }
+                if (s) {
+                    src_holders.fetch_sub(1);
+                    adm.release_pre_routing_source(src);
+                }
+                if (g) {
+                    global.fetch_sub(1);
+                    adm.release_pre_routing_global();
+                }
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    cr_assert_eq(over.load(), 0, "%d times over a limit", over.load());
+    cr_assert_gt(taken.load(), 0u);
+    cr_assert_eq(adm.pre_routing(), 0u);
+    cr_assert_eq(adm.active_relays(), 0u);
+    cr_assert_eq(adm.pending_opens(), 0u);
+    cr_assert_eq(adm.tracked_sources(), 0u);
+    // Still bounded after the storm.
+    for (uint32_t i = 0; i < kLimit; ++i) cr_assert(adm.try_active_relay());
+    cr_assert_not(adm.try_active_relay());
+    for (uint32_t i = 0; i < kPerSource; ++i) cr_assert(adm.try_pre_routing_source(sources[0]));
+    cr_assert_not(adm.try_pre_routing_source(sources[0]));
+    cr_assert_eq(adm.tracked_sources(), 1u);
+}
+
+Test(server, admission_log_counts_every_saturation_from_several_threads) {
+    constexpr int kThreads = 4;
+    constexpr int kRounds = 20000;
+    obs::StringSink sink;
+    obs::Logger log(sink, {});
+    AdmissionLog adm(log);
+    std::latch start(kThreads);
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            start.arrive_and_wait();
+            for (int i = 0; i < kRounds; ++i) {
+                adm.saturated(AdmissionScope::kActiveRelay, 5, 5);
+                adm.admitted(AdmissionScope::kActiveRelay);
+                adm.admitted(AdmissionScope::kPendingOpen);  // never saturated: no line
+                adm.rejected(CloseReason::kNoActiveTunnel, "app.example.test");
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    adm.admitted(AdmissionScope::kActiveRelay);  // recovers a saturation logged last, if any
+
+    cr_assert_eq(adm.saturations(AdmissionScope::kActiveRelay).value(),
+                 uint64_t{kThreads} * kRounds);
+    cr_assert_eq(adm.saturations(AdmissionScope::kPendingOpen).value(), 0u);
+    int saturated = 0, recovered = 0, unavailable = 0;
+    size_t pos = 0;
+    while (pos < sink.text.size()) {
+        size_t nl = sink.text.find('\n', pos);
+        cr_assert_neq(nl, std::string::npos, "last line cut: %s", sink.text.c_str() + pos);
+        std::string line = sink.text.substr(pos, nl - pos);
+        pos = nl + 1;
+        // After the timestamp.
+        std::string rest = line.substr(std::min(line.find(' '), line.size()));
+        if (rest ==
+            "  WARN server admission saturated: scope=active-routed-stream "
+            "active-work=5 limit=5") {
+            ++saturated;
+        } else if (rest == "  INFO server admission recovered: scope=active-routed-stream") {
+            ++recovered;
+        } else if (rest.starts_with("  WARN server route unavailable: "
+                                    "public-hostname=app.example.test "
+                                    "reason=no-active-tunnel-connection count=")) {
+            ++unavailable;
+        } else {
+            cr_assert_fail("unexpected line: %s", line.c_str());
+        }
+    }
+    cr_assert_geq(saturated, 1);
+    cr_assert_geq(recovered, 1);
+    cr_assert_leq(recovered, saturated);
+    cr_assert_geq(unavailable, 1);
+}
+
+Test(server, direct_route_address_set_is_replaced_while_other_threads_read_it) {
+    // Every address of a set of n addresses has port n, so a reader can tell a torn set.
+    auto make_set = [](uint16_t n) {
+        std::vector<net::ResolvedAddress> v(n);
+        for (auto& a : v) net::literal_address("127.0.0.1", n, a);
+        return std::make_shared<const std::vector<net::ResolvedAddress>>(std::move(v));
+    };
+    DirectRoute route;
+    cr_assert(route.addresses() == nullptr);
+    std::atomic<bool> done{false};
+    std::atomic<int> bad{0};
+    std::latch start(4);  // three readers and this thread, the writer
+    std::vector<std::thread> readers;
+    for (int t = 0; t < 3; ++t) {
+        readers.emplace_back([&] {
+            start.arrive_and_wait();
+            while (!done.load()) {
+                AddressSet set = route.addresses();
+                if (set == nullptr) continue;
+                for (const auto& a : *set) {
+                    sockaddr_in sin{};
+                    std::memcpy(&sin, &a.addr, sizeof sin);
+                    if (ntohs(sin.sin_port) != set->size()) bad.fetch_add(1);
+                }
+            }
+        });
+    }
+    start.arrive_and_wait();
+    for (int i = 0; i < 50000; ++i) route.set_addresses(make_set(static_cast<uint16_t>(i % 8 + 1)));
+    done.store(true);
+    for (auto& th : readers) th.join();
+    cr_assert_eq(bad.load(), 0);
+    cr_assert_eq(route.addresses()->size(), 49999u % 8 + 1);
+
+    // A copy holds the same set, and replacing one set leaves the other.
+    DirectRoute copy = route;
+    cr_assert(copy.addresses() == route.addresses());
+    copy.set_addresses(make_set(1));
+    cr_assert_eq(route.addresses()->size(), 49999u % 8 + 1);
+    cr_assert_eq(copy.addresses()->size(), 1u);
 }
