@@ -128,6 +128,15 @@ public:
         ::close(fd);
     }
 
+    void forget(int fd) noexcept override {
+        if (fd < 0 || static_cast<size_t>(fd) >= fds_.size()) return;
+        FdState& st = fds_[fd];
+        while (st.head != kNone) finish(st.head, -ECANCELED);
+        if (st.added) ::epoll_ctl(epfd_.get(), EPOLL_CTL_DEL, fd, nullptr);
+        st.added = false;
+        st.registered = 0;
+    }
+
     Result<int> run_once(CompletionSink& sink, int64_t timeout_ns) noexcept override {
         sync_interest();
         int timeout_ms = -1;

@@ -98,6 +98,9 @@ public:
     // Closes an fd synchronously after dropping backend state for it. Only legal once no op on
     // the fd is in flight (the Worker's teardown rule); close(2) on an idle socket does not block.
     virtual void close(int fd) noexcept = 0;
+    // Drops backend state for an fd that stays open but leaves this loop (handed to another
+    // thread's loop). Only legal once no op on the fd is in flight.
+    virtual void forget(int fd) noexcept { (void)fd; }
 
     // Provided-buffer rings (caps().buffer_rings; other backends refuse with -EOPNOTSUPP).
     // Registers `count` (a power of two, <= 32768) buffers of `size` bytes laid out back to back

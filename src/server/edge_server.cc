@@ -7,8 +7,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <ctime>
+#include <mutex>
 
 #include "acme/state.hh"
 #include "core/clock.hh"
@@ -20,8 +23,6 @@ namespace runewarp::server {
 
 namespace {
 
-constexpr uint32_t kMaxIdleIntake = 256;  // parsers kept for reuse
-constexpr uint32_t kPipeSize = 256 * 1024;
 constexpr int64_t kCloseFlushNs = 100'000'000;
 // Sessions of the server itself that outlive the Visitors: control and shutdown.
 constexpr uint32_t kOwnSessions = 2;
@@ -50,10 +51,11 @@ EdgeServer::EdgeServer(std::shared_ptr<const config::ServerConfig> cfg, obs::Log
       options_(std::move(options)),
       admission_(limits_of(*cfg_)),
       admission_log_(log),
-      intake_pool_(kMaxIdleIntake),
       cert_watch_(log) {}
 
 EdgeServer::~EdgeServer() {
+    // The other workers' threads end first (they post into shard 0 and read the server).
+    for (size_t i = 1; i < shards_.size(); ++i) shards_[i]->stop_thread();
     // The manager thread posts into the mailbox and reads the board: it goes first.
     if (acme_ != nullptr) acme_->stop();
     acme_.reset();
@@ -101,14 +103,6 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
     s->routes_ = RouteTable::build(cfg);
     if (auto r = s->resolve_upstreams(); !r) return std::move(r).error();
 
-    const AdmissionLimits& lim = s->admission_.limits();
-    s->pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
-    s->peek_buf_ = std::make_unique<uint8_t[]>(kPeekCapacity);
-    s->prefix_buf_ = std::make_unique<uint8_t[]>(kPrefixCapacity);
-    s->visitors_ = std::make_unique<core::Slab<VisitorSession>>(lim.pre_routing_global +
-                                                                lim.active_relays + 64);
-    s->live_.reserve(lim.pre_routing_global + lim.active_relays + 64);
-
     // Socket activation replaces binding the configured addresses.
     auto activated = sys::collect_activated_sockets(
         {{"public", SOCK_STREAM}, {"tunnel", SOCK_DGRAM}, {"metrics", SOCK_STREAM}});
@@ -128,15 +122,18 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
             s->tunnel_fd_.reset(a.fd);
         }
     }
-    if (public_fd.valid()) {
+    const size_t workers = config::resolve_workers(cfg.workers);
+    const bool activated_public = public_fd.valid();
+    if (activated_public) {
         note_activated(log, "server public listener socket-activated", public_fd.get(),
                        cfg.public_bind, "public-bind-address");
     } else {
-        auto fd = bind_tcp(cfg.public_bind, "public-bind-address", SOMAXCONN);
+        auto fd = bind_tcp(cfg.public_bind, "public-bind-address", SOMAXCONN, workers > 1);
         if (!fd) return std::move(fd).error();
         public_fd = std::move(*fd);
     }
     std::string public_text = local_text(public_fd.get());
+    s->public_text_ = public_text;
     {
         sockaddr_storage ss{};
         socklen_t sl = sizeof ss;
@@ -176,10 +173,6 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
                                                      log, cfg.graceful_shutdown_ms);
     if (!s->shutdown_->open()) return Error::msg("event loop: no slot for the shutdown session");
     ListenerOwner& owner = *s;
-    s->public_owner_ = std::make_unique<Listener>(*s->worker_, owner, log, Listener::Kind::kPublic,
-                                                  std::move(public_fd), public_text);
-    s->public_ = s->public_owner_.get();
-    if (!s->public_->open()) return Error::msg("event loop: no slot for the public listener");
     if (ready_fd.valid()) {
         s->readiness_owner_ = std::make_unique<Listener>(
             *s->worker_, owner, log, Listener::Kind::kReadiness, std::move(ready_fd), ready_text);
@@ -209,13 +202,108 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
     }
     auto sig = s->worker_->watch_signals({SIGTERM, SIGINT, SIGQUIT, SIGHUP}, *s);
     if (!sig) return std::move(sig).error();
+
+    // The workers: shard 0 on this thread, the others on theirs, each with its member of the
+    // public listener group. None accepts before run().
+    auto group = s->public_group(std::move(public_fd), activated_public, workers);
+    if (!group) return std::move(group).error();
+    ShardSnapshot snap = s->make_snapshot();
+    for (size_t i = 0; i < workers; ++i)
+        s->shards_.push_back(std::make_unique<EdgeShard>(*s, static_cast<uint32_t>(i)));
+    if (auto r =
+            s->shards_[0]->setup_primary(*s->worker_, std::move((*group)[0]), public_text, snap);
+        !r)
+        return std::move(r).error();
+    core::WorkerOptions shard_wo = wo;
+    for (size_t i = 1; i < workers; ++i) {
+        if (auto r =
+                s->shards_[i]->start_thread(shard_wo, std::move((*group)[i]), public_text, snap);
+            !r)
+            return Error::msg("worker " + std::to_string(i) + ": " + r.error().message);
+    }
     return s;
+}
+
+Result<std::vector<core::UniqueFd>> EdgeServer::public_group(core::UniqueFd first, bool activated,
+                                                             size_t workers) {
+    std::vector<core::UniqueFd> group;
+    const int first_fd = first.get();
+    group.push_back(std::move(first));
+    if (workers <= 1) return group;
+    proto::Endpoint ep = cfg_->public_bind;
+    {
+        sockaddr_storage ss{};
+        socklen_t sl = sizeof ss;
+        if (::getsockname(first_fd, reinterpret_cast<sockaddr*>(&ss), &sl) == 0) {
+            if (auto got = proto::from_sockaddr(ss)) ep = *got;
+        }
+    }
+    for (size_t i = 1; i < workers; ++i) {
+        if (!activated) {
+            // Port 0 bound the first socket to some port: the others join that one.
+            auto fd = bind_tcp(ep, "public-bind-address", SOMAXCONN, true);
+            if (!fd) return std::move(fd).error();
+            group.push_back(std::move(*fd));
+            continue;
+        }
+        // The activated socket is shared: every worker accepts from it (binding more sockets
+        // to its address would need SO_REUSEPORT set by systemd and the same user).
+        int d = ::fcntl(first_fd, F_DUPFD_CLOEXEC, 0);
+        if (d < 0) return Error::sys(errno, "dup of the activated public socket");
+        group.emplace_back(d);
+    }
+    return group;
+}
+
+ShardSnapshot EdgeServer::make_snapshot() {
+    label_counts_ = LabelCounts::build(metrics_);
+    return ShardSnapshot{cfg_, routes_, label_counts_};
+}
+
+LiveView EdgeServer::collect_live() const {
+    LiveView v;
+    if (shards_.empty()) return v;
+    shards_[0]->collect(v);
+    if (shards_.size() == 1) return v;
+    struct Pending {
+        std::mutex mu;
+        std::condition_variable cv;
+        size_t left = 0;
+        LiveView view;
+    };
+    auto p = std::make_shared<Pending>();
+    p->left = shards_.size() - 1;
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([p, sh] {
+            LiveView mine;
+            sh->collect(mine);
+            std::lock_guard lock(p->mu);
+            p->view.merge(mine);
+            if (--p->left == 0) p->cv.notify_all();
+        });
+    }
+    std::unique_lock lock(p->mu);
+    p->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return p->left == 0; });
+    v.merge(p->view);
+    return v;
+}
+
+uint64_t EdgeServer::live_visitors() const noexcept {
+    uint64_t n = 0;
+    for (const auto& sh : shards_) n += sh->live();
+    return n;
 }
 
 int EdgeServer::run() noexcept {
     running_ = true;
-    public_->start();
-    log_.info("server public listener ready", {{"bind-address", public_->bind_text()}});
+    shards_[0]->start_listener();
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([sh] { sh->start_listener(); });
+    }
+    log_.info("server public listener ready",
+              {{"bind-address", public_text_}, {"workers", static_cast<uint64_t>(shards_.size())}});
     if (tunnel_ != nullptr)
         log_.info("server tunnel listener ready", {{"bind-address", tunnel_->bind_text()}});
     if (readiness_ != nullptr) {
@@ -239,8 +327,7 @@ int EdgeServer::run() noexcept {
     if (acme_ != nullptr) {
         // Challenges arrive on the public listener; the ACME server dials port 443.
         if (public_port_ != 443) {
-            log_.warn("server acme challenge reachability",
-                      {{"bind-address", public_->bind_text()}},
+            log_.warn("server acme challenge reachability", {{"bind-address", public_text_}},
                       "TLS-ALPN-01 validation connects to TCP port 443 of the Server hostname; "
                       "make sure it reaches this listener");
         }
@@ -257,6 +344,10 @@ int EdgeServer::run() noexcept {
         }
     }
     watchdog_->stop();
+    for (size_t i = 1; i < shards_.size(); ++i) shards_[i]->stop_thread();
+    shards_[0]->close_mailbox();
+    (void)worker_->run_until([&] { return shards_[0]->mailbox_quiesced(); },
+                             core::now_ns() + kCloseFlushNs);
     if (tunnel_ != nullptr) {
         // Connections still lingering in their closing period are dropped; let their sessions
         // (and the UDP socket's) finish tearing down so nothing is left behind.
@@ -267,74 +358,31 @@ int EdgeServer::run() noexcept {
     return exit_code_;
 }
 
-void EdgeServer::on_accept(Listener& l, int fd) noexcept {
-    if (l.kind() == Listener::Kind::kReadiness) {
-        ::close(fd);  // probe only: accept succeeds means eligible for new ingress
-        return;
-    }
-    counters_.accepted++;
-    metrics_.accepted.add();
-    if (shutting_down()) {
-        metrics_.dropped[static_cast<size_t>(CloseReason::kShutdown)].add();
-        ::close(fd);
-        return;
-    }
-    // The global pre-routing slot comes before any per-connection work.
-    if (!admission_.try_pre_routing_global()) {
-        metrics_.dropped[kDropGlobalSaturated].add();
-        ::close(fd);
-        admission_log_.saturated(AdmissionScope::kVisitorGlobal, admission_.pre_routing(),
-                                 admission_.limits().pre_routing_global);
-        return;
-    }
-    admission_log_.admitted(AdmissionScope::kVisitorGlobal);
-    auto id = visitors_->alloc(*worker_, *this, fd, ++next_conn_id_);
-    if (!id) {
-        metrics_.dropped[kDropGlobalSaturated].add();
-        admission_.release_pre_routing_global();
-        ::close(fd);
-        admission_log_.saturated(AdmissionScope::kVisitorGlobal, visitors_->size(),
-                                 visitors_->capacity());
-        return;
-    }
-    VisitorSession* v = visitors_->get(*id);
-    if (v == nullptr) return;  // cannot happen: the slot was just allocated
-    v->slab_id_ = *id;
-    if (!v->open()) {
-        // No handler slot: undo by hand (nothing was submitted).
-        metrics_.dropped[kDropGlobalSaturated].add();
-        admission_.release_pre_routing_global();
-        visitors_->free(*id);
-        admission_log_.saturated(AdmissionScope::kVisitorGlobal, worker_->attached_count(),
-                                 worker_->attached_count());
-        return;
-    }
-    v->live_index_ = live_.size();
-    live_.push_back(v);
-    v->start();
+void EdgeServer::on_accept(Listener&, int fd) noexcept {
+    ::close(fd);  // readiness probe only: accept succeeds means eligible for new ingress
 }
 
-void EdgeServer::on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept {
-    size_t i = v.live_index_;
-    if (i < live_.size() && live_[i] == &v) {
-        live_[i] = live_.back();
-        live_[i]->live_index_ = i;
-        live_.pop_back();
-    }
-    visitors_->free(slab_id);
+void EdgeServer::on_shard_drained() noexcept {
     shutdown_->progress();
 }
 
-void EdgeServer::on_listener_fatal(Listener& l, int err) noexcept {
-    log_.error("server public listener failed", {{"bind-address", l.bind_text()}},
-               std::strerror(err));
+void EdgeServer::on_listener_failed(const std::string& bind_text, int err) noexcept {
+    log_.error("server public listener failed", {{"bind-address", bind_text}}, std::strerror(err));
     exit_code_ = 1;
     shutdown_->begin(OrderlyShutdown::Mode::kFast);
 }
 
+void EdgeServer::on_worker_failed() noexcept {
+    exit_code_ = 1;
+    shutdown_->begin(OrderlyShutdown::Mode::kFast);
+}
+
+void EdgeServer::on_listener_fatal(Listener& l, int err) noexcept {
+    on_listener_failed(l.bind_text(), err);
+}
+
 void EdgeServer::on_listener_closed(Listener& l) noexcept {
     if (&l == readiness_) readiness_ = nullptr;
-    if (&l == public_) public_ = nullptr;
     shutdown_->progress();
 }
 
@@ -360,26 +408,34 @@ void EdgeServer::stop_ingress() noexcept {
     if (resolver_ != nullptr) resolver_->shutdown();
     // No Tunnel registration after this: new connections and new streams are refused.
     if (tunnel_ != nullptr) tunnel_->registry().seal();
+    shutdown_begun_.store(true, std::memory_order_release);
     // Readiness goes first, so load balancers stop sending before the listener closes.
     if (readiness_ != nullptr) {
         log_.info("server readiness lost", {{"bind-address", readiness_->bind_text()}});
         readiness_->stop();
     }
-    if (public_ != nullptr) public_->stop();
     if (metrics_http_ != nullptr) metrics_http_->stop();
-    // Visitors still in intake are cancelled; routed ones keep running for now. Iterate over a
-    // copy: on_shutdown_started() only queues teardown, but be robust anyway.
-    std::vector<VisitorSession*> snapshot(live_);
-    for (VisitorSession* v : snapshot) v->on_shutdown_started();
+    // Every worker closes its listener and cancels its Visitors still in intake; routed ones
+    // keep running for now.
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([sh] { sh->stop_ingress(); });
+    }
+    shards_[0]->stop_ingress();
 }
 
 void EdgeServer::cut_relays() noexcept {
-    std::vector<VisitorSession*> snapshot(live_);
-    for (VisitorSession* v : snapshot) v->cut();
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([sh] { sh->cut(); });
+    }
+    shards_[0]->cut();
 }
 
 bool EdgeServer::ingress_drained() const noexcept {
-    return live_.empty() && public_ == nullptr && readiness_ == nullptr;
+    for (const auto& sh : shards_)
+        if (!sh->drained()) return false;
+    return readiness_ == nullptr;
 }
 
 uint64_t EdgeServer::tunnel_connections() const noexcept {
@@ -461,7 +517,7 @@ void EdgeServer::on_acme_fatal() noexcept {
 }
 
 std::string EdgeServer::status_text() const {
-    std::string s = "serving: public " + (public_ != nullptr ? public_->bind_text() : "closed");
+    std::string s = "serving: public " + (shutdown_begun() ? std::string("closed") : public_text_);
     if (reload_ != nullptr && reload_->generation() > 1)
         s += "; config generation " + std::to_string(reload_->generation());
     return s;
@@ -595,6 +651,13 @@ void EdgeServer::finish_reload() noexcept {
     sys::configure_logging(next.log_level, next.log_format);
     shutdown_->set_graceful_ms(next.graceful_shutdown_ms);
     cfg_ = p->cfg;
+    // Every worker's new Visitors start under the new snapshot.
+    ShardSnapshot snap = make_snapshot();
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([sh, snap] { sh->set_snapshot(snap); });
+    }
+    shards_[0]->set_snapshot(std::move(snap));
     log_.info("server configuration applied",
               {{"routes", static_cast<uint64_t>(next.routes.size())},
                {"tunnels", static_cast<uint64_t>(next.tunnels.size())},

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -23,6 +24,7 @@
 #include "preflight/preflight.hh"
 #include "server/admission.hh"
 #include "server/cert_watch.hh"
+#include "server/edge_shard.hh"
 #include "server/intake_pool.hh"
 #include "server/route_table.hh"
 #include "server/server_metrics.hh"
@@ -55,12 +57,6 @@ private:
     EdgeServer& server_;
 };
 
-struct EdgeCounters {
-    uint64_t accepted = 0;
-    uint64_t relayed = 0;
-    std::array<uint64_t, 32> closed_by_reason{};
-};
-
 class EdgeServer final : public core::SignalListener, private ListenerOwner, private ShutdownHost {
 public:
     // Binds (or adopts socket-activated) listeners and prepares everything; nothing runs yet.
@@ -77,12 +73,22 @@ public:
     // Serves until orderly shutdown completes. Returns the process exit code.
     int run() noexcept;
 
-    // --- for VisitorSession ------------------------------------------------------------------
+    // --- for the shards (any thread unless noted) ---------------------------------------------
     core::Worker& worker() noexcept { return *worker_; }
     obs::Logger& log() noexcept { return log_; }
     Admission& admission() noexcept { return admission_; }
     AdmissionLog& admission_log() noexcept { return admission_log_; }
-    core::PipePool& pipes() noexcept { return *pipes_; }
+    EdgeShard& shard(size_t i) noexcept { return *shards_[i]; }
+    // The public listener group's `accept retrying` rate limit.
+    obs::SharedRateLimiter& accept_limit() noexcept { return accept_limit_; }
+    size_t shard_count() const noexcept { return shards_.size(); }
+    uint64_t next_conn_id() noexcept { return next_conn_id_.fetch_add(1) + 1; }
+    // The orderly shutdown began (shards stop accepting before their stop_ingress arrives).
+    bool shutdown_begun() const noexcept { return shutdown_begun_.load(std::memory_order_acquire); }
+    // Main thread: a shard drained during shutdown, a listener or a worker loop failed.
+    void on_shard_drained() noexcept;
+    void on_listener_failed(const std::string& bind_text, int err) noexcept;
+    void on_worker_failed() noexcept;
     // The configuration serving now; a Visitor keeps the snapshot it started with.
     const config::ServerConfig& config() const noexcept { return *cfg_; }
     const std::shared_ptr<const config::ServerConfig>& config_snapshot() const noexcept {
@@ -97,19 +103,10 @@ public:
     // The TLS-ALPN-01 challenges pending for the Server hostname; null without [server.acme].
     const acme::ChallengeBoard* acme_board() const noexcept { return acme_board_.get(); }
 
-    // One shared scratch buffer for synchronous MSG_PEEK reads (the loop is single-threaded and
-    // a peek completes before the next one starts).
-    uint8_t* peek_buffer() noexcept { return peek_buf_.get(); }
-    static constexpr size_t kPeekCapacity = 16384;
-    // Where a Tunnel stream prefix is assembled: PROXY v2 header + up to kPeekCapacity bytes.
-    uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
-    static constexpr size_t kPrefixCapacity = kPeekCapacity + 64;
-
-    IntakePool& intake_pool() noexcept { return intake_pool_; }
-
-    void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
-    EdgeCounters& counters() noexcept { return counters_; }
     ServerMetrics& metrics() noexcept { return metrics_; }
+    // Main thread: the relays running on every shard (shards 1..N-1 answer through their
+    // mailboxes; one that does not within 500 ms is left out).
+    LiveView collect_live() const;
 
     // The metrics listener's answers (loop thread): /metrics, /status.json and the status page.
     obs::HttpResponse serve_http(std::string_view path);
@@ -156,7 +153,14 @@ private:
         sys::Reloader::Done done;
     };
 
-    // ListenerOwner
+    // What shards start new Visitors under (main thread; after labels were added).
+    ShardSnapshot make_snapshot();
+    // The public listener group: one socket per worker (SO_REUSEPORT), or the one activated
+    // socket shared by every worker.
+    Result<std::vector<core::UniqueFd>> public_group(core::UniqueFd first, bool activated,
+                                                     size_t workers);
+
+    // ListenerOwner (the readiness listener)
     void on_accept(Listener& l, int fd) noexcept override;
     void on_listener_fatal(Listener& l, int err) noexcept override;
     void on_listener_closed(Listener& l) noexcept override;
@@ -165,7 +169,7 @@ private:
     void stop_ingress() noexcept override;
     void cut_relays() noexcept override;
     bool ingress_drained() const noexcept override;
-    uint64_t live_visitors() const noexcept override { return live_.size(); }
+    uint64_t live_visitors() const noexcept override;
     bool has_tunnels() const noexcept override { return tunnel_ != nullptr; }
     uint64_t tunnel_connections() const noexcept override;
     void close_tunnel_connections() noexcept override;
@@ -179,25 +183,20 @@ private:
     std::unique_ptr<UpstreamResolver> upstreams_;
     Admission admission_;
     AdmissionLog admission_log_;
-    std::unique_ptr<core::PipePool> pipes_;
-    std::unique_ptr<uint8_t[]> peek_buf_;
-    std::unique_ptr<uint8_t[]> prefix_buf_;
-    IntakePool intake_pool_;
-    std::unique_ptr<core::Slab<VisitorSession>> visitors_;
-    std::vector<VisitorSession*> live_;  // index kept in VisitorSession::live_index_
-    Listener* public_ = nullptr;
     Listener* readiness_ = nullptr;
-    std::unique_ptr<Listener> public_owner_;
     std::unique_ptr<Listener> readiness_owner_;
+    std::string public_text_;
     std::unique_ptr<ControlSession> control_;
     std::unique_ptr<OrderlyShutdown> shutdown_;
     std::unique_ptr<TunnelFront> tunnel_;
     core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the front adopts it
     std::unique_ptr<sys::Watchdog> watchdog_;
-    uint64_t next_conn_id_ = 0;
+    std::atomic<uint64_t> next_conn_id_{0};
+    std::atomic<bool> shutdown_begun_{false};
+    obs::SharedRateLimiter accept_limit_;
     int exit_code_ = 0;
-    EdgeCounters counters_;
     ServerMetrics metrics_;
+    std::shared_ptr<const LabelCounts> label_counts_;
     // [metrics] prometheus-bind-address (or the socket-activated `metrics`); null when off.
     std::unique_ptr<obs::HttpServer> metrics_http_;
     int64_t started_unix_ = 0;
@@ -215,6 +214,9 @@ private:
     bool reload_deadline_armed_ = false;
     // Resolvers of replaced route tables: stopped, freed once they have quiesced.
     std::vector<std::unique_ptr<UpstreamResolver>> retired_upstreams_;
+    // Shard 0 runs on worker_ (main thread), the others on their own threads; declared last so
+    // they stop (threads joined) before anything they use goes away.
+    std::vector<std::unique_ptr<EdgeShard>> shards_;
 };
 
 // `runewarp server`: runs the edge for what preflight::check_server(options) accepted (the

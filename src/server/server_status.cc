@@ -59,12 +59,6 @@ void ServerMetrics::add_labels(const config::ServerConfig& cfg) {
 
 namespace {
 
-struct LiveBytes {
-    uint64_t in = 0;
-    uint64_t out = 0;
-    uint64_t active = 0;
-};
-
 // One Tunnel connection as the scrape sees it.
 struct MemberView {
     const TunnelMember* m = nullptr;
@@ -93,20 +87,10 @@ struct ScrapeView {
     std::vector<MemberView> members;
 };
 
-static ScrapeView scrape_view(const std::vector<VisitorSession*>& live, TunnelRegistry* reg) {
+static ScrapeView scrape_view(LiveView live, TunnelRegistry* reg) {
     ScrapeView v;
-    for (const VisitorSession* s : live) {
-        if (!s->relaying() || s->route_counts() == nullptr) continue;
-        LiveBytes& b = v.live[s->route_counts()];
-        b.in += s->bytes_in();
-        b.out += s->bytes_out();
-        b.active++;
-        if (s->tunnel_target() && s->member() != nullptr) {
-            LiveBytes& mb = v.member_live[s->member()];
-            mb.in += s->bytes_in();
-            mb.out += s->bytes_out();
-        }
-    }
+    v.live = std::move(live.live);
+    v.member_live = std::move(live.member_live);
     if (reg == nullptr) return v;
     std::unordered_map<int, size_t> next_index;
     for (const auto& m : reg->all()) {
@@ -152,7 +136,8 @@ obs::HttpResponse EdgeServer::serve_http(std::string_view path) {
 std::string EdgeServer::render_metrics() const {
     const ServerMetrics& m = metrics_;
     TunnelRegistry* reg = tunnel_ ? &tunnel_->registry() : nullptr;
-    ScrapeView view = scrape_view(live_, reg);
+    const LiveView lv = collect_live();
+    ScrapeView view = scrape_view(lv, reg);
     obs::Exposition x;
 
     x.family("runewarp_build_info", "Build of this runewarp daemon (always 1).", "gauge");
@@ -172,6 +157,15 @@ std::string EdgeServer::render_metrics() const {
     x.family("runewarp_visitor_connections_accepted_total",
              "Visitor TCP connections accepted on the public listener.", "counter");
     x.sample("runewarp_visitor_connections_accepted_total", {}, m.accepted.value());
+    x.family("runewarp_worker_visitor_connections_accepted_total",
+             "Visitor TCP connections accepted, by the worker (event loop thread) that accepted "
+             "them.",
+             "counter");
+    for (const auto& sh : shards_) {
+        const std::string w = std::to_string(sh->index());
+        x.sample("runewarp_worker_visitor_connections_accepted_total", {{"worker", w}},
+                 sh->accepted());
+    }
     x.family("runewarp_visitor_connections_dropped_total",
              "Visitor connections closed before relaying, by reason.", "counter");
     for (size_t i = 0; i < kDropSlots; ++i) {
@@ -181,7 +175,7 @@ std::string EdgeServer::render_metrics() const {
     }
     x.family("runewarp_visitor_connections_active",
              "Visitor connections open now (in intake, connecting or relaying).", "gauge");
-    x.sample("runewarp_visitor_connections_active", {}, static_cast<uint64_t>(live_.size()));
+    x.sample("runewarp_visitor_connections_active", {}, lv.visitors);
     x.family("runewarp_visitor_intake_duration_seconds",
              "Time from accepting a Visitor to its routing decision.", "histogram");
     x.histogram("runewarp_visitor_intake_duration_seconds", {}, m.intake);
@@ -326,7 +320,8 @@ std::string EdgeServer::render_status_json() const {
     using nlohmann::json;
     const ServerMetrics& m = metrics_;
     TunnelRegistry* reg = tunnel_ ? &tunnel_->registry() : nullptr;
-    ScrapeView view = scrape_view(live_, reg);
+    const LiveView lv = collect_live();
+    ScrapeView view = scrape_view(lv, reg);
     auto live_of = [&](const RouteCounts& c) {
         auto it = view.live.find(&c);
         return it == view.live.end() ? LiveBytes{} : it->second;
@@ -418,7 +413,7 @@ std::string EdgeServer::render_status_json() const {
 
     json totals;
     totals["visitors_accepted"] = m.accepted.value();
-    totals["visitors_active"] = live_.size();
+    totals["visitors_active"] = lv.visitors;
     totals["visitors_dropped"] = dropped;
     totals["bytes_in"] = total_in;
     totals["bytes_out"] = total_out;

@@ -40,13 +40,15 @@ bool transient_accept_error(int err) noexcept {
 }  // namespace
 
 Listener::Listener(core::Worker& w, ListenerOwner& owner, obs::Logger& log, Kind kind,
-                   core::UniqueFd fd, std::string bind_text) noexcept
+                   core::UniqueFd fd, std::string bind_text,
+                   obs::SharedRateLimiter* group_limit) noexcept
     : core::Session(w),
       owner_(owner),
       log_(log),
       kind_(kind),
       fd_(std::move(fd)),
-      bind_text_(std::move(bind_text)) {}
+      bind_text_(std::move(bind_text)),
+      group_limit_(group_limit) {}
 
 void Listener::start() noexcept {
     arm_accept();
@@ -70,7 +72,8 @@ void Listener::on_event(const core::Completion& c) noexcept {
             return;
         }
         backoff_ns_ = 0;
-        if (retry_limit_.on_success()) log_.info("server public listener accept recovered");
+        if (group_limit_ != nullptr ? group_limit_->on_success() : retry_limit_.on_success())
+            log_.info("server public listener accept recovered");
         owner_.on_accept(*this, c.result);
     } else if (!aborting() && c.result != -ECANCELED) {
         int err = -c.result;
@@ -84,7 +87,9 @@ void Listener::on_event(const core::Completion& c) noexcept {
             }
             // While exhaustion lasts this repeats every second: one line per 10 s, with the
             // number of retries since the last one.
-            if (auto d = retry_limit_.on_saturated(); d.log) {
+            if (auto d = group_limit_ != nullptr ? group_limit_->on_saturated()
+                                                 : retry_limit_.on_saturated();
+                d.log) {
                 log_.warn("server public listener accept retrying",
                           {{"next-retry-delay", std::chrono::milliseconds(backoff_ns_ / 1'000'000)},
                            {"count", d.count}},
@@ -103,7 +108,8 @@ void Listener::on_quiesced() noexcept {
     owner_.on_listener_closed(*this);
 }
 
-Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog) {
+Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog,
+                                bool reuseport) {
     sockaddr_storage ss{};
     socklen_t len = proto::to_sockaddr(ep, ss);
     std::string where =
@@ -113,6 +119,8 @@ Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int 
     core::UniqueFd owned(fd);
     int one = 1;
     (void)::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (reuseport && ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+        return Error::sys(errno, where);
     if (ss.ss_family == AF_INET6) {
         // `[::]` is dual-stack: IPv4 Visitors arrive as ::ffff:a.b.c.d and are unmapped later.
         int zero = 0;

@@ -34,8 +34,10 @@ protected:
 class Listener final : public core::Session {
 public:
     enum class Kind : uint8_t { kPublic, kReadiness };
+    // `group_limit`: the `accept retrying` rate limit shared by every listener of a group (one
+    // line per 10 s for the group, not per worker); null: this listener's own.
     Listener(core::Worker& w, ListenerOwner& owner, obs::Logger& log, Kind kind, core::UniqueFd fd,
-             std::string bind_text) noexcept;
+             std::string bind_text, obs::SharedRateLimiter* group_limit = nullptr) noexcept;
     void start() noexcept;
     void stop() noexcept { abort(0); }
     bool stopped() const noexcept { return closed_; }
@@ -57,13 +59,16 @@ private:
     std::string bind_text_;
     int64_t backoff_ns_ = 0;
     obs::RateLimiter retry_limit_;
+    obs::SharedRateLimiter* group_limit_ = nullptr;
     bool accept_armed_ = false;
     bool closed_ = false;
 };
 
 // Binds and listens (SO_REUSEADDR; `[::]` is dual-stack). A failure names the config key:
-// "failed to bind server.<key> <address>: <os error>".
-Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog);
+// "failed to bind server.<key> <address>: <os error>". `reuseport`: SO_REUSEPORT, so more sockets
+// bound to the same address form a group the kernel spreads new connections over.
+Result<core::UniqueFd> bind_tcp(const proto::Endpoint& ep, const char* key, int backlog,
+                                bool reuseport = false);
 
 // The local address of a socket as text ("127.0.0.1:443", "[::1]:443"), "?" if unknown.
 std::string local_text(int fd);

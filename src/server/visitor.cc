@@ -13,7 +13,7 @@
 #include "core/clock.hh"
 #include "proto/stream_prefix.hh"
 #include "quic/connection.hh"
-#include "server/edge_server.hh"
+#include "server/edge_shard.hh"
 
 namespace runewarp::server {
 
@@ -95,9 +95,8 @@ const char* visitor_state_name(VisitorState s) noexcept {
     return "unknown";
 }
 
-VisitorSession::VisitorSession(core::Worker& w, EdgeServer& server, int fd,
-                               uint64_t conn_id) noexcept
-    : core::Session(w), server_(server), visitor_(fd), conn_id_(conn_id) {}
+VisitorSession::VisitorSession(core::Worker& w, EdgeShard& shard, int fd, uint64_t conn_id) noexcept
+    : core::Session(w), shard_(shard), visitor_(fd), conn_id_(conn_id) {}
 
 VisitorSession::~VisitorSession() {
     if (acme_tls_ != nullptr) gnutls_deinit(acme_tls_);
@@ -106,7 +105,7 @@ VisitorSession::~VisitorSession() {
 void VisitorSession::start() noexcept {
     started_ns_ = core::now_ns();
     holds_global_ = true;
-    cfg_ = server_.config_snapshot();
+    cfg_ = shard_.config_snapshot();
     const auto& cfg = *cfg_;
 
     sockaddr_storage peer{}, local{};
@@ -129,7 +128,7 @@ void VisitorSession::start() noexcept {
         state_ = VisitorState::kHello;
         if (!take_source_slot()) return;
     }
-    intake_ = server_.intake_pool().borrow();
+    intake_ = shard_.intake_pool().borrow();
     if (intake_ == nullptr) return fail(CloseReason::kInternal);
     deadline_ = arm_timer(kOpDeadline, started_ns_ + kIntakeDeadlineNs);
     arm_intake_poll();
@@ -148,8 +147,8 @@ void VisitorSession::arm_intake_poll() noexcept {
 }
 
 void VisitorSession::on_intake_readable(int revents) noexcept {
-    uint8_t* buf = server_.peek_buffer();
-    ssize_t n = ::recv(visitor_.get(), buf, EdgeServer::kPeekCapacity, MSG_PEEK | MSG_DONTWAIT);
+    uint8_t* buf = shard_.peek_buffer();
+    ssize_t n = ::recv(visitor_.get(), buf, EdgeShard::kPeekCapacity, MSG_PEEK | MSG_DONTWAIT);
     if (n < 0) {
         if (errno == EAGAIN || errno == EINTR) return arm_intake_poll();
         return fail(state_ == VisitorState::kProxyHeader ? CloseReason::kInvalidProxyHeader
@@ -194,7 +193,7 @@ bool VisitorSession::step_proxy_header(const uint8_t* data, size_t len, bool eof
     size_t hdr = intake_->proxy.header_size();
     size_t got = 0;
     while (got < hdr) {
-        ssize_t n = ::recv(visitor_.get(), server_.peek_buffer(), hdr - got, MSG_DONTWAIT);
+        ssize_t n = ::recv(visitor_.get(), shard_.peek_buffer(), hdr - got, MSG_DONTWAIT);
         if (n <= 0) {
             if (n < 0 && errno == EINTR) continue;
             fail(CloseReason::kInvalidProxyHeader);
@@ -212,15 +211,15 @@ bool VisitorSession::step_proxy_header(const uint8_t* data, size_t len, bool eof
 bool VisitorSession::take_source_slot() noexcept {
     // Keyed by the canonical source IP: the peer, or the PROXY v2 source when trusted.
     source_key_ = SourceKey::of(tuple_.source);
-    Admission& adm = server_.admission();
+    Admission& adm = shard_.admission();
     if (!adm.try_pre_routing_source(source_key_)) {
         const uint32_t limit = adm.limits().pre_routing_per_source;
-        server_.admission_log().saturated(AdmissionScope::kVisitorSource, limit, limit);
+        shard_.admission_log().saturated(AdmissionScope::kVisitorSource, limit, limit);
         fail(CloseReason::kSourceSaturated);
         return false;
     }
     holds_source_ = true;
-    server_.admission_log().admitted(AdmissionScope::kVisitorSource);
+    shard_.admission_log().admitted(AdmissionScope::kVisitorSource);
     return true;
 }
 
@@ -236,14 +235,14 @@ void VisitorSession::step_hello(const uint8_t* data, size_t len, bool eof) noexc
 
 void VisitorSession::release_pre_routing() noexcept {
     if (holds_source_) {
-        server_.admission().release_pre_routing_source(source_key_);
+        shard_.admission().release_pre_routing_source(source_key_);
         holds_source_ = false;
     }
     if (holds_global_) {
-        server_.admission().release_pre_routing_global();
+        shard_.admission().release_pre_routing_global();
         holds_global_ = false;
     }
-    if (intake_ != nullptr) server_.intake_pool().give_back(std::move(intake_));
+    if (intake_ != nullptr) shard_.intake_pool().give_back(std::move(intake_));
 }
 
 uint64_t VisitorSession::bytes_in() const noexcept {
@@ -257,7 +256,7 @@ uint64_t VisitorSession::bytes_out() const noexcept {
 }
 
 void VisitorSession::route() noexcept {
-    server_.metrics().intake.observe_ns(core::now_ns() - started_ns_);
+    shard_.metrics().intake.observe_ns(core::now_ns() - started_ns_);
     sni_ = intake_->hello.sni();
     bool acme = intake_->hello.offers_acme_tls1();
     // Everything intake saw (the ClientHello and whatever followed) is still queued in the
@@ -272,29 +271,32 @@ void VisitorSession::route() noexcept {
         // Only TLS-ALPN-01 challenges are served for the Server hostname, and only with
         // [server.acme] (manual mode cannot answer one).
         if (!acme) return fail(CloseReason::kNonAcmeServerHostname);
-        if (server_.acme_board() == nullptr) return fail(CloseReason::kAcmeConfigMissing);
+        if (shard_.acme_board() == nullptr) return fail(CloseReason::kAcmeConfigMissing);
         return answer_acme_challenge();
     }
-    routes_ = server_.routes();
+    routes_ = shard_.routes();
     const RouteTarget* target = routes_->find(sni_);
     if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
-    if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
+    if (target->kind == RouteTarget::Kind::kTunnel) {
+        // Every Tunnel connection lives on shard 0.
+        if (!shard_.primary()) return hand_off(target->tunnel_label);
+        return route_tunnel(target->tunnel_label);
+    }
     route_ = target->direct;
-    if (size_t i = server_.metrics().direct.find(route_->label); i != SIZE_MAX)
-        counts_ = &server_.metrics().direct.at(i);
+    counts_ = shard_.direct_counts(route_->label);
     if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
     connect_upstream();
 }
 
 bool VisitorSession::take_relay_slot() noexcept {
-    Admission& adm = server_.admission();
+    Admission& adm = shard_.admission();
     if (!adm.try_active_relay()) {
-        server_.admission_log().saturated(AdmissionScope::kActiveRelay, adm.active_relays(),
-                                          adm.limits().active_relays);
+        shard_.admission_log().saturated(AdmissionScope::kActiveRelay, adm.active_relays(),
+                                         adm.limits().active_relays);
         return false;
     }
     holds_relay_ = true;
-    server_.admission_log().admitted(AdmissionScope::kActiveRelay);
+    shard_.admission_log().admitted(AdmissionScope::kActiveRelay);
     return true;
 }
 
@@ -302,7 +304,7 @@ void VisitorSession::connect_upstream() noexcept {
     state_ = VisitorState::kConnect;
     if (!worker().rearm_timer(deadline_, core::now_ns() + kConnectDeadlineNs))
         deadline_ = arm_timer(kOpDeadline, core::now_ns() + kConnectDeadlineNs);
-    connector_.start(*this, route_->addresses, true);
+    connector_.start(*this, route_->addresses(), true);
     if (connector_.status() == net::Connector::Status::kFailed)
         fail(CloseReason::kUpstreamConnectFailed);
 }
@@ -339,13 +341,12 @@ void VisitorSession::on_connected() noexcept {
 
 void VisitorSession::start_relay() noexcept {
     state_ = VisitorState::kRelay;
-    server_.counters().relayed++;
     relay_started_ns_ = core::now_ns();
     if (counts_ != nullptr) counts_->relays.add();
     set_nodelay(visitor_.get());
     to_upstream_ = relay::SplicePump(visitor_.get(), upstream_.get());
     to_visitor_ = relay::SplicePump(upstream_.get(), visitor_.get());
-    server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
+    shard_.log().debug("server route forwarded", {{"public-hostname", sni_}});
     drive_relay(true, true);
 }
 
@@ -364,7 +365,7 @@ void VisitorSession::drive_relay(bool up, bool down) noexcept {
     };
     for (auto& d : dirs) {
         if (!d.run || d.armed || d.pump.done()) continue;
-        switch (d.pump.pump(server_.pipes(), kPumpBudget)) {
+        switch (d.pump.pump(shard_.pipes(), kPumpBudget)) {
             case relay::PumpWait::kReadable:
                 d.armed = true;
                 poll(d.op, d.src, POLLIN | POLLRDHUP);
@@ -385,24 +386,52 @@ void VisitorSession::drive_relay(bool up, bool down) noexcept {
 void VisitorSession::route_tunnel(std::string_view label) noexcept {
     tunnel_ = true;
     tunnel_label_ = label;
-    if (size_t i = server_.metrics().tunnel.find(label); i != SIZE_MAX)
-        counts_ = &server_.metrics().tunnel.at(i);
-    TunnelRegistry* reg = server_.tunnels();
+    counts_ = shard_.tunnel_counts(label);
+    TunnelRegistry* reg = shard_.tunnels();
     if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
-    Admission& adm = server_.admission();
+    Admission& adm = shard_.admission();
     if (!adm.try_pending_open()) {
-        server_.admission_log().saturated(AdmissionScope::kPendingOpen, adm.pending_opens(),
-                                          adm.limits().pending_opens);
+        shard_.admission_log().saturated(AdmissionScope::kPendingOpen, adm.pending_opens(),
+                                         adm.limits().pending_opens);
         return fail(CloseReason::kPendingOpenSaturated);
     }
     holds_pending_ = true;
-    server_.admission_log().admitted(AdmissionScope::kPendingOpen);
+    shard_.admission_log().admitted(AdmissionScope::kPendingOpen);
     member_ = reg->pick(label);
     if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
     state_ = VisitorState::kOpen;
     if (!worker().rearm_timer(deadline_, core::now_ns() + kOpenDeadlineNs))
         deadline_ = arm_timer(kOpDeadline, core::now_ns() + kOpenDeadlineNs);
     try_open_stream();
+}
+
+void VisitorSession::hand_off(std::string_view label) noexcept {
+    auto h = std::make_shared<VisitorHandoff>();
+    h->conn_id = conn_id_;
+    h->started_ns = started_ns_;
+    h->snap = shard_.snapshot();
+    h->snap.cfg = cfg_;
+    h->snap.routes = routes_;
+    h->label = label;
+    h->sni = sni_;
+    h->tuple = tuple_;
+    h->buffered = buffered_;
+    // Nothing is in flight on the socket (routing runs from the intake poll's completion).
+    h->fd = std::move(visitor_);
+    handed_off_ = true;
+    shard_.hand_off(std::move(h));
+    finish(CloseReason::kDone);
+}
+
+void VisitorSession::resume_tunnel(const VisitorHandoff& h) noexcept {
+    started_ns_ = h.started_ns;
+    cfg_ = h.snap.cfg;
+    routes_ = h.snap.routes;
+    sni_ = h.sni;
+    tuple_ = h.tuple;
+    buffered_ = h.buffered;
+    state_ = VisitorState::kHello;
+    route_tunnel(h.label);
 }
 
 void VisitorSession::try_open_stream() noexcept {
@@ -444,7 +473,7 @@ void VisitorSession::refuse_stream(quic::Stream& s, CloseReason r) noexcept {
 
 void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     worker().cancel_timer(deadline_);
-    Admission& adm = server_.admission();
+    Admission& adm = shard_.admission();
     if (holds_pending_) {
         adm.release_pending_open();
         holds_pending_ = false;
@@ -453,14 +482,14 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     if (!take_relay_slot()) return refuse_stream(s, CloseReason::kRelaySaturated);
     // Registration still open and the member still mapped (the table is one snapshot
     // for the process lifetime, so the member's liveness is what can change).
-    TunnelRegistry* reg = server_.tunnels();
+    TunnelRegistry* reg = shard_.tunnels();
     if (reg == nullptr || reg->sealed()) return refuse_stream(s, CloseReason::kShutdown);
     if (!member_->alive) return refuse_stream(s, CloseReason::kNoActiveTunnel);
 
     // Consume what intake peeked and send it behind the PROXY v2 header, one write.
-    uint8_t* buf = server_.prefix_buffer();
+    uint8_t* buf = shard_.prefix_buffer();
     size_t hdr = proto::encode_stream_prefix(tuple_, std::span<uint8_t>(buf, 64));
-    if (hdr == 0 || buffered_ > EdgeServer::kPeekCapacity)
+    if (hdr == 0 || buffered_ > EdgeShard::kPeekCapacity)
         return refuse_stream(s, CloseReason::kInternal);
     size_t got = 0;
     while (got < buffered_) {
@@ -480,17 +509,16 @@ void VisitorSession::on_stream_opened(quic::Stream& s) noexcept {
     reg->stream_started(*member_);
     counted_ = true;
     state_ = VisitorState::kRelay;
-    server_.counters().relayed++;
     relay_started_ns_ = core::now_ns();
     if (counts_ != nullptr) counts_->relays.add();
     set_nodelay(visitor_.get());
-    server_.log().debug("server route forwarded", {{"public-hostname", sni_}});
+    shard_.log().debug("server route forwarded", {{"public-hostname", sni_}});
     pump_started_ = true;
     pump_.start(*this, visitor_.get(), s);
 }
 
 void VisitorSession::answer_acme_challenge() noexcept {
-    challenge_ = server_.acme_board()->find(sni_);
+    challenge_ = shard_.acme_board()->find(sni_);
     if (challenge_ == nullptr) return fail(CloseReason::kAcmeNoChallenge);
     // A handshake in progress holds an active-relay slot: their number stays bounded.
     if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
@@ -540,7 +568,7 @@ void VisitorSession::continue_acme() noexcept {
         } while (rv < 0 && rv != GNUTLS_E_AGAIN && gnutls_error_is_fatal(rv) == 0);
         if (rv == 0) {
             acme_handshake_done_ = true;
-            server_.log().debug("server acme challenge answered", {{"server-hostname", sni_}});
+            shard_.log().debug("server acme challenge answered", {{"server-hostname", sni_}});
         }
     }
     if (acme_handshake_done_) rv = gnutls_bye(acme_tls_, GNUTLS_SHUT_WR);
@@ -555,8 +583,8 @@ void VisitorSession::continue_acme() noexcept {
         return;
     }
     if (!acme_handshake_done_) {
-        server_.log().debug("server acme challenge handshake failed", {{"server-hostname", sni_}},
-                            gnutls_strerror(rv));
+        shard_.log().debug("server acme challenge handshake failed", {{"server-hostname", sni_}},
+                           gnutls_strerror(rv));
         return fail(CloseReason::kAcmeHandshakeFailed);
     }
     // close_notify sent (or the peer already went): the answer is complete.
@@ -651,9 +679,17 @@ void VisitorSession::finish(CloseReason r) noexcept {
 void VisitorSession::on_quiesced() noexcept {
     // Nothing is in flight any more: pipes, fds and slots can go.
     VisitorState last = state_;
+    if (handed_off_) {
+        // Shard 0 carries on with the socket: nothing ended here.
+        state_ = VisitorState::kClosed;
+        release_pre_routing();
+        routes_.reset();
+        shard_.on_visitor_closed(*this, slab_id_);  // destroys *this
+        return;
+    }
     // The counts move from the live relay to its label in the same loop step that removes the
     // session from the live list, so a scrape never sees them twice or not at all.
-    ServerMetrics& m = server_.metrics();
+    ServerMetrics& m = shard_.metrics();
     if (last == VisitorState::kRelay) {
         const uint64_t in = bytes_in(), out = bytes_out();
         if (counts_ != nullptr) {
@@ -670,20 +706,20 @@ void VisitorSession::on_quiesced() noexcept {
         m.dropped[static_cast<size_t>(reason_) % kDropSlots].add();
     }
     state_ = VisitorState::kClosed;
-    to_upstream_.release(server_.pipes());
-    to_visitor_.release(server_.pipes());
+    to_upstream_.release(shard_.pipes());
+    to_visitor_.release(shard_.pipes());
     release_pre_routing();
     if (holds_relay_) {
-        server_.admission().release_active_relay();
+        shard_.admission().release_active_relay();
         holds_relay_ = false;
     }
     if (holds_pending_) {
-        server_.admission().release_pending_open();
+        shard_.admission().release_pending_open();
         holds_pending_ = false;
     }
     stop_waiting();
     if (pump_started_) pump_.abort();  // never leave the stream pointing at a freed pump
-    if (counted_ && server_.tunnels() != nullptr) server_.tunnels()->stream_ended(*member_);
+    if (counted_ && shard_.tunnels() != nullptr) shard_.tunnels()->stream_ended(*member_);
     counted_ = false;
     member_.reset();
     if (acme_tls_ != nullptr) {
@@ -695,7 +731,7 @@ void VisitorSession::on_quiesced() noexcept {
     close_fd(upstream_);
     close_fd(visitor_);
 
-    auto& log = server_.log();
+    auto& log = shard_.log();
     if (last == VisitorState::kRelay && tunnel_) {
         auto dur = std::chrono::milliseconds((core::now_ns() - started_ns_) / 1'000'000);
         if (log.enabled(obs::Level::kInfo)) {
@@ -726,7 +762,7 @@ void VisitorSession::on_quiesced() noexcept {
         if (reason_ == CloseReason::kUpstreamConnectFailed ||
             reason_ == CloseReason::kUpstreamTimeout ||
             reason_ == CloseReason::kUpstreamWriteFailed)
-            server_.admission_log().rejected(reason_, sni_);
+            shard_.admission_log().rejected(reason_, sni_);
     } else if (last == VisitorState::kAcme && reason_ == CloseReason::kDone) {
         // Answered: `server acme challenge answered` was logged.
     } else if (reason_ != CloseReason::kShutdown) {
@@ -738,11 +774,10 @@ void VisitorSession::on_quiesced() noexcept {
                           {{"public-hostname", sni_}, {"reason", reason_text(reason_)}});
             }
         }
-        server_.admission_log().rejected(reason_, sni_);
+        shard_.admission_log().rejected(reason_, sni_);
     }
-    server_.counters().closed_by_reason[static_cast<size_t>(reason_) % 32]++;
     routes_.reset();
-    server_.on_visitor_closed(*this, slab_id_);  // destroys *this
+    shard_.on_visitor_closed(*this, slab_id_);  // destroys *this
 }
 
 }  // namespace runewarp::server

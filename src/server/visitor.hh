@@ -30,7 +30,8 @@
 
 namespace runewarp::server {
 
-class EdgeServer;
+class EdgeShard;
+struct VisitorHandoff;
 
 // kAcme: answering a TLS-ALPN-01 challenge for the Server hostname (handshake, close_notify).
 enum class VisitorState : uint8_t { kProxyHeader, kHello, kConnect, kOpen, kRelay, kAcme, kClosed };
@@ -40,11 +41,14 @@ class VisitorSession final : public core::Session,
                              private relay::StreamPumpOwner,
                              private StreamWaiter {
 public:
-    VisitorSession(core::Worker& w, EdgeServer& server, int fd, uint64_t conn_id) noexcept;
+    VisitorSession(core::Worker& w, EdgeShard& shard, int fd, uint64_t conn_id) noexcept;
     ~VisitorSession() override;
 
     // Starts intake; the global pre-routing slot is already held by the caller.
     void start() noexcept;
+    // Shard 0: continues a Visitor another shard routed to a Tunnel (its intake is done and its
+    // pre-routing slots are released): opens the stream like route() would have.
+    void resume_tunnel(const VisitorHandoff& h) noexcept;
     // Shutdown began: a Visitor still in intake is cancelled; relays keep running.
     void on_shutdown_started() noexcept;
     // The graceful window ended (or fast shutdown): cut whatever still runs.
@@ -93,6 +97,9 @@ private:
 
     // Tunnel route: pending-open slot, member, stream (5 s), active slot, prefix, relay.
     void route_tunnel(std::string_view label) noexcept;
+    // A shard other than 0: the socket and what intake learnt go to shard 0; this session ends
+    // without a trace (no log line, no drop counted).
+    void hand_off(std::string_view label) noexcept;
     void try_open_stream() noexcept;
     void on_stream_opened(quic::Stream& s) noexcept;
     void refuse_stream(quic::Stream& s, CloseReason r) noexcept;
@@ -109,7 +116,7 @@ private:
     void pump_finished(bool reset) noexcept override;
     void on_stream_credit() noexcept override;
 
-    EdgeServer& server_;
+    EdgeShard& shard_;
     // The configuration this Visitor started under (a reload swaps the server's, not this one).
     std::shared_ptr<const config::ServerConfig> cfg_;
     core::UniqueFd visitor_;
@@ -147,13 +154,14 @@ private:
     bool tunnel_ = false;
     bool waiting_credit_ = false;
     bool pump_started_ = false;
+    bool handed_off_ = false;
     bool counted_ = false;  // member_->active_streams includes this relay
     bool visitor_poll_armed_ = false;
     bool upstream_poll_armed_ = false;
-    size_t live_index_ = SIZE_MAX;  // position in EdgeServer::live_
+    size_t live_index_ = SIZE_MAX;  // position in EdgeShard::live_
     core::SlotId slab_id_{};
 
-    friend class EdgeServer;
+    friend class EdgeShard;
 };
 
 }  // namespace runewarp::server

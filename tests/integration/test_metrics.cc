@@ -156,10 +156,11 @@ struct Setup {
     std::uint16_t server_metrics = free_port();
     std::uint16_t client_metrics = free_port();
     Tunnel t;
-    Setup()
+    // `server_lines`: more [server] keys, e.g. "workers = 2\n".
+    explicit Setup(const std::string& server_lines = {})
         : t(Tunnel::Options{
               .backend_override = hp("127.0.0.1", sink.port()),
-              .server_extra = "\n[route \"web\"]\npublic-hostnames = " + kDirect +
+              .server_extra = server_lines + "\n[route \"web\"]\npublic-hostnames = " + kDirect +
                               "\nupstream-address = " + hp("127.0.0.1", sink.port()) +
                               "\n\n[metrics]\nprometheus-bind-address = " +
                               hp("127.0.0.1", server_metrics) + "\n",
@@ -297,6 +298,60 @@ Test(metrics, scrape_parses_and_counts_exactly, .timeout = 240) {
     t.stop_client_cleanly();
 }
 
+// Two workers: the public listener group spreads Visitors over both, and Visitors the second
+// worker accepts for the Tunnel are handed to the first (which holds the Tunnel connection) and
+// relayed whole; the per-worker counters add up to the total.
+Test(metrics, two_workers_share_visitors_and_relay_tunnel_streams_whole, .timeout = 240) {
+    Setup s("workers = 2\n");
+    Tunnel& t = s.t;
+    cr_assert(t.server().wait_log("server public listener ready: bind-address=" +
+                                      hp("127.0.0.1", t.public_port()) + " workers=2",
+                                  Millis{5000}),
+              "%s", t.server().log().c_str());
+    json before = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+    constexpr int kN = 100;
+    constexpr std::size_t kM = 20000;
+    const std::string direct_hello = capture_client_hello(kDirect);
+    const std::string tunnel_hello = capture_client_hello(kApp);
+    for (int i = 0; i < kN; ++i) {
+        PeerReaction r = visit(t.public_port(), direct_hello, kM);
+        cr_assert_eq(r.received.size(), kReply, "direct visit %d got %zu bytes", i,
+                     r.received.size());
+        r = visit(t.public_port(), tunnel_hello, kM);
+        cr_assert_eq(r.received.size(), kReply, "tunnel visit %d got %zu bytes\n%s\n%s", i,
+                     r.received.size(), t.server().log().c_str(), t.client_log().c_str());
+    }
+    json after;
+    cr_assert(wait_until(
+        [&] {
+            after = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+            return sample(after, "runewarp_visitor_connections_active", {}) == 0;
+        },
+        Millis{10000}));
+    auto delta = [&](const std::string& name, const json& labels) {
+        return sample(after, name, labels) - sample(before, name, labels);
+    };
+    const double w0 =
+        delta("runewarp_worker_visitor_connections_accepted_total", {{"worker", "0"}});
+    const double w1 =
+        delta("runewarp_worker_visitor_connections_accepted_total", {{"worker", "1"}});
+    cr_log_info("worker 0 accepted %.0f, worker 1 accepted %.0f", w0, w1);
+    cr_assert_eq(w0 + w1, 2.0 * kN);
+    cr_assert_eq(delta("runewarp_visitor_connections_accepted_total", {}), 2.0 * kN);
+    // Reuseport hashes each connection's ports: 200 of them all on one worker is (1/2)^199.
+    cr_assert_gt(w0, 0.0);
+    cr_assert_gt(w1, 0.0);
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "in"}, {"target_kind", "tunnel"}, {"route", "app"}}),
+                 kN * static_cast<double>(tunnel_hello.size() + kM));
+    cr_assert_eq(delta("runewarp_relayed_bytes_total",
+                       {{"direction", "in"}, {"target_kind", "direct"}, {"route", "web"}}),
+                 kN * static_cast<double>(direct_hello.size() + kM));
+    cr_assert_eq(delta("runewarp_tunnel_streams_opened_total", {{"tunnel", "app"}}), kN);
+    cr_assert_eq(delta("runewarp_relay_duration_seconds_count", {}), 2.0 * kN);
+    t.stop_client_cleanly();
+}
+
 Test(metrics, labels_never_carry_visitor_data, .timeout = 240) {
     Setup s;
     Tunnel& t = s.t;
@@ -342,6 +397,10 @@ Test(metrics, labels_never_carry_visitor_data, .timeout = 240) {
                     cr_assert_eq(v, identity);
                 } else if (k == "member") {
                     cr_assert_eq(v, "0");
+                } else if (k == "worker") {
+                    // A worker's index: digits only.
+                    cr_assert(!v.empty() && v.find_first_not_of("0123456789") == std::string::npos,
+                              "label %s=%s", k.c_str(), v.c_str());
                 } else if (k == "server_address") {
                     cr_assert_eq(v, hp(kServerName, t.tunnel_port()));
                 } else if (k == "cert") {

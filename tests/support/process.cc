@@ -205,6 +205,23 @@ std::size_t proc_open_fds(pid_t pid) {
     return n;
 }
 
+std::size_t proc_open_sockets(pid_t pid) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/fd";
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return 0;
+    std::size_t n = 0;
+    char target[64];
+    while (const dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        ssize_t len = ::readlink((dir + "/" + e->d_name).c_str(), target, sizeof target - 1);
+        if (len > 0 &&
+            std::string_view(target, static_cast<std::size_t>(len)).starts_with("socket:"))
+            ++n;
+    }
+    ::closedir(d);
+    return n;
+}
+
 std::string find_program(const std::string& name) {
     if (name.find('/') != std::string::npos) return name;
     const char* path = std::getenv("PATH");

@@ -119,6 +119,8 @@ std::uint64_t proc_rss_kib(pid_t pid);
 Millis proc_cpu_time(pid_t pid);
 // Entries of /proc/<pid>/fd: open file descriptors.
 std::size_t proc_open_fds(pid_t pid);
+// Of those, the sockets (splice pipes and other descriptors a worker keeps idle are not counted).
+std::size_t proc_open_sockets(pid_t pid);
 
 // Full path of a program found in PATH (or the argument if it contains '/'); empty if none.
 std::string find_program(const std::string& name);
