@@ -2,10 +2,9 @@
 // new).
 #pragma once
 
-#include <sys/mman.h>
-
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
 #include <memory>
 #include <new>
 #include <optional>
@@ -20,7 +19,8 @@ namespace runewarp::core {
 // touch the heap. Every slot carries a generation that is bumped on free, so a SlotId (or a Token
 // built from it) that outlived its object no longer resolves.
 //
-// The cells are anonymous pages (zero, and resident only once touched), and slots are handed out in order until the high-water mark reaches the capacity, the
+// The cells come zeroed from calloc (for a large slab, fresh pages the kernel maps on first
+// touch), and slots are handed out in order until the high-water mark reaches the capacity, the
 // free list holding only slots given back: a slab sized for the worst case costs resident memory
 // only for the slots that were ever used.
 template <typename T>
@@ -28,20 +28,15 @@ class Slab {
 public:
     explicit Slab(uint32_t capacity)
         : capacity_(capacity < Token::kInternalSlot ? capacity : Token::kInternalSlot),
-          bytes_((capacity_ > 0 ? capacity_ : 1) * sizeof(Cell)) {
-        // Anonymous pages are zero and take no memory until touched (calloc would zero them
-        // itself when the allocator fills fresh memory, as glibc's MALLOC_PERTURB_ does).
-        void* p = ::mmap(nullptr, bytes_, PROT_READ | PROT_WRITE,
-                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (p == MAP_FAILED) throw std::bad_alloc();
-        cells_ = static_cast<Cell*>(p);
+          cells_(static_cast<Cell*>(std::calloc(capacity_ > 0 ? capacity_ : 1, sizeof(Cell)))) {
+        if (cells_ == nullptr) throw std::bad_alloc();
     }
     Slab(const Slab&) = delete;
     Slab& operator=(const Slab&) = delete;
     ~Slab() {
         for (uint32_t i = 0; i < high_; ++i)
             if (cells_[i].live) cells_[i].ptr()->~T();
-        ::munmap(cells_, bytes_);
+        std::free(cells_);
     }
 
     // Constructs a T in a free slot; nullopt when the slab is full (the caller's admission limit).
@@ -90,7 +85,7 @@ public:
 
 private:
     static constexpr uint32_t kNone = UINT32_MAX;
-    // All zero is a free, never used cell (fresh pages); the generation a SlotId carries is
+    // All zero is a free, never used cell (calloc); the generation a SlotId carries is
     // `generation + 1`, so generations start at 1 and a zeroed id never resolves.
     struct Cell {
         alignas(T) std::byte storage[sizeof(T)];
@@ -99,11 +94,10 @@ private:
         bool live;
         T* ptr() noexcept { return std::launder(reinterpret_cast<T*>(storage)); }
     };
-    static_assert(alignof(Cell) <= 4096, "page alignment");
+    static_assert(alignof(Cell) <= alignof(std::max_align_t), "calloc alignment");
 
     uint32_t capacity_;
-    size_t bytes_;
-    Cell* cells_ = nullptr;        // capacity_ cells, never moved: addresses stay stable
+    Cell* cells_;        // capacity_ cells, never moved: addresses stay stable
     uint32_t high_ = 0;  // cells [0, high_) have been handed out at least once
     uint32_t free_head_ = kNone;
     uint32_t size_ = 0;
