@@ -158,7 +158,6 @@ public:
     uint8_t* peek_buffer() noexcept { return peek_buf_.get(); }
     uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
     IntakePool& intake_pool() noexcept { return intake_pool_; }
-    uint64_t& relayed() noexcept { return relayed_; }
     void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
     // Shards 1..N-1: sends the Visitor to shard 0.
     void hand_off(std::shared_ptr<VisitorHandoff> h) noexcept;
@@ -190,7 +189,6 @@ private:
     std::unique_ptr<Listener> listener_;
     bool listener_open_ = false;
     bool ingress_stopped_ = false;
-    uint64_t relayed_ = 0;
     std::atomic<uint64_t> live_count_{0};
     obs::Counter accepted_;
     std::atomic<bool> drained_{false};
