@@ -6,10 +6,14 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <set>
@@ -349,6 +353,125 @@ Test(metrics, two_workers_share_visitors_and_relay_tunnel_streams_whole, .timeou
                  kN * static_cast<double>(direct_hello.size() + kM));
     cr_assert_eq(delta("runewarp_tunnel_streams_opened_total", {{"tunnel", "app"}}), kN);
     cr_assert_eq(delta("runewarp_relay_duration_seconds_count", {}), 2.0 * kN);
+    t.stop_client_cleanly();
+}
+
+namespace {
+
+// Waits until `want` of `conns` were closed by the peer (their bytes in `got`), or the deadline.
+// Returns how many are closed.
+std::size_t wait_closed_count(std::vector<std::unique_ptr<RawConnection>>& conns,
+                              std::vector<std::string>& got, std::vector<bool>& closed,
+                              std::size_t want, Millis deadline) {
+    const auto end = std::chrono::steady_clock::now() + deadline;
+    auto count = [&] {
+        return static_cast<std::size_t>(std::count(closed.begin(), closed.end(), true));
+    };
+    while (count() < want && std::chrono::steady_clock::now() < end) {
+        std::vector<pollfd> fds;
+        std::vector<std::size_t> which;
+        for (std::size_t i = 0; i < conns.size(); ++i) {
+            if (closed[i]) continue;
+            fds.push_back(pollfd{conns[i]->fd(), POLLIN, 0});
+            which.push_back(i);
+        }
+        if (::poll(fds.data(), fds.size(), 100) <= 0) continue;
+        for (std::size_t k = 0; k < fds.size(); ++k) {
+            if (fds[k].revents == 0) continue;
+            char buf[65536];
+            ssize_t n = ::recv(fds[k].fd, buf, sizeof buf, MSG_DONTWAIT);
+            if (n > 0)
+                got[which[k]].append(buf, static_cast<std::size_t>(n));
+            else if (n == 0 || (errno != EAGAIN && errno != EINTR))
+                closed[which[k]] = true;
+        }
+    }
+    return count();
+}
+
+}  // namespace
+
+// A worker stuck in a busy loop (its thread stopped with ptrace while the others run) holds up
+// only the Visitors it accepted: the other worker's direct Visitors, every Tunnel stream (Tunnel
+// connections live on worker 0, which a Tunnel Visitor is handed to) and the metrics listener
+// keep going. Once it runs again, its Visitors finish whole.
+Test(metrics, a_stuck_worker_holds_up_only_its_own_visitors, .timeout = 240) {
+    Setup s("workers = 2\n");
+    Tunnel& t = s.t;
+    cr_assert(t.server().wait_log("server public listener ready: bind-address=" +
+                                      hp("127.0.0.1", t.public_port()) + " workers=2",
+                                  Millis{5000}),
+              "%s", t.server().log().c_str());
+    constexpr std::size_t kDirectN = 40, kTunnelN = 20, kFirst = 1000, kSecond = 50000;
+    const std::string direct_hello = capture_client_hello(kDirect);
+    const std::string tunnel_hello = capture_client_hello(kApp);
+    const std::string worker_counter = "runewarp_worker_visitor_connections_accepted_total";
+    json before = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+
+    std::vector<std::unique_ptr<RawConnection>> conns;
+    for (std::size_t i = 0; i < kDirectN; ++i) {
+        conns.push_back(std::make_unique<RawConnection>("127.0.0.1", t.public_port()));
+        cr_assert(conns.back()->send(direct_hello + std::string(kFirst, 'v')));
+    }
+    // Every direct Visitor reached the upstream (its first bytes did): which worker took how many.
+    const std::uint64_t direct_first = kDirectN * (direct_hello.size() + kFirst);
+    cr_assert(wait_until([&] { return s.sink.received() == direct_first; }, Millis{15000}),
+              "sink got %llu of %llu", static_cast<unsigned long long>(s.sink.received()),
+              static_cast<unsigned long long>(direct_first));
+    json mid = parse_exposition(http_get(s.server_metrics, "/metrics").body, t.out(""));
+    const double on_w0 = sample(mid, worker_counter, {{"worker", "0"}}) -
+                         sample(before, worker_counter, {{"worker", "0"}});
+    const double on_w1 = sample(mid, worker_counter, {{"worker", "1"}}) -
+                         sample(before, worker_counter, {{"worker", "1"}});
+    cr_log_info("direct Visitors: worker 0 took %.0f, worker 1 took %.0f", on_w0, on_w1);
+    cr_assert_eq(on_w0 + on_w1, static_cast<double>(kDirectN));
+    // Reuseport hashes each connection's ports: 40 on one worker is (1/2)^39.
+    cr_assert_gt(on_w1, 0.0);
+    cr_assert_gt(on_w0, 0.0);
+    // Tunnel Visitors: every one handed over to worker 0 and relayed through a stream.
+    for (std::size_t i = 0; i < kTunnelN; ++i) {
+        conns.push_back(std::make_unique<RawConnection>("127.0.0.1", t.public_port()));
+        cr_assert(conns.back()->send(tunnel_hello + std::string(kFirst, 'v')));
+    }
+    const std::uint64_t first = direct_first + kTunnelN * (tunnel_hello.size() + kFirst);
+    cr_assert(wait_until([&] { return s.sink.received() == first; }, Millis{15000}),
+              "sink got %llu of %llu\n%s", static_cast<unsigned long long>(s.sink.received()),
+              static_cast<unsigned long long>(first), t.client_log().c_str());
+
+    const pid_t tid = find_thread(t.server().pid(), "rw-worker-1");
+    cr_assert_neq(tid, 0, "no thread rw-worker-1 in the Server");
+    ThreadStall stall(tid);
+    cr_assert(stall.error().empty(), "cannot stop worker 1: %s", stall.error().c_str());
+    // Every Visitor sends its second part and ends; the sink answers each kReply bytes after EOF.
+    for (auto& c : conns) {
+        cr_assert(c->send(std::string(kSecond, 'w')));
+        c->shutdown_write();
+    }
+    std::vector<std::string> got(conns.size());
+    std::vector<bool> closed(conns.size(), false);
+    const std::size_t movable = static_cast<std::size_t>(on_w0) + kTunnelN;
+    std::size_t done = wait_closed_count(conns, got, closed, movable, Millis{20000});
+    cr_assert_eq(done, movable, "with worker 1 stopped, %zu of %zu Visitors finished\n%s", done,
+                 movable, t.server().log().c_str());
+    for (std::size_t i = kDirectN; i < conns.size(); ++i)
+        cr_assert(closed[i], "Tunnel Visitor %zu waited for the stopped worker", i);
+    // The metrics listener (worker 0) answers meanwhile.
+    cr_assert_eq(http_get(s.server_metrics, "/metrics").status, 200);
+    // The stopped worker's Visitors stay held for a while (a busy loop), and none is lost.
+    done = wait_closed_count(conns, got, closed, movable + 1, Millis{1000});
+    cr_assert_eq(done, movable, "a Visitor of the stopped worker finished");
+    stall.resume();
+    done = wait_closed_count(conns, got, closed, conns.size(), Millis{20000});
+    cr_assert_eq(done, conns.size(), "after the worker ran again, %zu of %zu Visitors finished",
+                 done, conns.size());
+    for (std::size_t i = 0; i < conns.size(); ++i)
+        cr_assert_eq(got[i], std::string(kReply, 'r'), "Visitor %zu got %zu bytes", i,
+                     got[i].size());
+    const std::uint64_t total = first + conns.size() * kSecond;
+    cr_assert(wait_until([&] { return s.sink.received() == total; }, Millis{15000}),
+              "sink got %llu of %llu", static_cast<unsigned long long>(s.sink.received()),
+              static_cast<unsigned long long>(total));
+    cr_assert(t.server().process().running());
     t.stop_client_cleanly();
 }
 

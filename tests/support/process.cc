@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/ptrace.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -220,6 +221,52 @@ std::size_t proc_open_sockets(pid_t pid) {
     }
     ::closedir(d);
     return n;
+}
+
+pid_t find_thread(pid_t pid, const std::string& name) {
+    const std::string dir = "/proc/" + std::to_string(pid) + "/task";
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return 0;
+    pid_t found = 0;
+    while (const dirent* e = ::readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        std::string comm = read_file(dir + "/" + e->d_name + "/comm");
+        while (!comm.empty() && comm.back() == '\n') comm.pop_back();
+        if (comm == name) {
+            found = static_cast<pid_t>(std::strtol(e->d_name, nullptr, 10));
+            break;
+        }
+    }
+    ::closedir(d);
+    return found;
+}
+
+ThreadStall::ThreadStall(pid_t tid) : tid_(tid) {
+    if (::ptrace(PTRACE_SEIZE, tid_, nullptr, nullptr) != 0) {
+        error_ = std::string("PTRACE_SEIZE: ") + std::strerror(errno);
+        return;
+    }
+    attached_ = true;
+    if (::ptrace(PTRACE_INTERRUPT, tid_, nullptr, nullptr) != 0) {
+        error_ = std::string("PTRACE_INTERRUPT: ") + std::strerror(errno);
+        resume();
+        return;
+    }
+    // The thread reports its stop to its tracer (this thread) through waitpid on its tid.
+    int st = 0;
+    pid_t r;
+    while ((r = ::waitpid(tid_, &st, __WALL)) < 0 && errno == EINTR) {
+    }
+    if (r != tid_ || !WIFSTOPPED(st)) {
+        error_ = "the thread did not stop";
+        resume();
+    }
+}
+
+void ThreadStall::resume() {
+    if (!attached_) return;
+    attached_ = false;
+    (void)::ptrace(PTRACE_DETACH, tid_, nullptr, nullptr);
 }
 
 std::string find_program(const std::string& name) {

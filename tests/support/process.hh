@@ -122,6 +122,29 @@ std::size_t proc_open_fds(pid_t pid);
 // Of those, the sockets (splice pipes and other descriptors a worker keeps idle are not counted).
 std::size_t proc_open_sockets(pid_t pid);
 
+// The thread of process `pid` whose name (/proc/<pid>/task/<tid>/comm) is `name`; 0 when none.
+pid_t find_thread(pid_t pid, const std::string& name);
+
+// Stops one thread of another process while its other threads run on, as a worker stuck in a busy
+// loop would: ptrace(PTRACE_SEIZE) and PTRACE_INTERRUPT, waited for until the thread is in its
+// ptrace stop. resume() (or the destructor, or this process exiting) detaches and lets it run.
+// The tracer is the calling thread: construct, resume and destroy it on the same thread.
+class ThreadStall {
+public:
+    explicit ThreadStall(pid_t tid);
+    ~ThreadStall() { resume(); }
+    ThreadStall(const ThreadStall&) = delete;
+    ThreadStall& operator=(const ThreadStall&) = delete;
+    // Empty when the thread is stopped; else why not.
+    const std::string& error() const { return error_; }
+    void resume();
+
+private:
+    pid_t tid_ = 0;
+    bool attached_ = false;
+    std::string error_;
+};
+
 // Full path of a program found in PATH (or the argument if it contains '/'); empty if none.
 std::string find_program(const std::string& name);
 
