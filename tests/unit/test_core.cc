@@ -10,8 +10,10 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <cerrno>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -548,6 +550,57 @@ Test(core, slab_reuses_slots_with_new_generations_and_enforces_capacity) {
     cr_assert_null(slab.get(*a), "stale id must not resolve to the new object");
     std::string* pc = slab.get(*c);
     cr_assert(pc != nullptr && *pc == "c");
+}
+
+namespace {
+
+uint64_t self_rss_kib() {
+    std::FILE* f = std::fopen("/proc/self/status", "r");
+    if (f == nullptr) return 0;
+    char line[256];
+    uint64_t kib = 0;
+    while (std::fgets(line, sizeof line, f) != nullptr) {
+        if (std::strncmp(line, "VmRSS:", 6) == 0) kib = std::strtoull(line + 6, nullptr, 10);
+    }
+    std::fclose(f);
+    return kib;
+}
+
+}  // namespace
+
+// A slab is sized for the worst case (every admissible Visitor on one worker), so slots never
+// used must not cost resident memory: 100000 cells of 4 KiB are 400 MB of address space.
+Test(core, slab_costs_resident_memory_only_for_slots_in_use) {
+    using Page = std::array<char, 4096>;
+    const uint64_t before = self_rss_kib();
+    cr_assert_gt(before, 0u);
+    Slab<Page> slab(100000);
+    std::vector<SlotId> ids;
+    for (int i = 0; i < 100; ++i) {
+        auto id = slab.alloc();
+        cr_assert(id.has_value());
+        Page* page = slab.get(*id);
+        cr_assert_not_null(page);
+        if (page != nullptr) (*page)[0] = 1;
+        ids.push_back(*id);
+    }
+    const uint64_t after = self_rss_kib();
+    cr_assert_lt(after - before, 16u * 1024, "a 100000-slot slab with 100 in use took %llu KiB",
+                 static_cast<unsigned long long>(after - before));
+    // Freed slots are reused before fresh ones, and every slot can be filled.
+    cr_assert(slab.free(ids.back()));
+    auto again = slab.alloc();
+    cr_assert(again.has_value());
+    cr_assert_eq(again->slot, ids.back().slot);
+    cr_assert_neq(again->generation, ids.back().generation);
+    cr_assert_null(slab.get(ids.back()));
+    Slab<int> small(3);
+    cr_assert(small.alloc(1) && small.alloc(2));
+    cr_assert_not(small.full());
+    cr_assert(small.alloc(3).has_value());
+    cr_assert(small.full());
+    cr_assert_not(small.alloc(4).has_value());
+    cr_assert_null(small.get(SlotId{}), "a zeroed id never resolves");
 }
 
 Test(core, token_packing_round_trips_the_documented_layout) {
