@@ -21,9 +21,8 @@ namespace runewarp::quic {
 
 Result<void> check_steering(CidSteering s) {
     if (s.count == 0 || s.count > kMaxSteeredMembers) {
-        return Error{EINVAL, "CID steering: " + std::to_string(s.count) +
-                                 " group members (1 to " + std::to_string(kMaxSteeredMembers) +
-                                 ")"};
+        return Error{EINVAL, "CID steering: " + std::to_string(s.count) + " group members (1 to " +
+                                 std::to_string(kMaxSteeredMembers) + ")"};
     }
     if (s.index >= s.count) {
         return Error{EINVAL, "CID steering: member " + std::to_string(s.index) + " of " +
@@ -66,13 +65,13 @@ Result<void> attach_cid_steering(int fd, uint32_t count) {
     // by it, deterministically (every Initial with that DCID reaches the same member, which
     // creates the connection with CIDs of its own).
     sock_filter code[] = {
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),              // A = flags byte
-        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 2, 0),   // long header: to 4
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),              // short: A = DCID[0]
-        BPF_JUMP(BPF_JMP | BPF_JA | BPF_K, 1, 0, 0),        // to 5
-        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),              // long: A = DCID[0]
-        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, count),         // A %= count
-        BPF_STMT(BPF_RET | BPF_A, 0),                       // member A
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 0),             // A = flags byte
+        BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, 0x80, 2, 0),  // long header: to 4
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 1),             // short: A = DCID[0]
+        BPF_JUMP(BPF_JMP | BPF_JA | BPF_K, 1, 0, 0),       // to 5
+        BPF_STMT(BPF_LD | BPF_B | BPF_ABS, 6),             // long: A = DCID[0]
+        BPF_STMT(BPF_ALU | BPF_MOD | BPF_K, count),        // A %= count
+        BPF_STMT(BPF_RET | BPF_A, 0),                      // member A
     };
     sock_fprog prog{static_cast<unsigned short>(std::size(code)), code};
     if (::setsockopt(fd, SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog, sizeof prog) != 0)

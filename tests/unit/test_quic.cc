@@ -1679,8 +1679,8 @@ void check_steered_group(const sockaddr* addr, socklen_t len, uint32_t count) {
         cr_assert_eq(got.size(), pkt.size());
         cr_assert_eq(std::memcmp(got.data() + got.size() - 4, &seq, 4), 0,
                      "%s %d: another datagram arrived", what, v);
-        cr_assert_eq(static_cast<size_t>(m), member, "%s %d (count %u): member %d, not %zu",
-                     what, v, count, m, member);
+        cr_assert_eq(static_cast<size_t>(m), member, "%s %d (count %u): member %d, not %zu", what,
+                     v, count, m, member);
     };
     for (int v = 0; v < 256; ++v) {
         for (const core::UniqueFd& from : src) {
@@ -1762,9 +1762,9 @@ Test(quic, activated_socket_joins_a_group_only_with_reuseport) {
         uint8_t pkt[32]{};
         pkt[0] = 0x40;
         pkt[1] = static_cast<uint8_t>(v);
-        cr_assert_eq(::sendto(src.get(), pkt, sizeof pkt, 0, reinterpret_cast<sockaddr*>(&to),
-                              to_len),
-                     static_cast<ssize_t>(sizeof pkt));
+        cr_assert_eq(
+            ::sendto(src.get(), pkt, sizeof pkt, 0, reinterpret_cast<sockaddr*>(&to), to_len),
+            static_cast<ssize_t>(sizeof pkt));
         cr_assert_eq(next_arrival(*group, got), v % 3, "CID byte %d", v);
     }
 }
@@ -1793,8 +1793,8 @@ Test(quic, steered_cids_follow_the_rule_and_spread_evenly) {
             // deviations at 400 draws per value).
             for (uint32_t b = 0; b < 256; ++b) {
                 if (b % count != index) continue;
-                cr_assert(b >= values * count || (seen[b] > kPerValue * 7 / 10 &&
-                                                  seen[b] < kPerValue * 13 / 10),
+                cr_assert(b >= values * count ||
+                              (seen[b] > kPerValue * 7 / 10 && seen[b] < kPerValue * 13 / 10),
                           "{%u, %u}: byte %u drawn %d times (%d expected)", count, index, b,
                           seen[b], kPerValue);
             }
@@ -1822,11 +1822,11 @@ void check_owned_cids(Env& env, Connection& sc, bool after_retry) {
     const ngtcp2_cid* first = ngtcp2_conn_get_client_initial_dcid(sc.raw());
     size_t checked = 0;
     for (const CidKey& k : env.listener->cids(sc)) {
-        const bool clients = k.len == first->datalen &&
-                             std::memcmp(k.data.data(), first->data, k.len) == 0;
+        const bool clients =
+            k.len == first->datalen && std::memcmp(k.data.data(), first->data, k.len) == 0;
         if (clients && !after_retry) continue;
-        cr_assert(owned(k.data.data(), k.len, s), "routed CID with first byte %u (%s)",
-                  k.data[0], clients ? "the client's first DCID" : "ours");
+        cr_assert(owned(k.data.data(), k.len, s), "routed CID with first byte %u (%s)", k.data[0],
+                  clients ? "the client's first DCID" : "ours");
         ++checked;
     }
     cr_assert_gt(checked, 0u);
@@ -1835,8 +1835,8 @@ void check_owned_cids(Env& env, Connection& sc, bool after_retry) {
     ngtcp2_conn_get_scid(sc.raw(), scids.data());
     for (const ngtcp2_cid& c : scids)
         cr_assert(owned(c.data, c.datalen, s), "server SCID with first byte %u", c.data[0]);
-    std::vector<ngtcp2_cid_token> dcids(ngtcp2_conn_get_active_dcid(env.client_conn->raw(),
-                                                                    nullptr));
+    std::vector<ngtcp2_cid_token> dcids(
+        ngtcp2_conn_get_active_dcid(env.client_conn->raw(), nullptr));
     ngtcp2_conn_get_active_dcid(env.client_conn->raw(), dcids.data());
     for (const ngtcp2_cid_token& t : dcids)
         cr_assert(owned(t.cid.data, t.cid.datalen, s), "client DCID with first byte %u",
@@ -2015,8 +2015,8 @@ struct GroupMember final : AcceptHandler, ConnectionHandler, StreamHandler {
                         continue;
                     }
                     (*s)->set_user_data(new std::string);
-                    (*s)->write(std::span<const uint8_t>(
-                        reinterpret_cast<const uint8_t*>("ping"), 4));
+                    (*s)->write(
+                        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("ping"), 4));
                     (*s)->shutdown_write();
                 }
             }
@@ -2142,8 +2142,7 @@ Test(quic, two_workers_group_delivers_each_connection_to_its_worker) {
         for (auto& gm : members) n += gm->accepted;
         return static_cast<size_t>(n);
     };
-    cr_assert(pump_until([&] { return all([](GroupClient& c) { return c.established; }); },
-                         15000),
+    cr_assert(pump_until([&] { return all([](GroupClient& c) { return c.established; }); }, 15000),
               "not every connection established");
     cr_assert(pump_until([&] { return accepted() == kClients; }, 5000), "%zu of %zu accepted",
               accepted(), kClients);
@@ -2190,8 +2189,7 @@ Test(quic, two_workers_group_delivers_each_connection_to_its_worker) {
                   [&] {
                       return cw->attached_count() == 2 * kClients && all([](GroupClient& c) {
                                  return c.closed || c.conn->failed_migrations() > 0 ||
-                                        port_of(c.conn->endpoint()->local_addr()) !=
-                                            c.first_port;
+                                        port_of(c.conn->endpoint()->local_addr()) != c.first_port;
                              });
                   },
                   10000),
