@@ -67,7 +67,13 @@ struct Connection::Callbacks {
     static int new_cid(ngtcp2_conn*, ngtcp2_cid* cid, uint8_t* token, size_t len,
                        void* ud) noexcept {
         Connection& c = self(ud);
-        random_cid(*cid, len);
+        // A server's further IDs follow the same steering as its first one: after a migration
+        // the client addresses us by one of these, from a new port the kernel knows nothing of.
+        if (c.role_ == Role::server) {
+            make_steered_cid(*cid, len, c.owner_->cid_steering());
+        } else {
+            random_cid(*cid, len);
+        }
         auto secret = c.owner_->reset_secret();
         if (ngtcp2_crypto_generate_stateless_reset_token(token, secret.data(), secret.size(),
                                                          cid) != 0)
@@ -271,7 +277,7 @@ Result<Connection*> Connection::create_server(core::Worker& w, ConnectionOwner& 
     }
     p.original_dcid_present = 1;
     ngtcp2_cid scid;
-    random_cid(scid, kCidLen);
+    make_steered_cid(scid, kCidLen, owner.cid_steering());
     auto secret = owner.reset_secret();
     if (ngtcp2_crypto_generate_stateless_reset_token(p.stateless_reset_token, secret.data(),
                                                      secret.size(), &scid) != 0)

@@ -14,6 +14,7 @@
 
 #include "core/worker.hh"
 #include "quic/close_info.hh"
+#include "quic/steering.hh"
 #include "quic/stream.hh"
 #include "quic/tls.hh"
 #include "quic/udp_endpoint.hh"
@@ -81,6 +82,10 @@ public:
     virtual void on_migrated(Connection& c, UdpEndpoint& old) noexcept = 0;
     // Secret for stateless reset tokens.
     virtual std::span<const uint8_t> reset_secret() const noexcept = 0;
+    // Server: the rule every connection ID the connection chooses must follow (its first
+    // SCID and each one it issues in NEW_CONNECTION_ID), so that the owner's member of a steered
+    // socket group receives the packets addressed to it. Clients choose freely (the default).
+    virtual CidSteering cid_steering() const noexcept { return {}; }
 
 protected:
     ~ConnectionOwner() = default;

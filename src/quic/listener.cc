@@ -40,6 +40,7 @@ Result<std::unique_ptr<Listener>> Listener::create(core::Worker& w, const sockad
                                                    socklen_t len, const ServerTls& tls,
                                                    AcceptHandler& accept,
                                                    const ListenerConfig& cfg) {
+    if (auto r = check_steering(cfg.steering); !r) return std::move(r).error();
     std::unique_ptr<Listener> l(new Listener(w, tls, accept, cfg));
     auto ep = UdpEndpoint::bind(w, addr, len, *l, cfg.endpoint);
     if (!ep) return std::move(ep).error();
@@ -50,6 +51,7 @@ Result<std::unique_ptr<Listener>> Listener::create(core::Worker& w, const sockad
 Result<std::unique_ptr<Listener>> Listener::adopt(core::Worker& w, core::UniqueFd fd,
                                                   const ServerTls& tls, AcceptHandler& accept,
                                                   const ListenerConfig& cfg) {
+    if (auto r = check_steering(cfg.steering); !r) return std::move(r).error();
     std::unique_ptr<Listener> l(new Listener(w, tls, accept, cfg));
     auto ep = UdpEndpoint::adopt(w, std::move(fd), *l, cfg.endpoint);
     if (!ep) return std::move(ep).error();
@@ -74,6 +76,12 @@ Listener::~Listener() {
 size_t Listener::cid_count(const Connection& c) const noexcept {
     auto it = conns_.find(const_cast<Connection*>(&c));
     return it == conns_.end() ? 0 : it->second.size();
+}
+
+std::span<const CidKey> Listener::cids(const Connection& c) const noexcept {
+    auto it = conns_.find(const_cast<Connection*>(&c));
+    if (it == conns_.end()) return {};
+    return it->second;
 }
 
 void Listener::close_all(uint64_t app_code, std::string_view reason) noexcept {
@@ -165,10 +173,10 @@ bool Listener::wants_retry() const noexcept {
 
 void Listener::send_retry(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
                           size_t initial_len, int64_t now) noexcept {
+    // The client's next Initial is addressed to this ID, and only this listener can open the
+    // token: steered, it comes back to this member of the group, not to the one its hash picks.
     ngtcp2_cid scid;
-    uint8_t id[Connection::kCidLen];
-    (void)gnutls_rnd(GNUTLS_RND_NONCE, id, sizeof id);
-    ngtcp2_cid_init(&scid, id, sizeof id);
+    make_steered_cid(scid, Connection::kCidLen, cfg_.steering);
     uint8_t token[RetryTokens::kMaxLen];
     size_t tokenlen = tokens_.make(token, hd.version, path.remote, scid, hd.dcid, now);
     if (tokenlen == 0) return;

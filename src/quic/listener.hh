@@ -14,6 +14,7 @@
 #include "core/worker.hh"
 #include "quic/connection.hh"
 #include "quic/retry.hh"
+#include "quic/steering.hh"
 #include "quic/tls.hh"
 #include "quic/udp_endpoint.hh"
 #include "runewarp/result.hh"
@@ -40,6 +41,10 @@ struct ListenerConfig {
     RetryPolicy retry = RetryPolicy::automatic;  // when an Initial must prove its address
     int64_t retry_token_lifetime_ns = 10 * core::kNsPerSec;
     int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;  // the previous key stays valid
+    // Member `index` of a `count`-socket group steered by connection ID (steering.hh): every
+    // connection ID this listener chooses (connections' own, Retry source IDs) has a first byte
+    // b with b % count == index. {1, 0}: no steering. create()/adopt() refuse invalid values.
+    CidSteering steering;
 };
 
 class AcceptHandler {
@@ -89,6 +94,9 @@ public:
     // use), and to all connections: bounded by the active connection ID limit, not by history.
     size_t cid_count(const Connection& c) const noexcept;
     size_t routed_cids() const noexcept { return by_cid_.size(); }
+    // Those connection IDs themselves (valid until the listener next runs).
+    std::span<const CidKey> cids(const Connection& c) const noexcept;
+    CidSteering steering() const noexcept { return cfg_.steering; }
     // Application close of every connection (e.g. code 0, "graceful shutdown").
     void close_all(uint64_t app_code, std::string_view reason) noexcept;
 
@@ -107,6 +115,7 @@ private:
     void on_retired(Connection& c) noexcept override;
     void on_migrated(Connection& c, UdpEndpoint& old) noexcept override;
     std::span<const uint8_t> reset_secret() const noexcept override { return secret_; }
+    CidSteering cid_steering() const noexcept override { return cfg_.steering; }
 
     void accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
                         std::span<const uint8_t> data) noexcept;

@@ -58,12 +58,26 @@ SocketBuffers size_buffers(int fd, int want) noexcept {
 
 }  // namespace
 
-Result<UdpEndpoint*> UdpEndpoint::bind(core::Worker& w, const sockaddr* addr, socklen_t len,
-                                       DatagramSink& sink, const EndpointOptions& opts) {
+Result<core::UniqueFd> bind_udp_socket(const sockaddr* addr, socklen_t len, bool reuseport,
+                                       int v6only) {
     core::UniqueFd fd(::socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0));
     if (!fd) return Error::sys(errno, "socket(udp)");
+    if (addr->sa_family == AF_INET6 && v6only >= 0 &&
+        ::setsockopt(fd.get(), IPPROTO_IPV6, IPV6_V6ONLY, &v6only, sizeof v6only) != 0)
+        return Error::sys(errno, "setsockopt(IPV6_V6ONLY)");
+    int one = 1;
+    // Before bind: the kernel puts a socket into a reuseport group when it binds.
+    if (reuseport && ::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0)
+        return Error::sys(errno, "setsockopt(SO_REUSEPORT)");
     if (::bind(fd.get(), addr, len) != 0) return Error::sys(errno, "bind(udp)");
-    return adopt(w, std::move(fd), sink, opts);
+    return fd;
+}
+
+Result<UdpEndpoint*> UdpEndpoint::bind(core::Worker& w, const sockaddr* addr, socklen_t len,
+                                       DatagramSink& sink, const EndpointOptions& opts) {
+    auto fd = bind_udp_socket(addr, len, false);
+    if (!fd) return std::move(fd).error();
+    return adopt(w, std::move(*fd), sink, opts);
 }
 
 Result<UdpEndpoint*> UdpEndpoint::adopt(core::Worker& w, core::UniqueFd fd, DatagramSink& sink,

@@ -51,6 +51,14 @@ struct SocketBuffers {
 
 enum class SendStatus { sent, blocked, dropped };
 
+// A fresh non-blocking, close-on-exec UDP socket of addr's family bound to `addr`, with
+// SO_REUSEPORT first when asked. IPV6_V6ONLY is the kernel default (net.ipv6.bindv6only) unless
+// `v6only` is 0 or 1 (a socket joining an activated one must match it to share its group).
+// UdpEndpoint::bind and the steered groups (steering.hh) both bind through here, so a group
+// member is the same socket a single listener would have; adopt() sets the rest.
+Result<core::UniqueFd> bind_udp_socket(const sockaddr* addr, socklen_t len, bool reuseport,
+                                       int v6only = -1);
+
 class UdpEndpoint final : public core::Session {
 public:
     // Largest UDP payload a QUIC packet from us may have: the largest Path MTU probe (a path

@@ -6,14 +6,17 @@
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/clock.hh"
@@ -21,6 +24,7 @@
 #include "quic/connection.hh"
 #include "quic/listener.hh"
 #include "quic/retry.hh"
+#include "quic/steering.hh"
 #include "quic/tls.hh"
 #include "tests/support/quic_raw.hh"
 
@@ -1604,4 +1608,621 @@ Test(quic, retry_tokens_seal_address_cid_version_and_age) {
     cr_assert_not(
         r.verify(got, {new_tok, n}, NGTCP2_PROTO_VER_V1, addr_of(a), retry_scid, 17 * kSec));
     cr_assert_eq(r.rotations(), 3u);
+}
+
+// ---- CID steering over a SO_REUSEPORT group ---------------------------------------------------
+
+namespace {
+
+bool owned(const uint8_t* cid, size_t len, CidSteering s) {
+    return len > 0 && cid[0] % s.count == s.index;
+}
+
+// The member of `group` that receives the next datagram (its bytes in `got`), or -1 when none
+// arrives within 2 s.
+int next_arrival(const std::vector<core::UniqueFd>& group, std::vector<uint8_t>& got) {
+    std::vector<pollfd> p;
+    for (const core::UniqueFd& fd : group) p.push_back(pollfd{fd.get(), POLLIN, 0});
+    const int64_t deadline = core::now_ns() + 2 * core::kNsPerSec;
+    for (;;) {
+        const int64_t left = deadline - core::now_ns();
+        if (left <= 0) return -1;
+        int r = ::poll(p.data(), p.size(), static_cast<int>(left / core::kNsPerMs) + 1);
+        if (r < 0 && errno != EINTR) return -1;
+        for (size_t i = 0; i < p.size(); ++i) {
+            if ((p[i].revents & POLLIN) == 0) continue;
+            got.resize(2048);
+            ssize_t n = ::recv(p[i].fd, got.data(), got.size(), MSG_DONTWAIT);
+            if (n < 0) continue;
+            got.resize(static_cast<size_t>(n));
+            return static_cast<int>(i);
+        }
+    }
+}
+
+// Sends crafted QUIC headers from several source ports (a migrating client changes its port)
+// to a `count`-member group on `addr` and checks each lands on the member its CID byte names.
+void check_steered_group(const sockaddr* addr, socklen_t len, uint32_t count) {
+    auto group = bind_udp_group(addr, len, count);
+    cr_assert(group.ok(), "bind_udp_group(%u): %s", count,
+              group.ok() ? "" : group.error().message.c_str());
+    cr_assert_eq(group->size(), count);
+    sockaddr_storage to{};
+    socklen_t to_len = sizeof to;
+    cr_assert_eq(::getsockname((*group)[0].get(), reinterpret_cast<sockaddr*>(&to), &to_len), 0);
+    // Every member is bound to the same address and port.
+    for (const core::UniqueFd& fd : *group) {
+        sockaddr_storage a{};
+        socklen_t alen = sizeof a;
+        cr_assert_eq(::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&a), &alen), 0);
+        cr_assert_eq(alen, to_len);
+        cr_assert_eq(std::memcmp(&a, &to, alen), 0, "a member on another address");
+    }
+    constexpr int kSources = 3;
+    core::UniqueFd src[kSources];
+    for (core::UniqueFd& s : src) {
+        s.reset(::socket(addr->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        cr_assert(s.valid());
+    }
+    uint32_t seq = 0;
+    std::vector<uint8_t> got;
+    auto expect = [&](const core::UniqueFd& from, std::span<uint8_t> pkt, size_t member,
+                      const char* what, int v) {
+        // A sequence number in the tail tells this datagram from any earlier misdelivered one.
+        ++seq;
+        std::memcpy(pkt.data() + pkt.size() - 4, &seq, 4);
+        cr_assert_eq(::sendto(from.get(), pkt.data(), pkt.size(), 0,
+                              reinterpret_cast<sockaddr*>(&to), to_len),
+                     static_cast<ssize_t>(pkt.size()));
+        int m = next_arrival(*group, got);
+        cr_assert_geq(m, 0, "%s %d (count %u): never arrived", what, v, count);
+        cr_assert_eq(got.size(), pkt.size());
+        cr_assert_eq(std::memcmp(got.data() + got.size() - 4, &seq, 4), 0,
+                     "%s %d: another datagram arrived", what, v);
+        cr_assert_eq(static_cast<size_t>(m), member, "%s %d (count %u): member %d, not %zu", what,
+                     v, count, m, member);
+    };
+    for (int v = 0; v < 256; ++v) {
+        for (const core::UniqueFd& from : src) {
+            uint8_t shrt[40]{};
+            shrt[0] = 0x40;  // short header: the DCID follows the first byte
+            shrt[1] = static_cast<uint8_t>(v);
+            expect(from, shrt, static_cast<size_t>(v) % count, "short header", v);
+            uint8_t lng[64]{};
+            lng[0] = 0xc0;  // long header: flags, version, DCID length, DCID
+            lng[4] = 1;
+            lng[5] = 16;
+            lng[6] = static_cast<uint8_t>(v);
+            lng[1] = 0xff;  // the short header's byte 1 would name another member
+            expect(from, lng, static_cast<size_t>(v) % count, "long header", v);
+        }
+    }
+    // Too short for the load: classic BPF returns 0, member 0 gets it.
+    uint8_t tiny_long[5] = {0xc0, 0, 0, 0, 1};  // no DCID byte: the sequence number fills 1-4
+    expect(src[0], std::span<uint8_t>(tiny_long, 5), 0, "5-byte long header", 0);
+}
+
+}  // namespace
+
+Test(quic, steering_program_picks_the_member_named_by_the_cid_byte) {
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    check_steered_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, 2);
+    check_steered_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, 3);
+    // A group of one needs no program (and no SO_REUSEPORT): it is a plain socket.
+    auto one = bind_udp_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, 1);
+    cr_assert(one.ok() && one->size() == 1);
+    int rp = -1;
+    socklen_t rl = sizeof rp;
+    cr_assert_eq(::getsockopt((*one)[0].get(), SOL_SOCKET, SO_REUSEPORT, &rp, &rl), 0);
+    cr_assert_eq(rp, 0);
+    cr_assert_not(bind_udp_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, 0).ok());
+    cr_assert_not(bind_udp_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, 257).ok());
+
+    sockaddr_in6 lo6{};
+    lo6.sin6_family = AF_INET6;
+    lo6.sin6_addr = in6addr_loopback;
+    int probe = ::socket(AF_INET6, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    bool have_v6 = probe >= 0 && ::bind(probe, reinterpret_cast<sockaddr*>(&lo6), sizeof lo6) == 0;
+    if (probe >= 0) ::close(probe);
+    if (have_v6) {
+        check_steered_group(reinterpret_cast<sockaddr*>(&lo6), sizeof lo6, 2);
+    } else {
+        cr_log_warn("no IPv6 loopback: the ::1 group was not checked");
+    }
+}
+
+// A socket-activated socket: joined by more members when it has SO_REUSEPORT, alone otherwise.
+Test(quic, activated_socket_joins_a_group_only_with_reuseport) {
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto plain = bind_udp_socket(reinterpret_cast<sockaddr*>(&lo), sizeof lo, false);
+    cr_assert(plain.ok());
+    const int plain_fd = plain->get();
+    auto alone = join_udp_group(std::move(*plain), 4);
+    cr_assert(alone.ok(), "%s", alone.ok() ? "" : alone.error().message.c_str());
+    cr_assert_eq(alone->size(), 1u);
+    cr_assert_eq((*alone)[0].get(), plain_fd);
+
+    auto activated = bind_udp_socket(reinterpret_cast<sockaddr*>(&lo), sizeof lo, true);
+    cr_assert(activated.ok());
+    const int first_fd = activated->get();
+    auto group = join_udp_group(std::move(*activated), 3);
+    cr_assert(group.ok(), "%s", group.ok() ? "" : group.error().message.c_str());
+    cr_assert_eq(group->size(), 3u);
+    cr_assert_eq((*group)[0].get(), first_fd, "the activated socket is member 0");
+    sockaddr_in to{};
+    socklen_t to_len = sizeof to;
+    ::getsockname(first_fd, reinterpret_cast<sockaddr*>(&to), &to_len);
+    core::UniqueFd src(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    std::vector<uint8_t> got;
+    for (int v = 0; v < 12; ++v) {
+        uint8_t pkt[32]{};
+        pkt[0] = 0x40;
+        pkt[1] = static_cast<uint8_t>(v);
+        cr_assert_eq(
+            ::sendto(src.get(), pkt, sizeof pkt, 0, reinterpret_cast<sockaddr*>(&to), to_len),
+            static_cast<ssize_t>(sizeof pkt));
+        cr_assert_eq(next_arrival(*group, got), v % 3, "CID byte %d", v);
+    }
+}
+
+Test(quic, steered_cids_follow_the_rule_and_spread_evenly) {
+    cr_assert(check_steering({1, 0}).ok());
+    cr_assert(check_steering({256, 255}).ok());
+    cr_assert_not(check_steering({0, 0}).ok());
+    cr_assert_not(check_steering({257, 0}).ok());
+    cr_assert_not(check_steering({2, 2}).ok());
+    for (uint32_t count : {1u, 2u, 3u, 7u, 256u}) {
+        for (uint32_t index : {0u, count / 2, count - 1}) {
+            const CidSteering s{count, index};
+            const uint32_t values = 256 / count;  // first bytes the member may use
+            constexpr int kPerValue = 400;
+            std::vector<int> seen(256, 0);
+            for (uint32_t i = 0; i < values * kPerValue; ++i) {
+                ngtcp2_cid cid;
+                make_steered_cid(cid, Connection::kCidLen, s);
+                cr_assert_eq(cid.datalen, Connection::kCidLen);
+                cr_assert(owned(cid.data, cid.datalen, s), "first byte %u for {%u, %u}",
+                          cid.data[0], count, index);
+                ++seen[cid.data[0]];
+            }
+            // Uniform over exactly the valid values: each within 30% of its share (6 standard
+            // deviations at 400 draws per value).
+            for (uint32_t b = 0; b < 256; ++b) {
+                if (b % count != index) continue;
+                cr_assert(b >= values * count ||
+                              (seen[b] > kPerValue * 7 / 10 && seen[b] < kPerValue * 13 / 10),
+                          "{%u, %u}: byte %u drawn %d times (%d expected)", count, index, b,
+                          seen[b], kPerValue);
+            }
+        }
+    }
+    // Listeners refuse a steering they cannot follow.
+    Env env;
+    ListenerConfig bad;
+    bad.steering = {2, 2};
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto l = Listener::create(*env.worker, reinterpret_cast<sockaddr*>(&lo), sizeof lo,
+                              *env.server_tls, env.server, bad);
+    cr_assert_not(l.ok());
+}
+
+namespace {
+
+// Every connection ID of `sc` the listener routes, and every one the client holds for the
+// server, belongs to the listener's member (the client's own first DCID aside, unless it is a
+// Retry source ID: then it is ours too).
+void check_owned_cids(Env& env, Connection& sc, bool after_retry) {
+    const CidSteering s = env.listener->steering();
+    const ngtcp2_cid* first = ngtcp2_conn_get_client_initial_dcid(sc.raw());
+    size_t checked = 0;
+    for (const CidKey& k : env.listener->cids(sc)) {
+        const bool clients =
+            k.len == first->datalen && std::memcmp(k.data.data(), first->data, k.len) == 0;
+        if (clients && !after_retry) continue;
+        cr_assert(owned(k.data.data(), k.len, s), "routed CID with first byte %u (%s)", k.data[0],
+                  clients ? "the client's first DCID" : "ours");
+        ++checked;
+    }
+    cr_assert_gt(checked, 0u);
+    if (after_retry) cr_assert(owned(first->data, first->datalen, s), "Retry source ID");
+    std::vector<ngtcp2_cid> scids(ngtcp2_conn_get_scid(sc.raw(), nullptr));
+    ngtcp2_conn_get_scid(sc.raw(), scids.data());
+    for (const ngtcp2_cid& c : scids)
+        cr_assert(owned(c.data, c.datalen, s), "server SCID with first byte %u", c.data[0]);
+    std::vector<ngtcp2_cid_token> dcids(
+        ngtcp2_conn_get_active_dcid(env.client_conn->raw(), nullptr));
+    ngtcp2_conn_get_active_dcid(env.client_conn->raw(), dcids.data());
+    for (const ngtcp2_cid_token& t : dcids)
+        cr_assert(owned(t.cid.data, t.cid.datalen, s), "client DCID with first byte %u",
+                  t.cid.data[0]);
+}
+
+// Connection IDs the server provided to the client and that are not retired.
+size_t server_scids(Env& env) {
+    return ngtcp2_conn_get_scid(env.server.accepted.front()->raw(), nullptr);
+}
+
+}  // namespace
+
+Test(quic, steered_listener_issues_connection_ids_its_member_owns) {
+    ListenerConfig lc;
+    lc.steering = {2, 1};
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    env.handshake();
+    Connection& sc = *env.server.accepted.front();
+    // The client takes active_connection_id_limit (4) of our IDs: the first SCID and three
+    // issued through get_new_connection_id (NEW_CONNECTION_ID) once the handshake is done.
+    cr_assert(env.run_until([&] { return server_scids(env) >= 4; }, 5000),
+              "the server issued %zu connection IDs", server_scids(env));
+    check_owned_cids(env, sc, false);
+    std::vector<ngtcp2_cid> issued(server_scids(env));
+    ngtcp2_conn_get_scid(sc.raw(), issued.data());
+    auto fresh_id = [&] {
+        std::vector<ngtcp2_cid> now(server_scids(env));
+        ngtcp2_conn_get_scid(sc.raw(), now.data());
+        for (const ngtcp2_cid& c : now) {
+            bool known = false;
+            for (const ngtcp2_cid& o : issued) known = known || ngtcp2_cid_eq(&c, &o);
+            if (!known) return true;
+        }
+        return false;
+    };
+    // A migration retires an ID and makes the server issue another: steered as well.
+    cr_assert(env.run_until([&] {
+        auto r = rebind(*env.client_conn);
+        cr_assert(r.ok() || r.error().code == EAGAIN, "rebind: %s",
+                  r.ok() ? "" : r.error().message.c_str());
+        return r.ok();
+    }));
+    cr_assert(env.run_until([&] { return env.worker->attached_count() == 4; }),
+              "the migration did not settle");
+    cr_assert(env.run_until(fresh_id, 5000), "no connection ID issued after the migration");
+    check_owned_cids(env, sc, false);
+    cr_assert(!env.client.closed);
+    cr_assert_eq(env.client_conn->failed_migrations(), 0u);
+}
+
+Test(quic, steered_retry_source_id_is_owned_by_the_member) {
+    ListenerConfig lc;
+    lc.steering = {3, 2};
+    lc.retry = RetryPolicy::always;
+    Env env(core::BackendChoice::automatic, true, nullptr, lc);
+    // The Retry's source ID (the client's next DCID) is ours: its first byte names member 2.
+    RawSocket sock("127.0.0.1");
+    for (int i = 0; i < 16; ++i) {
+        auto raw = raw_client(env, sock);
+        std::vector<uint8_t> reply = exchange(env, sock, raw->next_datagram());
+        cr_assert_eq(test::long_header_type(reply), NGTCP2_PKT_RETRY);
+        const size_t dcidlen = reply[5];
+        cr_assert_lt(6 + dcidlen + 1, reply.size());
+        const size_t scidlen = reply[6 + dcidlen];
+        cr_assert_eq(scidlen, Connection::kCidLen);
+        cr_assert(owned(&reply[7 + dcidlen], scidlen, lc.steering), "Retry SCID byte %u",
+                  reply[7 + dcidlen]);
+    }
+    cr_assert_eq(env.listener->retries(), 16u);
+    // A real client follows the Retry to the connection, whose IDs are all ours.
+    env.handshake();
+    cr_assert_eq(env.listener->retries(), 17u);
+    cr_assert(env.run_until([&] { return server_scids(env) >= 4; }, 5000));
+    check_owned_cids(env, *env.server.accepted.front(), true);
+}
+
+namespace {
+
+// One member of a steered group with its own Worker on its own thread. Everything it learns is
+// published through atomics; the test thread reads nothing else of it.
+struct GroupMember final : AcceptHandler, ConnectionHandler, StreamHandler {
+    CidSteering steering;
+    std::unique_ptr<ServerTls> tls;
+    core::UniqueFd fd;
+    std::thread thread;
+    std::atomic<bool> ready{false};
+    std::atomic<bool> stop{false};
+    std::atomic<bool> failed{false};
+    std::atomic<int> accepted{0};
+    std::atomic<int> handshake_failures{0};
+    std::atomic<int> closed{0};
+    std::atomic<size_t> connections{0};
+    std::atomic<uint64_t> resets{0};
+    std::atomic<uint64_t> datagrams{0};
+    std::atomic<int> foreign_cids{0};
+    std::atomic<int> ping_round{0};  // the test asks for one ping per connection
+    std::atomic<int> pongs{0};       // echoes that came back complete
+    std::string error;               // read after the thread ended
+    // Worker-thread state.
+    std::vector<Connection*> live;
+    int pinged_round = 0;
+
+    void on_connection(Connection& c) noexcept override {
+        c.set_handler(this);
+        live.push_back(&c);
+        ++accepted;
+    }
+    void on_handshake_failed(const Connection&) noexcept override { ++handshake_failures; }
+    void on_established(Connection&) noexcept override {}
+    void on_stream_opened(Connection&, Stream& s) noexcept override { s.reset(); }
+    void on_streams_available(Connection&) noexcept override {}
+    void on_closed(Connection& c, const CloseInfo&) noexcept override {
+        std::erase(live, &c);
+        ++closed;
+    }
+    size_t on_stream_data(Stream& s, std::span<const uint8_t> d, bool fin) noexcept override {
+        auto* got = static_cast<std::string*>(s.user_data());
+        got->append(reinterpret_cast<const char*>(d.data()), d.size());
+        if (fin && *got == "ping") ++pongs;
+        return d.size();
+    }
+    void on_stream_writable(Stream&) noexcept override {}
+    void on_stream_reset(Stream&, uint64_t) noexcept override {}
+    void on_stream_closed(Stream& s, uint64_t) noexcept override {
+        delete static_cast<std::string*>(s.user_data());
+    }
+
+    void fail(std::string what) {
+        error = std::move(what);
+        failed = true;
+    }
+
+    void run() {
+        core::WorkerOptions o;
+        o.max_slots = 1024;
+        auto w = core::Worker::create(o);  // created on the thread that runs it
+        if (!w) {
+            fail("worker: " + w.error().message);
+            ready = true;
+            return;
+        }
+        ListenerConfig lc;
+        lc.steering = steering;
+        auto l = Listener::adopt(**w, std::move(fd), *tls, *this, lc);
+        if (!l) {
+            fail("listener: " + l.error().message);
+            ready = true;
+            return;
+        }
+        ready = true;
+        while (!stop) {
+            auto r = (*w)->run_once(5 * core::kNsPerMs);
+            if (!r) {
+                fail("worker: " + r.error().message);
+                break;
+            }
+            const Listener& lr = **l;
+            connections = lr.connection_count();
+            resets = lr.stateless_resets();
+            datagrams = (*l)->endpoint().datagrams_in();
+            for (Connection* c : live) {
+                const ngtcp2_cid* first = ngtcp2_conn_get_client_initial_dcid(c->raw());
+                for (const CidKey& k : lr.cids(*c)) {
+                    const bool clients = k.len == first->datalen &&
+                                         std::memcmp(k.data.data(), first->data, k.len) == 0;
+                    if (!clients && !owned(k.data.data(), k.len, steering)) ++foreign_cids;
+                }
+            }
+            if (ping_round > pinged_round) {
+                pinged_round = ping_round;
+                for (Connection* c : live) {
+                    auto s = c->open_stream(*this);
+                    if (!s) {
+                        fail("open_stream: " + s.error().message);
+                        continue;
+                    }
+                    (*s)->set_user_data(new std::string);
+                    (*s)->write(
+                        std::span<const uint8_t>(reinterpret_cast<const uint8_t*>("ping"), 4));
+                    (*s)->shutdown_write();
+                }
+            }
+        }
+        live.clear();
+        l->reset();
+        (void)(*w)->run_until([&] { return (*w)->attached_count() == 0; },
+                              core::now_ns() + 5 * core::kNsPerSec);
+        if ((*w)->attached_count() != 0) fail("sessions left behind");
+    }
+};
+
+// A dialled connection: echoes the server's stream back.
+struct GroupClient final : ConnectionHandler, StreamHandler {
+    Connection* conn = nullptr;
+    bool established = false;
+    bool closed = false;
+    CloseInfo info;
+    uint16_t first_port = 0;
+    void on_established(Connection&) noexcept override { established = true; }
+    void on_stream_opened(Connection&, Stream& s) noexcept override { s.set_handler(this); }
+    void on_streams_available(Connection&) noexcept override {}
+    void on_closed(Connection&, const CloseInfo& i) noexcept override {
+        closed = true;
+        info = i;
+    }
+    size_t on_stream_data(Stream& s, std::span<const uint8_t> d, bool fin) noexcept override {
+        size_t n = s.write(d);
+        if (fin) s.shutdown_write();
+        return n;
+    }
+    void on_stream_writable(Stream&) noexcept override {}
+    void on_stream_reset(Stream&, uint64_t) noexcept override {}
+    void on_stream_closed(Stream&, uint64_t) noexcept override {}
+};
+
+uint16_t port_of(const sockaddr* a) {
+    return ntohs(reinterpret_cast<const sockaddr_in*>(a)->sin_port);
+}
+
+// Stops and joins the member threads however the test ends.
+struct MemberThreads {
+    std::vector<std::unique_ptr<GroupMember>>& members;
+    ~MemberThreads() {
+        for (auto& m : members) m->stop = true;
+        for (auto& m : members) {
+            if (m->thread.joinable()) m->thread.join();
+        }
+    }
+};
+
+}  // namespace
+
+Test(quic, two_workers_group_delivers_each_connection_to_its_worker) {
+    constexpr uint32_t kMembers = 2;
+    constexpr size_t kClients = 20;
+    const Material& m = material();
+    sockaddr_in lo{};
+    lo.sin_family = AF_INET;
+    lo.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    auto group = bind_udp_group(reinterpret_cast<sockaddr*>(&lo), sizeof lo, kMembers);
+    cr_assert(group.ok(), "group: %s", group.ok() ? "" : group.error().message.c_str());
+    sockaddr_in to{};
+    socklen_t to_len = sizeof to;
+    ::getsockname((*group)[0].get(), reinterpret_cast<sockaddr*>(&to), &to_len);
+
+    std::vector<std::unique_ptr<GroupMember>> members;
+    MemberThreads joiner{members};
+    for (uint32_t i = 0; i < kMembers; ++i) {
+        auto gm = std::make_unique<GroupMember>();
+        gm->steering = {kMembers, i};
+        ServerTlsConfig sc;
+        sc.cert_pem = m.server.cert;
+        sc.key_pem = m.server.key;
+        sc.verify = [](std::span<const uint8_t>) { return true; };
+        auto st = ServerTls::create(std::move(sc));
+        cr_assert(st.ok());
+        gm->tls = std::move(*st);
+        gm->fd = std::move((*group)[i]);
+        members.push_back(std::move(gm));
+    }
+    for (auto& gm : members) gm->thread = std::thread([p = gm.get()] { p->run(); });
+    for (auto& gm : members) {
+        while (!gm->ready) std::this_thread::yield();
+        cr_assert_not(gm->failed, "member %u: %s", gm->steering.index, gm->error.c_str());
+    }
+
+    auto cw = make_worker(core::BackendChoice::automatic, true);
+    ClientTlsConfig cc;
+    cc.server_name = kServerName;
+    cc.trust = ServerTrust::ca_file;
+    cc.ca_pem = m.ca.cert;
+    cc.cert_pem = m.client.cert;
+    cc.key_pem = m.client.key;
+    auto ct = ClientTls::create(std::move(cc));
+    cr_assert(ct.ok());
+    // The members run on their own: the client worker wakes every 5 ms to look at them.
+    auto pump_until = [&](auto&& done, int64_t ms) {
+        const int64_t deadline = core::now_ns() + ms * core::kNsPerMs;
+        while (!done()) {
+            if (core::now_ns() >= deadline) return false;
+            auto r = cw->run_once(5 * core::kNsPerMs);
+            cr_assert(r.ok(), "client worker: %s", r.ok() ? "" : r.error().message.c_str());
+        }
+        return true;
+    };
+    std::vector<std::unique_ptr<GroupClient>> clients;
+    for (size_t i = 0; i < kClients; ++i) {
+        auto gc = std::make_unique<GroupClient>();
+        auto c = dial(*cw, reinterpret_cast<sockaddr*>(&to), to_len, **ct, *gc);
+        cr_assert(c.ok(), "dial: %s", c.ok() ? "" : c.error().message.c_str());
+        gc->conn = *c;
+        clients.push_back(std::move(gc));
+    }
+    auto all = [&](auto&& pred) {
+        for (auto& gc : clients) {
+            if (!pred(*gc)) return false;
+        }
+        return true;
+    };
+    auto accepted = [&] {
+        int n = 0;
+        for (auto& gm : members) n += gm->accepted;
+        return static_cast<size_t>(n);
+    };
+    cr_assert(pump_until([&] { return all([](GroupClient& c) { return c.established; }); }, 15000),
+              "not every connection established");
+    cr_assert(pump_until([&] { return accepted() == kClients; }, 5000), "%zu of %zu accepted",
+              accepted(), kClients);
+    // Each member holds exactly the connections whose handshakes it completed: no connection's
+    // packets reached the other worker (it would have created a second connection, or answered
+    // with a stateless reset).
+    auto settled = [&] {
+        for (auto& gm : members) {
+            if (gm->connections != static_cast<size_t>(gm->accepted.load())) return false;
+        }
+        return true;
+    };
+    cr_assert(pump_until(settled, 5000), "a member holds connections it did not accept");
+    for (auto& gm : members) {
+        cr_assert_gt(gm->accepted, 0, "member %u took no connection: Initials not spread",
+                     gm->steering.index);
+        cr_assert_eq(gm->handshake_failures, 0);
+        cr_assert_eq(gm->resets, 0u, "member %u sent stateless resets", gm->steering.index);
+    }
+    int before[kMembers];
+    for (uint32_t i = 0; i < kMembers; ++i) before[i] = members[i]->accepted;
+
+    // Every client migrates to a new port: the kernel knows nothing of the new 4-tuple, only
+    // the CID byte brings its packets back to the worker that owns the connection.
+    for (auto& gc : clients) gc->first_port = port_of(gc->conn->endpoint()->local_addr());
+    std::vector<bool> moved(kClients, false);
+    cr_assert(pump_until(
+                  [&] {
+                      bool done = true;
+                      for (size_t i = 0; i < kClients; ++i) {
+                          if (moved[i]) continue;
+                          auto r = rebind(*clients[i]->conn);
+                          cr_assert(r.ok() || r.error().code == EAGAIN, "rebind %zu: %s", i,
+                                    r.ok() ? "" : r.error().message.c_str());
+                          moved[i] = r.ok();
+                          done = done && moved[i];
+                      }
+                      return done;
+                  },
+                  10000),
+              "a client got no spare connection ID");
+    // Path validation done: each client is on its new socket and released the old one.
+    cr_assert(pump_until(
+                  [&] {
+                      return cw->attached_count() == 2 * kClients && all([](GroupClient& c) {
+                                 return c.closed || c.conn->failed_migrations() > 0 ||
+                                        port_of(c.conn->endpoint()->local_addr()) != c.first_port;
+                             });
+                  },
+                  10000),
+              "migrations did not settle (%u client sessions)", cw->attached_count());
+    for (size_t i = 0; i < kClients; ++i) {
+        GroupClient& c = *clients[i];
+        cr_assert_not(c.closed, "client %zu closed: %s", i,
+                      describe_close(c.info, "server").c_str());
+        cr_assert_eq(c.conn->failed_migrations(), 0u, "client %zu: path validation failed", i);
+    }
+    // Data both ways over the new paths: each member pings each of its connections.
+    for (auto& gm : members) gm->ping_round = 1;
+    auto pongs = [&] {
+        for (auto& gm : members) {
+            if (gm->pongs != gm->accepted) return false;
+        }
+        return true;
+    };
+    cr_assert(pump_until(pongs, 10000), "pings did not all come back");
+    for (uint32_t i = 0; i < kMembers; ++i) {
+        GroupMember& gm = *members[i];
+        cr_assert_eq(gm.accepted, before[i], "member %u accepted a connection again", i);
+        cr_assert_eq(gm.connections, static_cast<size_t>(before[i]));
+        cr_assert_eq(gm.closed, 0, "member %u lost a connection", i);
+        cr_assert_eq(gm.resets, 0u, "member %u sent stateless resets", i);
+        cr_assert_eq(gm.foreign_cids, 0, "member %u routed another member's CIDs", i);
+        cr_assert_not(gm.failed, "member %u: %s", i, gm.error.c_str());
+    }
+    for (auto& gc : clients) cr_assert_not(gc->closed);
+
+    for (auto& gc : clients) gc->conn->terminate();
+    cr_assert(pump_until([&] { return cw->attached_count() == 0; }, 5000));
+    for (auto& gm : members) gm->stop = true;
+    for (auto& gm : members) gm->thread.join();
+    for (auto& gm : members) cr_assert_not(gm->failed, "%s", gm->error.c_str());
 }
