@@ -66,6 +66,11 @@ Listener::~Listener() {
     for (auto& [c, cids] : conns_) all.push_back(c);
     conns_.clear();
     by_cid_.clear();
+    // The group's count keeps only the other listeners' handshakes.
+    if (cfg_.handshake_group != nullptr)
+        cfg_.handshake_group->fetch_sub(handshaking_, std::memory_order_relaxed);
+    handshaking_ = 0;
+    in_handshake_.clear();
     for (Connection* c : all) {
         c->orphan();
         c->terminate();
@@ -134,11 +139,11 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
         }
         validated.token = {hd.token, hd.tokenlen};
     }
-    if (handshaking_ >= cfg_.max_handshakes) {
+    if (const size_t n = handshakes_counted(); n >= cfg_.max_handshakes) {
         // Every handshake slot is taken: refuse the newest with CONNECTION_REFUSED.
         send_initial_close(ep, path, hd, NGTCP2_CONNECTION_REFUSED, data.size());
         ++refused_;
-        accept_.on_handshake_refused(handshaking_);
+        accept_.on_handshake_refused(n);
         return;
     }
     if (!retry_token && wants_retry()) {
@@ -149,7 +154,7 @@ void Listener::accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
                                        retry_token ? &validated : nullptr, cfg_.conn);
     if (!c) return;
     Connection* conn = *c;
-    ++handshaking_;
+    handshake_started();
     in_handshake_.insert(conn);
     accept_.on_handshake_admitted();
     // The client keeps using its chosen destination ID until it learns ours.
@@ -168,7 +173,7 @@ bool Listener::wants_retry() const noexcept {
             break;
     }
     // Half the slots at most go to unvalidated addresses: spoofed Initials cannot take the rest.
-    return handshaking_ >= std::max<size_t>(cfg_.max_handshakes / 2, 1);
+    return handshakes_counted() >= std::max<size_t>(cfg_.max_handshakes / 2, 1);
 }
 
 void Listener::send_retry(UdpEndpoint& ep, const ngtcp2_path& path, const ngtcp2_pkt_hd& hd,
@@ -275,8 +280,21 @@ void Listener::on_cid_removed(Connection& c, const ngtcp2_cid& cid) noexcept {
     ids.pop_back();
 }
 
+void Listener::handshake_started() noexcept {
+    ++handshaking_;
+    if (cfg_.handshake_group != nullptr)
+        cfg_.handshake_group->fetch_add(1, std::memory_order_relaxed);
+}
+
+void Listener::handshake_ended(Connection& c) noexcept {
+    if (in_handshake_.erase(&c) == 0) return;
+    --handshaking_;
+    if (cfg_.handshake_group != nullptr)
+        cfg_.handshake_group->fetch_sub(1, std::memory_order_relaxed);
+}
+
 void Listener::on_handshake_finished(Connection& c, bool ok) noexcept {
-    if (in_handshake_.erase(&c) > 0) --handshaking_;
+    handshake_ended(c);
     if (ok) {
         accept_.on_connection(c);
     } else {
@@ -285,7 +303,7 @@ void Listener::on_handshake_finished(Connection& c, bool ok) noexcept {
 }
 
 void Listener::on_retired(Connection& c) noexcept {
-    if (in_handshake_.erase(&c) > 0) --handshaking_;
+    handshake_ended(c);
     auto it = conns_.find(&c);
     if (it == conns_.end()) return;
     for (const CidKey& k : it->second) {

@@ -4,6 +4,7 @@
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <span>
@@ -38,6 +39,10 @@ struct ListenerConfig {
     ConnectionConfig conn;
     EndpointOptions endpoint;
     size_t max_handshakes = 256;  // handshakes in flight; the newest Initial beyond is refused
+    // The handshakes in flight of every listener of one tunnel UDP group (each on its own
+    // worker), so the limit and the Retry threshold hold for the group; null: this listener's.
+    // Listeners deciding at the same moment on different threads may pass the limit by one each.
+    std::shared_ptr<std::atomic<size_t>> handshake_group;
     RetryPolicy retry = RetryPolicy::automatic;  // when an Initial must prove its address
     int64_t retry_token_lifetime_ns = 10 * core::kNsPerSec;
     int64_t retry_key_rotation_ns = 3600 * core::kNsPerSec;  // the previous key stays valid
@@ -83,6 +88,12 @@ public:
     UdpEndpoint& endpoint() noexcept { return *ep_; }
     size_t connection_count() const noexcept { return conns_.size(); }
     size_t handshakes() const noexcept { return handshaking_; }
+    // What the limit is checked against: the group's handshakes, or this listener's.
+    size_t handshakes_counted() const noexcept {
+        return cfg_.handshake_group != nullptr
+                   ? cfg_.handshake_group->load(std::memory_order_relaxed)
+                   : handshaking_;
+    }
     uint64_t refused() const noexcept { return refused_; }
     // Retry packets sent, and Initials answered with INVALID_TOKEN (forged, foreign or expired
     // Retry token).
@@ -117,6 +128,8 @@ private:
     std::span<const uint8_t> reset_secret() const noexcept override { return secret_; }
     CidSteering cid_steering() const noexcept override { return cfg_.steering; }
 
+    void handshake_started() noexcept;
+    void handshake_ended(Connection& c) noexcept;
     void accept_initial(UdpEndpoint& ep, const ngtcp2_path& path,
                         std::span<const uint8_t> data) noexcept;
     bool wants_retry() const noexcept;

@@ -83,8 +83,7 @@ namespace {
 
 // Adds members to `group` (which holds its first, bound socket) until it has `count`, each bound
 // to the first one's local address, then attaches the program.
-Result<std::vector<core::UniqueFd>> complete_group(std::vector<core::UniqueFd> group,
-                                                   uint32_t count, int v6only) {
+Result<void> complete_group(std::vector<core::UniqueFd>& group, uint32_t count, int v6only) {
     if (count > 1) {
         // The bound address of the first member: its port when the request said port 0.
         sockaddr_storage local{};
@@ -102,7 +101,7 @@ Result<std::vector<core::UniqueFd>> complete_group(std::vector<core::UniqueFd> g
         // Until now the kernel spread datagrams by its hash; nothing runs on these sockets yet.
         if (auto r = attach_cid_steering(group[0].get(), count); !r) return std::move(r).error();
     }
-    return group;
+    return {};
 }
 
 }  // namespace
@@ -114,10 +113,12 @@ Result<std::vector<core::UniqueFd>> bind_udp_group(const sockaddr* addr, socklen
     if (!first) return std::move(first).error();
     std::vector<core::UniqueFd> group;
     group.push_back(std::move(*first));
-    return complete_group(std::move(group), count, -1);
+    if (auto r = complete_group(group, count, -1); !r) return std::move(r).error();
+    return group;
 }
 
-Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_t count) {
+Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_t count,
+                                                   std::string* alone) {
     if (auto r = check_steering({count, 0}); !r) return std::move(r).error();
     int reuseport = 0;
     socklen_t olen = sizeof reuseport;
@@ -126,7 +127,10 @@ Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_
     std::vector<core::UniqueFd> group;
     group.push_back(std::move(first));
     // Without SO_REUSEPORT (set before it was bound) no other socket can share the address.
-    if (reuseport == 0) return group;
+    if (reuseport == 0) {
+        if (alone != nullptr && count > 1) *alone = "the activated socket has no SO_REUSEPORT";
+        return group;
+    }
     sockaddr_storage local{};
     socklen_t len = sizeof local;
     if (::getsockname(group[0].get(), reinterpret_cast<sockaddr*>(&local), &len) != 0)
@@ -139,7 +143,13 @@ Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_
         socklen_t vlen = sizeof v;
         if (::getsockopt(group[0].get(), IPPROTO_IPV6, IPV6_V6ONLY, &v, &vlen) == 0) v6only = v;
     }
-    return complete_group(std::move(group), count, v6only);
+    if (auto r = complete_group(group, count, v6only); !r) {
+        // Typically EADDRINUSE: the socket belongs to another user (the service manager).
+        if (alone != nullptr) *alone = r.error().message;
+        group.resize(1);
+        return group;
+    }
+    return group;
 }
 
 }  // namespace runewarp::quic

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "core/unique_fd.hh"
@@ -49,8 +50,11 @@ Result<std::vector<core::UniqueFd>> bind_udp_group(const sockaddr* addr, socklen
 
 // A socket-activated UDP socket as the first member of a group: if it has SO_REUSEPORT set,
 // count - 1 more sockets join it on its local address and the program is attached; otherwise
-// (the unit did not ask for ReusePort=) the group is `first` alone, and the caller runs a single
-// tunnel worker. `first` is element 0 either way.
-Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_t count);
+// the group is `first` alone, and the caller runs a single tunnel worker. That is also the case
+// when the kernel refuses the others (a reuseport group only takes sockets of the user that
+// created the first: systemd, when the service runs as another user). `alone` (if not null)
+// gets why the group is `first` alone. `first` is element 0 either way.
+Result<std::vector<core::UniqueFd>> join_udp_group(core::UniqueFd first, uint32_t count,
+                                                   std::string* alone = nullptr);
 
 }  // namespace runewarp::quic

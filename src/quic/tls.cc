@@ -5,6 +5,8 @@
 #include <ngtcp2/ngtcp2.h>
 #include <ngtcp2/ngtcp2_crypto_gnutls.h>
 
+#include <utility>
+
 namespace runewarp::quic {
 
 namespace {
@@ -125,8 +127,12 @@ Result<void> ServerTls::set_certificate(std::string_view cert_pem, std::string_v
     if (cert_pem.empty() || key_pem.empty()) return Error::msg("server certificate/key: empty");
     auto c = ServerCredentials::create(cert_pem, key_pem);
     if (!c) return std::move(c).error();
-    current_ = std::move(*c);
-    return {};
+    std::shared_ptr<const ServerCredentials> old;
+    {
+        std::lock_guard lock(mu_);
+        old = std::exchange(current_, std::move(*c));
+    }
+    return {};  // the old credentials go when their last session does (outside the lock)
 }
 
 Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
@@ -137,8 +143,9 @@ Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
                                    GNUTLS_NO_END_OF_EARLY_DATA);
     if (rv != 0) return tls_error("gnutls_init", rv);
     TlsSession s(raw);
+    std::shared_ptr<const ServerCredentials> cred = credentials();
     if ((rv = gnutls_priority_set(raw, prio_)) != 0) return tls_error("gnutls_priority_set", rv);
-    if ((rv = gnutls_credentials_set(raw, GNUTLS_CRD_CERTIFICATE, current_->get())) != 0)
+    if ((rv = gnutls_credentials_set(raw, GNUTLS_CRD_CERTIFICATE, cred->get())) != 0)
         return tls_error("gnutls_credentials_set", rv);
     gnutls_certificate_server_set_request(raw, GNUTLS_CERT_REQUIRE);
     if (ngtcp2_crypto_gnutls_configure_server_session(raw) != 0)
@@ -146,7 +153,7 @@ Result<TlsSession> ServerTls::new_session(TlsConnState& state) const {
     gnutls_alert_set_read_function(raw, alert_hook);
     if (auto a = set_alpn(raw, GNUTLS_ALPN_SERVER_PRECEDENCE); !a) return std::move(a).error();
     state.verifier = &verify_;
-    state.credentials = current_;
+    state.credentials = std::move(cred);
     gnutls_session_set_ptr(raw, &state);
     return s;
 }

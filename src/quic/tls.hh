@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <span>
 #include <string>
 #include <string_view>
@@ -88,14 +89,17 @@ public:
     // Validates and installs a new certificate chain + key for the handshakes that start from
     // now on; connections already established keep the credentials they were made with. On
     // error nothing changes.
+    // Any thread: every worker's listener makes sessions from one ServerTls.
     Result<void> set_certificate(std::string_view cert_pem, std::string_view key_pem);
-    bool has_certificate() const noexcept { return current_->has_certificate(); }
-    const std::shared_ptr<const ServerCredentials>& credentials() const noexcept {
+    bool has_certificate() const noexcept { return credentials()->has_certificate(); }
+    std::shared_ptr<const ServerCredentials> credentials() const noexcept {
+        std::lock_guard lock(mu_);
         return current_;
     }
 
 private:
     ServerTls() = default;
+    mutable std::mutex mu_;                             // guards current_ (the pointer only)
     std::shared_ptr<const ServerCredentials> current_;  // never null
     gnutls_priority_t prio_ = nullptr;
     PeerVerifier verify_;

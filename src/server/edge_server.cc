@@ -61,6 +61,7 @@ EdgeServer::~EdgeServer() {
     acme_.reset();
     // Connections still attached are dropped without a closing period before anything they
     // call back into goes away.
+    if (!shards_.empty()) shards_[0]->reset_tunnel();
     tunnel_.reset();
 }
 
@@ -179,13 +180,14 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
         s->readiness_ = s->readiness_owner_.get();
         if (!s->readiness_->open()) return Error::msg("event loop: no slot for readiness");
     }
+    std::vector<core::UniqueFd> tunnel_group_fds;
     if (!cfg.tunnels.empty()) {
         if (tunnel_cert == nullptr && s->acme_ == nullptr)
             return Error::msg("no checked Server certificate for the tunnel");
         // With ACME the Tunnel starts without a certificate (handshakes fail, Clients retry)
         // unless the cache holds a usable one.
-        auto t = TunnelFront::create(*s->worker_, cfg, s->acme_ != nullptr ? nullptr : tunnel_cert,
-                                     log, s->admission_log_, std::move(s->tunnel_fd_));
+        auto t = TunnelHub::create(cfg, s->acme_ != nullptr ? nullptr : tunnel_cert, log,
+                                   s->admission_log_);
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
         s->tunnel_->set_metrics(&s->metrics_);
@@ -194,6 +196,13 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
         } else {
             s->cert_watch_.add(s->tunnel_->cert_path(), s->tunnel_->cert_not_after());
         }
+        // One member of the tunnel UDP group per worker: each worker owns the connections whose
+        // packets the group steers to it.
+        auto g = tunnel_group(cfg, std::move(s->tunnel_fd_), static_cast<uint32_t>(workers), log);
+        if (!g) return std::move(g).error();
+        tunnel_group_fds = std::move(*g);
+        s->tunnel_text_ = local_text(tunnel_group_fds[0].get());
+        s->tunnel_workers_ = static_cast<uint32_t>(tunnel_group_fds.size());
     } else if (s->tunnel_fd_.valid()) {
         log.warn("server tunnel listener socket-activated",
                  {{"bind-address", local_text(s->tunnel_fd_.get())}},
@@ -210,14 +219,17 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
     ShardSnapshot snap = s->make_snapshot();
     for (size_t i = 0; i < workers; ++i)
         s->shards_.push_back(std::make_unique<EdgeShard>(*s, static_cast<uint32_t>(i)));
-    if (auto r =
-            s->shards_[0]->setup_primary(*s->worker_, std::move((*group)[0]), public_text, snap);
+    auto tunnel_member = [&](size_t i) {
+        return i < tunnel_group_fds.size() ? std::move(tunnel_group_fds[i]) : core::UniqueFd();
+    };
+    if (auto r = s->shards_[0]->setup_primary(*s->worker_, std::move((*group)[0]), public_text,
+                                              snap, tunnel_member(0), s->tunnel_workers_);
         !r)
         return std::move(r).error();
     core::WorkerOptions shard_wo = wo;
     for (size_t i = 1; i < workers; ++i) {
-        if (auto r =
-                s->shards_[i]->start_thread(shard_wo, std::move((*group)[i]), public_text, snap);
+        if (auto r = s->shards_[i]->start_thread(shard_wo, std::move((*group)[i]), public_text,
+                                                 snap, tunnel_member(i), s->tunnel_workers_);
             !r)
             return Error::msg("worker " + std::to_string(i) + ": " + r.error().message);
     }
@@ -304,8 +316,10 @@ int EdgeServer::run() noexcept {
     }
     log_.info("server public listener ready",
               {{"bind-address", public_text_}, {"workers", static_cast<uint64_t>(shards_.size())}});
-    if (tunnel_ != nullptr)
-        log_.info("server tunnel listener ready", {{"bind-address", tunnel_->bind_text()}});
+    if (tunnel_ != nullptr) {
+        log_.info("server tunnel listener ready",
+                  {{"bind-address", tunnel_text_}, {"workers", uint64_t{tunnel_workers_}}});
+    }
     if (readiness_ != nullptr) {
         readiness_->start();
         log_.info("server readiness listener enabled",
@@ -351,7 +365,7 @@ int EdgeServer::run() noexcept {
     if (tunnel_ != nullptr) {
         // Connections still lingering in their closing period are dropped; let their sessions
         // (and the UDP socket's) finish tearing down so nothing is left behind.
-        tunnel_->drop_listener();
+        shards_[0]->drop_tunnel();
         (void)worker_->run_until([&] { return worker_->attached_count() <= kOwnSessions; },
                                  core::now_ns() + kCloseFlushNs);
     }
@@ -443,7 +457,33 @@ uint64_t EdgeServer::tunnel_connections() const noexcept {
 }
 
 void EdgeServer::close_tunnel_connections() noexcept {
-    if (tunnel_ != nullptr) tunnel_->close_all();
+    if (tunnel_ == nullptr) return;
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        EdgeShard* sh = shards_[i].get();
+        sh->post([sh] {
+            if (TunnelFront* f = sh->tunnel_front()) f->close_all();
+        });
+    }
+    if (TunnelFront* f = shards_[0]->tunnel_front()) f->close_all();
+}
+
+void EdgeServer::close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept {
+    std::vector<std::vector<std::shared_ptr<TunnelMember>>> by_shard(shards_.size());
+    for (auto& m : revoked) {
+        if (m->shard < by_shard.size()) by_shard[m->shard].push_back(std::move(m));
+    }
+    for (size_t i = 0; i < shards_.size(); ++i) {
+        if (by_shard[i].empty()) continue;
+        EdgeShard* sh = shards_[i].get();
+        auto close = [sh, list = std::move(by_shard[i])]() mutable {
+            if (TunnelFront* f = sh->tunnel_front()) f->close_revoked(std::move(list));
+        };
+        if (i == 0) {
+            close();
+        } else {
+            sh->post(std::move(close));
+        }
+    }
 }
 
 Result<void> EdgeServer::resolve_upstreams() {
@@ -505,6 +545,8 @@ void EdgeServer::on_acme_certificate(const acme::Certificate& cert) noexcept {
                        r.error().message);
             return;
         }
+        // From here on, every worker's Tunnel handshakes present it.
+        log_.debug("server acme certificate installed", {{"server-hostname", cfg_->hostname}});
     }
     cert_watch_.replace(path, cert.not_after, CertExpiryWatch::Source::kAcme);
     if (!cert_check_armed_ && running_) on_cert_check();
@@ -609,16 +651,27 @@ void EdgeServer::finish_reload() noexcept {
     bool new_front = false;
     const bool manual_cert = acme_ == nullptr && p->tunnel_cert.has_value();
     if (!next.tunnels.empty() && tunnel_ == nullptr) {
-        // The first [tunnel]: the tunnel listener starts now.
+        // The first [tunnel]: the tunnel listener starts now, on worker 0 alone (the other
+        // workers' loops are running; a restart spreads the Tunnel connections over all).
         if (acme_ == nullptr && !manual_cert)
             return fail("no checked Server certificate for the tunnel");
-        auto t = TunnelFront::create(*worker_, next, manual_cert ? &*p->tunnel_cert : nullptr, log_,
-                                     admission_log_, core::UniqueFd());
+        auto t =
+            TunnelHub::create(next, manual_cert ? &*p->tunnel_cert : nullptr, log_, admission_log_);
         if (!t) return fail(t.error().message);
-        tunnel_ = std::move(*t);
+        auto g = tunnel_group(next, core::UniqueFd(), 1, log_);
+        if (!g) return fail(g.error().message);
+        std::string text = local_text((*g)[0].get());
+        std::unique_ptr<TunnelHub> previous = std::exchange(tunnel_, std::move(*t));
+        if (auto r = shards_[0]->open_tunnel(std::move((*g)[0]), 1); !r) {
+            tunnel_ = std::move(previous);
+            return fail(r.error().message);
+        }
         tunnel_->set_metrics(&metrics_);
+        tunnel_text_ = std::move(text);
+        tunnel_workers_ = 1;
         new_front = true;
-        log_.info("server tunnel listener ready", {{"bind-address", tunnel_->bind_text()}});
+        log_.info("server tunnel listener ready",
+                  {{"bind-address", tunnel_text_}, {"workers", uint64_t{tunnel_workers_}}});
         if (acme_ != nullptr) {
             if (auto cached = acme_->cached()) on_acme_certificate(*cached);
         }
@@ -647,7 +700,11 @@ void EdgeServer::finish_reload() noexcept {
     }
     upstreams_ = std::move(p->upstreams);
     size_t revoked = 0;
-    if (tunnel_ != nullptr && !new_front) revoked = tunnel_->set_auth_table(AuthTable::build(next));
+    if (tunnel_ != nullptr && !new_front) {
+        auto gone = tunnel_->registry().replace_table(AuthTable::build(next));
+        revoked = gone.size();
+        close_revoked(std::move(gone));
+    }
     sys::configure_logging(next.log_level, next.log_format);
     shutdown_->set_graceful_ms(next.graceful_shutdown_ms);
     cfg_ = p->cfg;

@@ -100,6 +100,7 @@ public:
     bool shutting_down() const noexcept { return shutdown_->started(); }
     // Null when no Tunnel is configured.
     TunnelRegistry* tunnels() noexcept { return tunnel_ ? &tunnel_->registry() : nullptr; }
+    TunnelHub* tunnel_hub() noexcept { return tunnel_.get(); }
     // The TLS-ALPN-01 challenges pending for the Server hostname; null without [server.acme].
     const acme::ChallengeBoard* acme_board() const noexcept { return acme_board_.get(); }
 
@@ -155,6 +156,8 @@ private:
 
     // What shards start new Visitors under (main thread; after labels were added).
     ShardSnapshot make_snapshot();
+    // Reload revoked these members: each closes on the worker that owns it.
+    void close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept;
     // The public listener group: one socket per worker (SO_REUSEPORT), or the one activated
     // socket shared by every worker.
     Result<std::vector<core::UniqueFd>> public_group(core::UniqueFd first, bool activated,
@@ -188,8 +191,12 @@ private:
     std::string public_text_;
     std::unique_ptr<ControlSession> control_;
     std::unique_ptr<OrderlyShutdown> shutdown_;
-    std::unique_ptr<TunnelFront> tunnel_;
-    core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the front adopts it
+    // The Tunnel connections' shared part; each worker with a member of the tunnel UDP group
+    // runs a TunnelFront of its own.
+    std::unique_ptr<TunnelHub> tunnel_;
+    core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the group takes it
+    std::string tunnel_text_;   // the tunnel group's address
+    uint32_t tunnel_workers_ = 0;
     std::unique_ptr<sys::Watchdog> watchdog_;
     std::atomic<uint64_t> next_conn_id_{0};
     std::atomic<bool> shutdown_begun_{false};

@@ -56,7 +56,9 @@ void LiveView::merge(const LiveView& o) {
         b.out += v.out;
         b.active += v.active;
     }
+    for (const auto& [k, v] : o.member_stats) member_stats[k] = v;
     visitors += o.visitors;
+    handshakes += o.handshakes;
 }
 
 // ---- EdgeShard ----------------------------------------------------------------------------------
@@ -81,14 +83,14 @@ ServerMetrics& EdgeShard::metrics() noexcept {
     return server_.metrics();
 }
 TunnelRegistry* EdgeShard::tunnels() noexcept {
-    return primary() ? server_.tunnels() : nullptr;
+    return server_.tunnels();
 }
 const acme::ChallengeBoard* EdgeShard::acme_board() const noexcept {
     return server_.acme_board();
 }
 
-Result<void> EdgeShard::setup(core::UniqueFd public_fd, std::string public_text,
-                              ShardSnapshot snap) {
+Result<void> EdgeShard::setup(core::UniqueFd public_fd, std::string public_text, ShardSnapshot snap,
+                              core::UniqueFd tunnel_fd, uint32_t tunnel_count) {
     snap_ = std::move(snap);
     const AdmissionLimits& lim = admission().limits();
     pipes_ = std::make_unique<core::PipePool>(2 * lim.active_relays + 64, kPipeSize);
@@ -106,21 +108,40 @@ Result<void> EdgeShard::setup(core::UniqueFd public_fd, std::string public_text,
                                            std::move(public_text), &server_.accept_limit());
     if (!listener_->open()) return Error::msg("event loop: no slot for the public listener");
     listener_open_ = true;
+    if (tunnel_fd.valid()) return open_tunnel(std::move(tunnel_fd), tunnel_count);
     return {};
 }
 
+Result<void> EdgeShard::open_tunnel(core::UniqueFd fd, uint32_t count) {
+    TunnelHub* hub = server_.tunnel_hub();
+    if (hub == nullptr) return Error::msg("tunnel listener without a Tunnel");
+    auto f = TunnelFront::create(*worker_, *hub, std::move(fd), index_, index_, count);
+    if (!f) return std::move(f).error();
+    tunnel_front_ = std::move(*f);
+    return {};
+}
+
+void EdgeShard::drop_tunnel() noexcept {
+    if (tunnel_front_ != nullptr) tunnel_front_->drop_listener();
+}
+
 Result<void> EdgeShard::setup_primary(core::Worker& w, core::UniqueFd public_fd,
-                                      std::string public_text, ShardSnapshot snap) {
+                                      std::string public_text, ShardSnapshot snap,
+                                      core::UniqueFd tunnel_fd, uint32_t tunnel_count) {
     worker_ = &w;
-    return setup(std::move(public_fd), std::move(public_text), std::move(snap));
+    return setup(std::move(public_fd), std::move(public_text), std::move(snap),
+                 std::move(tunnel_fd), tunnel_count);
 }
 
 Result<void> EdgeShard::start_thread(const core::WorkerOptions& wo, core::UniqueFd public_fd,
-                                     std::string public_text, ShardSnapshot snap) {
-    thread_ = std::thread([this, wo, fd = std::move(public_fd), text = std::move(public_text),
-                           snap = std::move(snap)]() mutable {
-        thread_main(wo, std::move(fd), std::move(text), std::move(snap));
-    });
+                                     std::string public_text, ShardSnapshot snap,
+                                     core::UniqueFd tunnel_fd, uint32_t tunnel_count) {
+    thread_ =
+        std::thread([this, wo, fd = std::move(public_fd), text = std::move(public_text),
+                     snap = std::move(snap), tfd = std::move(tunnel_fd), tunnel_count]() mutable {
+            thread_main(wo, std::move(fd), std::move(text), std::move(snap), std::move(tfd),
+                        tunnel_count);
+        });
     std::unique_lock lock(start_mu_);
     start_cv_.wait(lock, [&] { return started_; });
     if (!start_error_.empty()) {
@@ -132,7 +153,8 @@ Result<void> EdgeShard::start_thread(const core::WorkerOptions& wo, core::Unique
 }
 
 void EdgeShard::thread_main(core::WorkerOptions wo, core::UniqueFd public_fd,
-                            std::string public_text, ShardSnapshot snap) noexcept {
+                            std::string public_text, ShardSnapshot snap, core::UniqueFd tunnel_fd,
+                            uint32_t tunnel_count) noexcept {
     // Signals are the main thread's (its signalfd); this thread never takes one.
     sigset_t all;
     sigfillset(&all);
@@ -148,7 +170,9 @@ void EdgeShard::thread_main(core::WorkerOptions wo, core::UniqueFd public_fd,
     } else {
         own_worker_ = std::move(*w);
         worker_ = own_worker_.get();
-        if (auto r = setup(std::move(public_fd), std::move(public_text), std::move(snap)); !r)
+        if (auto r = setup(std::move(public_fd), std::move(public_text), std::move(snap),
+                           std::move(tunnel_fd), tunnel_count);
+            !r)
             error = r.error().message;
     }
     {
@@ -158,6 +182,7 @@ void EdgeShard::thread_main(core::WorkerOptions wo, core::UniqueFd public_fd,
     }
     start_cv_.notify_all();
     if (!error.empty()) {
+        tunnel_front_.reset();
         listener_.reset();
         mailbox_.reset();
         return;
@@ -180,6 +205,14 @@ void EdgeShard::thread_main(core::WorkerOptions wo, core::UniqueFd public_fd,
     (void)worker_->run_until(
         [&] { return mailbox_->quiesced() && !listener_open_ && live_.empty(); },
         core::now_ns() + kStopFlushNs);
+    // Then the Tunnel connections still in a closing period are dropped, and their sessions
+    // (and the UDP socket's) finish tearing down: nothing else is attached by now.
+    if (tunnel_front_ != nullptr) {
+        drop_tunnel();
+        (void)worker_->run_until([&] { return worker_->attached_count() == 0; },
+                                 core::now_ns() + kStopFlushNs);
+        tunnel_front_.reset();
+    }
 }
 
 void EdgeShard::post(std::function<void()> fn) {
@@ -235,6 +268,10 @@ void EdgeShard::collect(LiveView& out) const {
         }
     }
     out.visitors += live_.size();
+    if (tunnel_front_ != nullptr) {
+        tunnel_front_->collect(out.member_stats);
+        out.handshakes += tunnel_front_->handshakes_in_flight();
+    }
 }
 
 void EdgeShard::note_drained() noexcept {
@@ -300,7 +337,7 @@ void EdgeShard::hand_off(std::shared_ptr<VisitorHandoff> h) noexcept {
     // The socket leaves this loop: nothing of it may stay in this backend's state (an epoll
     // registration would outlive the number's reuse).
     worker_->loop().forget(h->fd.get());
-    EdgeShard& target = server_.shard(0);
+    EdgeShard& target = server_.shard(h->member != nullptr ? h->member->shard : 0);
     target.post([&target, h = std::move(h)]() mutable { target.adopt(std::move(h)); });
 }
 

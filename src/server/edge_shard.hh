@@ -1,9 +1,10 @@
 // EdgeShard: one worker's share of the Server edge — its event loop, its member of the public
-// listener group, the Visitor sessions it accepted and the per-loop resources they use (splice
-// pipes, peek and prefix buffers, intake parsers). Shard 0 runs on the main thread beside the
-// Tunnel front, control, reload and shutdown; shards 1..N-1 run on threads of their own. Every
-// Tunnel connection lives on shard 0, so a Visitor another shard routes to a Tunnel is handed to
-// shard 0 (its socket and what intake learnt), which opens the stream and relays.
+// listener group, its member of the tunnel UDP group (a TunnelFront and the Tunnel connections
+// steered to it), the Visitor sessions it accepted and the per-loop resources they use (splice
+// pipes, peek and prefix buffers, intake parsers). Shard 0 runs on the main thread beside
+// control, reload and shutdown; shards 1..N-1 run on threads of their own. A Visitor placed on a
+// Tunnel connection another shard owns is handed to that shard (its socket and what intake
+// learnt), which opens the stream and relays.
 #pragma once
 
 #include <atomic>
@@ -33,6 +34,7 @@
 #include "server/route_table.hh"
 #include "server/server_metrics.hh"
 #include "server/tcp_listener.hh"
+#include "server/tunnel_front.hh"
 #include "server/tunnel_registry.hh"
 #include "server/visitor.hh"
 
@@ -58,10 +60,12 @@ struct ShardSnapshot {
     std::shared_ptr<const LabelCounts> counts;
 };
 
-// A Visitor routed to a Tunnel on a shard that holds no Tunnel connection, on its way to shard 0.
-// Dropping it (the mailbox closed during shutdown) closes the socket.
+// A Visitor placed on a Tunnel connection of another shard, on its way there. Dropping it (the
+// mailbox closed during shutdown) closes the socket.
 struct VisitorHandoff {
     core::UniqueFd fd;
+    std::shared_ptr<TunnelMember> member;  // the placement made by the handing shard
+    uint32_t hops = 0;                     // hand-overs so far
     uint64_t conn_id = 0;
     int64_t started_ns = 0;
     ShardSnapshot snap;  // keeps the label alive
@@ -81,7 +85,10 @@ struct LiveBytes {
 struct LiveView {
     std::unordered_map<const RouteCounts*, LiveBytes> live;
     std::unordered_map<const TunnelMember*, LiveBytes> member_live;
+    // The Tunnel connections' transport state, read by the worker that owns each.
+    std::unordered_map<const TunnelMember*, MemberStats> member_stats;
     uint64_t visitors = 0;
+    uint64_t handshakes = 0;  // QUIC handshakes in flight
     void merge(const LiveView& o);
 };
 
@@ -100,12 +107,15 @@ public:
     bool primary() const noexcept { return index_ == 0; }
 
     // Shard 0: builds its parts on the main thread's worker.
+    // `tunnel_fd`: this worker's member of the tunnel UDP group of `tunnel_count` (none: no
+    // Tunnel connection lives here).
     Result<void> setup_primary(core::Worker& w, core::UniqueFd public_fd, std::string public_text,
-                               ShardSnapshot snap);
+                               ShardSnapshot snap, core::UniqueFd tunnel_fd, uint32_t tunnel_count);
     // Shards 1..N-1: starts the thread, which creates its own loop (an io_uring is used by the
     // thread that created it) and parts; returns once they exist or failed.
     Result<void> start_thread(const core::WorkerOptions& wo, core::UniqueFd public_fd,
-                              std::string public_text, ShardSnapshot snap);
+                              std::string public_text, ShardSnapshot snap, core::UniqueFd tunnel_fd,
+                              uint32_t tunnel_count);
     // Runs `fn` on this shard's loop thread (any thread may call; dropped once stopped).
     void post(std::function<void()> fn);
     // Stops the loop thread and joins it (shards 1..N-1; main thread, after shutdown finished).
@@ -123,8 +133,17 @@ public:
     void set_snapshot(ShardSnapshot snap) noexcept { snap_ = std::move(snap); }
     // Adds this shard's running relays to `out`.
     void collect(LiveView& out) const;
-    // Shard 0: a Visitor handed over by another shard.
+    // A Visitor handed over by another shard.
     void adopt(std::shared_ptr<VisitorHandoff> h) noexcept;
+    // The Tunnel listener on member `index` (this shard's) of a group of `count` (the hub must
+    // exist). Startup, or the first [tunnel] a reload adds (shard 0 only).
+    Result<void> open_tunnel(core::UniqueFd fd, uint32_t count);
+    // This shard's Tunnel listener (null when it owns no member of the group).
+    TunnelFront* tunnel_front() noexcept { return tunnel_front_.get(); }
+    // Drops the Tunnel listener and whatever lingers in a closing period.
+    void drop_tunnel() noexcept;
+    // Frees the Tunnel front (shard 0, before the hub goes).
+    void reset_tunnel() noexcept { tunnel_front_.reset(); }
 
     // --- any thread ----------------------------------------------------------------------------
     uint64_t live() const noexcept { return live_count_.load(std::memory_order_acquire); }
@@ -151,7 +170,7 @@ public:
     RouteCounts* tunnel_counts(std::string_view label) const noexcept {
         return snap_.counts != nullptr ? snap_.counts->find_tunnel(label) : nullptr;
     }
-    // Shard 0 only (null elsewhere, and when no Tunnel is configured).
+    // Null when no Tunnel is configured.
     TunnelRegistry* tunnels() noexcept;
     const acme::ChallengeBoard* acme_board() const noexcept;
     // One scratch buffer for synchronous MSG_PEEK reads (a peek completes before the next).
@@ -159,13 +178,14 @@ public:
     uint8_t* prefix_buffer() noexcept { return prefix_buf_.get(); }
     IntakePool& intake_pool() noexcept { return intake_pool_; }
     void on_visitor_closed(VisitorSession& v, core::SlotId slab_id) noexcept;
-    // Shards 1..N-1: sends the Visitor to shard 0.
+    // Sends the Visitor to the shard that owns h->member's connection.
     void hand_off(std::shared_ptr<VisitorHandoff> h) noexcept;
 
 private:
-    Result<void> setup(core::UniqueFd public_fd, std::string public_text, ShardSnapshot snap);
+    Result<void> setup(core::UniqueFd public_fd, std::string public_text, ShardSnapshot snap,
+                       core::UniqueFd tunnel_fd, uint32_t tunnel_count);
     void thread_main(core::WorkerOptions wo, core::UniqueFd public_fd, std::string public_text,
-                     ShardSnapshot snap) noexcept;
+                     ShardSnapshot snap, core::UniqueFd tunnel_fd, uint32_t tunnel_count) noexcept;
     void note_drained() noexcept;
     VisitorSession* new_session(int fd, uint64_t conn_id) noexcept;
 
@@ -187,6 +207,7 @@ private:
     std::unique_ptr<core::Slab<VisitorSession>> visitors_;
     std::vector<VisitorSession*> live_;  // index kept in VisitorSession::live_index_
     std::unique_ptr<Listener> listener_;
+    std::unique_ptr<TunnelFront> tunnel_front_;
     bool listener_open_ = false;
     bool ingress_stopped_ = false;
     std::atomic<uint64_t> live_count_{0};

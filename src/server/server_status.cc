@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <string>
 #include <unordered_map>
+#include <vector>
 
 #include "obs/metrics.hh"
 #include "obs/status_page.hh"
@@ -72,13 +73,6 @@ struct MemberView {
     uint64_t bytes_out = 0;
 };
 
-std::string remote_text(quic::Connection& c) {
-    const ngtcp2_path* p = ngtcp2_conn_get_path(c.raw());
-    if (p == nullptr || p->remote.addr == nullptr) return "?";
-    auto e = proto::from_sockaddr(p->remote.addr, static_cast<socklen_t>(p->remote.addrlen));
-    return e ? proto::format_endpoint(proto::unmap_v4(*e)) : "?";
-}
-
 }  // namespace
 
 struct ScrapeView {
@@ -96,17 +90,16 @@ static ScrapeView scrape_view(LiveView live, TunnelRegistry* reg) {
     for (const auto& m : reg->all()) {
         MemberView mv;
         mv.m = m.get();
-        mv.label = m->tunnel >= 0 && static_cast<size_t>(m->tunnel) < reg->table().tunnel_count()
-                       ? reg->table().label(static_cast<size_t>(m->tunnel))
+        mv.label = m->tunnel >= 0 && static_cast<size_t>(m->tunnel) < reg->table()->tunnel_count()
+                       ? reg->table()->label(static_cast<size_t>(m->tunnel))
                        : std::string("-");
         mv.index = next_index[m->tunnel]++;
-        if (auto* c = static_cast<quic::Connection*>(m->connection); c != nullptr && c->raw()) {
-            ngtcp2_conn_info ci{};
-            ngtcp2_conn_get_conn_info(c->raw(), &ci);
+        // Read by the worker that owns the connection (collect_live).
+        if (auto st = live.member_stats.find(m.get()); st != live.member_stats.end()) {
             mv.has_info = true;
-            mv.rtt_seconds = static_cast<double>(ci.smoothed_rtt) / 1e9;
-            mv.cwnd = ci.cwnd;
-            mv.address = remote_text(*c);
+            mv.rtt_seconds = st->second.rtt_seconds;
+            mv.cwnd = st->second.cwnd;
+            mv.address = st->second.address;
         }
         auto it = v.member_live.find(m.get());
         mv.bytes_in = m->bytes_in + (it != v.member_live.end() ? it->second.in : 0);
@@ -247,17 +240,28 @@ std::string EdgeServer::render_metrics() const {
     x.family("runewarp_tunnel_connections", "Live Tunnel connections in each Tunnel's pool.",
              "gauge");
     for (size_t i = 0; i < m.tunnel.size(); ++i) {
-        int idx = reg != nullptr ? reg->table().tunnel_index(m.tunnel.name(i)) : -1;
+        int idx = reg != nullptr ? reg->table()->tunnel_index(m.tunnel.name(i)) : -1;
         x.sample("runewarp_tunnel_connections", {{"tunnel", m.tunnel.name(i)}},
                  static_cast<uint64_t>(idx >= 0 ? reg->members(idx) : 0));
+    }
+    x.family("runewarp_worker_tunnel_connections",
+             "Live Tunnel connections, by the worker (event loop thread) that owns them.", "gauge");
+    {
+        std::vector<uint64_t> per_worker(shards_.size(), 0);
+        for (const MemberView& mv : view.members) {
+            if (mv.m->shard < per_worker.size()) ++per_worker[mv.m->shard];
+        }
+        for (size_t w = 0; w < per_worker.size(); ++w) {
+            x.sample("runewarp_worker_tunnel_connections", {{"worker", std::to_string(w)}},
+                     per_worker[w]);
+        }
     }
     x.family("runewarp_tunnel_connections_accepted_total",
              "Tunnel connections that completed the handshake and joined a pool.", "counter");
     x.sample("runewarp_tunnel_connections_accepted_total", {},
              m.tunnel_connections_accepted.value());
     x.family("runewarp_tunnel_handshakes_in_flight", "QUIC handshakes in progress.", "gauge");
-    x.sample("runewarp_tunnel_handshakes_in_flight", {},
-             static_cast<uint64_t>(tunnel_ ? tunnel_->handshakes_in_flight() : 0));
+    x.sample("runewarp_tunnel_handshakes_in_flight", {}, lv.handshakes);
     x.family("runewarp_tunnel_handshake_failures_total",
              "Tunnel connection attempts that failed, by reason.", "counter");
     for (size_t i = 0; i < m.handshake_failures.size(); ++i)
@@ -291,7 +295,7 @@ std::string EdgeServer::render_metrics() const {
         std::string idx = std::to_string(mv.index);
         x.sample("runewarp_tunnel_connection_streams_active",
                  {{"tunnel", mv.label}, {"member", idx}, {"client_identity", mv.m->identity}},
-                 uint64_t{mv.m->active_streams});
+                 uint64_t{mv.m->active_streams.load()});
     }
 
     x.family("runewarp_admission_saturation_events_total",
@@ -387,14 +391,15 @@ std::string EdgeServer::render_status_json() const {
             json mj;
             mj["index"] = mv.index;
             mj["identity"] = mv.m->identity;
+            mj["worker"] = mv.m->shard;
             mj["address"] = mv.address;
             mj["rtt_seconds"] = mv.has_info ? json(mv.rtt_seconds) : json(nullptr);
             mj["cwnd_bytes"] = mv.cwnd;
-            mj["active_streams"] = mv.m->active_streams;
+            mj["active_streams"] = mv.m->active_streams.load();
             mj["bytes_in"] = mv.bytes_in;
             mj["bytes_out"] = mv.bytes_out;
             mj["connected_since"] = mv.m->joined_unix;
-            streams += mv.m->active_streams;
+            streams += mv.m->active_streams.load();
             members.push_back(std::move(mj));
         }
         tj["members"] = std::move(members);
@@ -419,7 +424,7 @@ std::string EdgeServer::render_status_json() const {
     totals["bytes_out"] = total_out;
     totals["tunnel_connections"] = reg != nullptr ? reg->total() : 0;
     totals["streams_active"] = streams;
-    totals["handshakes_in_flight"] = tunnel_ ? tunnel_->handshakes_in_flight() : 0;
+    totals["handshakes_in_flight"] = lv.handshakes;
     j["totals"] = std::move(totals);
     return j.dump();
 }

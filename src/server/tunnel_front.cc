@@ -1,10 +1,16 @@
-// TunnelFront: Server certificate, QUIC listener, identity admission and pool membership.
+// TunnelHub and TunnelFront: Server certificate, QUIC listeners, identity admission and pool
+// membership.
 #include "server/tunnel_front.hh"
 
+#include <ngtcp2/ngtcp2.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <vector>
 
+#include "proto/endpoint.hh"
+
+#include "quic/steering.hh"
 #include "server/tcp_listener.hh"
 #include "trust/identity.hh"
 #include "trust/server_cert.hh"
@@ -23,24 +29,28 @@ std::string drop_cause(const quic::CloseInfo& i) {
 
 }  // namespace
 
-Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
-                                                         const config::ServerConfig& cfg,
-                                                         const trust::ServerCertMaterial* cert,
-                                                         obs::Logger& log, AdmissionLog& admission,
-                                                         core::UniqueFd activated) {
-    std::unique_ptr<TunnelFront> f(new TunnelFront(log, admission));
+// ---- TunnelHub ----------------------------------------------------------------------------------
+
+Result<std::unique_ptr<TunnelHub>> TunnelHub::create(const config::ServerConfig& cfg,
+                                                     const trust::ServerCertMaterial* cert,
+                                                     obs::Logger& log, AdmissionLog& admission) {
+    // [server] tunnel-retry: when an Initial must prove its address.
+    const quic::RetryPolicy retry =
+        cfg.tunnel_retry == config::TunnelRetry::kAlways  ? quic::RetryPolicy::always
+        : cfg.tunnel_retry == config::TunnelRetry::kNever ? quic::RetryPolicy::never
+                                                          : quic::RetryPolicy::automatic;
+    std::unique_ptr<TunnelHub> h(new TunnelHub(log, admission, retry));
     // The certificate was loaded and verified as a whole by the startup rules (preflight).
     if (cert != nullptr) {
-        f->cert_path_ = cert->cert_path;
-        f->cert_not_after_ = cert->validity.not_after;
+        h->cert_path_ = cert->cert_path;
+        h->cert_not_after_ = cert->validity.not_after;
     }
-
-    f->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
-    f->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
+    h->registry_ = std::make_unique<TunnelRegistry>(AuthTable::build(cfg), &log);
+    h->registry_->set_liveness([](const TunnelMember& m, int64_t now) noexcept {
         auto* c = static_cast<const quic::Connection*>(m.connection);
         return c == nullptr || !c->unresponsive(now);
     });
-    TunnelFront* self = f.get();
+    TunnelHub* self = h.get();
     auto tls = quic::ServerTls::create(
         {cert != nullptr ? cert->cert_pem : std::string(),
          cert != nullptr ? cert->key_pem : std::string(),
@@ -49,45 +59,21 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w,
         return Error::msg("server certificate " + (cert != nullptr ? cert->cert_path : "") + ": " +
                           tls.error().message);
     }
-    f->tls_ = std::move(*tls);
-
-    quic::ListenerConfig lc;  // [server] tunnel-retry: when an Initial must prove its address
-    lc.retry = cfg.tunnel_retry == config::TunnelRetry::kAlways  ? quic::RetryPolicy::always
-               : cfg.tunnel_retry == config::TunnelRetry::kNever ? quic::RetryPolicy::never
-                                                                 : quic::RetryPolicy::automatic;
-    if (activated.valid()) {
-        // The socket-activated `tunnel` replaces binding the configured address.
-        std::string got = note_activated(log, "server tunnel listener socket-activated",
-                                         activated.get(), cfg.tunnel_bind, "tunnel-bind-address");
-        auto l = quic::Listener::adopt(w, std::move(activated), *f->tls_, *f, lc);
-        if (!l) return Error::msg("activated tunnel socket " + got + ": " + l.error().message);
-        f->listener_ = std::move(*l);
-    } else {
-        sockaddr_storage ss{};
-        socklen_t len = proto::to_sockaddr(cfg.tunnel_bind, ss);
-        auto l = quic::Listener::create(w, reinterpret_cast<const sockaddr*>(&ss), len, *f->tls_,
-                                        *f, lc);
-        if (!l) {
-            return Error::msg("failed to bind server.tunnel-bind-address " +
-                              proto::format_endpoint(cfg.tunnel_bind) + ": " + l.error().message);
-        }
-        f->listener_ = std::move(*l);
-    }
-    f->bind_text_ = local_text(f->listener_->endpoint().fd());
-    // One WARN when the kernel grants less socket buffer than asked for.
-    const quic::SocketBuffers& b = f->listener_->endpoint().buffers();
-    if (b.capped) {
-        log.warn("server tunnel socket buffers capped",
-                 {{"requested", static_cast<uint64_t>(b.requested)},
-                  {"rcvbuf", static_cast<uint64_t>(b.rcvbuf)},
-                  {"sndbuf", static_cast<uint64_t>(b.sndbuf)}},
-                 "raise net.core.rmem_max and net.core.wmem_max for tunnel throughput");
-    }
-    return f;
+    h->tls_ = std::move(*tls);
+    return h;
 }
 
-Result<void> TunnelFront::set_certificate(std::string path, std::string_view cert_pem,
-                                          std::string_view key_pem, std::time_t not_after) {
+quic::ListenerConfig TunnelHub::listener_config(uint32_t index, uint32_t count) const noexcept {
+    quic::ListenerConfig lc;
+    lc.retry = retry_;
+    // The handshake limit (and the Retry threshold) is the process's.
+    lc.handshake_group = handshakes_;
+    lc.steering = quic::CidSteering{count, index};
+    return lc;
+}
+
+Result<void> TunnelHub::set_certificate(std::string path, std::string_view cert_pem,
+                                        std::string_view key_pem, std::time_t not_after) {
     if (auto r = tls_->set_certificate(cert_pem, key_pem); !r)
         return Error::msg("server certificate " + path + ": " + r.error().message);
     cert_path_ = std::move(path);
@@ -95,26 +81,7 @@ Result<void> TunnelFront::set_certificate(std::string path, std::string_view cer
     return {};
 }
 
-TunnelFront::~TunnelFront() {
-    listener_.reset();
-}
-
-void TunnelFront::close_all() noexcept {
-    if (listener_ != nullptr) listener_->close_all(quic::kAppCloseCode, "graceful shutdown");
-}
-
-size_t TunnelFront::set_auth_table(std::shared_ptr<const AuthTable> table) noexcept {
-    auto revoked = registry_->replace_table(std::move(table));
-    for (auto& m : revoked) {
-        auto* c = static_cast<quic::Connection*>(m->connection);
-        revoked_.push_back(m);
-        if (c != nullptr) c->close(quic::kAppCloseCode, "authorization revoked");
-    }
-    return revoked.size();
-}
-
-bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
-    // Decided inside the handshake: a refusal reaches the Client as CRYPTO_ERROR 0x0131.
+bool TunnelHub::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
     auto id = trust::identity_of_certificate_der(leaf_der);
     if (id && registry_->admits(*id)) return true;
     if (unauthorized_limit_.on_saturated().log) {
@@ -127,65 +94,125 @@ bool TunnelFront::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
     return false;
 }
 
+// ---- TunnelFront --------------------------------------------------------------------------------
+
+Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w, TunnelHub& hub,
+                                                         core::UniqueFd fd, uint32_t shard,
+                                                         uint32_t index, uint32_t count) {
+    std::unique_ptr<TunnelFront> f(new TunnelFront(hub, shard));
+    auto l =
+        quic::Listener::adopt(w, std::move(fd), hub.tls(), *f, hub.listener_config(index, count));
+    if (!l) return Error::msg("tunnel listener: " + l.error().message);
+    f->listener_ = std::move(*l);
+    if (index == 0) {
+        // One WARN when the kernel grants less socket buffer than asked for.
+        const quic::SocketBuffers& b = f->listener_->endpoint().buffers();
+        if (b.capped) {
+            hub.log().warn("server tunnel socket buffers capped",
+                           {{"requested", static_cast<uint64_t>(b.requested)},
+                            {"rcvbuf", static_cast<uint64_t>(b.rcvbuf)},
+                            {"sndbuf", static_cast<uint64_t>(b.sndbuf)}},
+                           "raise net.core.rmem_max and net.core.wmem_max for tunnel throughput");
+        }
+    }
+    return f;
+}
+
+TunnelFront::~TunnelFront() {
+    listener_.reset();
+}
+
+void TunnelFront::close_all() noexcept {
+    if (listener_ != nullptr) listener_->close_all(quic::kAppCloseCode, "graceful shutdown");
+}
+
+void TunnelFront::close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept {
+    for (auto& m : revoked) {
+        auto* c = static_cast<quic::Connection*>(m->connection);
+        revoked_.push_back(m);
+        if (c != nullptr) c->close(quic::kAppCloseCode, "authorization revoked");
+    }
+}
+
+void TunnelFront::collect(std::unordered_map<const TunnelMember*, MemberStats>& out) const {
+    for (const auto& [m, hold] : live_) {
+        auto* c = static_cast<quic::Connection*>(m->connection);
+        if (c == nullptr || c->raw() == nullptr) continue;
+        ngtcp2_conn_info ci{};
+        ngtcp2_conn_get_conn_info(c->raw(), &ci);
+        MemberStats st{static_cast<double>(ci.smoothed_rtt) / 1e9, ci.cwnd, "?"};
+        const ngtcp2_path* p = ngtcp2_conn_get_path(c->raw());
+        if (p != nullptr && p->remote.addr != nullptr) {
+            auto e =
+                proto::from_sockaddr(p->remote.addr, static_cast<socklen_t>(p->remote.addrlen));
+            if (e) st.address = proto::format_endpoint(proto::unmap_v4(*e));
+        }
+        out[m] = std::move(st);
+    }
+}
+
 void TunnelFront::on_handshake_refused(size_t in_flight) noexcept {
-    count(HandshakeFailure::kSaturated);
-    admission_.saturated(AdmissionScope::kQuicHandshakeGlobal, in_flight, in_flight);
+    hub_.count(HandshakeFailure::kSaturated);
+    hub_.admission().saturated(AdmissionScope::kQuicHandshakeGlobal, in_flight, in_flight);
 }
 
 void TunnelFront::on_handshake_admitted() noexcept {
-    admission_.admitted(AdmissionScope::kQuicHandshakeGlobal);
+    hub_.admission().admitted(AdmissionScope::kQuicHandshakeGlobal);
 }
 
 void TunnelFront::on_handshake_failed(const quic::Connection& c) noexcept {
     const quic::CloseInfo& info = c.close_info();
     // Refused identities were logged as unauthorized by the verifier; shutdown aborts the rest.
     if (!info.application && info.code == quic::kCryptoErrorAccessDenied)
-        return count(HandshakeFailure::kUnauthorized);
-    if (registry_->sealed()) return;
-    count(tls_->has_certificate() ? HandshakeFailure::kError : HandshakeFailure::kNoCertificate);
-    if (handshake_failure_limit_.on_saturated().log) {
+        return hub_.count(HandshakeFailure::kUnauthorized);
+    if (hub_.registry().sealed()) return;
+    const bool has_cert = hub_.has_certificate();
+    hub_.count(has_cert ? HandshakeFailure::kError : HandshakeFailure::kNoCertificate);
+    if (hub_.handshake_failure_limit().on_saturated().log) {
         std::string cause = quic::describe_close(info, "the client");
         // ACME before the first issuance: every handshake fails until a certificate arrives.
-        if (!tls_->has_certificate())
-            cause += "; no Server certificate yet (ACME issuance pending)";
-        log_.warn("server tunnel connection failed", {}, cause);
+        if (!has_cert) cause += "; no Server certificate yet (ACME issuance pending)";
+        hub_.log().warn("server tunnel connection failed", {}, cause);
     }
 }
 
 void TunnelFront::on_connection(quic::Connection& c) noexcept {
-    if (handshake_failure_limit_.on_success())
-        log_.info("server admission recovered", {{"scope", "quic-handshake-failure"}});
+    if (hub_.handshake_failure_limit().on_success())
+        hub_.log().info("server admission recovered", {{"scope", "quic-handshake-failure"}});
     auto id = trust::identity_of_certificate_der(c.peer_certificate());
     if (!id) {
-        count(HandshakeFailure::kUnauthorized);
+        hub_.count(HandshakeFailure::kUnauthorized);
         c.close(quic::kAppCloseCode, join_close_reason(JoinStatus::kUnmapped));
         return;
     }
-    auto j = registry_->join(*id, &c);
+    TunnelRegistry& reg = hub_.registry();
+    auto j = reg.join(*id, &c, shard_);
     if (j.status != JoinStatus::kJoined) {
         if (j.status == JoinStatus::kUnmapped) {
-            count(HandshakeFailure::kUnauthorized);
+            hub_.count(HandshakeFailure::kUnauthorized);
         } else if (j.status != JoinStatus::kShuttingDown) {
-            count(HandshakeFailure::kJoinRefused);
+            hub_.count(HandshakeFailure::kJoinRefused);
         }
         if (auto scope = join_scope(j.status)) {
-            const TunnelLimits& lim = registry_->limits();
+            const TunnelLimits& lim = reg.limits();
             uint64_t limit = j.status == JoinStatus::kGlobalSaturated ? lim.global
                              : j.status == JoinStatus::kPoolSaturated ? lim.per_pool
                                                                       : lim.per_identity;
-            admission_.saturated(*scope, limit, limit);
+            hub_.admission().saturated(*scope, limit, limit);
         }
         c.close(quic::kAppCloseCode, join_close_reason(j.status));
         return;
     }
     for (JoinStatus st :
          {JoinStatus::kGlobalSaturated, JoinStatus::kPoolSaturated, JoinStatus::kIdentitySaturated})
-        admission_.admitted(*join_scope(st));
-    // The pool keeps the member alive as long as the connection is; the connection points back.
+        hub_.admission().admitted(*join_scope(st));
+    // This front keeps the member alive as long as the connection is; the connection points back.
     j.member->joined_unix = static_cast<int64_t>(std::time(nullptr));
-    if (metrics_ != nullptr) metrics_->tunnel_connections_accepted.add();
+    if (ServerMetrics* m = hub_.metrics()) m->tunnel_connections_accepted.add();
     c.set_user_data(j.member.get());
     c.set_handler(this);
+    live_.emplace(j.member.get(), j.member);
+    ++members_;
 }
 
 void TunnelFront::on_stream_opened(quic::Connection&, quic::Stream& s) noexcept {
@@ -210,20 +237,55 @@ void TunnelFront::on_closed(quic::Connection& c, const quic::CloseInfo& info) no
     if (m == nullptr) return;
     // Keep the member alive through the wake-ups even if no Visitor holds it.
     std::shared_ptr<TunnelMember> hold;
-    for (auto& p : registry_->all())
-        if (p.get() == m) hold = p;
+    if (auto it = live_.find(m); it != live_.end()) {
+        hold = std::move(it->second);
+        live_.erase(it);
+        if (members_ > 0) --members_;
+    }
     for (auto it = revoked_.begin(); it != revoked_.end(); ++it) {
         if (it->get() == m) {
             hold = std::move(*it);
             revoked_.erase(it);
             m->connection = nullptr;
-            log_.info("server tunnel connection closed",
-                      {{"client-identity", m->identity}, {"reason", "authorization-revoked"}});
+            hub_.log().info(
+                "server tunnel connection closed",
+                {{"client-identity", m->identity}, {"reason", "authorization-revoked"}});
             break;
         }
     }
-    registry_->leave(*m, drop_cause(info));
+    hub_.registry().leave(*m, drop_cause(info));
+    m->connection = nullptr;
     wake_waiters(*m);  // each sees a dead member and drops its Visitor
+}
+
+// ---- the tunnel UDP group -----------------------------------------------------------------------
+
+Result<std::vector<core::UniqueFd>> tunnel_group(const config::ServerConfig& cfg,
+                                                 core::UniqueFd activated, uint32_t workers,
+                                                 obs::Logger& log) {
+    if (activated.valid()) {
+        // The socket-activated `tunnel` replaces binding the configured address.
+        std::string got = note_activated(log, "server tunnel listener socket-activated",
+                                         activated.get(), cfg.tunnel_bind, "tunnel-bind-address");
+        std::string alone;
+        auto g = quic::join_udp_group(std::move(activated), workers, &alone);
+        if (!g) return Error::msg("activated tunnel socket " + got + ": " + g.error().message);
+        if (g->size() < workers) {
+            log.info("server tunnel listener on one worker", {{"bind-address", got}},
+                     alone +
+                         "; Tunnel connections all live on worker 0 (see runewarp(8), "
+                         "socket activation)");
+        }
+        return g;
+    }
+    sockaddr_storage ss{};
+    socklen_t len = proto::to_sockaddr(cfg.tunnel_bind, ss);
+    auto g = quic::bind_udp_group(reinterpret_cast<const sockaddr*>(&ss), len, workers);
+    if (!g) {
+        return Error::msg("failed to bind server.tunnel-bind-address " +
+                          proto::format_endpoint(cfg.tunnel_bind) + ": " + g.error().message);
+    }
+    return g;
 }
 
 }  // namespace runewarp::server

@@ -63,9 +63,16 @@ TunnelRegistry::TunnelRegistry(std::shared_ptr<const AuthTable> table, obs::Logg
                                TunnelLimits limits)
     : table_(std::move(table)), log_(log), limits_(limits), pools_(table_->tunnel_count()) {}
 
-TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* connection) {
+std::shared_ptr<const AuthTable> TunnelRegistry::table() const {
+    std::lock_guard lock(mu_);
+    return table_;
+}
+
+TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* connection,
+                                          uint32_t shard) {
     Join j;
-    if (sealed_) {
+    std::lock_guard lock(mu_);
+    if (sealed()) {
         j.status = JoinStatus::kShuttingDown;
         return j;
     }
@@ -94,6 +101,7 @@ TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* con
     m->identity = identity;
     m->tunnel = tunnel;
     m->connection = connection;
+    m->shard = shard;
     m->alive = true;
     pool.members.push_back(m);
     ++mine;
@@ -102,13 +110,15 @@ TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* con
         log_->info("server tunnel connection accepted",
                    {{"client-identity", identity},
                     {"tunnel", table_->label(static_cast<size_t>(tunnel))},
-                    {"members", static_cast<uint64_t>(pool.members.size())}});
+                    {"members", static_cast<uint64_t>(pool.members.size())},
+                    {"worker", uint64_t{shard}}});
     }
     j.member = std::move(m);
     return j;
 }
 
 void TunnelRegistry::leave(TunnelMember& m, std::string_view cause) {
+    std::lock_guard lock(mu_);
     if (!m.alive) return;
     m.alive = false;
     m.connection = nullptr;
@@ -134,6 +144,7 @@ void TunnelRegistry::leave(TunnelMember& m, std::string_view cause) {
 std::vector<std::shared_ptr<TunnelMember>> TunnelRegistry::replace_table(
     std::shared_ptr<const AuthTable> table) {
     std::vector<std::shared_ptr<TunnelMember>> revoked;
+    std::lock_guard lock(mu_);
     std::vector<Pool> pools(table->tunnel_count());
     // Placement counters follow their Tunnel's label.
     for (size_t i = 0; i < pools.size(); ++i) {
@@ -174,7 +185,17 @@ std::vector<std::shared_ptr<TunnelMember>> TunnelRegistry::replace_table(
     return revoked;
 }
 
-std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel) {
+std::shared_ptr<TunnelMember> TunnelRegistry::pick(std::string_view label, uint32_t shard) {
+    int tunnel;
+    {
+        std::lock_guard lock(mu_);
+        tunnel = table_->tunnel_index(label);
+    }
+    return pick(tunnel, shard);
+}
+
+std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel, uint32_t shard) {
+    std::lock_guard lock(mu_);
     if (tunnel < 0 || static_cast<size_t>(tunnel) >= pools_.size()) return nullptr;
     Pool& pool = pools_[static_cast<size_t>(tunnel)];
     size_t n = pool.members.size();
@@ -182,16 +203,26 @@ std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel) {
     const int64_t now = liveness_ != nullptr ? core::now_ns() : 0;
     uint32_t min = UINT32_MAX;
     for (const auto& m : pool.members) {
-        if (liveness_ != nullptr) note_liveness(*m, liveness_(*m, now));
-        if (!m->unresponsive) min = std::min(min, m->active_streams);
+        // Another worker's connection is only read by that worker: its last verdict stands.
+        if (liveness_ != nullptr && m->shard == shard) note_liveness(*m, liveness_(*m, now));
+        if (!m->unresponsive) min = std::min(min, m->active_streams.load());
     }
     if (min == UINT32_MAX) return nullptr;  // every member is silent
     size_t start = static_cast<size_t>(pool.counter++ % n);
     for (size_t i = 0; i < n; ++i) {
         const auto& m = pool.members[(start + i) % n];
-        if (!m->unresponsive && m->active_streams == min) return m;
+        if (!m->unresponsive && m->active_streams.load() == min) return m;
     }
     return nullptr;  // unreachable: some responsive member holds the minimum
+}
+
+bool TunnelRegistry::responsive(TunnelMember& m) {
+    if (!m.alive) return false;
+    if (liveness_ == nullptr) return !m.unresponsive;
+    const bool ok = liveness_(m, core::now_ns());
+    std::lock_guard lock(mu_);
+    note_liveness(m, ok);
+    return ok;
 }
 
 void TunnelRegistry::note_liveness(TunnelMember& m, bool responsive) {
@@ -209,12 +240,19 @@ void TunnelRegistry::note_liveness(TunnelMember& m, bool responsive) {
     }
 }
 
-size_t TunnelRegistry::members(int tunnel) const noexcept {
+size_t TunnelRegistry::members(int tunnel) const {
+    std::lock_guard lock(mu_);
     if (tunnel < 0 || static_cast<size_t>(tunnel) >= pools_.size()) return 0;
     return pools_[static_cast<size_t>(tunnel)].members.size();
 }
 
+size_t TunnelRegistry::total() const {
+    std::lock_guard lock(mu_);
+    return total_;
+}
+
 std::vector<std::shared_ptr<TunnelMember>> TunnelRegistry::all() const {
+    std::lock_guard lock(mu_);
     std::vector<std::shared_ptr<TunnelMember>> out;
     out.reserve(total_);
     for (const Pool& p : pools_) out.insert(out.end(), p.members.begin(), p.members.end());

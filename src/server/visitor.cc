@@ -277,11 +277,7 @@ void VisitorSession::route() noexcept {
     routes_ = shard_.routes();
     const RouteTarget* target = routes_->find(sni_);
     if (target == nullptr) return fail(CloseReason::kUnauthorizedHostname);
-    if (target->kind == RouteTarget::Kind::kTunnel) {
-        // Every Tunnel connection lives on shard 0.
-        if (!shard_.primary()) return hand_off(target->tunnel_label);
-        return route_tunnel(target->tunnel_label);
-    }
+    if (target->kind == RouteTarget::Kind::kTunnel) return route_tunnel(target->tunnel_label);
     route_ = target->direct;
     counts_ = shard_.direct_counts(route_->label);
     if (!take_relay_slot()) return fail(CloseReason::kRelaySaturated);
@@ -383,12 +379,24 @@ void VisitorSession::drive_relay(bool up, bool down) noexcept {
     if (to_upstream_.done() && to_visitor_.done()) finish(CloseReason::kDone);
 }
 
-void VisitorSession::route_tunnel(std::string_view label) noexcept {
+void VisitorSession::route_tunnel(std::string_view label, uint32_t hops) noexcept {
+    // A placement the next shard finds stale is made again there, at most this many times.
+    constexpr uint32_t kMaxHops = 2;
     tunnel_ = true;
     tunnel_label_ = label;
     counts_ = shard_.tunnel_counts(label);
     TunnelRegistry* reg = shard_.tunnels();
     if (reg == nullptr || reg->sealed()) return fail(CloseReason::kShutdown);
+    member_ = reg->pick(label, shard_.index());
+    if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
+    if (member_->shard != shard_.index()) {
+        if (hops >= kMaxHops) return fail(CloseReason::kNoActiveTunnel);
+        return hand_off(label, hops + 1);
+    }
+    open_on_member();
+}
+
+void VisitorSession::open_on_member() noexcept {
     Admission& adm = shard_.admission();
     if (!adm.try_pending_open()) {
         shard_.admission_log().saturated(AdmissionScope::kPendingOpen, adm.pending_opens(),
@@ -397,16 +405,16 @@ void VisitorSession::route_tunnel(std::string_view label) noexcept {
     }
     holds_pending_ = true;
     shard_.admission_log().admitted(AdmissionScope::kPendingOpen);
-    member_ = reg->pick(label);
-    if (member_ == nullptr) return fail(CloseReason::kNoActiveTunnel);
     state_ = VisitorState::kOpen;
     if (!worker().rearm_timer(deadline_, core::now_ns() + kOpenDeadlineNs))
         deadline_ = arm_timer(kOpDeadline, core::now_ns() + kOpenDeadlineNs);
     try_open_stream();
 }
 
-void VisitorSession::hand_off(std::string_view label) noexcept {
+void VisitorSession::hand_off(std::string_view label, uint32_t hops) noexcept {
     auto h = std::make_shared<VisitorHandoff>();
+    h->member = std::move(member_);
+    h->hops = hops;
     h->conn_id = conn_id_;
     h->started_ns = started_ns_;
     h->snap = shard_.snapshot();
@@ -431,7 +439,17 @@ void VisitorSession::resume_tunnel(const VisitorHandoff& h) noexcept {
     tuple_ = h.tuple;
     buffered_ = h.buffered;
     state_ = VisitorState::kHello;
-    route_tunnel(h.label);
+    TunnelRegistry* reg = shard_.tunnels();
+    // The placement still holds when its connection, owned here, answers now.
+    if (h.member != nullptr && h.member->shard == shard_.index() && reg != nullptr &&
+        !reg->sealed() && reg->responsive(*h.member)) {
+        tunnel_ = true;
+        tunnel_label_ = h.label;
+        counts_ = shard_.tunnel_counts(h.label);
+        member_ = h.member;
+        return open_on_member();
+    }
+    route_tunnel(h.label, h.hops);
 }
 
 void VisitorSession::try_open_stream() noexcept {

@@ -46,8 +46,9 @@ public:
 
     // Starts intake; the global pre-routing slot is already held by the caller.
     void start() noexcept;
-    // Shard 0: continues a Visitor another shard routed to a Tunnel (its intake is done and its
-    // pre-routing slots are released): opens the stream like route() would have.
+    // Continues a Visitor another shard placed on a Tunnel connection this shard owns (its
+    // intake is done and its pre-routing slots are released): opens the stream like route()
+    // would have, or places it again when that connection stopped answering meanwhile.
     void resume_tunnel(const VisitorHandoff& h) noexcept;
     // Shutdown began: a Visitor still in intake is cancelled; relays keep running.
     void on_shutdown_started() noexcept;
@@ -95,11 +96,13 @@ private:
     void start_relay() noexcept;
     void drive_relay(bool from_visitor_poll, bool from_upstream_poll) noexcept;
 
-    // Tunnel route: pending-open slot, member, stream (5 s), active slot, prefix, relay.
-    void route_tunnel(std::string_view label) noexcept;
-    // A shard other than 0: the socket and what intake learnt go to shard 0; this session ends
-    // without a trace (no log line, no drop counted).
-    void hand_off(std::string_view label) noexcept;
+    // Tunnel route: member (placement), then on the member's shard: pending-open slot, stream
+    // (5 s), active slot, prefix, relay. `hops`: hand-overs this Visitor already made.
+    void route_tunnel(std::string_view label, uint32_t hops = 0) noexcept;
+    void open_on_member() noexcept;
+    // The member's connection lives on another shard: the socket and what intake learnt go
+    // there; this session ends without a trace (no log line, no drop counted).
+    void hand_off(std::string_view label, uint32_t hops) noexcept;
     void try_open_stream() noexcept;
     void on_stream_opened(quic::Stream& s) noexcept;
     void refuse_stream(quic::Stream& s, CloseReason r) noexcept;

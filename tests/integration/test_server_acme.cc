@@ -479,6 +479,9 @@ Test(server_acme, renewal_keeps_live_connections_and_serves_the_new_certificate,
     CurlDownload dl(s.tunnel_target(), "/slow/long.bin", s.out("long.bin"), Millis{150000});
     cr_assert(s.wait_server("server acme certificate renewed", 1, Millis{90000}), "%s",
               s.logs().c_str());
+    // The manager logs the renewal, then hands the certificate to the loop, which installs it.
+    cr_assert(s.wait_server("server acme certificate installed", 2, Millis{10000}), "%s",
+              s.logs().c_str());
     cr_assert(!dl.finish(Millis{0}).has_value(), "the download ended before the renewal");
     Probe after = s.probe();
     cr_assert(after.established, "%s", s.logs().c_str());

@@ -114,8 +114,8 @@ Test(server, replacing_the_auth_table_revokes_removed_identities_and_moves_the_r
     cr_assert_eq(revoked[0]->connection, conn(2), "the caller closes the connection");
     cr_assert_not(b.member->alive);
     cr_assert_eq(reg.total(), 2u);
-    cr_assert_eq(reg.members(reg.table().tunnel_index("app")), 2u);
-    cr_assert_eq(reg.members(reg.table().tunnel_index("docs")), 0u);
+    cr_assert_eq(reg.members(reg.table()->tunnel_index("app")), 2u);
+    cr_assert_eq(reg.members(reg.table()->tunnel_index("docs")), 0u);
     cr_assert_eq(a.member->tunnel, 1);
     cr_assert_eq(c.member->tunnel, 1);
     cr_assert_not(reg.admits(ident('b')));
