@@ -207,7 +207,6 @@ void TunnelFront::on_connection(quic::Connection& c) noexcept {
          {JoinStatus::kGlobalSaturated, JoinStatus::kPoolSaturated, JoinStatus::kIdentitySaturated})
         hub_.admission().admitted(*join_scope(st));
     // This front keeps the member alive as long as the connection is; the connection points back.
-    j.member->joined_unix = static_cast<int64_t>(std::time(nullptr));
     if (ServerMetrics* m = hub_.metrics()) m->tunnel_connections_accepted.add();
     c.set_user_data(j.member.get());
     c.set_handler(this);

@@ -3,6 +3,7 @@
 #include "server/tunnel_registry.hh"
 
 #include <algorithm>
+#include <ctime>
 
 #include "core/clock.hh"
 
@@ -102,6 +103,7 @@ TunnelRegistry::Join TunnelRegistry::join(const std::string& identity, void* con
     m->tunnel = tunnel;
     m->connection = connection;
     m->shard = shard;
+    m->joined_unix = static_cast<int64_t>(std::time(nullptr));
     m->alive = true;
     pool.members.push_back(m);
     ++mine;

@@ -60,7 +60,7 @@ struct TunnelMember {
     // Bytes of the streams that ended on this member (the status page adds the live ones).
     std::atomic<uint64_t> bytes_in{0};
     std::atomic<uint64_t> bytes_out{0};
-    int64_t joined_unix = 0;  // when the connection joined its pool (unix seconds)
+    int64_t joined_unix = 0;  // when the connection joined its pool (unix seconds; set by join)
     std::atomic<bool> alive{false};
     // As last seen by its own worker: takes no new Visitors.
     std::atomic<bool> unresponsive{false};
