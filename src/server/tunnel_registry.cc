@@ -211,17 +211,10 @@ std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel, uint32_t shard) {
     }
     if (min == UINT32_MAX) return nullptr;  // every member is silent
     size_t start = static_cast<size_t>(pool.counter++ % n);
-    // Among the members with the minimum, the first from k mod n that `shard` owns (no hand-over
-    // to another worker), else the first.
-    const TunnelMember* first = nullptr;
     for (size_t i = 0; i < n; ++i) {
         const auto& m = pool.members[(start + i) % n];
-        if (m->unresponsive || m->active_streams.load() != min) continue;
-        if (m->shard == shard) return m;
-        if (first == nullptr) first = m.get();
+        if (!m->unresponsive && m->active_streams.load() == min) return m;
     }
-    for (const auto& m : pool.members)
-        if (m.get() == first) return m;
     return nullptr;  // unreachable: some responsive member holds the minimum
 }
 

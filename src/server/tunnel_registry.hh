@@ -126,12 +126,10 @@ public:
     using LivenessFn = bool (*)(const TunnelMember& m, int64_t now_ns) noexcept;
     void set_liveness(LivenessFn f) noexcept { liveness_ = f; }
 
-    // Placement by worker `shard`: minimum active count, pool counter k, scan from k mod n, the
-    // first with the minimum that `shard` owns, else the first with the minimum (a Visitor is
-    // handed to another worker only when no member of its own worker is among the least
-    // active). Members found unresponsive are skipped until they answer again (they leave when
-    // their connection closes); the members of `shard` are checked now, the others as their own
-    // worker last saw them. nullptr when no responsive member is left.
+    // Placement by worker `shard`: minimum active count, pool counter k, scan from k mod n, first
+    // with the minimum. Members found unresponsive are skipped until they answer again (they
+    // leave when their connection closes); the members of `shard` are checked now, the others
+    // as their own worker last saw them. nullptr when no responsive member is left.
     std::shared_ptr<TunnelMember> pick(int tunnel, uint32_t shard = 0);
     std::shared_ptr<TunnelMember> pick(std::string_view label, uint32_t shard = 0);
     // On the member's own worker: whether it still answers now (noted and logged on a change).

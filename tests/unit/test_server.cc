@@ -11,7 +11,6 @@
 #include <latch>
 #include <map>
 #include <memory>
-#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -228,32 +227,6 @@ Test(server, placement_prefers_the_least_active_member) {
     reg.stream_started(*b);
     // Now c (1) is the minimum.
     for (int i = 0; i < 4; ++i) cr_assert_eq(reg.pick("app").get(), c.get());
-}
-
-// With workers, a worker's placement takes a member it owns among the least active (no hand-over),
-// and another worker's member only when that one is less busy.
-Test(server, placement_prefers_the_deciding_workers_member_among_the_least_active) {
-    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
-    auto a = reg.join(ident('a'), conn(1), 0).member;
-    auto b = reg.join(ident('a'), conn(2), 1).member;
-    auto c = reg.join(ident('b'), conn(3), 1).member;
-    cr_assert_eq(b->shard, 1u);
-    for (int i = 0; i < 6; ++i) cr_assert_eq(reg.pick("app", 0).get(), a.get());
-    // Worker 1 owns b and c: it alternates between them, never a.
-    std::set<TunnelMember*> by1;
-    for (int i = 0; i < 6; ++i) by1.insert(reg.pick("app", 1).get());
-    cr_assert_eq(by1, (std::set<TunnelMember*>{b.get(), c.get()}));
-    // a is busier: worker 0 places on worker 1's members now.
-    reg.stream_started(*a);
-    std::set<TunnelMember*> by0;
-    for (int i = 0; i < 6; ++i) by0.insert(reg.pick("app", 0).get());
-    cr_assert_eq(by0, (std::set<TunnelMember*>{b.get(), c.get()}));
-    // b and c busier than a: worker 1 hands over to a.
-    reg.stream_started(*b);
-    reg.stream_started(*b);
-    reg.stream_started(*c);
-    reg.stream_started(*c);
-    cr_assert_eq(reg.pick("app", 1).get(), a.get());
 }
 
 Test(server, placement_breaks_ties_round_robin_from_the_pool_counter) {
