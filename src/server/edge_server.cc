@@ -62,6 +62,7 @@ EdgeServer::~EdgeServer() {
     // Connections still attached are dropped without a closing period before anything they
     // call back into goes away.
     if (!shards_.empty()) shards_[0]->reset_tunnel();
+    hub_.store(nullptr, std::memory_order_release);
     tunnel_.reset();
 }
 
@@ -191,6 +192,8 @@ Result<std::unique_ptr<EdgeServer>> EdgeServer::create(
         if (!t) return std::move(t).error();
         s->tunnel_ = std::move(*t);
         s->tunnel_->set_metrics(&s->metrics_);
+        s->watch_tunnel_liveness(*s->tunnel_);
+        s->hub_.store(s->tunnel_.get(), std::memory_order_release);
         if (s->acme_ != nullptr) {
             if (auto cached = s->acme_->cached()) s->on_acme_certificate(*cached);
         } else {
@@ -467,6 +470,14 @@ void EdgeServer::close_tunnel_connections() noexcept {
     if (TunnelFront* f = shards_[0]->tunnel_front()) f->close_all();
 }
 
+void EdgeServer::watch_tunnel_liveness(TunnelHub& hub) {
+    // On the member's own worker (where it was found unresponsive): its front re-checks it.
+    hub.registry().set_on_unresponsive([this](TunnelMember& m) {
+        if (m.shard >= shards_.size()) return;
+        if (TunnelFront* f = shards_[m.shard]->tunnel_front()) f->watch_liveness();
+    });
+}
+
 void EdgeServer::close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept {
     std::vector<std::vector<std::shared_ptr<TunnelMember>>> by_shard(shards_.size());
     for (auto& m : revoked) {
@@ -661,12 +672,13 @@ void EdgeServer::finish_reload() noexcept {
         auto g = tunnel_group(next, core::UniqueFd(), 1, log_);
         if (!g) return fail(g.error().message);
         std::string text = local_text((*g)[0].get());
-        std::unique_ptr<TunnelHub> previous = std::exchange(tunnel_, std::move(*t));
-        if (auto r = shards_[0]->open_tunnel(std::move((*g)[0]), 1); !r) {
-            tunnel_ = std::move(previous);
+        // Made whole before the other workers can see it (tunnels() reads hub_).
+        (*t)->set_metrics(&metrics_);
+        watch_tunnel_liveness(**t);
+        if (auto r = shards_[0]->open_tunnel(**t, std::move((*g)[0]), 1); !r)
             return fail(r.error().message);
-        }
-        tunnel_->set_metrics(&metrics_);
+        tunnel_ = std::move(*t);
+        hub_.store(tunnel_.get(), std::memory_order_release);
         tunnel_text_ = std::move(text);
         tunnel_workers_ = 1;
         new_front = true;

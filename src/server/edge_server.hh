@@ -99,8 +99,12 @@ public:
     const std::shared_ptr<const RouteTable>& routes() const noexcept { return routes_; }
     bool shutting_down() const noexcept { return shutdown_->started(); }
     // Null when no Tunnel is configured.
-    TunnelRegistry* tunnels() noexcept { return tunnel_ ? &tunnel_->registry() : nullptr; }
-    TunnelHub* tunnel_hub() noexcept { return tunnel_.get(); }
+    // Any thread: null until a Tunnel exists (a reload may add the first one).
+    TunnelRegistry* tunnels() noexcept {
+        TunnelHub* h = hub_.load(std::memory_order_acquire);
+        return h != nullptr ? &h->registry() : nullptr;
+    }
+    TunnelHub* tunnel_hub() noexcept { return hub_.load(std::memory_order_acquire); }
     // The TLS-ALPN-01 challenges pending for the Server hostname; null without [server.acme].
     const acme::ChallengeBoard* acme_board() const noexcept { return acme_board_.get(); }
 
@@ -156,6 +160,8 @@ private:
 
     // What shards start new Visitors under (main thread; after labels were added).
     ShardSnapshot make_snapshot();
+    // Unresponsive Tunnel members are re-checked by their own worker's front.
+    void watch_tunnel_liveness(TunnelHub& hub);
     // Reload revoked these members: each closes on the worker that owns it.
     void close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept;
     // The public listener group: one socket per worker (SO_REUSEPORT), or the one activated
@@ -194,6 +200,7 @@ private:
     // The Tunnel connections' shared part; each worker with a member of the tunnel UDP group
     // runs a TunnelFront of its own.
     std::unique_ptr<TunnelHub> tunnel_;
+    std::atomic<TunnelHub*> hub_{nullptr};  // tunnel_ for the other workers' threads
     core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the group takes it
     std::string tunnel_text_;   // the tunnel group's address
     uint32_t tunnel_workers_ = 0;

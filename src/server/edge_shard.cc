@@ -108,14 +108,16 @@ Result<void> EdgeShard::setup(core::UniqueFd public_fd, std::string public_text,
                                            std::move(public_text), &server_.accept_limit());
     if (!listener_->open()) return Error::msg("event loop: no slot for the public listener");
     listener_open_ = true;
-    if (tunnel_fd.valid()) return open_tunnel(std::move(tunnel_fd), tunnel_count);
+    if (tunnel_fd.valid()) {
+        TunnelHub* hub = server_.tunnel_hub();
+        if (hub == nullptr) return Error::msg("tunnel listener without a Tunnel");
+        return open_tunnel(*hub, std::move(tunnel_fd), tunnel_count);
+    }
     return {};
 }
 
-Result<void> EdgeShard::open_tunnel(core::UniqueFd fd, uint32_t count) {
-    TunnelHub* hub = server_.tunnel_hub();
-    if (hub == nullptr) return Error::msg("tunnel listener without a Tunnel");
-    auto f = TunnelFront::create(*worker_, *hub, std::move(fd), index_, index_, count);
+Result<void> EdgeShard::open_tunnel(TunnelHub& hub, core::UniqueFd fd, uint32_t count) {
+    auto f = TunnelFront::create(*worker_, hub, std::move(fd), index_, index_, count);
     if (!f) return std::move(f).error();
     tunnel_front_ = std::move(*f);
     return {};

@@ -135,9 +135,9 @@ public:
     void collect(LiveView& out) const;
     // A Visitor handed over by another shard.
     void adopt(std::shared_ptr<VisitorHandoff> h) noexcept;
-    // The Tunnel listener on member `index` (this shard's) of a group of `count` (the hub must
-    // exist). Startup, or the first [tunnel] a reload adds (shard 0 only).
-    Result<void> open_tunnel(core::UniqueFd fd, uint32_t count);
+    // The Tunnel listener on member `index` (this shard's) of a group of `count`. Startup, or
+    // the first [tunnel] a reload adds (shard 0 only).
+    Result<void> open_tunnel(TunnelHub& hub, core::UniqueFd fd, uint32_t count);
     // This shard's Tunnel listener (null when it owns no member of the group).
     TunnelFront* tunnel_front() noexcept { return tunnel_front_.get(); }
     // Drops the Tunnel listener and whatever lingers in a closing period.

@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/clock.hh"
 #include "proto/endpoint.hh"
 
 #include "quic/steering.hh"
@@ -96,6 +97,40 @@ bool TunnelHub::admit_peer(std::span<const uint8_t> leaf_der) noexcept {
 
 // ---- TunnelFront --------------------------------------------------------------------------------
 
+// The timer of TunnelFront::watch_liveness, on the front's worker.
+class TunnelFront::LivenessCheck final : public core::Session {
+public:
+    LivenessCheck(core::Worker& w, TunnelFront& f) noexcept : core::Session(w), front_(&f) {}
+    ~LivenessCheck() override = default;
+    void arm() noexcept {
+        if (armed_ || aborting() || front_ == nullptr) return;
+        timer_ = arm_timer(kOpCheck, core::now_ns() + kRecheckNs);
+        armed_ = true;
+    }
+    // The front goes: no more checks; the session frees itself once quiesced.
+    void release() noexcept {
+        front_ = nullptr;
+        if (armed_) worker().cancel_timer(timer_);
+        armed_ = false;
+        abort(0);
+    }
+
+protected:
+    void on_event(const core::Completion& c) noexcept override {
+        if (c.token.op != kOpCheck) return;
+        armed_ = false;
+        if (front_ != nullptr) front_->recheck();
+    }
+    void on_quiesced() noexcept override { delete this; }
+
+private:
+    static constexpr uint8_t kOpCheck = 1;
+    static constexpr int64_t kRecheckNs = 500'000'000;
+    TunnelFront* front_;
+    core::TimerHandle timer_{};
+    bool armed_ = false;
+};
+
 Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w, TunnelHub& hub,
                                                          core::UniqueFd fd, uint32_t shard,
                                                          uint32_t index, uint32_t count) {
@@ -104,6 +139,12 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w, Tunnel
         quic::Listener::adopt(w, std::move(fd), hub.tls(), *f, hub.listener_config(index, count));
     if (!l) return Error::msg("tunnel listener: " + l.error().message);
     f->listener_ = std::move(*l);
+    f->check_ = new LivenessCheck(w, *f);
+    if (!f->check_->open()) {
+        delete f->check_;
+        f->check_ = nullptr;
+        return Error::msg("event loop: no slot for the tunnel liveness check");
+    }
     if (index == 0) {
         // One WARN when the kernel grants less socket buffer than asked for.
         const quic::SocketBuffers& b = f->listener_->endpoint().buffers();
@@ -119,7 +160,26 @@ Result<std::unique_ptr<TunnelFront>> TunnelFront::create(core::Worker& w, Tunnel
 }
 
 TunnelFront::~TunnelFront() {
+    stop_check();
     listener_.reset();
+}
+
+void TunnelFront::stop_check() noexcept {
+    if (check_ == nullptr) return;
+    check_->release();
+    check_ = nullptr;
+}
+
+void TunnelFront::watch_liveness() noexcept {
+    if (check_ != nullptr) check_->arm();
+}
+
+void TunnelFront::recheck() noexcept {
+    bool still = false;
+    for (const auto& [m, hold] : live_) {
+        if (m->unresponsive && !hub_.registry().responsive(*m)) still = true;
+    }
+    if (still) watch_liveness();
 }
 
 void TunnelFront::close_all() noexcept {

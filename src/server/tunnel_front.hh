@@ -121,11 +121,20 @@ public:
     // `authorization revoked` (spec 5.9).
     void close_revoked(std::vector<std::shared_ptr<TunnelMember>> revoked) noexcept;
     // Drops the listener and whatever lingers in a closing period (after the close flush).
-    void drop_listener() noexcept { listener_.reset(); }
+    void drop_listener() noexcept {
+        stop_check();
+        listener_.reset();
+    }
     // The transport state of this worker's members.
     void collect(std::unordered_map<const TunnelMember*, MemberStats>& out) const;
+    // A member of this worker was found unresponsive: it is re-checked every 500 ms until it
+    // answers again (placements on other workers only see the flag).
+    void watch_liveness() noexcept;
 
 private:
+    class LivenessCheck;
+    void recheck() noexcept;
+    void stop_check() noexcept;
     TunnelFront(TunnelHub& hub, uint32_t shard) noexcept : hub_(hub), shard_(shard) {}
 
     void on_connection(quic::Connection& c) noexcept override;
@@ -146,6 +155,7 @@ private:
     // Revoked members stay alive until their connection reports closed (it points at them).
     std::vector<std::shared_ptr<TunnelMember>> revoked_;
     size_t members_ = 0;
+    LivenessCheck* check_ = nullptr;  // its timer session (frees itself once aborted)
 };
 
 // The tunnel UDP group for `workers` workers: bound to tunnel-bind-address, or joined to the

@@ -203,19 +203,27 @@ std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel, uint32_t shard) {
     size_t n = pool.members.size();
     if (n == 0) return nullptr;
     const int64_t now = liveness_ != nullptr ? core::now_ns() : 0;
-    uint32_t min = UINT32_MAX;
-    for (const auto& m : pool.members) {
+    if (liveness_ != nullptr) {
         // Another worker's connection is only read by that worker: its last verdict stands.
-        if (liveness_ != nullptr && m->shard == shard) note_liveness(*m, liveness_(*m, now));
-        if (!m->unresponsive) min = std::min(min, m->active_streams.load());
+        for (const auto& m : pool.members)
+            if (m->shard == shard) note_liveness(*m, liveness_(*m, now));
     }
-    if (min == UINT32_MAX) return nullptr;  // every member is silent
+    // One pass from the pool counter: the first member holding the least active streams.
+    // Each count is read once, since other workers change theirs meanwhile (two reads of a
+    // count could disagree, leaving no member equal to the minimum first seen).
     size_t start = static_cast<size_t>(pool.counter++ % n);
+    const std::shared_ptr<TunnelMember>* best = nullptr;
+    uint32_t min = UINT32_MAX;
     for (size_t i = 0; i < n; ++i) {
         const auto& m = pool.members[(start + i) % n];
-        if (!m->unresponsive && m->active_streams.load() == min) return m;
+        if (m->unresponsive) continue;
+        uint32_t c = m->active_streams.load(std::memory_order_relaxed);
+        if (best == nullptr || c < min) {
+            best = &m;
+            min = c;
+        }
     }
-    return nullptr;  // unreachable: some responsive member holds the minimum
+    return best != nullptr ? *best : nullptr;  // null: every member is silent
 }
 
 bool TunnelRegistry::responsive(TunnelMember& m) {
@@ -230,6 +238,7 @@ bool TunnelRegistry::responsive(TunnelMember& m) {
 void TunnelRegistry::note_liveness(TunnelMember& m, bool responsive) {
     if (m.unresponsive == !responsive) return;
     m.unresponsive = !responsive;
+    if (m.unresponsive && on_unresponsive_) on_unresponsive_(m);
     if (log_ == nullptr) return;
     const std::string& label = table_->label(static_cast<size_t>(m.tunnel));
     if (m.unresponsive) {

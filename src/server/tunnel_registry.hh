@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -125,6 +126,12 @@ public:
     // members count as responsive. Called only on the member's own worker.
     using LivenessFn = bool (*)(const TunnelMember& m, int64_t now_ns) noexcept;
     void set_liveness(LivenessFn f) noexcept { liveness_ = f; }
+    // Called (on the member's own worker, under the registry's lock) when a member is found
+    // unresponsive: its worker re-checks it until it answers, since placements on the other
+    // workers only see the flag. Set before any worker places Visitors.
+    void set_on_unresponsive(std::function<void(TunnelMember&)> f) {
+        on_unresponsive_ = std::move(f);
+    }
 
     // Placement by worker `shard`: minimum active count, pool counter k, scan from k mod n, first
     // with the minimum. Members found unresponsive are skipped until they answer again (they
@@ -168,6 +175,7 @@ private:
     uint64_t next_id_ = 0;
     std::atomic<bool> sealed_{false};
     LivenessFn liveness_ = nullptr;
+    std::function<void(TunnelMember&)> on_unresponsive_;
 };
 
 }  // namespace runewarp::server

@@ -284,6 +284,56 @@ Test(server, placement_skips_unresponsive_members_until_they_answer) {
     cr_assert_null(reg.pick("app"));
 }
 
+// With workers, a worker checks only the members it owns; another worker's member keeps the
+// verdict its own worker gave, which that worker is told to watch when it turns unresponsive.
+Test(server, placement_checks_only_the_deciding_workers_members) {
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    reg.set_liveness(odd_is_silent);
+    std::vector<TunnelMember*> watched;
+    reg.set_on_unresponsive([&](TunnelMember& m) { watched.push_back(&m); });
+    auto a = reg.join(ident('a'), conn(2), 0).member;
+    auto b = reg.join(ident('a'), conn(3), 1).member;  // silent, owned by worker 1
+    reg.stream_started(*a);
+    // Worker 0 cannot read b's connection: b (idle) still counts as responsive there.
+    cr_assert_eq(reg.pick("app", 0).get(), b.get());
+    cr_assert_not(b->unresponsive);
+    cr_assert(watched.empty());
+    // Worker 1 checks it (placing, or when a Visitor handed to it arrives) and watches it.
+    cr_assert_not(reg.responsive(*b));
+    cr_assert(b->unresponsive);
+    cr_assert_eq(watched.size(), 1u);
+    cr_assert_eq(watched[0], b.get());
+    // Now every worker passes it over; the verdict is noted once.
+    cr_assert_eq(reg.pick("app", 0).get(), a.get());
+    cr_assert_eq(reg.pick("app", 1).get(), a.get());
+    cr_assert_eq(watched.size(), 1u);
+    // It answers again: worker 1's next check clears the flag for everyone.
+    b->connection = conn(6);
+    cr_assert(reg.responsive(*b));
+    cr_assert_eq(reg.pick("app", 0).get(), b.get());
+}
+
+Test(server, placement_always_finds_a_member_while_its_worker_changes_the_counts) {
+    // The owning worker opens and ends streams while another worker places Visitors: every
+    // placement must land on the one live member, whatever the count is at that moment.
+    TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
+    auto a = reg.join(ident('a'), conn(1), 0).member;
+    std::atomic<bool> stop{false};
+    std::thread owner([&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            reg.stream_started(*a);
+            reg.stream_ended(*a);
+        }
+    });
+    int misses = 0;
+    for (int i = 0; i < 200'000; ++i) {
+        if (reg.pick("app", 1).get() != a.get()) ++misses;
+    }
+    stop = true;
+    owner.join();
+    cr_assert_eq(misses, 0, "%d of 200000 placements found no member", misses);
+}
+
 Test(server, counts_decrement_when_relays_end_and_members_leave_in_order) {
     TunnelRegistry reg(AuthTable::build(two_tunnels()), nullptr);
     auto a = reg.join(ident('a'), conn(1)).member;
