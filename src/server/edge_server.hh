@@ -201,8 +201,8 @@ private:
     // runs a TunnelFront of its own.
     std::unique_ptr<TunnelHub> tunnel_;
     std::atomic<TunnelHub*> hub_{nullptr};  // tunnel_ for the other workers' threads
-    core::UniqueFd tunnel_fd_;  // socket-activated `tunnel`, until the group takes it
-    std::string tunnel_text_;   // the tunnel group's address
+    core::UniqueFd tunnel_fd_;              // socket-activated `tunnel`, until the group takes it
+    std::string tunnel_text_;               // the tunnel group's address
     uint32_t tunnel_workers_ = 0;
     std::unique_ptr<sys::Watchdog> watchdog_;
     std::atomic<uint64_t> next_conn_id_{0};

@@ -202,9 +202,9 @@ std::shared_ptr<TunnelMember> TunnelRegistry::pick(int tunnel, uint32_t shard) {
     Pool& pool = pools_[static_cast<size_t>(tunnel)];
     size_t n = pool.members.size();
     if (n == 0) return nullptr;
-    const int64_t now = liveness_ != nullptr ? core::now_ns() : 0;
     if (liveness_ != nullptr) {
         // Another worker's connection is only read by that worker: its last verdict stands.
+        const int64_t now = core::now_ns();
         for (const auto& m : pool.members)
             if (m->shard == shard) note_liveness(*m, liveness_(*m, now));
     }

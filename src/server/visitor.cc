@@ -439,22 +439,17 @@ void VisitorSession::resume_tunnel(const VisitorHandoff& h) noexcept {
     tuple_ = h.tuple;
     buffered_ = h.buffered;
     state_ = VisitorState::kHello;
-    TunnelRegistry* reg = shard_.tunnels();
+    tunnel_ = true;
+    tunnel_label_ = h.label;
+    counts_ = shard_.tunnel_counts(h.label);
     // The chosen member failing before the stream exists fails the Visitor (spec 5.12: no
     // second try).
-    if (h.member != nullptr && !h.member->alive) {
-        tunnel_ = true;
-        tunnel_label_ = h.label;
-        counts_ = shard_.tunnel_counts(h.label);
-        return fail(CloseReason::kNoActiveTunnel);
-    }
+    if (h.member != nullptr && !h.member->alive) return fail(CloseReason::kNoActiveTunnel);
     // The placement holds when its connection, owned here, answers now; one that stopped
     // answering since its own worker last looked is passed over as placement would have.
+    TunnelRegistry* reg = shard_.tunnels();
     if (h.member != nullptr && h.member->shard == shard_.index() && reg != nullptr &&
         !reg->sealed() && reg->responsive(*h.member)) {
-        tunnel_ = true;
-        tunnel_label_ = h.label;
-        counts_ = shard_.tunnel_counts(h.label);
         member_ = h.member;
         return open_on_member();
     }
