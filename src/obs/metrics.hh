@@ -14,27 +14,23 @@
 
 namespace runewarp::obs {
 
-// A count written by one thread (its loop) and read by any: a relaxed load and store, no
-// read-modify-write, so the increment costs what a plain integer does. Several loops each own
-// their own Counter and the scrape sums them.
+// A count bumped by any loop thread and read by any: a relaxed atomic add (every worker bumps the
+// same counters, so a plain load and store would lose increments made at the same moment). Bumped
+// per connection or stream, never per packet.
 class Counter {
 public:
-    void add(uint64_t n = 1) noexcept {
-        v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    }
+    void add(uint64_t n = 1) noexcept { v_.fetch_add(n, std::memory_order_relaxed); }
     uint64_t value() const noexcept { return v_.load(std::memory_order_relaxed); }
 
 private:
     std::atomic<uint64_t> v_{0};
 };
 
-// A level written by one thread; same rules as Counter.
+// A level moved by any loop thread; same rules as Counter.
 class Gauge {
 public:
     void set(int64_t v) noexcept { v_.store(v, std::memory_order_relaxed); }
-    void add(int64_t n) noexcept {
-        v_.store(v_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
-    }
+    void add(int64_t n) noexcept { v_.fetch_add(n, std::memory_order_relaxed); }
     int64_t value() const noexcept { return v_.load(std::memory_order_relaxed); }
 
 private:

@@ -1,7 +1,6 @@
-// ServerMetrics: the Server's counters, bumped on the loop thread (plain relaxed stores, no lock,
-// no allocation) and read when /metrics or /status.json is scraped. They live beside the
-// configuration snapshots, never inside them, so a reload never resets them; one set per loop
-// (today the Server runs one), summed by the scrape.
+// ServerMetrics: the Server's counters, bumped by every worker's loop (relaxed atomic adds, no
+// lock, no allocation) and read when /metrics or /status.json is scraped. They live beside the
+// configuration snapshots, never inside them, so a reload never resets them; one set per process.
 #pragma once
 
 #include <array>

@@ -614,6 +614,32 @@ Test(obs_metrics, label_slots_survive_growth) {
     cr_assert_str_eq(slots.name(a).c_str(), "apps");
 }
 
+// Every worker bumps the same counters: increments made at the same moment on two threads must
+// all count (a relaxed load and store would lose some).
+Test(obs_metrics, counters_bumped_by_several_threads_lose_nothing) {
+    Counter c;
+    Gauge g;
+    Histogram h(setup_buckets());
+    constexpr int kPerThread = 1'000'000;
+    std::latch go(2);
+    auto bump = [&] {
+        go.arrive_and_wait();
+        for (int i = 0; i < kPerThread; ++i) {
+            c.add();
+            g.add(1);
+            g.add(-1);
+            g.add(1);
+            if (i % 16 == 0) h.observe_ns(1000);
+        }
+    };
+    std::thread a(bump), b(bump);
+    a.join();
+    b.join();
+    cr_assert_eq(c.value(), 2u * kPerThread);
+    cr_assert_eq(g.value(), int64_t{2} * kPerThread);
+    cr_assert_eq(h.count(), 2u * (kPerThread / 16));
+}
+
 Test(obs_metrics, process_figures) {
     cr_assert_gt(process_open_fds(), 2);
     cr_assert_gt(process_resident_memory_bytes(), 1 << 20);
