@@ -5,7 +5,7 @@
 
 #include <chrono>
 
-#include "client/instance.hh"
+#include "client/client_shard.hh"
 #include "core/clock.hh"
 #include "net/address.hh"
 #include "obs/log.hh"
@@ -31,9 +31,9 @@ constexpr size_t kKeptCredentials = 8;
 
 }  // namespace
 
-AddressWorker::AddressWorker(core::Worker& w, ClientInstance& inst,
+AddressWorker::AddressWorker(core::Worker& w, ClientShard& shard,
                              const config::HostPort& addr) noexcept
-    : core::Session(w), inst_(inst), addr_(addr), addr_text_(addr.text()) {}
+    : core::Session(w), shard_(shard), addr_(addr), addr_text_(addr.text()) {}
 
 AddressWorker::~AddressWorker() = default;
 
@@ -49,7 +49,7 @@ void AddressWorker::attempt() noexcept {
         r.addrs.push_back(lit);
         return on_resolved(0, r);
     }
-    net::Resolver* r = inst_.resolver();
+    net::Resolver* r = shard_.resolver();
     if (r == nullptr) return;
     resolve_id_ = r->resolve(addr_.host, addr_.port, SOCK_DGRAM, *this);
 }
@@ -61,20 +61,20 @@ void AddressWorker::on_resolved(uint64_t, net::Resolution& r) noexcept {
         bool first = first_failure();
         int64_t next = schedule_retry();
         obs::Level lvl = first ? obs::Level::kError : obs::Level::kWarn;
-        if (inst_.log().enabled(lvl)) {
-            inst_.log().log(lvl, "client tunnel resolution failed",
-                            {{"server-address", addr_text_},
-                             {"retry", retry_kind()},
-                             {"next-retry-delay", std::chrono::milliseconds(next * 1000)}},
-                            r.error);
+        if (shard_.log().enabled(lvl)) {
+            shard_.log().log(lvl, "client tunnel resolution failed",
+                             {{"server-address", addr_text_},
+                              {"retry", retry_kind()},
+                              {"next-retry-delay", std::chrono::milliseconds(next * 1000)}},
+                             r.error);
         }
         return;
     }
-    auto tls = inst_.load_tls(addr_.host);
+    auto tls = shard_.load_tls(addr_.host);
     if (!tls) {
-        inst_.log().error("client local material failed", {{"server-address", addr_text_}},
-                          tls.error().message);
-        return inst_.fatal(tls.error().message);
+        shard_.log().error("client local material failed", {{"server-address", addr_text_}},
+                           tls.error().message);
+        return shard_.fatal(tls.error().message);
     }
     tls_.push_back(std::move(*tls));
     while (tls_.size() > kKeptCredentials) tls_.pop_front();
@@ -90,12 +90,12 @@ void AddressWorker::start_next_dial() noexcept {
     while (!stopped_ && conn_ == nullptr && next_addr_ < addrs_.size()) {
         const net::ResolvedAddress& a = addrs_[next_addr_++];
         std::string text = net::format_address(a);
-        inst_.log().info(
+        shard_.log().info(
             "client tunnel connection connecting",
             {{"server-address", addr_text_}, {"resolved-address", text}, {"retry", retry_kind()}});
         quic::DialOptions opts;
-        opts.conn.max_streams_bidi = inst_.cfg().max_streams;
-        auto c = quic::dial(inst_.worker(), a.sa(), a.len, *tls_.back(), *this, opts);
+        opts.conn.max_streams_bidi = shard_.cfg().max_streams;
+        auto c = quic::dial(shard_.worker(), a.sa(), a.len, *tls_.back(), *this, opts);
         if (!c) {
             log_attempt_failure(text, c.error().message);
             continue;  // this address cannot even be dialled: the next one starts now
@@ -114,15 +114,15 @@ void AddressWorker::log_attempt_failure(const std::string& resolved,
                                         const std::string& cause) noexcept {
     last_failed_address_ = resolved;
     last_cause_ = cause;
-    inst_.log().debug("client tunnel connection attempt failed",
-                      {{"server-address", addr_text_}, {"resolved-address", resolved}}, cause);
+    shard_.log().debug("client tunnel connection attempt failed",
+                       {{"server-address", addr_text_}, {"resolved-address", resolved}}, cause);
 }
 
 void AddressWorker::round_failed() noexcept {
     bool first = first_failure();
     int64_t next = schedule_retry();
     std::chrono::milliseconds delay(next * 1000);
-    obs::Logger& log = inst_.log();
+    obs::Logger& log = shard_.log();
     if (round_unauthorized_) {
         log.warn("client tunnel connection unauthorized",
                  {{"server-address", addr_text_},
@@ -174,16 +174,15 @@ void AddressWorker::on_established(quic::Connection& c) noexcept {
     // First authenticated connection wins the race: the other dials are closed.
     cancel_stagger();
     close_dials();
-    if (size_t i = inst_.metrics().servers.find(addr_text_); i != SIZE_MAX) {
-        ServerAddressCounts& sc = inst_.metrics().servers.at(i);
-        sc.connects.add();
-        if (ever_connected_) sc.reconnects.add();
+    if (ServerAddressCounts* sc = shard_.server_counts(addr_text_); sc != nullptr) {
+        sc->connects.add();
+        if (ever_connected_) sc->reconnects.add();
     }
     ever_connected_ = true;
     retry_.reset();
-    inst_.log().info("client tunnel connection connected",
-                     {{"server-address", addr_text_}, {"resolved-address", resolved_text_}});
-    inst_.on_connected(*this);
+    shard_.log().info("client tunnel connection connected",
+                      {{"server-address", addr_text_}, {"resolved-address", resolved_text_}});
+    shard_.on_connected(*this);
 }
 
 void AddressWorker::on_stream_opened(quic::Connection&, quic::Stream& s) noexcept {
@@ -191,30 +190,30 @@ void AddressWorker::on_stream_opened(quic::Connection&, quic::Stream& s) noexcep
         s.reset(quic::kStreamErrorCode);
         return;
     }
-    inst_.accept_stream(s);
+    shard_.accept_stream(s);
 }
 
 void AddressWorker::on_closed(quic::Connection& c, const quic::CloseInfo& info) noexcept {
     std::string cause = quic::describe_close(info, "server");
     if (&c == conn_) {
         conn_ = nullptr;
-        inst_.on_disconnected();
+        shard_.on_disconnected(*this);
         if (stopped_) return;
         if (retiring_) {
-            inst_.log().info("client tunnel connection closed", {{"server-address", addr_text_}},
-                             cause +
-                                 "; the address was removed from the configuration, it is "
-                                 "not dialled again");
+            shard_.log().info("client tunnel connection closed", {{"server-address", addr_text_}},
+                              cause +
+                                  "; the address was removed from the configuration, it is "
+                                  "not dialled again");
             stop();
             return;
         }
         std::chrono::milliseconds delay(schedule_retry() * 1000);
         if (is_clean_close(info)) {
-            inst_.log().info("client tunnel connection closed",
-                             {{"server-address", addr_text_}, {"next-retry-delay", delay}}, cause);
+            shard_.log().info("client tunnel connection closed",
+                              {{"server-address", addr_text_}, {"next-retry-delay", delay}}, cause);
         } else {
-            inst_.log().warn("client tunnel connection dropped",
-                             {{"server-address", addr_text_}, {"next-retry-delay", delay}}, cause);
+            shard_.log().warn("client tunnel connection dropped",
+                              {{"server-address", addr_text_}, {"next-retry-delay", delay}}, cause);
         }
         return;
     }
@@ -237,7 +236,7 @@ void AddressWorker::on_closed(quic::Connection& c, const quic::CloseInfo& info) 
 }
 
 int64_t AddressWorker::schedule_retry() noexcept {
-    int64_t delay = retry_.next_delay_ns(inst_.random());
+    int64_t delay = retry_.next_delay_ns(shard_.random());
     int64_t deadline = core::now_ns() + delay;
     if (!(retry_armed_ && worker().rearm_timer(retry_timer_, deadline))) {
         retry_timer_ = arm_timer(kOpRetry, deadline);
@@ -283,7 +282,7 @@ void AddressWorker::cancel_rounds() noexcept {
     }
     cancel_stagger();
     if (resolve_id_ != 0) {
-        if (net::Resolver* r = inst_.resolver()) r->cancel(resolve_id_);
+        if (net::Resolver* r = shard_.resolver()) r->cancel(resolve_id_);
         resolve_id_ = 0;
     }
     close_dials();
@@ -297,9 +296,9 @@ void AddressWorker::stop() noexcept {
     if (conn_ != nullptr) {
         quic::Connection* c = conn_;
         conn_ = nullptr;
-        inst_.on_disconnected();
-        inst_.log().info("client instance graceful shutdown closing tunnel connection",
-                         {{"server-address", addr_text_}});
+        shard_.on_disconnected(*this);
+        shard_.log().info("client instance graceful shutdown closing tunnel connection",
+                          {{"server-address", addr_text_}});
         c->set_handler(nullptr);
         c->close(quic::kAppCloseCode, "graceful shutdown");
     }

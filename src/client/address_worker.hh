@@ -17,7 +17,7 @@
 
 namespace runewarp::client {
 
-class ClientInstance;
+class ClientShard;
 
 // One attempt round: the host is resolved (every attempt; IP literals never leave the loop), the
 // Client identity and Server trust are re-read, and the addresses are dialled in RFC 8305 order
@@ -29,7 +29,7 @@ class AddressWorker final : public core::Session,
                             public quic::ConnectionHandler,
                             public net::ResolveListener {
 public:
-    AddressWorker(core::Worker& w, ClientInstance& inst, const config::HostPort& addr) noexcept;
+    AddressWorker(core::Worker& w, ClientShard& shard, const config::HostPort& addr) noexcept;
     ~AddressWorker() override;
     void start() noexcept { attempt(); }
     // Stops retrying and closes the connection (application 0, "graceful shutdown").
@@ -80,7 +80,7 @@ private:
     bool first_failure() const noexcept { return rounds_ <= 1 && !ever_connected_; }
     void log_attempt_failure(const std::string& resolved, const std::string& cause) noexcept;
 
-    ClientInstance& inst_;
+    ClientShard& shard_;
     config::HostPort addr_;
     std::string addr_text_;
     RetryPolicy retry_;

@@ -5,11 +5,13 @@
 #include <sys/socket.h>
 
 #include <fcntl.h>
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <ctime>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
-#include "client/address_worker.hh"
 #include "client/instance.hh"
 #include "obs/metrics.hh"
 #include "obs/status_page.hh"
@@ -71,42 +73,52 @@ obs::HttpResponse ClientInstance::serve_http(std::string_view path) {
     }
 }
 
-namespace {
-
-struct AddressView {
-    std::string address;
-    bool connected = false;
-    bool configured = true;
-    std::string remote;
-    bool has_rtt = false;
-    double rtt_seconds = 0;
-    uint64_t cwnd = 0;
-};
-
-}  // namespace
-
-static std::vector<AddressView> address_views(
-    const std::vector<std::unique_ptr<AddressWorker>>& workers,
-    const std::vector<std::unique_ptr<AddressWorker>>& retired) {
-    std::vector<AddressView> out;
-    auto add = [&](const AddressWorker& w, bool configured) {
-        AddressView v;
-        v.address = w.address_text();
-        v.configured = configured;
-        v.connected = w.connected();
-        if (quic::Connection* c = w.connection(); c != nullptr && c->raw() != nullptr) {
-            ngtcp2_conn_info ci{};
-            ngtcp2_conn_get_conn_info(c->raw(), &ci);
-            v.has_rtt = true;
-            v.rtt_seconds = static_cast<double>(ci.smoothed_rtt) / 1e9;
-            v.cwnd = ci.cwnd;
-            v.remote = w.resolved_text();
+std::vector<AddressView> ClientInstance::collect_addresses() const {
+    // Each worker reads its own connections; one line per address (connected when any worker's
+    // connection is, its RTT and cwnd from the first connected one).
+    std::vector<AddressView> all;
+    if (shards_.empty()) return all;
+    shards_[0]->collect(all);
+    if (shards_.size() > 1) {
+        struct Pending {
+            std::mutex mu;
+            std::condition_variable cv;
+            size_t left = 0;
+            std::vector<AddressView> views;
+        };
+        auto p = std::make_shared<Pending>();
+        p->left = shards_.size() - 1;
+        for (size_t i = 1; i < shards_.size(); ++i) {
+            ClientShard* sh = shards_[i].get();
+            sh->post([p, sh] {
+                std::vector<AddressView> mine;
+                sh->collect(mine);
+                std::lock_guard lock(p->mu);
+                p->views.insert(p->views.end(), mine.begin(), mine.end());
+                if (--p->left == 0) p->cv.notify_all();
+            });
         }
-        out.push_back(std::move(v));
-    };
-    for (const auto& w : workers) add(*w, true);
-    for (const auto& w : retired) {
-        if (w->connected()) add(*w, false);
+        std::unique_lock lock(p->mu);
+        p->cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return p->left == 0; });
+        all.insert(all.end(), p->views.begin(), p->views.end());
+    }
+    std::vector<AddressView> out;
+    for (AddressView& v : all) {
+        auto it = std::find_if(out.begin(), out.end(), [&](const AddressView& o) {
+            return o.address == v.address && o.configured == v.configured;
+        });
+        if (it == out.end()) {
+            v.connections = v.connected ? 1 : 0;
+            out.push_back(std::move(v));
+            continue;
+        }
+        if (!v.connected) continue;
+        ++it->connections;
+        if (!it->connected) {
+            const uint32_t n = it->connections;
+            *it = std::move(v);
+            it->connections = n;
+        }
     }
     return out;
 }
@@ -129,7 +141,7 @@ std::string ClientInstance::render_metrics() const {
     x.sample("runewarp_config_reload_success", {},
              uint64_t{reload_ == nullptr || reload_->last_reload_ok() ? 1u : 0u});
 
-    auto views = address_views(workers_, retired_);
+    auto views = collect_addresses();
     x.family("runewarp_client_server_connected",
              "Whether the Tunnel connection to each configured Server address is up (1) or not.",
              "gauge");
@@ -221,11 +233,12 @@ std::string ClientInstance::render_status_json() const {
     j["started"] = started_unix_;
     json servers = json::array();
     uint64_t connected = 0;
-    for (const auto& v : address_views(workers_, retired_)) {
+    for (const auto& v : collect_addresses()) {
         json a;
         a["address"] = v.address;
         a["configured"] = v.configured;
         a["connected"] = v.connected;
+        a["connections"] = v.connections;
         a["remote"] = v.remote;
         a["rtt_seconds"] = v.has_rtt ? json(v.rtt_seconds) : json(nullptr);
         a["cwnd_bytes"] = v.cwnd;

@@ -1,14 +1,12 @@
-// ClientInstance: the Worker, resolver, address workers, stream slots, signals and shutdown.
+// ClientInstance: the workers, the stream-handler budget, signals, reload, ACME and shutdown.
 #include "client/instance.hh"
 
 #include <signal.h>
 
 #include <algorithm>
 
-#include "client/address_worker.hh"
 #include "client/client.hh"
 #include "client/reload_plan.hh"
-#include "client/stream_session.hh"
 #include "core/clock.hh"
 #include "preflight/preflight.hh"
 #include "sys/systemd.hh"
@@ -49,51 +47,72 @@ ClientInstance::ClientInstance(config::LoadOptions options, ConfigRef cfg, obs::
     : options_(std::move(options)),
       cfg_(std::move(cfg)),
       log_(log),
-      streams_(std::make_unique<core::Slab<StreamSession>>(cfg_->max_streams)) {}
+      max_streams_(cfg_->max_streams) {}
 
 ClientInstance::~ClientInstance() = default;
-
-Result<std::unique_ptr<quic::ClientTls>> ClientInstance::load_tls(const std::string& server_name) {
-    // Reloaded on every attempt by the rules `config check` and startup apply.
-    auto m = preflight::load_client_material(*cfg_);
-    if (!m) return std::move(m).error();
-    quic::ClientTlsConfig tc;
-    tc.server_name = server_name;
-    tc.cert_pem = std::move(m->identity.cert_pem);
-    tc.key_pem = std::move(m->identity.key_pem);
-    if (m->server_trust == config::Trust::kCaFile) {
-        tc.trust = quic::ServerTrust::ca_file;
-        tc.ca_pem = std::move(m->server_ca_pem);
-    } else {
-        tc.trust = quic::ServerTrust::system;
-    }
-    auto tls = quic::ClientTls::create(std::move(tc));
-    if (!tls) return Error::msg("server trust: " + tls.error().message);
-    return std::move(*tls);
-}
 
 void ClientInstance::fatal(const std::string&) noexcept {
     exit_code_ = 1;
     begin_shutdown();
 }
 
-void ClientInstance::on_connected(AddressWorker& w) noexcept {
-    if (!ready_logged_) {
-        ready_logged_ = true;
-        log_.info("client ready", {{"server-address", w.address_text()}});
-    }
-    update_status();
+void ClientInstance::post_main(std::function<void()> fn) {
+    if (!shards_.empty()) shards_[0]->post(std::move(fn));
 }
 
-void ClientInstance::on_disconnected() noexcept {
-    update_status();
+bool ClientInstance::take_stream_handler() noexcept {
+    uint32_t n = streams_active_.load(std::memory_order_relaxed);
+    do {
+        if (n >= max_streams_) return false;
+    } while (!streams_active_.compare_exchange_weak(n, n + 1, std::memory_order_relaxed));
+    return true;
+}
+
+void ClientInstance::note_handlers_saturated() noexcept {
+    saturation_pending_.store(true, std::memory_order_relaxed);
+    if (auto d = saturation_limiter_.on_saturated(); d.log) {
+        log_.warn("client stream handlers saturated",
+                  {{"active-work", uint64_t{streams_active_.load(std::memory_order_relaxed)}},
+                   {"limit", uint64_t{max_streams_}}});
+    }
+}
+
+void ClientInstance::note_recovered() noexcept {
+    if (saturation_limiter_.on_success()) {
+        saturation_pending_.store(false, std::memory_order_relaxed);
+        log_.info("client stream handlers recovered");
+    }
+}
+
+void ClientInstance::address_connected(const std::string& address) noexcept {
+    {
+        std::lock_guard lock(connected_mu_);
+        ++connected_[address];
+    }
+    if (!ready_logged_.exchange(true)) log_.info("client ready", {{"server-address", address}});
+    post_main([this] { update_status(); });
+}
+
+void ClientInstance::address_disconnected(const std::string& address) noexcept {
+    {
+        std::lock_guard lock(connected_mu_);
+        auto it = connected_.find(address);
+        if (it != connected_.end() && it->second > 0) --it->second;
+    }
+    post_main([this] { update_status(); });
 }
 
 std::string ClientInstance::status_text() const {
     size_t connected = 0;
-    for (const auto& w : workers_) connected += w->connected() ? 1 : 0;
-    return "connected " + std::to_string(connected) + "/" + std::to_string(workers_.size()) +
-           " server addresses";
+    {
+        std::lock_guard lock(connected_mu_);
+        for (const config::HostPort& hp : cfg_->server_addresses) {
+            auto it = connected_.find(hp.text());
+            connected += it != connected_.end() && it->second > 0 ? 1 : 0;
+        }
+    }
+    return "connected " + std::to_string(connected) + "/" +
+           std::to_string(cfg_->server_addresses.size()) + " server addresses";
 }
 
 void ClientInstance::update_status() noexcept {
@@ -101,30 +120,22 @@ void ClientInstance::update_status() noexcept {
     sys::notify_status(status_text());
 }
 
-void ClientInstance::accept_stream(quic::Stream& s) noexcept {
-    if (shutting_down_ || streams_->full()) {
-        s.reset(quic::kStreamErrorCode);
-        if (!shutting_down_) {
-            if (auto d = saturation_limiter_.on_saturated(); d.log) {
-                log_.warn("client stream handlers saturated",
-                          {{"active-work", streams_->size()}, {"limit", streams_->capacity()}});
-            }
-        }
-        return;
-    }
-    auto slot = streams_->alloc(*worker_, *this);
-    StreamSession* ss = slot ? streams_->get(*slot) : nullptr;
-    if (ss == nullptr || !ss->open()) {
-        if (slot) streams_->free(*slot);
-        s.reset(quic::kStreamErrorCode);
-        return;
-    }
-    if (saturation_limiter_.on_success()) log_.info("client stream handlers recovered");
-    ss->start(s, *slot);
+ClientSnapshot ClientInstance::make_snapshot() {
+    label_counts_ = ClientLabelCounts::build(metrics_);
+    return ClientSnapshot{cfg_, terminate_certs_, label_counts_};
 }
 
-void ClientInstance::stream_done(core::SlotId slot) noexcept {
-    streams_->free(slot);
+void ClientInstance::for_each_shard(const std::function<void(ClientShard&)>& fn) {
+    if (shards_.empty()) return;
+    fn(*shards_[0]);
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        ClientShard* sh = shards_[i].get();
+        sh->post([sh, fn] { fn(*sh); });
+    }
+}
+
+void ClientInstance::publish_certs() noexcept {
+    for_each_shard([certs = terminate_certs_](ClientShard& sh) { sh.set_certs(certs); });
 }
 
 void ClientInstance::on_signal(const signalfd_siginfo& info) noexcept {
@@ -150,21 +161,15 @@ void ClientInstance::begin_shutdown() noexcept {
     if (reload_ != nullptr) reload_->stop();
     log_.info("client instance graceful shutdown started");
     sys::notify_stopping();
-    for (auto& w : workers_) w->stop();
-    for (auto& w : retired_) w->stop();
-    if (resolver_ != nullptr) resolver_->shutdown();
+    // Every worker stops dialling and closes its connections; workers 1..N-1 then let the
+    // CONNECTION_CLOSE frames leave and end their threads.
+    for_each_shard([](ClientShard& sh) { sh.stop(); });
     if (metrics_http_ != nullptr) metrics_http_->stop();
     if (watchdog_ != nullptr) watchdog_->stop();
     if (expiry_check_ != nullptr) expiry_check_->stop();
     // What the managers post from now on is dropped; they are joined after the loop ended.
     if (mailbox_ != nullptr) mailbox_->shutdown();
     worker_->stop();
-}
-
-std::unique_ptr<AddressWorker> ClientInstance::make_worker(const config::HostPort& hp) noexcept {
-    auto aw = std::make_unique<AddressWorker>(*worker_, *this, hp);
-    if (!aw->open()) return nullptr;
-    return aw;
 }
 
 sys::Reloader::Prepared ClientInstance::check_reload(const config::LoadOptions& options) {
@@ -200,72 +205,35 @@ void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
         if (!t) return done(Error::msg("terminate TLS: " + t.error().message));
         new_tls = std::move(*t);
     }
-    std::vector<std::string> running;
-    running.reserve(workers_.size());
-    for (const auto& w : workers_) running.push_back(w->address_text());
-    const AddressDiff diff = diff_server_addresses(running, next->server_addresses);
-    // Per added address: a retired worker whose connection still serves takes it back, else a
-    // new worker.
-    std::vector<std::unique_ptr<AddressWorker>> fresh(diff.added.size());
-    for (size_t i = 0; i < diff.added.size(); ++i) {
-        const std::string text = diff.added[i].text();
-        bool draining = std::any_of(retired_.begin(), retired_.end(), [&](const auto& w) {
-            return w->draining() && w->address_text() == text;
-        });
-        if (draining) continue;
-        fresh[i] = make_worker(diff.added[i]);
-        if (fresh[i] == nullptr) {
-            for (auto& f : fresh) {
-                if (f != nullptr) f->stop();
-            }
-            // Stopped sessions stay until exit, as retired ones do.
-            for (auto& f : fresh) {
-                if (f != nullptr) retired_.push_back(std::move(f));
-            }
-            return done(Error::msg("server address " + text + ": no handler slot"));
-        }
-    }
+    const AddressDiff diff =
+        diff_server_addresses(shards_[0]->address_texts(), next->server_addresses);
+    // The new configuration's labels first: the snapshot's counters map names them.
+    metrics_.add_labels(*next);
+    const TerminateCertsRef certs =
+        restart_only.keep_certificate_source ? terminate_certs_ : snap->certs;
+    auto counts = ClientLabelCounts::build(metrics_);
+    ClientSnapshot next_snap{next, certs, counts};
+    // Worker 0 applies first: a failure there leaves the running configuration whole.
+    if (auto r = shards_[0]->apply(next_snap, diff); !r) return done(std::move(r).error());
 
     // Commit: restart-only settings first (they kept their running value).
     for (const std::string& n : restart_only.notes)
         log_.warn("client config change needs a restart", {}, n);
-    if (new_tls != nullptr) terminate_tls_ = std::move(new_tls);
-    // New streams use the new Services and certificates; streams in flight keep theirs.
-    if (!restart_only.keep_certificate_source) terminate_certs_ = snap->certs;
-    cfg_ = std::move(next);
-    metrics_.add_labels(*cfg_);
-    sys::configure_logging(cfg_->log_level, cfg_->log_format);
-
-    for (const std::string& text : diff.removed) {
-        auto it = std::find_if(workers_.begin(), workers_.end(),
-                               [&](const auto& w) { return w->address_text() == text; });
-        if (it == workers_.end()) continue;
-        const bool live = (*it)->connected();
-        (*it)->retire();
-        log_.info("client server address removed", {{"server-address", text}},
-                  live ? "not dialled again; its connection serves until it closes"
-                       : "not dialled again");
-        retired_.push_back(std::move(*it));
-        workers_.erase(it);
+    if (new_tls != nullptr) {
+        terminate_tls_ = std::move(new_tls);
+        terminate_tls_ptr_.store(terminate_tls_.get(), std::memory_order_release);
     }
-    for (size_t i = 0; i < diff.added.size(); ++i) {
-        const std::string text = diff.added[i].text();
-        if (fresh[i] == nullptr) {
-            auto it = std::find_if(retired_.begin(), retired_.end(), [&](const auto& w) {
-                return w->draining() && w->address_text() == text;
-            });
-            if (it != retired_.end() && (*it)->reactivate()) {
-                log_.info("client server address added", {{"server-address", text}},
-                          "its connection from before serves again");
-                workers_.push_back(std::move(*it));
-                retired_.erase(it);
-            }
-            continue;
-        }
-        log_.info("client server address added", {{"server-address", text}});
-        AddressWorker* w = fresh[i].get();
-        workers_.push_back(std::move(fresh[i]));
-        w->start();
+    terminate_certs_ = certs;
+    cfg_ = std::move(next);
+    label_counts_ = std::move(counts);
+    sys::configure_logging(cfg_->log_level, cfg_->log_format);
+    for (size_t i = 1; i < shards_.size(); ++i) {
+        ClientShard* sh = shards_[i].get();
+        sh->post([this, sh, next_snap, diff] {
+            if (auto r = sh->apply(next_snap, diff); !r)
+                log_.error("client reload incomplete", {{"worker", uint64_t{sh->index()}}},
+                           r.error().message);
+        });
     }
 
     if (terminate_certs_ != nullptr) {
@@ -277,7 +245,7 @@ void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
     }
     log_.info("client configuration applied",
               {{"services", cfg_->services.size()},
-               {"server-addresses", workers_.size()},
+               {"server-addresses", cfg_->server_addresses.size()},
                {"terminate-certificates", terminate_certs_ ? terminate_certs_->size() : 0}});
     update_status();
     done(join_notes(restart_only.notes));
@@ -319,6 +287,7 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
             return 1;
         }
         terminate_tls_ = std::move(*t);
+        terminate_tls_ptr_.store(terminate_tls_.get(), std::memory_order_release);
         auto snap = TerminateCerts::build(terminate_certs);
         if (!snap) {
             log_.error("client startup failed", {}, snap.error().message);
@@ -343,25 +312,12 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
         log_.error("client startup failed", {}, r.error().message);
         return 1;
     }
-    auto r = net::Resolver::create(*worker_);
-    if (!r) {
-        log_.error("client startup failed", {}, r.error().message);
-        return 1;
-    }
-    resolver_ = std::move(*r);
     metrics_.add_labels(*cfg_);
     started_unix_ = static_cast<int64_t>(std::time(nullptr));
     if (!start_metrics()) return 1;
-    for (const config::HostPort& hp : cfg_->server_addresses) {
-        auto aw = make_worker(hp);
-        if (aw == nullptr) {
-            log_.error("client startup failed", {}, "no handler slot");
-            return 1;
-        }
-        workers_.push_back(std::move(aw));
-    }
     watchdog_ = std::make_unique<sys::Watchdog>(*worker_);
     watchdog_->start();
+    // Before the workers: the managers' cached certificates go into their first snapshot.
     if (cfg_->acme && !create_acme_managers()) return 1;
     {
         // The check runs on the reload thread with its own copy of the load options.
@@ -383,8 +339,10 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
         expiry_check_ = std::make_unique<DailyCheck>(*worker_, *this);
         if (!expiry_check_->start()) expiry_check_.reset();
     }
-    sys::notify_ready("connected 0/" + std::to_string(workers_.size()) + " server addresses");
-    for (auto& aw : workers_) aw->start();
+    if (!start_shards(wo)) return 1;
+    sys::notify_ready("connected 0/" + std::to_string(cfg_->server_addresses.size()) +
+                      " server addresses");
+    for_each_shard([](ClientShard& sh) { (void)sh.start_addresses(); });
     // Startup succeeded: issuance and renewal run from here on, off the loop.
     for (auto& m : acme_managers_) m->start();
     while (!shutting_down_) {
@@ -395,10 +353,37 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
             begin_shutdown();
         }
     }
-    // Let CONNECTION_CLOSE frames leave (100 ms), then exit.
+    // Let CONNECTION_CLOSE frames leave (100 ms; the other workers do the same on theirs),
+    // then exit.
     (void)worker_->run_until([] { return false; }, core::now_ns() + kCloseFlushNs);
+    for (auto& sh : shards_) sh->join();
     stop_acme_managers();
     return exit_code_;
+}
+
+bool ClientInstance::start_shards(const core::WorkerOptions& wo) noexcept {
+    const uint32_t n = config::resolve_workers(cfg_->workers);
+    const ClientSnapshot snap = make_snapshot();
+    shards_.push_back(std::make_unique<ClientShard>(*this, 0));
+    if (auto r = shards_[0]->setup_primary(*worker_, snap); !r) {
+        log_.error("client startup failed", {}, r.error().message);
+        return false;
+    }
+    for (uint32_t i = 1; i < n; ++i) {
+        auto sh = std::make_unique<ClientShard>(*this, i);
+        if (auto r = sh->start_thread(wo, snap); !r) {
+            log_.error("client startup failed", {{"worker", uint64_t{i}}}, r.error().message);
+            for (size_t k = 1; k < shards_.size(); ++k) {
+                ClientShard* other = shards_[k].get();
+                other->post([other] { other->stop(); });
+                other->join();
+            }
+            return false;
+        }
+        shards_.push_back(std::move(sh));
+    }
+    if (n > 1) log_.info("client workers started", {{"workers", uint64_t{n}}});
+    return true;
 }
 
 bool ClientInstance::create_acme_managers() noexcept {
@@ -453,6 +438,7 @@ void ClientInstance::install_acme_certificate(
     }
     terminate_certs_ = TerminateCerts::with(
         terminate_certs_, host, std::shared_ptr<const TerminateCredential>(std::move(*c)));
+    publish_certs();
     log_.debug("client acme certificate installed",
                {{"public-hostname", host}, {"expires-at", trust::rfc3339_utc(cert->not_after)}});
 }

@@ -10,14 +10,14 @@
 #include <cstring>
 
 #include "client/client.hh"
-#include "client/instance.hh"
+#include "client/client_shard.hh"
 #include "core/clock.hh"
 #include "proto/proxy_v2.hh"
 
 namespace runewarp::client {
 
-StreamSession::StreamSession(core::Worker& w, ClientInstance& inst) noexcept
-    : core::Session(w), inst_(inst) {}
+StreamSession::StreamSession(core::Worker& w, ClientShard& shard) noexcept
+    : core::Session(w), shard_(shard) {}
 
 StreamSession::~StreamSession() = default;
 
@@ -25,7 +25,7 @@ void StreamSession::start(quic::Stream& s, core::SlotId slot) noexcept {
     slot_ = slot;
     stream_ = &s;
     // The configuration now: a reload during this stream leaves its Service in place.
-    cfg_ = inst_.config_snapshot();
+    cfg_ = shard_.config_snapshot();
     decoder_ = std::make_unique<proto::StreamPrefixDecoder>();
     s.set_handler(this);
     arm_step_timer();
@@ -79,7 +79,7 @@ void StreamSession::on_stream_closed(quic::Stream&, uint64_t) noexcept {
 }
 
 void StreamSession::reject(const std::string& reason) noexcept {
-    inst_.log().warn("client warning", {}, "rejected stream: " + reason);
+    shard_.log().warn("client warning", {}, "rejected stream: " + reason);
     finish(true);
 }
 
@@ -91,24 +91,24 @@ void StreamSession::route() noexcept {
     decoder_.reset();
     service_ = select_service(cfg_->services, sni_);
     if (service_ == nullptr) {
-        inst_.metrics().unmatched_streams.add();
-        inst_.log().warn("client route unavailable",
-                         {{"public-hostname", sni_}, {"reason", "no-matching-service"}});
+        shard_.metrics().unmatched_streams.add();
+        shard_.log().warn("client route unavailable",
+                          {{"public-hostname", sni_}, {"reason", "no-matching-service"}});
         return finish(true);
     }
     backend_text_ = service_->backend.text();
-    if (size_t i = inst_.metrics().services.find(service_->label); i != SIZE_MAX) {
-        counts_ = &inst_.metrics().services.at(i);
+    counts_ = shard_.service_counts(service_->label);
+    if (counts_ != nullptr) {
         counts_->streams.add();
         counts_->active.add(1);
     }
     if (service_->tls_mode == config::TlsMode::kTerminate) {
-        inst_.log().debug("client route terminate",
-                          {{"public-hostname", sni_}, {"backend-address", backend_text_}});
+        shard_.log().debug("client route terminate",
+                           {{"public-hostname", sni_}, {"backend-address", backend_text_}});
         return;  // on_stream_data starts the handshake with every byte it was offered
     }
-    inst_.log().debug("client route passthrough",
-                      {{"public-hostname", sni_}, {"backend-address", backend_text_}});
+    shard_.log().debug("client route passthrough",
+                       {{"public-hostname", sni_}, {"backend-address", backend_text_}});
     connect_phase();
 }
 
@@ -120,23 +120,23 @@ void StreamSession::start_terminate(std::span<const uint8_t> rest, bool fin) noe
     tls_ = std::make_unique<relay::TlsStreamPump>();
     if (offers_acme_tls1_ && s != nullptr)
         return start_challenge(*s, take_visitor_bytes(rest), fin);
-    certs_ = inst_.terminate_certs();
+    certs_ = shard_.terminate_certs();
     const TerminateCredential* cred = certs_ ? certs_->find(sni_) : nullptr;
-    const TerminateTls* tt = inst_.terminate_tls();
+    const TerminateTls* tt = shard_.terminate_tls();
     if (cred == nullptr || tt == nullptr || s == nullptr) {
-        inst_.log().warn("client route unavailable", {{"public-hostname", sni_},
-                                                      {"backend-address", backend_text_},
-                                                      {"reason", "tls-config-missing"}});
+        shard_.log().warn("client route unavailable", {{"public-hostname", sni_},
+                                                       {"backend-address", backend_text_},
+                                                       {"reason", "tls-config-missing"}});
         if (s == nullptr) return finish(true);
         return tls_->start_refusal(*this, *s);
     }
     auto session = tt->new_session(*cred, service_->alpn);
     if (!session) {
-        inst_.log().warn("client route unavailable",
-                         {{"public-hostname", sni_},
-                          {"backend-address", backend_text_},
-                          {"reason", "tls-config-missing"}},
-                         session.error().message);
+        shard_.log().warn("client route unavailable",
+                          {{"public-hostname", sni_},
+                           {"backend-address", backend_text_},
+                           {"reason", "tls-config-missing"}},
+                          session.error().message);
         return tls_->start_refusal(*this, *s);
     }
     // The ClientHello (and whatever followed it) is fed to the handshake first.
@@ -155,27 +155,27 @@ std::vector<uint8_t> StreamSession::take_visitor_bytes(std::span<const uint8_t> 
 
 void StreamSession::start_challenge(quic::Stream& s, std::vector<uint8_t> initial,
                                     bool fin) noexcept {
-    const acme::ChallengeBoard* board = inst_.acme_board();
-    const TerminateTls* tt = inst_.terminate_tls();
+    const acme::ChallengeBoard* board = shard_.acme_board();
+    const TerminateTls* tt = shard_.terminate_tls();
     if (board == nullptr || tt == nullptr) {
         // The hostname's certificate is not managed through ACME: nothing answers acme-tls/1.
-        inst_.log().warn("client route unavailable", {{"public-hostname", sni_},
-                                                      {"backend-address", backend_text_},
-                                                      {"reason", "acme-tls-config-missing"}});
+        shard_.log().warn("client route unavailable", {{"public-hostname", sni_},
+                                                       {"backend-address", backend_text_},
+                                                       {"reason", "acme-tls-config-missing"}});
         return tls_->start_refusal(*this, s);
     }
     challenge_ = board->find(sni_);
     if (challenge_ == nullptr) {
         // No order waits on this hostname (a late or stray validation connection).
-        inst_.log().debug("client route unavailable", {{"public-hostname", sni_},
-                                                       {"backend-address", backend_text_},
-                                                       {"reason", "acme-challenge-not-pending"}});
+        shard_.log().debug("client route unavailable", {{"public-hostname", sni_},
+                                                        {"backend-address", backend_text_},
+                                                        {"reason", "acme-challenge-not-pending"}});
         return tls_->start_refusal(*this, s);
     }
     auto session = tt->new_challenge_session(challenge_->credentials());
     if (!session) {
-        inst_.log().warn("client acme challenge failed", {{"public-hostname", sni_}},
-                         session.error().message);
+        shard_.log().warn("client acme challenge failed", {{"public-hostname", sni_}},
+                          session.error().message);
         return tls_->start_refusal(*this, s);
     }
     tls_->start_handshake_only(*this, s, *session, initial, fin);
@@ -186,20 +186,20 @@ void StreamSession::tls_handshake_done() noexcept {
     if (challenge_ != nullptr) {
         // The pump is closing the stream (close_notify, FIN): the validator has what it needs.
         challenge_answered_ = true;
-        inst_.log().debug("client acme challenge answered", {{"public-hostname", sni_}});
+        shard_.log().debug("client acme challenge answered", {{"public-hostname", sni_}});
         return;
     }
-    if (inst_.log().enabled(obs::Level::kDebug)) {
+    if (shard_.log().enabled(obs::Level::kDebug)) {
         gnutls_session_t gs = tls_->session();
         gnutls_datum_t proto{};
         std::string alpn = gnutls_alpn_get_selected_protocol(gs, &proto) == 0
                                ? std::string(reinterpret_cast<const char*>(proto.data), proto.size)
                                : std::string("none");
         const char* ver = gnutls_protocol_get_name(gnutls_protocol_get_version(gs));
-        inst_.log().debug("client terminate handshake completed",
-                          {{"public-hostname", sni_},
-                           {"tls-version", ver != nullptr ? ver : "unknown"},
-                           {"alpn", alpn}});
+        shard_.log().debug("client terminate handshake completed",
+                           {{"public-hostname", sni_},
+                            {"tls-version", ver != nullptr ? ver : "unknown"},
+                            {"alpn", alpn}});
     }
     connect_phase();
 }
@@ -211,7 +211,7 @@ void StreamSession::connect_phase() noexcept {
     if (net::literal_address(service_->backend.host, service_->backend.port, lit)) {
         return connect_backend({lit});
     }
-    net::Resolver* r = inst_.resolver();
+    net::Resolver* r = shard_.resolver();
     if (r == nullptr) return finish(true);
     phase_ = Phase::resolve;
     resolve_id_ = r->resolve(service_->backend.host, service_->backend.port, SOCK_STREAM, *this);
@@ -281,12 +281,12 @@ void StreamSession::start_relay() noexcept {
 
 void StreamSession::backend_failed(const char* reason, const std::string& detail) noexcept {
     if (counts_ != nullptr && phase_ != Phase::write) counts_->backend_failures.add();
-    inst_.log().warn(
+    shard_.log().warn(
         "client route unavailable",
         {{"public-hostname", sni_}, {"backend-address", backend_text_}, {"reason", reason}},
         short_cause(detail));
     if (short_cause(detail) != detail) {
-        inst_.log().debug("client route unavailable detail", {{"public-hostname", sni_}}, detail);
+        shard_.log().debug("client route unavailable detail", {{"public-hostname", sni_}}, detail);
     }
     finish(true);
 }
@@ -300,11 +300,11 @@ void StreamSession::pump_finished(bool reset) noexcept {
     // The TLS pump ended before the relay: the stream went away, or a refusal completed.
     if (phase_ != Phase::relay) {
         if (tls_ != nullptr && tls_->handshake_error() != 0) {
-            inst_.log().debug("client route unavailable",
-                              {{"public-hostname", sni_},
-                               {"backend-address", backend_text_},
-                               {"reason", "tls-handshake-failed"}},
-                              gnutls_strerror(tls_->handshake_error()));
+            shard_.log().debug("client route unavailable",
+                               {{"public-hostname", sni_},
+                                {"backend-address", backend_text_},
+                                {"reason", "tls-handshake-failed"}},
+                               gnutls_strerror(tls_->handshake_error()));
         }
         return finish(reset);
     }
@@ -330,7 +330,7 @@ void StreamSession::finish(bool reset) noexcept {
         timer_armed_ = false;
     }
     if (resolve_id_ != 0) {
-        if (net::Resolver* r = inst_.resolver()) r->cancel(resolve_id_);
+        if (net::Resolver* r = shard_.resolver()) r->cancel(resolve_id_);
         resolve_id_ = 0;
     }
     connector_.cancel(*this);
@@ -353,7 +353,7 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
                 return;
             case net::Connector::Status::kConnected:
                 fd_ = connector_.take_socket();
-                inst_.metrics().backend_connect.observe_ns(core::now_ns() - connect_started_ns_);
+                shard_.metrics().backend_connect.observe_ns(core::now_ns() - connect_started_ns_);
                 return send_initial();
             case net::Connector::Status::kFailed:
                 return backend_failed("backend-connect-failed",
@@ -369,10 +369,10 @@ void StreamSession::on_event(const core::Completion& c) noexcept {
             case Phase::handshake:
                 // An answered challenge only waits for the validator to close.
                 if (challenge_answered_) return finish(true);
-                inst_.log().debug("client route unavailable",
-                                  {{"public-hostname", sni_},
-                                   {"backend-address", backend_text_},
-                                   {"reason", "tls-handshake-timeout"}});
+                shard_.log().debug("client route unavailable",
+                                   {{"public-hostname", sni_},
+                                    {"backend-address", backend_text_},
+                                    {"reason", "tls-handshake-timeout"}});
                 return finish(true);
             case Phase::resolve:
             case Phase::connect:
@@ -433,7 +433,7 @@ void StreamSession::on_quiesced() noexcept {
         (void)::setsockopt(fd_.get(), SOL_SOCKET, SO_LINGER, &l, sizeof(l));
     }
     if (fd_) close_fd(fd_);
-    inst_.stream_done(slot_);  // frees this session: nothing after this line
+    shard_.stream_done(slot_);  // frees this session: nothing after this line
 }
 
 }  // namespace runewarp::client

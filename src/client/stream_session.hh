@@ -25,7 +25,7 @@
 
 namespace runewarp::client {
 
-class ClientInstance;
+class ClientShard;
 
 // Phases: intake (the prefix decoder is fed as bytes arrive, 5 s) -> [terminate: TLS handshake
 // with the hostname's certificate, 5 s] -> resolve + connect (every address of the backend
@@ -42,7 +42,7 @@ class StreamSession final : public core::Session,
                             public relay::TlsStreamPumpOwner,
                             public net::ResolveListener {
 public:
-    StreamSession(core::Worker& w, ClientInstance& inst) noexcept;
+    StreamSession(core::Worker& w, ClientShard& shard) noexcept;
     ~StreamSession() override;
     void start(quic::Stream& s, core::SlotId slot) noexcept;
 
@@ -92,7 +92,7 @@ private:
     void finish(bool reset) noexcept;
     void arm_step_timer() noexcept;
 
-    ClientInstance& inst_;
+    ClientShard& shard_;
     core::SlotId slot_{};
     ServiceCounts* counts_ = nullptr;  // the Service's counters once routed
     int64_t connect_started_ns_ = 0;

@@ -160,15 +160,18 @@ struct Setup {
     std::uint16_t server_metrics = free_port();
     std::uint16_t client_metrics = free_port();
     Tunnel t;
-    // `server_lines`: more [server] keys, e.g. "workers = 2\n".
-    explicit Setup(const std::string& server_lines = {})
+    // `server_lines`: more [server] keys, e.g. "workers = 2\n"; `client_lines` more [client]
+    // keys; `client_workers`: the Client's workers (Tunnel connections).
+    explicit Setup(const std::string& server_lines = {}, int client_workers = 1,
+                   const std::string& client_lines = {})
         : t(Tunnel::Options{
               .backend_override = hp("127.0.0.1", sink.port()),
+              .client_workers = client_workers,
               .server_extra = server_lines + "\n[route \"web\"]\npublic-hostnames = " + kDirect +
                               "\nupstream-address = " + hp("127.0.0.1", sink.port()) +
                               "\n\n[metrics]\nprometheus-bind-address = " +
                               hp("127.0.0.1", server_metrics) + "\n",
-              .client_extra = "\n[metrics]\nprometheus-bind-address = " +
+              .client_extra = client_lines + "\n[metrics]\nprometheus-bind-address = " +
                               hp("127.0.0.1", client_metrics) + "\n",
           }) {
         cr_assert(t.wait_client("client tunnel connection connected"), "%s",
@@ -353,6 +356,87 @@ Test(metrics, two_workers_share_visitors_and_relay_tunnel_streams_whole, .timeou
                  kN * static_cast<double>(direct_hello.size() + kM));
     cr_assert_eq(delta("runewarp_tunnel_streams_opened_total", {{"tunnel", "app"}}), kN);
     cr_assert_eq(delta("runewarp_relay_duration_seconds_count", {}), 2.0 * kN);
+    t.stop_client_cleanly();
+}
+
+// [client] workers = 2: each worker keeps its own Tunnel connection to the Server address (two
+// pool members of one identity), the Server spreads the Visitors over both, the stream-handler
+// budget ([client] max-streams) counts over both workers together, and every stream is relayed
+// whole.
+Test(metrics, client_workers_each_hold_a_connection_and_share_the_streams_and_budget,
+     .timeout = 240) {
+    constexpr int kHeld = 30;
+    // One Server worker: its placement decisions come one after another, so the split is exact.
+    Setup s("workers = 1\n", 2, "max-streams = " + std::to_string(kHeld) + "\n");
+    Tunnel& t = s.t;
+    auto server_status = [&] {
+        return json::parse(http_get(s.server_metrics, "/status.json").body);
+    };
+    json st = server_status();
+    cr_assert_eq(st["tunnels"][0]["members"].size(), 2u, "%s", st.dump(2).c_str());
+    cr_assert_eq(st["tunnels"][0]["members"][0]["identity"],
+                 st["tunnels"][0]["members"][1]["identity"]);
+    json cs = json::parse(http_get(s.client_metrics, "/status.json").body);
+    cr_assert_eq(cs["servers"].size(), 1u, "%s", cs.dump(2).c_str());
+    cr_assert_eq(cs["servers"][0]["connections"], 2, "%s", cs.dump(2).c_str());
+    cr_assert_eq(cs["servers"][0]["connected"], true);
+    cr_assert_eq(cs["totals"]["servers_connected"], 1);
+
+    // The whole budget held open: each stream waits at the sink for its Visitor's EOF.
+    constexpr std::size_t kM = 20000;
+    const std::string hello = capture_client_hello(kApp);
+    std::vector<std::unique_ptr<RawConnection>> held;
+    for (int i = 0; i < kHeld; ++i) {
+        held.push_back(std::make_unique<RawConnection>("127.0.0.1", t.public_port()));
+        cr_assert(held.back()->send(hello + std::string(kM, 'v')));
+    }
+    // Least active streams first: half on each member, so both workers of the Client relay.
+    cr_assert(wait_until(
+                  [&] {
+                      st = server_status();
+                      const json& m = st["tunnels"][0]["members"];
+                      return m.size() == 2 && m[0]["active_streams"] == kHeld / 2 &&
+                             m[1]["active_streams"] == kHeld / 2;
+                  },
+                  Millis{15000}),
+              "%s\n%s", st.dump(2).c_str(), t.client_log().c_str());
+    cr_assert(
+        wait_until([&] { return s.sink.received() == kHeld * (hello.size() + kM); }, Millis{15000}),
+        "the sink received %llu bytes", static_cast<unsigned long long>(s.sink.received()));
+
+    // One more: the budget is spent over both workers together, so whichever connection the
+    // Server opens it on, the Client resets the stream and the Visitor is closed unanswered.
+    PeerReaction over = visit(t.public_port(), hello, 10);
+    cr_assert_eq(over.received.size(), 0u, "got %zu bytes", over.received.size());
+    cr_assert(t.wait_client("client stream handlers saturated: active-work=" +
+                            std::to_string(kHeld) + " limit=" + std::to_string(kHeld)),
+              "%s", t.client_log().c_str());
+
+    // The held Visitors finish whole.
+    for (auto& c : held) c->shutdown_write();
+    for (int i = 0; i < kHeld; ++i) {
+        PeerReaction r = held[static_cast<std::size_t>(i)]->wait_closed(Millis{15000});
+        cr_assert_eq(r.received.size(), kReply, "held Visitor %d got %zu bytes", i,
+                     r.received.size());
+    }
+    held.clear();
+    cr_assert_eq(s.sink.received(), kHeld * (hello.size() + kM));
+    // Handlers free again: the next Visitor is served, and the recovery is logged once.
+    cr_assert(wait_until(
+        [&] {
+            return json::parse(http_get(s.client_metrics, "/status.json")
+                                   .body)["totals"]["streams_active"] == 0;
+        },
+        Millis{10000}));
+    PeerReaction again = visit(t.public_port(), hello, 10);
+    cr_assert_eq(again.received.size(), kReply, "%s", t.client_log().c_str());
+    cr_assert(t.wait_client("client stream handlers recovered"), "%s", t.client_log().c_str());
+    json client = parse_exposition(http_get(s.client_metrics, "/metrics").body, t.out(""));
+    cr_assert_eq(sample(client, "runewarp_client_streams_total", {{"service", "app"}}),
+                 kHeld + 1.0);
+    cr_assert_eq(sample(client, "runewarp_client_server_connects_total",
+                        {{"server_address", hp(kServerName, t.tunnel_port())}}),
+                 2.0);
     t.stop_client_cleanly();
 }
 

@@ -49,6 +49,10 @@ public:
         std::string notify_socket = {};     // NOTIFY_SOCKET for the first Client
         bool proxy_v2 = false;              // the Service sends PROXY v2 to nginx's PROXY port
         int clients = 1;                    // Client instances, each with its own pinned identity
+        // `workers` of each Client: that many Tunnel connections per Server address (0: no key,
+        // one per usable core). 1 by default: most tests count connections, reconnects or their
+        // lines; the tests of several Client workers ask for more.
+        int client_workers = 1;
         bool start_clients = true;          // else the test calls start_client(i, port) itself
         std::string graceful_shutdown = "0s";  // the Server's graceful-shutdown-duration
         // The tunnel socket comes from systemd-socket-activate (name `tunnel`); the configured
@@ -147,6 +151,8 @@ public:
                 "server-trust = ca-file\nserver-ca-file = " + (dir_ / "cert/server-ca.crt") + "\n";
         }
         cini += "identity-dir = " + (dir_ / identity_name(i)) + "\n";
+        if (opts_.client_workers > 0)
+            cini += "workers = " + std::to_string(opts_.client_workers) + "\n";
         cini += opts_.client_extra;
         if (!opts_.cli_backend) {
             cini += "\n[service \"app\"]\npublic-hostnames = " + kApp +
@@ -217,8 +223,9 @@ public:
         for (int i = 0; i < opts_.clients; ++i)
             cr_assert(wait_client("client ready", 1, Millis{30000}, i), "%s",
                       client_log(i).c_str());
+        const int per_client = opts_.client_workers > 0 ? opts_.client_workers : 1;
         cr_assert(wait_server("server tunnel connection accepted",
-                              static_cast<std::size_t>(opts_.clients)),
+                              static_cast<std::size_t>(opts_.clients * per_client)),
                   "%s", server_->log().c_str());
     }
     std::string client_log(int i = 0) { return client(i).log(); }
