@@ -662,25 +662,39 @@ void EdgeServer::finish_reload() noexcept {
     bool new_front = false;
     const bool manual_cert = acme_ == nullptr && p->tunnel_cert.has_value();
     if (!next.tunnels.empty() && tunnel_ == nullptr) {
-        // The first [tunnel]: the tunnel listener starts now, on worker 0 alone (the other
-        // workers' loops are running; a restart spreads the Tunnel connections over all).
+        // The first [tunnel]: the tunnel listener group starts now, one member per worker as at
+        // startup. Worker 0 opens its member here; the others open theirs on their own loops
+        // (posted after the hub is published; packets steered to a member wait in its socket
+        // until it opens).
         if (acme_ == nullptr && !manual_cert)
             return fail("no checked Server certificate for the tunnel");
         auto t =
             TunnelHub::create(next, manual_cert ? &*p->tunnel_cert : nullptr, log_, admission_log_);
         if (!t) return fail(t.error().message);
-        auto g = tunnel_group(next, core::UniqueFd(), 1, log_);
+        auto g = tunnel_group(next, core::UniqueFd(), static_cast<uint32_t>(shards_.size()), log_);
         if (!g) return fail(g.error().message);
+        const auto members = static_cast<uint32_t>(g->size());
         std::string text = local_text((*g)[0].get());
         // Made whole before the other workers can see it (tunnels() reads hub_).
         (*t)->set_metrics(&metrics_);
         watch_tunnel_liveness(**t);
-        if (auto r = shards_[0]->open_tunnel(**t, std::move((*g)[0]), 1); !r)
+        if (auto r = shards_[0]->open_tunnel(**t, std::move((*g)[0]), members); !r)
             return fail(r.error().message);
         tunnel_ = std::move(*t);
         hub_.store(tunnel_.get(), std::memory_order_release);
+        for (uint32_t i = 1; i < members && i < shards_.size(); ++i) {
+            EdgeShard* sh = shards_[i].get();
+            TunnelHub* hub = tunnel_.get();
+            // Dropped with its socket when the worker stops first.
+            auto fd = std::make_shared<core::UniqueFd>(std::move((*g)[i]));
+            sh->post([this, sh, hub, fd, members] {
+                if (auto r = sh->open_tunnel(*hub, std::move(*fd), members); !r)
+                    log_.error("server tunnel listener failed", {{"worker", uint64_t{sh->index()}}},
+                               r.error().message);
+            });
+        }
         tunnel_text_ = std::move(text);
-        tunnel_workers_ = 1;
+        tunnel_workers_ = members;
         new_front = true;
         log_.info("server tunnel listener ready",
                   {{"bind-address", tunnel_text_}, {"workers", uint64_t{tunnel_workers_}}});

@@ -798,3 +798,58 @@ Test(reload_server, reloads_under_load_lose_no_visitor_and_leak_nothing, .timeou
                 s.out("name.txt"), s.log());
     cr_assert(s.daemon().process().running());
 }
+
+// A Server started without any [tunnel] gets its first one by a reload: the tunnel listener group
+// starts with one member per worker, as at startup, so Tunnel connections land on every worker
+// (sixteen connections from one Client with sixteen workers: all on one worker of two is 2^-15),
+// and Visitors reach the backend through them.
+Test(reload_server, a_first_tunnel_added_by_a_reload_listens_on_every_worker, .timeout = 180) {
+    Tunnel t({.client_workers = 16, .start_clients = false, .server_extra = "workers = 2\n"});
+    // A Server needs a [route] or a [tunnel]: a route (to nowhere) stands in.
+    const std::string route =
+        "\n[route \"web\"]\npublic-hostnames = web.example.test\n"
+        "upstream-address = " +
+        hp("127.0.0.1", free_port()) + "\n";
+    const std::string with_tunnel = read_file(t.out("server.ini")) + route;
+    const auto cut = with_tunnel.find("\n[tunnel \"app\"]");
+    cr_assert_neq(cut, std::string::npos);
+    t.stop_server();
+    const std::string ini = t.out("server-no-tunnel.ini");
+    write_file(ini, with_tunnel.substr(0, cut) + "\n" + route);
+    Daemon server(DaemonOptions{
+        .argv = {runewarp_binary(), "server", "-c", ini},
+        .env = tunnel_env(t),
+        .log_path = t.out("server-reloaded.log"),
+        .ready_log_line = "server public listener ready",
+    });
+    cr_assert(server.wait_log("server control socket ready", Millis{10000}), "%s",
+              server.log().c_str());
+    cr_assert_eq(server.log().find("server tunnel listener ready"), std::string::npos);
+
+    write_file(ini, with_tunnel);
+    assert_reloaded(reload_cmd(server, ini, tunnel_env(t)), 2, server.log());
+    cr_assert(server.wait_log("server tunnel listener ready: bind-address=" +
+                                  hp("127.0.0.1", t.tunnel_port()) + " workers=2",
+                              Millis{10000}),
+              "%s", server.log().c_str());
+
+    t.start_client(0);
+    cr_assert(
+        wait_until(
+            [&] { return edge::count_of(server.log(), "server tunnel connection accepted") >= 16; },
+            Millis{30000}),
+        "%s\n%s", server.log().c_str(), t.client_log().c_str());
+    const std::string log = server.log();
+    cr_assert_gt(edge::count_of(log, "tunnel=app members="), 0u);
+    cr_assert_neq(log.find(" worker=0\n"), std::string::npos, "%s", log.c_str());
+    cr_assert_neq(log.find(" worker=1\n"), std::string::npos, "%s", log.c_str());
+    for (int i = 0; i < 4; ++i) {
+        CurlResult n = curl_download(t.target(), "/name", t.out("name.txt"), Millis{20000});
+        cr_assert(n.ok(), "curl: %s http %d %s\n%s", n.status.describe().c_str(), n.http_code,
+                  n.stderr_text.c_str(), server.log().c_str());
+        cr_assert_eq(read_file(t.out("name.txt")), "backend " + kApp + "\n");
+    }
+    t.stop_client_cleanly();
+    ExitStatus st = server.stop();
+    cr_assert(st.success(), "server exit: %s\n%s", st.describe().c_str(), server.log().c_str());
+}
