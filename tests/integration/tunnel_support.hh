@@ -53,7 +53,7 @@ public:
         // one per usable core). 1 by default: most tests count connections, reconnects or their
         // lines; the tests of several Client workers ask for more.
         int client_workers = 1;
-        bool start_clients = true;          // else the test calls start_client(i, port) itself
+        bool start_clients = true;             // else the test calls start_client(i, port) itself
         std::string graceful_shutdown = "0s";  // the Server's graceful-shutdown-duration
         // The tunnel socket comes from systemd-socket-activate (name `tunnel`); the configured
         // tunnel-bind-address is another, unused port.
