@@ -15,29 +15,6 @@
 
 namespace runewarp::client {
 
-// ---- ClientLabelCounts --------------------------------------------------------------------------
-
-std::shared_ptr<const ClientLabelCounts> ClientLabelCounts::build(ClientMetrics& m) {
-    auto c = std::make_shared<ClientLabelCounts>();
-    for (size_t i = 0; i < m.services.size(); ++i)
-        c->services.emplace(m.services.name(i), &m.services.at(i));
-    for (size_t i = 0; i < m.servers.size(); ++i)
-        c->servers.emplace(m.servers.name(i), &m.servers.at(i));
-    return c;
-}
-
-ServiceCounts* ClientLabelCounts::service(std::string_view label) const noexcept {
-    auto it = services.find(label);
-    return it == services.end() ? nullptr : it->second;
-}
-
-ServerAddressCounts* ClientLabelCounts::server(std::string_view address) const noexcept {
-    auto it = servers.find(address);
-    return it == servers.end() ? nullptr : it->second;
-}
-
-// ---- ClientShard --------------------------------------------------------------------------------
-
 ClientShard::ClientShard(ClientInstance& inst, uint32_t index) noexcept
     : inst_(inst), index_(index) {}
 
@@ -160,9 +137,8 @@ std::unique_ptr<AddressWorker> ClientShard::make_worker(const config::HostPort& 
     return aw;
 }
 
-Result<void> ClientShard::start_addresses() noexcept {
+void ClientShard::start_addresses() noexcept {
     for (auto& aw : workers_) aw->start();
-    return {};
 }
 
 void ClientShard::stop() noexcept {

@@ -53,11 +53,13 @@ std::string short_cause(const std::string& s);
 // main thread after a configuration's labels were added, then read-only: shards look counters up
 // here, never in the metrics' own (growing) index.
 struct ClientLabelCounts {
-    std::map<std::string, ServiceCounts*, std::less<>> services;
-    std::map<std::string, ServerAddressCounts*, std::less<>> servers;
-    static std::shared_ptr<const ClientLabelCounts> build(ClientMetrics& m);
-    ServiceCounts* service(std::string_view label) const noexcept;
-    ServerAddressCounts* server(std::string_view address) const noexcept;
+    obs::LabelLookup<ServiceCounts> services;
+    obs::LabelLookup<ServerAddressCounts> servers;
+    static std::shared_ptr<const ClientLabelCounts> build(ClientMetrics& m) {
+        return std::make_shared<const ClientLabelCounts>(
+            ClientLabelCounts{obs::LabelLookup<ServiceCounts>(m.services),
+                              obs::LabelLookup<ServerAddressCounts>(m.servers)});
+    }
 };
 
 // What a shard's new streams and connections start under; replaced as a whole by a reload (and
@@ -100,8 +102,8 @@ public:
     void join() noexcept;
 
     // --- on this shard's loop thread -----------------------------------------------------------
-    // Opens one AddressWorker per configured Server address and starts dialling.
-    Result<void> start_addresses() noexcept;
+    // Starts dialling every configured Server address (their AddressWorkers exist since setup).
+    void start_addresses() noexcept;
     // Shutdown: stop dialling, close every connection (application 0), stop the resolver. On
     // shards 1..N-1 the loop then lets the CONNECTION_CLOSE frames leave and the thread ends.
     void stop() noexcept;
@@ -109,7 +111,6 @@ public:
     // diff (retire removed addresses, take back draining ones, dial added ones). Error when an
     // added address found no slot (the snapshot applies all the same).
     Result<void> apply(ClientSnapshot snap, const AddressDiff& diff) noexcept;
-    void set_snapshot(ClientSnapshot snap) noexcept { snap_ = std::move(snap); }
     void set_certs(TerminateCertsRef certs) noexcept { snap_.certs = std::move(certs); }
     // This shard's Server addresses (configured, and retired ones still connected).
     void collect(std::vector<AddressView>& out) const;
@@ -124,10 +125,10 @@ public:
     const ConfigRef& config_snapshot() const noexcept { return snap_.cfg; }
     const TerminateCertsRef& terminate_certs() const noexcept { return snap_.certs; }
     ServiceCounts* service_counts(std::string_view label) const noexcept {
-        return snap_.counts != nullptr ? snap_.counts->service(label) : nullptr;
+        return snap_.counts != nullptr ? snap_.counts->services.find(label) : nullptr;
     }
     ServerAddressCounts* server_counts(std::string_view address) const noexcept {
-        return snap_.counts != nullptr ? snap_.counts->server(address) : nullptr;
+        return snap_.counts != nullptr ? snap_.counts->servers.find(address) : nullptr;
     }
     ClientMetrics& metrics() noexcept;
     const TerminateTls* terminate_tls() const noexcept;

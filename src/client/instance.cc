@@ -121,8 +121,7 @@ void ClientInstance::update_status() noexcept {
 }
 
 ClientSnapshot ClientInstance::make_snapshot() {
-    label_counts_ = ClientLabelCounts::build(metrics_);
-    return ClientSnapshot{cfg_, terminate_certs_, label_counts_};
+    return ClientSnapshot{cfg_, terminate_certs_, ClientLabelCounts::build(metrics_)};
 }
 
 void ClientInstance::for_each_shard(const std::function<void(ClientShard&)>& fn) {
@@ -211,8 +210,7 @@ void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
     metrics_.add_labels(*next);
     const TerminateCertsRef certs =
         restart_only.keep_certificate_source ? terminate_certs_ : snap->certs;
-    auto counts = ClientLabelCounts::build(metrics_);
-    ClientSnapshot next_snap{next, certs, counts};
+    ClientSnapshot next_snap{next, certs, ClientLabelCounts::build(metrics_)};
     // Worker 0 applies first: a failure there leaves the running configuration whole.
     if (auto r = shards_[0]->apply(next_snap, diff); !r) return done(std::move(r).error());
 
@@ -225,7 +223,6 @@ void ClientInstance::apply_reload(std::shared_ptr<void> snapshot,
     }
     terminate_certs_ = certs;
     cfg_ = std::move(next);
-    label_counts_ = std::move(counts);
     sys::configure_logging(cfg_->log_level, cfg_->log_format);
     for (size_t i = 1; i < shards_.size(); ++i) {
         ClientShard* sh = shards_[i].get();
@@ -342,7 +339,7 @@ int ClientInstance::run(const std::vector<trust::PublicCertMaterial>& terminate_
     if (!start_shards(wo)) return 1;
     sys::notify_ready("connected 0/" + std::to_string(cfg_->server_addresses.size()) +
                       " server addresses");
-    for_each_shard([](ClientShard& sh) { (void)sh.start_addresses(); });
+    for_each_shard([](ClientShard& sh) { sh.start_addresses(); });
     // Startup succeeded: issuance and renewal run from here on, off the loop.
     for (auto& m : acme_managers_) m->start();
     while (!shutting_down_) {

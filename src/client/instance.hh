@@ -148,7 +148,6 @@ private:
     std::vector<std::string> acme_hostnames_;  // sorted: the hostnames with a manager
     std::unique_ptr<sys::RoleReload> reload_;
     ClientMetrics metrics_;
-    std::shared_ptr<const ClientLabelCounts> label_counts_;
     std::unique_ptr<obs::HttpServer> metrics_http_;
     // The workers: shard 0 runs on this thread.
     std::vector<std::unique_ptr<ClientShard>> shards_;

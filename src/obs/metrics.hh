@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <deque>
 #include <initializer_list>
+#include <map>
 #include <span>
 #include <string>
 #include <string_view>
@@ -103,6 +104,24 @@ private:
     std::deque<std::string> names_;
     std::deque<T> slots_;
     std::unordered_map<std::string_view, size_t> by_name_;
+};
+
+// An immutable label -> slot map of one LabelSlots, built where labels are added (config time)
+// and then read by any loop thread, which never searches the slots' own growing index.
+template <typename T>
+class LabelLookup {
+public:
+    explicit LabelLookup(LabelSlots<T>& slots) {
+        for (size_t i = 0; i < slots.size(); ++i) by_name_.emplace(slots.name(i), &slots.at(i));
+    }
+    // The slot of `label`, or nullptr when the configuration that built this never named it.
+    T* find(std::string_view label) const noexcept {
+        auto it = by_name_.find(label);
+        return it == by_name_.end() ? nullptr : it->second;
+    }
+
+private:
+    std::map<std::string, T*, std::less<>> by_name_;
 };
 
 // One `name="value"` pair of a sample.

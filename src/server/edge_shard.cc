@@ -22,26 +22,7 @@ constexpr int64_t kStopFlushNs = 1'000'000'000;
 
 }  // namespace
 
-// ---- LabelCounts / LiveView ---------------------------------------------------------------------
-
-std::shared_ptr<const LabelCounts> LabelCounts::build(ServerMetrics& m) {
-    auto c = std::make_shared<LabelCounts>();
-    for (size_t i = 0; i < m.direct.size(); ++i)
-        c->direct.emplace(m.direct.name(i), &m.direct.at(i));
-    for (size_t i = 0; i < m.tunnel.size(); ++i)
-        c->tunnel.emplace(m.tunnel.name(i), &m.tunnel.at(i));
-    return c;
-}
-
-RouteCounts* LabelCounts::find_direct(std::string_view label) const noexcept {
-    auto it = direct.find(label);
-    return it == direct.end() ? nullptr : it->second;
-}
-
-RouteCounts* LabelCounts::find_tunnel(std::string_view label) const noexcept {
-    auto it = tunnel.find(label);
-    return it == tunnel.end() ? nullptr : it->second;
-}
+// ---- LiveView -----------------------------------------------------------------------------------
 
 void LiveView::merge(const LiveView& o) {
     for (const auto& [k, v] : o.live) {

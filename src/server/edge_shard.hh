@@ -46,11 +46,12 @@ class EdgeServer;
 // after the labels were added, then read-only: shards look counters up here, never in the
 // metrics' own (growing) index.
 struct LabelCounts {
-    std::map<std::string, RouteCounts*, std::less<>> direct;
-    std::map<std::string, RouteCounts*, std::less<>> tunnel;
-    static std::shared_ptr<const LabelCounts> build(ServerMetrics& m);
-    RouteCounts* find_direct(std::string_view label) const noexcept;
-    RouteCounts* find_tunnel(std::string_view label) const noexcept;
+    obs::LabelLookup<RouteCounts> direct;
+    obs::LabelLookup<RouteCounts> tunnel;
+    static std::shared_ptr<const LabelCounts> build(ServerMetrics& m) {
+        return std::make_shared<const LabelCounts>(LabelCounts{
+            obs::LabelLookup<RouteCounts>(m.direct), obs::LabelLookup<RouteCounts>(m.tunnel)});
+    }
 };
 
 // What a shard's new Visitors start under; replaced as a whole by a reload.
@@ -165,10 +166,10 @@ public:
     const std::shared_ptr<const RouteTable>& routes() const noexcept { return snap_.routes; }
     const ShardSnapshot& snapshot() const noexcept { return snap_; }
     RouteCounts* direct_counts(std::string_view label) const noexcept {
-        return snap_.counts != nullptr ? snap_.counts->find_direct(label) : nullptr;
+        return snap_.counts != nullptr ? snap_.counts->direct.find(label) : nullptr;
     }
     RouteCounts* tunnel_counts(std::string_view label) const noexcept {
-        return snap_.counts != nullptr ? snap_.counts->find_tunnel(label) : nullptr;
+        return snap_.counts != nullptr ? snap_.counts->tunnel.find(label) : nullptr;
     }
     // Null when no Tunnel is configured.
     TunnelRegistry* tunnels() noexcept;
