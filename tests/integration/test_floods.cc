@@ -161,14 +161,16 @@ Test(floods, a_frozen_client_is_passed_over_and_serves_again_after_the_thaw) {
     }
     cr_log_info("%d Visitors served during the 29 s freeze, %zu waited for the thaw", served,
                 stuck.size());
-    cr_assert_leq(stuck.size(), 1u, "%zu Visitors waited on the frozen Client\n%s", stuck.size(),
-                  t.server().log().c_str());
+    // Exactly one: placement alternates between the two idle members, so the first or second
+    // Visitor of the freeze lands on the frozen Client (nothing in flight yet, it looks fine);
+    // its silence with that Visitor's bytes in flight then takes it out of the pool.
+    cr_assert_eq(stuck.size(), 1u, "%zu Visitors waited on the frozen Client\n%s", stuck.size(),
+                 t.server().log().c_str());
     cr_assert_geq(served, 8, "only %d Visitors in 29 s", served);
     cr_assert_eq(count_of(t.client_log(0), routed), before0 + static_cast<std::size_t>(served));
     const std::string unresponsive =
         "WARN server tunnel connection unresponsive: client-identity=" + t.identity(1);
-    cr_assert_eq(count_of(t.server().log(), unresponsive), stuck.empty() ? 0u : 1u, "%s",
-                 t.server().log().c_str());
+    cr_assert_eq(count_of(t.server().log(), unresponsive), 1u, "%s", t.server().log().c_str());
 
     // Thaw: the one stuck Visitor completes through the Client that was frozen.
     cr_assert(since(frozen) < Millis{31000});
@@ -182,6 +184,14 @@ Test(floods, a_frozen_client_is_passed_over_and_serves_again_after_the_thaw) {
     }
     cr_assert_eq(count_of(t.client_log(1), routed), before1 + stuck.size(), "%s",
                  t.client_log(1).c_str());
+    // Back in the pool before any new Visitor arrives: no placement looks at the member now,
+    // so only the worker's own re-check (every 500 ms while a member is flagged) can find that
+    // the thawed Client answers again.
+    const std::string responsive =
+        "server tunnel connection responsive: client-identity=" + t.identity(1);
+    cr_assert(wait_until([&] { return count_of(t.server().log(), responsive) == 1; }, Millis{5000}),
+              "the thawed Client was not found responsive without a placement\n%s",
+              t.server().log().c_str());
     // It answers again and takes new Visitors: within a few, one lands on it.
     int after = 0;
     while (count_of(t.client_log(1), routed) == before1 + stuck.size() && after < 8) {
@@ -190,11 +200,6 @@ Test(floods, a_frozen_client_is_passed_over_and_serves_again_after_the_thaw) {
     }
     cr_assert_gt(count_of(t.client_log(1), routed), before1 + stuck.size(),
                  "no Visitor on the thawed Client after %d\n%s", after, t.server().log().c_str());
-    if (!stuck.empty()) {
-        cr_assert(
-            t.wait_server("server tunnel connection responsive: client-identity=" + t.identity(1)),
-            "%s", t.server().log().c_str());
-    }
     // Neither Client was dropped or reconnected, and the log holds no flood of warnings.
     const std::string slog = t.server().log();
     cr_assert_eq(count_of(slog, "server tunnel connection accepted"), 2u, "%s", slog.c_str());
