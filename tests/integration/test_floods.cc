@@ -189,9 +189,10 @@ Test(floods, a_frozen_client_is_passed_over_and_serves_again_after_the_thaw) {
     // the thawed Client answers again.
     const std::string responsive =
         "server tunnel connection responsive: client-identity=" + t.identity(1);
-    cr_assert(wait_until([&] { return count_of(t.server().log(), responsive) == 1; }, Millis{5000}),
+    cr_assert(t.wait_server(responsive, 1, Millis{5000}),
               "the thawed Client was not found responsive without a placement\n%s",
               t.server().log().c_str());
+    cr_assert_eq(count_of(t.server().log(), responsive), 1u, "%s", t.server().log().c_str());
     // It answers again and takes new Visitors: within a few, one lands on it.
     int after = 0;
     while (count_of(t.client_log(1), routed) == before1 + stuck.size() && after < 8) {
