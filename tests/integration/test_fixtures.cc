@@ -6,10 +6,12 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -100,6 +102,21 @@ Test(fixtures, free_ports_are_distinct_and_bindable) {
     cr_assert_neq(b, c);
     cr_assert_not(tcp_accepting("127.0.0.1", a));
     cr_assert_eq(host_port("::1", 443), "[::1]:443");
+}
+
+// A port handed out is claimed among every test process of the machine: its claim cannot be
+// taken again while this process runs, so a suite running alongside never gets the same port.
+Test(fixtures, free_ports_are_claimed_among_test_processes) {
+    const std::uint16_t port = free_port();
+    Fd other(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    cr_assert(other.valid());
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string name = port_claim_name(port);
+    std::memcpy(a.sun_path + 1, name.data(), name.size());
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    cr_assert_neq(::bind(other.get(), reinterpret_cast<sockaddr*>(&a), len), 0);
+    cr_assert_eq(errno, EADDRINUSE);
 }
 
 Test(fixtures, temp_dir_is_removed) {

@@ -8,13 +8,14 @@
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstddef>
 #include <cstring>
 #include <mutex>
 #include <random>
-#include <set>
 #include <stdexcept>
 #include <utility>
 
@@ -58,6 +59,24 @@ bool can_bind(const std::string& host, std::uint16_t port, int type) {
     return ok;
 }
 
+// Claims `port` among the test processes of this machine (of its network namespace): an
+// abstract unix socket named after the port. Kept open, the claim lasts until this process exits,
+// however it ends. free_port() checks that a port is free and hands it out, the bind that uses it
+// comes later (from this process or a daemon it starts): without the claim, a test process
+// running alongside could check and hand out the same port in between. Invalid when another
+// process (or this one, earlier) holds the claim.
+Fd claim_port(std::uint16_t port) {
+    Fd fd(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    if (!fd.valid()) return fd;
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string name = port_claim_name(port);
+    std::memcpy(a.sun_path + 1, name.data(), name.size());  // sun_path[0] is 0: abstract
+    const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), len) != 0) fd.reset();
+    return fd;
+}
+
 Millis remaining(Clock::time_point end) {
     return std::max(Millis{0}, std::chrono::duration_cast<Millis>(end - Clock::now()));
 }
@@ -74,18 +93,24 @@ std::string host_port(std::string_view addr, std::uint16_t port) {
     return a + ":" + std::to_string(port);
 }
 
+std::string port_claim_name(std::uint16_t port) {
+    return "runewarp-test-port-" + std::to_string(port);
+}
+
 std::uint16_t free_port(Family f) {
     static std::mutex m;
-    static std::set<std::uint16_t> handed_out;
     static std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
     std::lock_guard lock(m);
     std::uniform_int_distribution<int> dist(20000, 32767);
     const std::string host = loopback(f);
     for (int attempt = 0; attempt < 10000; ++attempt) {
         auto port = static_cast<std::uint16_t>(dist(rng));
-        if (handed_out.contains(port)) continue;
+        // Claimed before the checks, so that no other test process checks it meanwhile; a port
+        // this process handed out before is claimed already.
+        Fd claim = claim_port(port);
+        if (!claim.valid()) continue;
         if (can_bind(host, port, SOCK_STREAM) && can_bind(host, port, SOCK_DGRAM)) {
-            handed_out.insert(port);
+            (void)claim.release();  // held until the process exits
             return port;
         }
     }

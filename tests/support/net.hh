@@ -21,8 +21,13 @@ std::string host_port(std::string_view addr, std::uint16_t port);
 
 // A port that is free for TCP and UDP on the loopback address of the family. Ports come from
 // 20000-32767, below the kernel's default ephemeral range, so outgoing connections cannot take
-// them between allocation and use; one process never hands out the same port twice.
+// them between allocation and use. Each port is claimed for the rest of the calling process'
+// life among every test process on the machine: suites that run at the same time never get the
+// same port, and one process never hands out the same port twice.
 std::uint16_t free_port(Family f = Family::kV4);
+// The name of the abstract unix socket by which free_port() claims `port` (without the leading
+// NUL byte): while it is bound, no other test process hands the port out.
+std::string port_claim_name(std::uint16_t port);
 
 // Owning file descriptor.
 class Fd {
