@@ -119,6 +119,22 @@ Test(fixtures, free_ports_are_claimed_among_test_processes) {
     cr_assert_eq(errno, EADDRINUSE);
 }
 
+// Children run with a runtime directory of the test process' own, not an inherited one (nor,
+// without one, a daemon's machine-wide /run/runewarp-<role>/), unless the caller names one.
+Test(fixtures, children_get_a_private_runtime_directory) {
+    cr_assert_eq(::setenv("RUNTIME_DIRECTORY", "/run/shared-by-everyone", 1), 0);
+    auto dir_of_child = [](const std::vector<std::string>& env) {
+        RunResult r = run({"sh", "-c", "printf %s \"$RUNTIME_DIRECTORY\""}, Millis{5000}, env);
+        cr_assert(r.status.success());
+        return r.out;
+    };
+    const std::string dir = dir_of_child({});
+    cr_assert_neq(dir, "/run/shared-by-everyone");
+    cr_assert(file_exists(dir), "%s", dir.c_str());
+    cr_assert_eq(dir_of_child({}), dir, "one directory for the whole test process");
+    cr_assert_eq(dir_of_child({"RUNTIME_DIRECTORY=/tmp/named"}), "/tmp/named");
+}
+
 Test(fixtures, temp_dir_is_removed) {
     std::string path;
     {

@@ -17,11 +17,14 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <mutex>
 #include <set>
 #include <stdexcept>
+#include <string_view>
 #include <thread>
 #include <utility>
+#include <vector>
 
 extern char** environ;
 
@@ -82,10 +85,34 @@ bool is_executable(const std::string& p) {
     return ::stat(p.c_str(), &sb) == 0 && S_ISREG(sb.st_mode) && ::access(p.c_str(), X_OK) == 0;
 }
 
+// A runtime directory of this process' own, made on first use and removed at exit (TempDir's
+// sweep). A process forked from one that made it (Criterion runs each test in one) makes its own.
+const std::string& private_runtime_dir() {
+    // Never destroyed, as the sweep may run after static destructors; a forked process keeps its
+    // parent's entry as it is and adds its own.
+    static auto* m = new std::mutex;
+    static auto* made = new std::vector<std::unique_ptr<TempDir>>;
+    static pid_t owner = 0;
+    std::lock_guard lock(*m);
+    if (owner != ::getpid()) {
+        made->push_back(std::make_unique<TempDir>("runewarp-run"));
+        owner = ::getpid();
+    }
+    return made->back()->path();
+}
+
 std::vector<std::string> build_env(const SpawnOptions& o) {
     std::vector<std::string> env;
     if (!o.clear_env) {
-        for (char** e = environ; e && *e; ++e) env.emplace_back(*e);
+        // A runewarp daemon puts its control socket in RUNTIME_DIRECTORY, and without one (as
+        // root) in /run/runewarp-<role>/, which the daemons of test processes running at the
+        // same time would share, and a daemon outside the tests too. Children get this test
+        // process' own directory instead of an inherited one, unless o.env names one (Daemon
+        // gives each daemon its own).
+        for (char** e = environ; e && *e; ++e) {
+            if (!std::string_view(*e).starts_with("RUNTIME_DIRECTORY=")) env.emplace_back(*e);
+        }
+        env.push_back("RUNTIME_DIRECTORY=" + private_runtime_dir());
     }
     for (const auto& add : o.env) {
         auto eq = add.find('=');

@@ -37,6 +37,8 @@ struct Output {
 struct SpawnOptions {
     std::vector<std::string> argv{};  // argv[0] is looked up in PATH when it has no '/'
     // Extra "NAME=value" entries layered over the current environment (same NAME replaces).
+    // RUNTIME_DIRECTORY is a directory of the test process' own unless set here (or clear_env):
+    // a runewarp daemon never falls back to the machine-wide /run/runewarp-<role>/.
     std::vector<std::string> env{};
     bool clear_env = false;  // start from an empty environment instead of the current one
     std::string cwd{};       // empty: inherit
