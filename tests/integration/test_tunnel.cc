@@ -307,6 +307,14 @@ Test(tunnel, failover_when_a_client_is_killed, .timeout = 180) {
     }
     const std::string routed = "client route passthrough: public-hostname=" + kApp;
     cr_assert_eq(count_of(t.client_log(1), routed), 2u, "%s", t.client_log(1).c_str());
+    // curl is done once it has every byte, the Server's side of a stream only when the Client
+    // has acknowledged its end. A stream still open on the Client about to die would keep it the
+    // busier member: no Visitor would be placed there, and the Server, which judges a member's
+    // liveness when it places a Visitor, would never find it silent. Kill only once all four
+    // streams closed.
+    cr_assert(wait_until([&] { return count_of(t.server().log(), "server visitor closed:") >= 4; },
+                         Millis{10000}),
+              "%s", t.server().log().c_str());
 
     t.kill_client(1);
     // The Server learns of the loss only from silence: a Visitor placed on the dead member
