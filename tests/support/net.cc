@@ -59,6 +59,12 @@ bool can_bind(const std::string& host, std::uint16_t port, int type) {
     return ok;
 }
 
+Millis remaining(Clock::time_point end) {
+    return std::max(Millis{0}, std::chrono::duration_cast<Millis>(end - Clock::now()));
+}
+
+}  // namespace
+
 // Claims `port` among the test processes of this machine (of its network namespace): an
 // abstract unix socket named after the port. Kept open, the claim lasts until this process exits,
 // however it ends. free_port() checks that a port is free and hands it out, the bind that uses it
@@ -70,18 +76,16 @@ Fd claim_port(std::uint16_t port) {
     if (!fd.valid()) return fd;
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
-    const std::string name = port_claim_name(port);
+    const std::string name = "runewarp-test-port-" + std::to_string(port);
     std::memcpy(a.sun_path + 1, name.data(), name.size());  // sun_path[0] is 0: abstract
     const auto len = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + name.size());
-    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), len) != 0) fd.reset();
+    if (::bind(fd.get(), reinterpret_cast<sockaddr*>(&a), len) != 0) {
+        const int err = errno;
+        fd.reset();
+        errno = err;
+    }
     return fd;
 }
-
-Millis remaining(Clock::time_point end) {
-    return std::max(Millis{0}, std::chrono::duration_cast<Millis>(end - Clock::now()));
-}
-
-}  // namespace
 
 std::string loopback(Family f) {
     return f == Family::kV4 ? "127.0.0.1" : "::1";
@@ -91,10 +95,6 @@ std::string host_port(std::string_view addr, std::uint16_t port) {
     std::string a(addr);
     if (a.find(':') != std::string::npos && a.front() != '[') a = "[" + a + "]";
     return a + ":" + std::to_string(port);
-}
-
-std::string port_claim_name(std::uint16_t port) {
-    return "runewarp-test-port-" + std::to_string(port);
 }
 
 std::uint16_t free_port(Family f) {

@@ -25,9 +25,6 @@ std::string host_port(std::string_view addr, std::uint16_t port);
 // life among every test process on the machine: suites that run at the same time never get the
 // same port, and one process never hands out the same port twice.
 std::uint16_t free_port(Family f = Family::kV4);
-// The name of the abstract unix socket by which free_port() claims `port` (without the leading
-// NUL byte): while it is bound, no other test process hands the port out.
-std::string port_claim_name(std::uint16_t port);
 
 // Owning file descriptor.
 class Fd {
@@ -47,6 +44,11 @@ public:
 private:
     int fd_ = -1;
 };
+
+// Claims `port` among the test processes of this machine (an abstract unix socket named after
+// the port, held while the returned descriptor is open); free_port() keeps every claim it makes
+// until the process exits. Invalid, errno set, when the port is claimed already.
+Fd claim_port(std::uint16_t port);
 
 // Blocking TCP connect with a deadline; invalid Fd on failure (errno-like code in *err).
 Fd tcp_connect(const std::string& addr, std::uint16_t port, Millis deadline = Millis{5000},
